@@ -1,0 +1,259 @@
+//! The backend trait: storage plus the kernels every op is built from.
+//!
+//! Backends receive arguments that the tensor layer has already validated
+//! (shapes agree, indices in range where it can check them); they return
+//! `Err` only for failures of their own (device errors, out-of-range indices
+//! discovered on the device side).
+
+use crate::element::Element;
+use crate::error::Result;
+use std::fmt::Debug;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum UnaryOp {
+    Relu,
+    Sigmoid,
+    Tanh,
+    Exp,
+    /// Natural log.
+    Log,
+    Neg,
+    Sqr,
+    Sqrt,
+    /// `mul * x + add`.
+    Affine { mul: f64, add: f64 },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BinaryOp {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+/// `C[i] = op(A[i]) @ op(B[i])` for `i in 0..batch`; `C` is a new contiguous
+/// `[batch, m, n]` buffer. `A[i]` is stored row-major as `[m, k]` (`[k, m]`
+/// when `trans_a`) starting at `i * stride_a`; a stride of 0 broadcasts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GemmConfig {
+    pub batch: usize,
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub stride_a: usize,
+    pub stride_b: usize,
+}
+
+/// Geometry of a 2-D convolution over an NCHW input with an `[oc, c, kh, kw]` weight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl Conv2dGeometry {
+    /// Rows of one sample's column matrix: `c * kh * kw`.
+    pub fn col_rows(&self) -> usize {
+        self.c * self.kh * self.kw
+    }
+    /// Columns of one sample's column matrix: `oh * ow`.
+    pub fn col_cols(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// Geometry of a 2-D pooling over `planes = n * c` planes of `h x w`, no padding,
+/// output sizes rounded down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pool2dGeometry {
+    pub planes: usize,
+    pub h: usize,
+    pub w: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SgdConfig {
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub nesterov: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// AdamW (decoupled weight decay) when true, L2-in-gradient Adam when false.
+    pub decoupled: bool,
+}
+
+/// Storage and kernels for one element type on one device.
+pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
+    /// A flat buffer of elements living where the backend lives.
+    type Storage: Send + Sync + 'static;
+    /// A flat buffer of `u32` indices (labels, gathered rows, pooling argmax).
+    type Index: Send + Sync + 'static;
+
+    fn name(&self) -> &'static str;
+    fn storage_len(&self, s: &Self::Storage) -> usize;
+    fn index_len(&self, s: &Self::Index) -> usize;
+
+    fn zeros(&self, len: usize) -> Result<Self::Storage>;
+    fn from_slice(&self, data: &[T]) -> Result<Self::Storage>;
+    /// Explicit read back to the host (a synchronisation point on devices).
+    fn to_vec(&self, s: &Self::Storage) -> Result<Vec<T>>;
+    fn index_from_slice(&self, idx: &[u32]) -> Result<Self::Index>;
+    fn index_to_vec(&self, idx: &Self::Index) -> Result<Vec<u32>>;
+    /// Blocks until all queued work is done (benchmarks time with this).
+    fn synchronize(&self) -> Result<()>;
+
+    /// Strided copy of a `dims`-shaped block: element `(i0, i1, ...)` is read at
+    /// `src_offset + sum ik * src_strides[k]` and written at
+    /// `dst_offset + sum ik * dst_strides[k]`.
+    #[allow(clippy::too_many_arguments)]
+    fn copy_strided(
+        &self,
+        dst: &mut Self::Storage,
+        dst_offset: usize,
+        dst_strides: &[usize],
+        src: &Self::Storage,
+        src_offset: usize,
+        src_strides: &[usize],
+        dims: &[usize],
+    ) -> Result<()>;
+
+    fn gemm(&self, cfg: &GemmConfig, a: &Self::Storage, b: &Self::Storage) -> Result<Self::Storage>;
+
+    fn unary(&self, op: UnaryOp, x: &Self::Storage) -> Result<Self::Storage>;
+    /// `grad * f'(x)`, where `y = f(x)` is passed too so rules can use whichever is cheaper.
+    fn unary_backward(
+        &self,
+        op: UnaryOp,
+        x: &Self::Storage,
+        y: &Self::Storage,
+        grad: &Self::Storage,
+    ) -> Result<Self::Storage>;
+
+    /// Element-wise op over `out_dims`; each operand is read with its own strides
+    /// (0 on broadcast axes). Output is contiguous.
+    fn binary(
+        &self,
+        op: BinaryOp,
+        lhs: &Self::Storage,
+        lhs_strides: &[usize],
+        rhs: &Self::Storage,
+        rhs_strides: &[usize],
+        out_dims: &[usize],
+    ) -> Result<Self::Storage>;
+
+    /// Sums `[outer, len, inner]` along the middle axis into `[outer, inner]`.
+    fn sum_axis(&self, x: &Self::Storage, outer: usize, len: usize, inner: usize) -> Result<Self::Storage>;
+
+    /// Row-wise softmax (or log-softmax when `log`) of a `[rows, cols]` matrix.
+    fn softmax(&self, x: &Self::Storage, rows: usize, cols: usize, log: bool) -> Result<Self::Storage>;
+    /// Backward of `softmax` given its output `y`.
+    fn softmax_backward(
+        &self,
+        y: &Self::Storage,
+        grad: &Self::Storage,
+        rows: usize,
+        cols: usize,
+        log: bool,
+    ) -> Result<Self::Storage>;
+
+    /// Mean cross-entropy of `[rows, cols]` logits against integer labels.
+    /// Returns (loss as a 1-element buffer, softmax probabilities saved for backward).
+    fn cross_entropy(
+        &self,
+        logits: &Self::Storage,
+        labels: &Self::Index,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Self::Storage, Self::Storage)>;
+    /// `grad_loss[0] * (probs - onehot(labels)) / rows`.
+    fn cross_entropy_backward(
+        &self,
+        probs: &Self::Storage,
+        labels: &Self::Index,
+        grad_loss: &Self::Storage,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self::Storage>;
+
+    /// `out[i] = x[idx[i]]` for rows of `row_len` elements.
+    fn gather_rows(&self, x: &Self::Storage, idx: &Self::Index, row_len: usize) -> Result<Self::Storage>;
+    /// `out[idx[i]] += grad[i]` into a zeroed `[rows_out, row_len]`.
+    fn scatter_add_rows(
+        &self,
+        grad: &Self::Storage,
+        idx: &Self::Index,
+        rows_out: usize,
+        row_len: usize,
+    ) -> Result<Self::Storage>;
+
+    /// NCHW input to `[n, c*kh*kw, oh*ow]` columns (zero padding).
+    fn im2col(&self, x: &Self::Storage, g: &Conv2dGeometry) -> Result<Self::Storage>;
+    /// Adjoint of `im2col`: sums columns back into an NCHW buffer.
+    fn col2im(&self, cols: &Self::Storage, g: &Conv2dGeometry) -> Result<Self::Storage>;
+
+    /// Max pooling; returns the output and, per output element, the flat index
+    /// within its plane of the maximum (first one on ties).
+    fn max_pool2d(&self, x: &Self::Storage, g: &Pool2dGeometry) -> Result<(Self::Storage, Self::Index)>;
+    fn max_pool2d_backward(&self, grad: &Self::Storage, argmax: &Self::Index, g: &Pool2dGeometry) -> Result<Self::Storage>;
+    fn avg_pool2d(&self, x: &Self::Storage, g: &Pool2dGeometry) -> Result<Self::Storage>;
+    fn avg_pool2d_backward(&self, grad: &Self::Storage, g: &Pool2dGeometry) -> Result<Self::Storage>;
+
+    /// In-place SGD: `g' = grad + wd * p; v = momentum * v + g'; p -= lr * (nesterov ? g' + momentum * v : v)`.
+    /// `velocity` is `None` when momentum is 0.
+    fn sgd_step(
+        &self,
+        param: &mut Self::Storage,
+        grad: &Self::Storage,
+        velocity: Option<&mut Self::Storage>,
+        cfg: &SgdConfig,
+    ) -> Result<()>;
+
+    /// In-place Adam/AdamW step number `step` (1-based, for bias correction).
+    fn adam_step(
+        &self,
+        param: &mut Self::Storage,
+        grad: &Self::Storage,
+        m: &mut Self::Storage,
+        v: &mut Self::Storage,
+        cfg: &AdamConfig,
+        step: u64,
+    ) -> Result<()>;
+
+    /// Recursive-least-squares projection step of HGM, fused.
+    /// `p` is `[s, s]` (symmetric), `r` is `[s]`, `grad_w` is `[c, s]`.
+    /// Returns `grad_w @ P_old` (when `grad_w` is given) and updates `p` in place:
+    /// `k = P r / (alpha + r^T P r)`, `P <- P - k (P r)^T`.
+    fn rls_project(
+        &self,
+        p: &mut Self::Storage,
+        r: &Self::Storage,
+        grad_w: Option<&Self::Storage>,
+        c: usize,
+        s: usize,
+        alpha: f64,
+    ) -> Result<Option<Self::Storage>>;
+}

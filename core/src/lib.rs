@@ -1,0 +1,27 @@
+//! mla-core: dense tensors, a backend trait, and tape-based reverse-mode autodiff.
+//!
+//! ```text
+//! let tape = Tape::new(&backend);
+//! let w = tape.var(weight);               // tracked leaf
+//! let x = tape.constant(batch);           // data
+//! let loss = x.matmul(&w)?.cross_entropy(&labels)?;
+//! let grads = tape.backward(&loss)?;      // walks the tape once, then drops it
+//! grads.get(&w)
+//! ```
+
+pub mod backend;
+pub mod element;
+pub mod error;
+pub mod ops;
+pub mod shape;
+pub mod tape;
+pub mod tensor;
+
+pub use backend::{AdamConfig, Backend, BinaryOp, Conv2dGeometry, GemmConfig, Pool2dGeometry, SgdConfig, UnaryOp};
+pub use element::{DType, Element};
+pub use error::{Dims, Error, Result};
+pub use ops::conv::conv2d_geometry;
+pub use ops::pool::pool2d_geometry;
+pub use shape::Shape;
+pub use tape::{Gradients, Tape, Var};
+pub use tensor::{Indices, Tensor};

@@ -1,0 +1,3 @@
+//! MLA: layers, encoders, HGM, fusion, optimizers, trainers, datasets, checkpoints.
+
+pub mod rng;
