@@ -1,0 +1,8 @@
+use crate::CliResult;
+
+#[derive(clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> CliResult {
+    Err("`mla eval` is not implemented yet".into())
+}
