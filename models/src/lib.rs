@@ -1,4 +1,12 @@
 //! MLA: layers, encoders, HGM, fusion, optimizers, trainers, datasets, checkpoints.
 
 pub mod data;
+pub mod encoders;
+pub mod error;
+pub mod init;
+pub mod layers;
+pub mod model;
+pub mod params;
 pub mod rng;
+
+pub use error::{ModelError, Result};
