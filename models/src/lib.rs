@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod model;
 pub mod params;
 pub mod rng;
+pub mod trainer;
 
 pub use error::{ModelError, Result};

@@ -21,7 +21,7 @@ macro_rules! named_enum {
         #[serde(rename_all = "lowercase")]
         pub enum $name { $($variant),+ }
         impl $name {
-            pub const ALL: &'static [($name)] = &[$($name::$variant),+];
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
             pub fn as_str(self) -> &'static str {
                 match self { $($name::$variant => $s),+ }
             }
