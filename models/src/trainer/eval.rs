@@ -251,7 +251,11 @@ mod tests {
         let mut out = [0f32; 3];
         fuse(&[&confident, &uniform], FusionRule::Entropy, &mut out);
         assert_eq!(crate::metrics::argmax(&out), 0);
-        assert!(out[0] > 9.0, "{out:?}");
+        // lambda = exp(-e_c) / (exp(-e_c) + exp(-e_u)), entropies computed directly.
+        let (ec, eu) = (softmax_entropy(&confident), softmax_entropy(&uniform));
+        let lambda = 1.0 / (1.0 + (ec - eu).exp());
+        assert!(lambda > 0.7, "{lambda}");
+        assert!((out[0] as f64 - 10.0 * lambda).abs() < 1e-5, "{out:?}");
         fuse(&[&confident, &uniform], FusionRule::Mean, &mut out);
         assert!((out[0] - 5.0).abs() < 1e-6 && (out[2] - 0.15).abs() < 1e-6, "{out:?}");
         // Order of modalities does not matter.
