@@ -131,7 +131,7 @@ impl<T: CpuFloat> Backend<T> for Cpu {
     }
 
     fn gather_rows(&self, x: &Vec<T>, idx: &Vec<u32>, row_len: usize) -> Result<Vec<T>> {
-        let rows = if row_len == 0 { 0 } else { x.len() / row_len };
+        let rows = x.len().checked_div(row_len).unwrap_or(0);
         let mut out = Vec::with_capacity(idx.len() * row_len);
         for &i in idx {
             let i = i as usize;

@@ -141,6 +141,8 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
         (0..t).into_par_iter().for_each(|i| {
             let (q0, q1) = (panels * i / t, panels * (i + 1) / t);
             let (j0, j1) = (q0 * kern.nr, (q1 * kern.nr).min(n));
+            // Rebinding captures the whole Send wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let c = c;
             tiled::gemm_st(kern, plan, m, j1 - j0, k, a, b.offset(0, j0), c.0.add(j0), n);
         });
@@ -149,6 +151,8 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
         (0..t).into_par_iter().for_each(|i| {
             let (q0, q1) = (tiles * i / t, tiles * (i + 1) / t);
             let (i0, i1) = (q0 * kern.mr, (q1 * kern.mr).min(m));
+            // Rebinding captures the whole Send wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
             let c = c;
             tiled::gemm_st(kern, plan, i1 - i0, n, k, a.offset(i0, 0), b, c.0.add(i0 * n), n);
         });

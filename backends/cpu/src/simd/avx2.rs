@@ -5,6 +5,9 @@
 //! [`super::Isa::is_available`] first. Pointer arguments follow the contracts
 //! documented in [`super::scalar`], which is the reference implementation.
 
+// Register arrays are indexed by constant-bound loops that the compiler unrolls.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
 use std::arch::x86_64::*;
 
 /// GEMM tile height (rows of C per tile).
