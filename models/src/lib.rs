@@ -2,5 +2,13 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod encoders;
+pub mod error;
+pub mod init;
+pub mod layers;
 pub mod metrics;
+pub mod model;
+pub mod params;
 pub mod rng;
+
+pub use error::{ModelError, Result};
