@@ -27,16 +27,13 @@ pub fn set_threads(threads: Option<usize>) -> CliResult {
     if n == 0 {
         return Err("--threads must be at least 1".into());
     }
-    // A lone large GEMM runs on matrixmultiply's own pool, sized from this
-    // variable on first use: keep it within the same budget unless the user
-    // set it explicitly.
+    // Per mla-cpu's docs, a lone large GEMM runs on matrixmultiply's own pool,
+    // sized from this variable on first use: keep it within the same budget
+    // unless the user set it explicitly.
     if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
         std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
     }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .map_err(|e| format!("--threads {n}: cannot size the thread pool: {e}"))?;
+    mla_cpu::set_num_threads(n).map_err(|e| format!("--threads {n}: {e}"))?;
     Ok(())
 }
 
