@@ -13,5 +13,6 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod trainer;
 
 pub use error::{ModelError, Result};
