@@ -1,9 +1,11 @@
 //! The `mla` binary: prepare data, train, evaluate, benchmark.
 
+mod backend;
 mod cmd_bench;
 mod cmd_eval;
 mod cmd_prepare;
 mod cmd_train;
+mod report;
 
 use clap::{Parser, Subcommand};
 

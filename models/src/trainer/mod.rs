@@ -19,7 +19,7 @@ mod step;
 pub use config::{FusionRule, HgmMode, Method, OptimizerKind, TrainConfig, DEFAULT_ALPHA};
 pub use eval::{build_model, load_model, EvalOptions, ModelLayout};
 pub use records::{EpochRecord, Summary, TrainerState};
-pub use run_dir::RunDir;
+pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{seeded_subset, DataError, Dataset, Loader, Split};
@@ -174,7 +174,9 @@ impl<B: Backend<f32>> Trainer<B> {
     /// Writes config, metrics, checkpoints and the summary into `dir` as the run goes.
     pub fn with_run_dir(mut self, dir: &Path) -> Result<Self> {
         let rd = RunDir::create(dir)?;
-        rd.write_json(run_dir::CONFIG, &self.cfg)?;
+        let data = self.dataset.dir();
+        let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+        rd.write_json(run_dir::CONFIG, &run_dir::RunConfig { data, config: self.cfg.clone() })?;
         self.run_dir = Some(rd);
         Ok(self)
     }
@@ -226,7 +228,7 @@ impl<B: Backend<f32>> Trainer<B> {
         let stats = self.train_epoch(epoch, obs)?;
 
         obs.evaluating(Split::Validation);
-        let val = self.evaluate_samples(&self.val, &EvalOptions::default())?;
+        let val = self.evaluate_samples(&self.val, &EvalOptions { gap: true, ..EvalOptions::default() })?;
         let better = match &self.state.best_val {
             None => true,
             Some(b) => val.fused_accuracy > b.fused_accuracy,
@@ -316,6 +318,41 @@ impl<B: Backend<f32>> Trainer<B> {
             Method::Unimodal => step::mla(self, batch, 0, step_no, pending),
             Method::Joint => step::joint(self, batch, step_no, pending),
         }
+    }
+
+    /// Times training steps for benchmarks: `warmup` untimed steps, then
+    /// `steps` timed ones, each ended by a device synchronisation. Batches
+    /// come from the loader as in training (later epochs when one runs out).
+    /// Returns each timed step's (seconds, samples). Training state moves on
+    /// (parameters change) but nothing is recorded.
+    pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
+        let mut out = Vec::with_capacity(steps);
+        let mut pending = step::Pending::default();
+        let mut stats = step::EpochStats::new(self.layout.modalities.len());
+        let mut epoch = 1u64;
+        let mut done = 0usize;
+        while done < warmup + steps {
+            let loader = Loader::new(self.dataset.clone(), self.train.clone(), self.cfg.batch_size, Some(self.cfg.seed), epoch)?;
+            for batch in loader {
+                if done == warmup + steps {
+                    break;
+                }
+                let batch = batch?;
+                let t0 = Instant::now();
+                self.step(&batch, done + 1, &mut pending)?;
+                self.backend.synchronize()?;
+                if done >= warmup {
+                    out.push((t0.elapsed().as_secs_f64(), batch.len()));
+                }
+                done += 1;
+                if done % READ_EVERY == 0 {
+                    pending.flush(epoch as usize, &self.layout.modalities, &mut stats)?;
+                }
+            }
+            epoch += 1;
+        }
+        pending.flush(epoch as usize, &self.layout.modalities, &mut stats)?;
+        Ok(out)
     }
 
     /// Evaluates the current model on one split.
