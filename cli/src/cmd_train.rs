@@ -36,7 +36,7 @@ pub struct Args {
     #[arg(long, default_value_t = 64, conflicts_with = "resume")]
     batch_size: usize,
     /// Batch size of evaluation passes (does not change any result).
-    #[arg(long, default_value_t = 256, conflicts_with = "resume")]
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
     eval_batch_size: usize,
     #[arg(long, default_value = "sgd", conflicts_with = "resume")]
     optimizer: OptimizerKind,

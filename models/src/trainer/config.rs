@@ -135,7 +135,7 @@ impl Default for TrainConfig {
             feature_size: 128,
             epochs: 3,
             batch_size: 64,
-            eval_batch_size: 256,
+            eval_batch_size: 128,
             optimizer: OptimizerKind::Sgd,
             lr: 0.01,
             momentum: 0.9,
