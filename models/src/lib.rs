@@ -1,4 +1,6 @@
 //! MLA: layers, encoders, HGM, fusion, optimizers, trainers, datasets, checkpoints.
 
+pub mod checkpoint;
 pub mod data;
+pub mod metrics;
 pub mod rng;
