@@ -32,7 +32,8 @@ pub(crate) struct Device {
     pub(crate) blas: Mutex<CudaBlas>,
     pub(crate) sm_count: u32,
     pub(crate) total_mem: usize,
-    arch: String,
+    pub(crate) info: crate::DeviceInfo,
+    compute_capability: (i32, i32),
     /// `[element slot][module slot]`: compiled on first use, errors kept so they are reported, not retried.
     modules: [[OnceLock<std::result::Result<Loaded, String>>; MODULE_COUNT]; 2],
     pub(crate) pool: Pool,
@@ -57,15 +58,22 @@ fn probe_libraries() -> std::result::Result<(), String> {
             cudarc::cublas::sys::is_culib_present(),
         )
     };
-    let missing: Vec<&str> = [(driver, "the CUDA driver (libcuda)"), (nvrtc, "NVRTC (libnvrtc)"), (cublas, "cuBLAS (libcublas)")]
-        .iter()
-        .filter(|(ok, _)| !ok)
-        .map(|(_, name)| *name)
-        .collect();
+    let missing: Vec<&str> = [
+        (driver, "the CUDA driver (libcuda)"),
+        (nvrtc, "NVRTC (libnvrtc)"),
+        (cublas, "cuBLAS (libcublas)"),
+    ]
+    .iter()
+    .filter(|(ok, _)| !ok)
+    .map(|(_, name)| *name)
+    .collect();
     if missing.is_empty() {
         Ok(())
     } else {
-        Err(format!("no CUDA device usable: missing {}", missing.join(", ")))
+        Err(format!(
+            "no CUDA device usable: missing {}",
+            missing.join(", ")
+        ))
     }
 }
 
@@ -88,26 +96,51 @@ impl Device {
     fn init(ordinal: usize) -> std::result::Result<Device, String> {
         probe_libraries()?;
         result::init().map_err(|e| format!("cuInit failed: {e:?}"))?;
-        let count = CudaContext::device_count().map_err(|e| format!("cannot count CUDA devices: {e:?}"))?;
+        let count =
+            CudaContext::device_count().map_err(|e| format!("cannot count CUDA devices: {e:?}"))?;
         if ordinal >= count.max(0) as usize {
-            return Err(format!("no CUDA device with ordinal {ordinal} ({count} present)"));
+            return Err(format!(
+                "no CUDA device with ordinal {ordinal} ({count} present)"
+            ));
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| format!("cannot create a context on device {ordinal}: {e:?}"))?;
+        let ctx = CudaContext::new(ordinal)
+            .map_err(|e| format!("cannot create a context on device {ordinal}: {e:?}"))?;
         // One stream, raw device pointers: cudarc's per-buffer events would only add calls.
         // SAFETY: nothing in this crate uses a second stream.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.new_stream().map_err(|e| format!("cannot create a stream: {e:?}"))?;
-        let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("cannot create a cuBLAS handle: {e:?}"))?;
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| format!("cannot create a stream: {e:?}"))?;
+        let blas = CudaBlas::new(stream.clone())
+            .map_err(|e| format!("cannot create a cuBLAS handle: {e:?}"))?;
         let name = ctx.name().unwrap_or_else(|_| format!("cuda:{ordinal}"));
-        let (major, minor) = ctx.compute_capability().map_err(|e| format!("cannot read the compute capability: {e:?}"))?;
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| format!("cannot read the compute capability: {e:?}"))?;
         let sm_count = ctx
             .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
             .map_err(|e| format!("cannot read the multiprocessor count: {e:?}"))?;
-        let total_mem = ctx.total_mem().map_err(|e| format!("cannot read the memory size: {e:?}"))?;
+        let total_mem = ctx
+            .total_mem()
+            .map_err(|e| format!("cannot read the memory size: {e:?}"))?;
+        let attr = |a| ctx.attribute(a).ok().filter(|&v| v > 0).map(|v| v as u64);
+        let info = crate::DeviceInfo {
+            name: name.clone(),
+            compute_capability: (major, minor),
+            sm_count: sm_count.max(1) as u32,
+            total_memory: total_mem,
+            memory_clock_khz: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE),
+            memory_bus_bits: attr(
+                sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH,
+            ),
+            l2_bytes: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE),
+        };
         // SAFETY: a 4-byte allocation, zeroed before use, freed in Drop.
         let err_word = unsafe {
-            let p = result::malloc_sync(4).map_err(|e| format!("cannot allocate device memory: {e:?}"))?;
-            result::memset_d8_sync(p, 0, 4).map_err(|e| format!("cannot clear device memory: {e:?}"))?;
+            let p = result::malloc_sync(4)
+                .map_err(|e| format!("cannot allocate device memory: {e:?}"))?;
+            result::memset_d8_sync(p, 0, 4)
+                .map_err(|e| format!("cannot clear device memory: {e:?}"))?;
             p
         };
         let dev = Device {
@@ -117,14 +150,20 @@ impl Device {
             blas: Mutex::new(blas),
             sm_count: sm_count.max(1) as u32,
             total_mem,
-            arch: format!("compute_{major}{minor}"),
+            info,
+            compute_capability: (major, minor),
             modules: Default::default(),
             pool: Pool::new(total_mem, ctx.has_async_alloc()),
             err_word,
             ctx,
         };
         // Compile one module now so a broken NVRTC shows up here, not in the first op.
-        dev.kernel::<f32>(&crate::ops::strided::MODULE, "copy_strided_u32", "cuda_init").map_err(|e| e.to_string())?;
+        dev.kernel::<f32>(
+            &crate::ops::strided::MODULE,
+            "copy_strided_u32",
+            "cuda_init",
+        )
+        .map_err(|e| e.to_string())?;
         Ok(dev)
     }
 
@@ -135,12 +174,23 @@ impl Device {
     }
 
     /// The compiled kernel `name` of `module` for element type `T`.
-    pub(crate) fn kernel<T: CudaFloat>(&self, module: &KernelModule, name: &str, op: &'static str) -> Result<&CudaFunction> {
-        let loaded = self.modules[T::SLOT][module.slot].get_or_init(|| kernels::compile(&self.ctx, module, T::C_TYPE, &self.arch));
+    pub(crate) fn kernel<T: CudaFloat>(
+        &self,
+        module: &KernelModule,
+        name: &str,
+        op: &'static str,
+    ) -> Result<&CudaFunction> {
+        let loaded = self.modules[T::SLOT][module.slot].get_or_init(|| {
+            kernels::compile(&self.ctx, module, T::C_TYPE, self.compute_capability)
+        });
         match loaded {
-            Ok(l) => l
-                .get(module, name)
-                .ok_or_else(|| Error::backend(op, BACKEND, format!("kernel {name} is not declared in module {}", module.name))),
+            Ok(l) => l.get(module, name).ok_or_else(|| {
+                Error::backend(
+                    op,
+                    BACKEND,
+                    format!("kernel {name} is not declared in module {}", module.name),
+                )
+            }),
             Err(msg) => Err(Error::backend(op, BACKEND, msg.clone())),
         }
     }
@@ -156,17 +206,34 @@ impl Device {
         op: &'static str,
     ) -> Result<()> {
         // SAFETY: callers pass pointers to live values matching the kernel's parameter list.
-        unsafe { result::launch_kernel(f.cu_function(), grid, block, shared_bytes, self.stream.cu_stream(), args) }
-            .map_err(drv(op))
+        unsafe {
+            result::launch_kernel(
+                f.cu_function(),
+                grid,
+                block,
+                shared_bytes,
+                self.stream.cu_stream(),
+                args,
+            )
+        }
+        .map_err(drv(op))
     }
 
     /// Uninitialised buffer of `len` elements.
-    pub(crate) fn alloc<E>(self: &Arc<Self>, len: usize, op: &'static str) -> Result<DeviceBuffer<E>> {
+    pub(crate) fn alloc<E>(
+        self: &Arc<Self>,
+        len: usize,
+        op: &'static str,
+    ) -> Result<DeviceBuffer<E>> {
         DeviceBuffer::alloc(self, len).map_err(drv(op))
     }
 
     /// Zero-filled buffer of `len` elements.
-    pub(crate) fn alloc_zeroed<E>(self: &Arc<Self>, len: usize, op: &'static str) -> Result<DeviceBuffer<E>> {
+    pub(crate) fn alloc_zeroed<E>(
+        self: &Arc<Self>,
+        len: usize,
+        op: &'static str,
+    ) -> Result<DeviceBuffer<E>> {
         let b = self.alloc::<E>(len, op)?;
         self.memset_zero(&b, op)?;
         Ok(b)
@@ -175,33 +242,52 @@ impl Device {
     pub(crate) fn memset_zero<E>(&self, b: &DeviceBuffer<E>, op: &'static str) -> Result<()> {
         if b.num_bytes() > 0 {
             // SAFETY: the range lies inside the buffer.
-            unsafe { result::memset_d8_async(b.ptr(), 0, b.num_bytes(), self.stream.cu_stream()) }.map_err(drv(op))?;
+            unsafe { result::memset_d8_async(b.ptr(), 0, b.num_bytes(), self.stream.cu_stream()) }
+                .map_err(drv(op))?;
         }
         Ok(())
     }
 
-    pub(crate) fn upload<E>(self: &Arc<Self>, data: &[E], op: &'static str) -> Result<DeviceBuffer<E>> {
+    pub(crate) fn upload<E>(
+        self: &Arc<Self>,
+        data: &[E],
+        op: &'static str,
+    ) -> Result<DeviceBuffer<E>> {
         let b = self.alloc::<E>(data.len(), op)?;
         if !data.is_empty() {
             // SAFETY: pageable host memory is staged before this returns, so `data` may go away after.
-            unsafe { result::memcpy_htod_async(b.ptr(), data, self.stream.cu_stream()) }.map_err(drv(op))?;
+            unsafe { result::memcpy_htod_async(b.ptr(), data, self.stream.cu_stream()) }
+                .map_err(drv(op))?;
         }
         Ok(b)
     }
 
     /// Copies `b` to the host after everything queued before it (a synchronisation point),
     /// then reports errors that kernels flagged on the device in the meantime.
-    pub(crate) fn download<E: Clone + Default>(&self, b: &DeviceBuffer<E>, op: &'static str) -> Result<Vec<E>> {
+    pub(crate) fn download<E: Clone + Default>(
+        &self,
+        b: &DeviceBuffer<E>,
+        op: &'static str,
+    ) -> Result<Vec<E>> {
         let mut out = vec![E::default(); b.len()];
         if !out.is_empty() {
             // SAFETY: `out` has exactly the buffer's size; the stream is synchronised before it is read.
-            unsafe { result::memcpy_dtoh_async(&mut out, b.ptr(), self.stream.cu_stream()) }.map_err(drv(op))?;
+            unsafe { result::memcpy_dtoh_async(&mut out, b.ptr(), self.stream.cu_stream()) }
+                .map_err(drv(op))?;
         }
         self.synchronize(op)?;
         Ok(out)
     }
 
-    pub(crate) fn copy_device<E>(&self, dst: &DeviceBuffer<E>, dst_off: usize, src: &DeviceBuffer<E>, src_off: usize, len: usize, op: &'static str) -> Result<()> {
+    pub(crate) fn copy_device<E>(
+        &self,
+        dst: &DeviceBuffer<E>,
+        dst_off: usize,
+        src: &DeviceBuffer<E>,
+        src_off: usize,
+        len: usize,
+        op: &'static str,
+    ) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
@@ -232,10 +318,20 @@ impl Device {
         let (bad_op, what) = match word[0] {
             w if w & 1 != 0 => ("gather_rows", "a row index was out of range"),
             w if w & 2 != 0 => ("scatter_add_rows", "a row index was out of range"),
-            w if w & 4 != 0 => ("cross_entropy", "a label was out of range for the number of classes"),
-            _ => ("max_pool2d_backward", "an argmax index lay outside its pooling window"),
+            w if w & 4 != 0 => (
+                "cross_entropy",
+                "a label was out of range for the number of classes",
+            ),
+            _ => (
+                "max_pool2d_backward",
+                "an argmax index lay outside its pooling window",
+            ),
         };
-        Err(Error::backend(bad_op, BACKEND, format!("{what} (found on the device, reported at the next synchronisation)")))
+        Err(Error::backend(
+            bad_op,
+            BACKEND,
+            format!("{what} (found on the device, reported at the next synchronisation)"),
+        ))
     }
 
     pub(crate) fn err_word(&self) -> sys::CUdeviceptr {

@@ -3,7 +3,8 @@
 //! and keeps the loaded functions for the life of the process.
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule};
-use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+use cudarc::nvrtc::Ptx;
+use std::ffi::CString;
 use std::sync::Arc;
 
 /// One CUDA C translation unit and the `extern "C"` kernels it defines.
@@ -85,32 +86,135 @@ pub(crate) struct Loaded {
 
 impl Loaded {
     pub(crate) fn get(&self, module: &KernelModule, name: &str) -> Option<&CudaFunction> {
-        module.functions.iter().position(|f| *f == name).map(|i| &self.functions[i])
+        module
+            .functions
+            .iter()
+            .position(|f| *f == name)
+            .map(|i| &self.functions[i])
     }
 }
 
-/// Compiles and loads `module` for `c_type` on `ctx`; the error text carries the NVRTC log.
-pub(crate) fn compile(ctx: &Arc<CudaContext>, module: &KernelModule, c_type: &str, arch: &str) -> Result<Loaded, String> {
-    let opts = CompileOptions {
-        options: vec![format!("--gpu-architecture={arch}"), "--std=c++17".into()],
-        name: Some(format!("{}_{c_type}.cu", module.name)),
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(full_source(module, c_type), opts).map_err(|e| match e {
-        cudarc::nvrtc::CompileError::CompileError { nvrtc, log, .. } => {
-            format!("NVRTC failed to compile the {} kernels for {c_type} ({nvrtc:?}):\n{}", module.name, log.to_string_lossy())
+/// NVRTC output: a CUBIN for the exact architecture, or PTX for the driver to JIT.
+enum Image {
+    Cubin(Vec<u8>),
+    Ptx(Vec<u8>),
+}
+
+/// Runs NVRTC on `src` with `options`; `cubin` asks for machine code (needs an `sm_XY` architecture).
+fn nvrtc(src: &str, name: &str, options: &[String], cubin: bool) -> Result<Image, String> {
+    use cudarc::nvrtc::{result, sys};
+    let csrc = CString::new(src).map_err(|_| "kernel source contains a NUL byte".to_string())?;
+    let cname = CString::new(name).map_err(|_| "kernel name contains a NUL byte".to_string())?;
+    let prog = result::create_program(&csrc, Some(&cname))
+        .map_err(|e| format!("nvrtcCreateProgram: {e:?}"))?;
+    // SAFETY: `prog` is live until destroyed at the end; buffers are sized by NVRTC.
+    let out = unsafe {
+        match result::compile_program(prog, options) {
+            Err(e) => {
+                let log = result::get_program_log(prog).unwrap_or_default();
+                let log: Vec<u8> = log
+                    .iter()
+                    .take_while(|&&c| c != 0)
+                    .map(|&c| c as u8)
+                    .collect();
+                Err(format!(
+                    "{e:?} with {options:?}:\n{}",
+                    String::from_utf8_lossy(&log)
+                ))
+            }
+            Ok(()) if cubin => {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size)
+                    .result()
+                    .map_err(|e| format!("nvrtcGetCUBINSize: {e:?}"))
+                    .and_then(|_| {
+                        let mut buf = vec![0u8; size];
+                        sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr() as *mut std::ffi::c_char)
+                            .result()
+                            .map(|_| Image::Cubin(buf))
+                            .map_err(|e| format!("nvrtcGetCUBIN: {e:?}"))
+                    })
+            }
+            Ok(()) => result::get_ptx(prog)
+                .map(|p| Image::Ptx(p.iter().map(|&c| c as u8).collect()))
+                .map_err(|e| format!("nvrtcGetPTX: {e:?}")),
         }
-        other => format!("NVRTC failed on the {} kernels for {c_type}: {other:?}", module.name),
-    })?;
-    let loaded = ctx
-        .load_module(ptx)
-        .map_err(|e| format!("loading the {} kernels for {c_type} failed: {e:?}", module.name))?;
+    };
+    // SAFETY: created above, not used after this.
+    let _ = unsafe { result::destroy_program(prog) };
+    out
+}
+
+/// Compiles and loads `module` for `c_type` on a device of compute capability
+/// `cc`. PTX first: NVRTC's front end is quick and the driver caches its JIT
+/// output across processes. If the driver cannot load that PTX (an NVRTC newer
+/// than the driver writes a PTX version it does not know), machine code for
+/// the exact architecture instead.
+pub(crate) fn compile(
+    ctx: &Arc<CudaContext>,
+    module: &KernelModule,
+    c_type: &str,
+    cc: (i32, i32),
+) -> Result<Loaded, String> {
+    let src = full_source(module, c_type);
+    let name = format!("{}_{c_type}.cu", module.name);
+    let opts = |arch: String| {
+        vec![
+            format!("--gpu-architecture={arch}"),
+            "--std=c++17".to_string(),
+        ]
+    };
+    let fail = |what: String| {
+        format!(
+            "NVRTC could not build the {} kernels for {c_type}: {what}",
+            module.name
+        )
+    };
+    let ptx_image = nvrtc(
+        &src,
+        &name,
+        &opts(format!("compute_{}{}", cc.0, cc.1)),
+        false,
+    );
+    let from_ptx = match ptx_image {
+        Ok(Image::Ptx(mut b)) => {
+            b.retain(|&c| c != 0);
+            ctx.load_module(Ptx::from_src(String::from_utf8_lossy(&b).into_owned()))
+                .map_err(|e| format!("loading PTX: {e:?}"))
+        }
+        Ok(Image::Cubin(_)) => Err("NVRTC returned machine code for a PTX request".to_string()),
+        Err(e) => Err(e),
+    };
+    let loaded = match from_ptx {
+        Ok(m) => m,
+        Err(ptx_err) => {
+            let cubin = match nvrtc(&src, &name, &opts(format!("sm_{}{}", cc.0, cc.1)), true) {
+                Ok(Image::Cubin(b)) => b,
+                Ok(Image::Ptx(_)) => {
+                    return Err(fail("NVRTC returned PTX for a machine-code request".into()))
+                }
+                Err(e) => return Err(fail(format!("{e}\n(as PTX: {ptx_err})"))),
+            };
+            ctx.load_module(Ptx::from_binary(cubin)).map_err(|e| {
+                fail(format!(
+                    "loading machine code failed: {e:?} (as PTX: {ptx_err})"
+                ))
+            })?
+        }
+    };
     let functions = module
         .functions
         .iter()
-        .map(|f| loaded.load_function(f).map_err(|e| format!("kernel {f} missing from the {} module: {e:?}", module.name)))
+        .map(|f| {
+            loaded
+                .load_function(f)
+                .map_err(|e| format!("kernel {f} missing from the {} module: {e:?}", module.name))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    Ok(Loaded { _module: loaded, functions })
+    Ok(Loaded {
+        _module: loaded,
+        functions,
+    })
 }
 
 /// Every module, for tests and for warming the cache.
@@ -134,6 +238,7 @@ pub(crate) fn all_modules() -> [&'static KernelModule; MODULE_COUNT] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
     #[test]
     fn module_slots_are_distinct_and_in_range() {
@@ -157,19 +262,45 @@ mod tests {
         }
         for m in all_modules() {
             for c_type in ["float", "double"] {
+                // Machine code too (the fallback path), for one element type to keep this quick.
+                if c_type == "float" {
+                    match nvrtc(
+                        &full_source(m, c_type),
+                        "t.cu",
+                        &["--gpu-architecture=sm_90".into(), "--std=c++17".into()],
+                        true,
+                    ) {
+                        Ok(Image::Cubin(b)) => {
+                            assert!(b.len() > 100, "{} ({c_type}): empty cubin", m.name)
+                        }
+                        Ok(Image::Ptx(_)) => panic!("asked for a cubin, got PTX"),
+                        Err(e) => panic!("{} ({c_type}) as sm_90: {e}", m.name),
+                    }
+                }
                 let opts = CompileOptions {
                     options: vec!["--gpu-architecture=compute_80".into(), "--std=c++17".into()],
                     ..Default::default()
                 };
-                let ptx = compile_ptx_with_opts(full_source(m, c_type), opts).unwrap_or_else(|e| match e {
-                    cudarc::nvrtc::CompileError::CompileError { log, .. } => {
-                        panic!("{} ({c_type}) does not compile:\n{}", m.name, log.to_string_lossy())
-                    }
-                    other => panic!("{} ({c_type}): {other:?}", m.name),
-                });
+                let ptx =
+                    compile_ptx_with_opts(full_source(m, c_type), opts).unwrap_or_else(
+                        |e| match e {
+                            cudarc::nvrtc::CompileError::CompileError { log, .. } => {
+                                panic!(
+                                    "{} ({c_type}) does not compile:\n{}",
+                                    m.name,
+                                    log.to_string_lossy()
+                                )
+                            }
+                            other => panic!("{} ({c_type}): {other:?}", m.name),
+                        },
+                    );
                 let text = ptx.to_src();
                 for f in m.functions {
-                    assert!(text.contains(&format!(".entry {f}(")), "{} ({c_type}): no entry point {f} in the PTX", m.name);
+                    assert!(
+                        text.contains(&format!(".entry {f}(")),
+                        "{} ({c_type}): no entry point {f} in the PTX",
+                        m.name
+                    );
                 }
             }
         }

@@ -20,7 +20,8 @@ mod ops;
 use cudarc::driver::DeviceRepr;
 use device::Device;
 use mla_core::{
-    AdamConfig, Backend, BinaryOp, Conv2dGeometry, Element, GemmConfig, Pool2dGeometry, Result, SgdConfig, UnaryOp,
+    AdamConfig, Backend, BinaryOp, Conv2dGeometry, Element, GemmConfig, Pool2dGeometry, Result,
+    SgdConfig, UnaryOp,
 };
 use std::sync::Arc;
 
@@ -74,12 +75,41 @@ macro_rules! cuda_float {
                 let (one, zero): ($t, $t) = (1.0, 0.0);
                 if batch == 1 {
                     cudarc::cublas::result::$gemm(
-                        handle, ta, tb, m, n, k, &one, a as *const $t, lda, b as *const $t, ldb, &zero, c as *mut $t, ldc,
+                        handle,
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        &one,
+                        a as *const $t,
+                        lda,
+                        b as *const $t,
+                        ldb,
+                        &zero,
+                        c as *mut $t,
+                        ldc,
                     )
                 } else {
                     cudarc::cublas::result::$batched(
-                        handle, ta, tb, m, n, k, &one, a as *const $t, lda, sa, b as *const $t, ldb, sb, &zero,
-                        c as *mut $t, ldc, sc, batch,
+                        handle,
+                        ta,
+                        tb,
+                        m,
+                        n,
+                        k,
+                        &one,
+                        a as *const $t,
+                        lda,
+                        sa,
+                        b as *const $t,
+                        ldb,
+                        sb,
+                        &zero,
+                        c as *mut $t,
+                        ldc,
+                        sc,
+                        batch,
                     )
                 }
             }
@@ -88,6 +118,26 @@ macro_rules! cuda_float {
 }
 cuda_float!(f32, "float", 0, sgemm, sgemm_strided_batched);
 cuda_float!(f64, "double", 1, dgemm, dgemm_strided_batched);
+
+/// What the driver reports about a device (for logs and benchmark reports).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub sm_count: u32,
+    pub total_memory: usize,
+    pub memory_clock_khz: Option<u64>,
+    pub memory_bus_bits: Option<u64>,
+    pub l2_bytes: Option<u64>,
+}
+
+impl DeviceInfo {
+    /// Theoretical DRAM bandwidth in bytes/s (double data rate x bus width),
+    /// when the driver reports clock and width.
+    pub fn peak_bandwidth(&self) -> Option<f64> {
+        Some(2.0 * self.memory_clock_khz? as f64 * 1e3 * self.memory_bus_bits? as f64 / 8.0)
+    }
+}
 
 /// A CUDA device. Cheap to clone; every handle for the same ordinal shares
 /// one context, stream, kernel cache and buffer pool.
@@ -106,7 +156,9 @@ impl Cuda {
     /// Opens device `ordinal`. Fails with `Error::Backend` (op `cuda_init`)
     /// when the driver, NVRTC or cuBLAS is missing, or there is no such device.
     pub fn new(ordinal: usize) -> Result<Cuda> {
-        Ok(Cuda { dev: Device::open(ordinal)? })
+        Ok(Cuda {
+            dev: Device::open(ordinal)?,
+        })
     }
 
     pub fn ordinal(&self) -> usize {
@@ -118,6 +170,11 @@ impl Cuda {
         &self.dev.name
     }
 
+    /// Name, compute capability, memory system.
+    pub fn info(&self) -> &DeviceInfo {
+        &self.dev.info
+    }
+
     /// Total device memory in bytes.
     pub fn total_memory(&self) -> usize {
         self.dev.total_mem
@@ -126,6 +183,17 @@ impl Cuda {
     /// Bytes held by live buffers and by the allocator's free lists.
     pub fn memory_stats(&self) -> MemoryStats {
         self.dev.pool.stats()
+    }
+
+    /// Compiles (or finds in the cache) every kernel for `T` now, so that
+    /// first-use compilation stays out of timings.
+    pub fn compile_kernels<T: CudaFloat>(&self) -> Result<()> {
+        for m in kernels::all_modules() {
+            if let Some(f) = m.functions.first() {
+                self.dev.kernel::<T>(m, f, "compile_kernels")?;
+            }
+        }
+        Ok(())
     }
 
     /// Hands the allocator's cached buffers back to the driver.
@@ -191,10 +259,24 @@ impl<T: CudaFloat> Backend<T> for Cuda {
         src_strides: &[usize],
         dims: &[usize],
     ) -> Result<()> {
-        ops::strided::copy_strided(&self.dev, dst, dst_offset, dst_strides, src, src_offset, src_strides, dims)
+        ops::strided::copy_strided(
+            &self.dev,
+            dst,
+            dst_offset,
+            dst_strides,
+            src,
+            src_offset,
+            src_strides,
+            dims,
+        )
     }
 
-    fn gemm(&self, cfg: &GemmConfig, a: &DeviceBuffer<T>, b: &DeviceBuffer<T>) -> Result<DeviceBuffer<T>> {
+    fn gemm(
+        &self,
+        cfg: &GemmConfig,
+        a: &DeviceBuffer<T>,
+        b: &DeviceBuffer<T>,
+    ) -> Result<DeviceBuffer<T>> {
         ops::gemm::gemm(&self.dev, cfg, a, b)
     }
 
@@ -222,10 +304,22 @@ impl<T: CudaFloat> Backend<T> for Cuda {
         ops::binary::binary(&self.dev, op, lhs, lhs_strides, rhs, rhs_strides, out_dims)
     }
 
-    fn sum_axis(&self, x: &DeviceBuffer<T>, outer: usize, len: usize, inner: usize) -> Result<DeviceBuffer<T>> {
+    fn sum_axis(
+        &self,
+        x: &DeviceBuffer<T>,
+        outer: usize,
+        len: usize,
+        inner: usize,
+    ) -> Result<DeviceBuffer<T>> {
         ops::reduce::sum_axis(&self.dev, x, outer, len, inner)
     }
-    fn softmax(&self, x: &DeviceBuffer<T>, rows: usize, cols: usize, log: bool) -> Result<DeviceBuffer<T>> {
+    fn softmax(
+        &self,
+        x: &DeviceBuffer<T>,
+        rows: usize,
+        cols: usize,
+        log: bool,
+    ) -> Result<DeviceBuffer<T>> {
         ops::softmax::softmax(&self.dev, x, rows, cols, log)
     }
     fn softmax_backward(
@@ -258,7 +352,12 @@ impl<T: CudaFloat> Backend<T> for Cuda {
         ops::loss::cross_entropy_backward(&self.dev, probs, labels, grad_loss, rows, cols)
     }
 
-    fn gather_rows(&self, x: &DeviceBuffer<T>, idx: &DeviceBuffer<u32>, row_len: usize) -> Result<DeviceBuffer<T>> {
+    fn gather_rows(
+        &self,
+        x: &DeviceBuffer<T>,
+        idx: &DeviceBuffer<u32>,
+        row_len: usize,
+    ) -> Result<DeviceBuffer<T>> {
         ops::gather::gather_rows(&self.dev, x, idx, row_len)
     }
     fn scatter_add_rows(
@@ -278,7 +377,11 @@ impl<T: CudaFloat> Backend<T> for Cuda {
         ops::conv::col2im(&self.dev, cols, g)
     }
 
-    fn max_pool2d(&self, x: &DeviceBuffer<T>, g: &Pool2dGeometry) -> Result<(DeviceBuffer<T>, DeviceBuffer<u32>)> {
+    fn max_pool2d(
+        &self,
+        x: &DeviceBuffer<T>,
+        g: &Pool2dGeometry,
+    ) -> Result<(DeviceBuffer<T>, DeviceBuffer<u32>)> {
         ops::pool::max_pool2d(&self.dev, x, g)
     }
     fn max_pool2d_backward(
@@ -292,7 +395,11 @@ impl<T: CudaFloat> Backend<T> for Cuda {
     fn avg_pool2d(&self, x: &DeviceBuffer<T>, g: &Pool2dGeometry) -> Result<DeviceBuffer<T>> {
         ops::pool::avg_pool2d(&self.dev, x, g)
     }
-    fn avg_pool2d_backward(&self, grad: &DeviceBuffer<T>, g: &Pool2dGeometry) -> Result<DeviceBuffer<T>> {
+    fn avg_pool2d_backward(
+        &self,
+        grad: &DeviceBuffer<T>,
+        g: &Pool2dGeometry,
+    ) -> Result<DeviceBuffer<T>> {
         ops::pool::avg_pool2d_backward(&self.dev, grad, g)
     }
 

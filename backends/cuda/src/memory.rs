@@ -55,14 +55,27 @@ impl Pool {
     }
 
     pub(crate) fn stats(&self) -> MemoryStats {
-        MemoryStats { live_bytes: self.live.load(Ordering::Relaxed), cached_bytes: self.cached.load(Ordering::Relaxed) }
+        MemoryStats {
+            live_bytes: self.live.load(Ordering::Relaxed),
+            cached_bytes: self.cached.load(Ordering::Relaxed),
+        }
     }
 
     /// A buffer of `bytes` (already rounded): from the free list, else fresh;
     /// when the device is full, the free lists are returned to the driver and
     /// the allocation retried once.
-    pub(crate) fn alloc(&self, stream: sys::CUstream, bytes: usize) -> Result<sys::CUdeviceptr, DriverError> {
-        if let Some(ptr) = self.free.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&bytes).and_then(|l| l.pop()) {
+    pub(crate) fn alloc(
+        &self,
+        stream: sys::CUstream,
+        bytes: usize,
+    ) -> Result<sys::CUdeviceptr, DriverError> {
+        if let Some(ptr) = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&bytes)
+            .and_then(|l| l.pop())
+        {
             self.cached.fetch_sub(bytes, Ordering::Relaxed);
             self.live.fetch_add(bytes, Ordering::Relaxed);
             return Ok(ptr);
@@ -79,7 +92,11 @@ impl Pool {
         Ok(ptr)
     }
 
-    fn raw_alloc(&self, stream: sys::CUstream, bytes: usize) -> Result<sys::CUdeviceptr, DriverError> {
+    fn raw_alloc(
+        &self,
+        stream: sys::CUstream,
+        bytes: usize,
+    ) -> Result<sys::CUdeviceptr, DriverError> {
         // SAFETY: plain allocation; the memory is only used through `DeviceBuffer`.
         unsafe {
             if self.async_alloc {
@@ -94,7 +111,11 @@ impl Pool {
         // Errors cannot be reported from a drop; a failed free only leaks.
         // SAFETY: `ptr` came from `raw_alloc` and no live buffer refers to it.
         unsafe {
-            let _ = if self.async_alloc { result::free_async(ptr, stream) } else { result::free_sync(ptr) };
+            let _ = if self.async_alloc {
+                result::free_async(ptr, stream)
+            } else {
+                result::free_sync(ptr)
+            };
         }
     }
 
@@ -107,14 +128,23 @@ impl Pool {
             return false;
         }
         self.cached.fetch_add(bytes, Ordering::Relaxed);
-        self.free.lock().unwrap_or_else(|p| p.into_inner()).entry(bytes).or_default().push(ptr);
+        self.free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(bytes)
+            .or_default()
+            .push(ptr);
         true
     }
 
     /// Returns every cached buffer to the driver.
     pub(crate) fn trim(&self, stream: sys::CUstream) {
-        let lists: Vec<(usize, Vec<sys::CUdeviceptr>)> =
-            self.free.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let lists: Vec<(usize, Vec<sys::CUdeviceptr>)> = self
+            .free
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
         for (bytes, ptrs) in lists {
             for ptr in ptrs {
                 self.cached.fetch_sub(bytes, Ordering::Relaxed);
@@ -141,8 +171,18 @@ impl<T> DeviceBuffer<T> {
     /// Uninitialised buffer (callers fill it before anyone reads it).
     pub(crate) fn alloc(dev: &Arc<Device>, len: usize) -> Result<Self, DriverError> {
         let bytes = rounded(len * std::mem::size_of::<T>());
-        let ptr = if bytes == 0 { 0 } else { dev.pool.alloc(dev.stream.cu_stream(), bytes)? };
-        Ok(DeviceBuffer { ptr, len, bytes, dev: dev.clone(), _elem: PhantomData })
+        let ptr = if bytes == 0 {
+            0
+        } else {
+            dev.pool.alloc(dev.stream.cu_stream(), bytes)?
+        };
+        Ok(DeviceBuffer {
+            ptr,
+            len,
+            bytes,
+            dev: dev.clone(),
+            _elem: PhantomData,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -162,14 +202,25 @@ impl<T> DeviceBuffer<T> {
 
 impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
-        if self.bytes > 0 && !self.dev.pool.release(self.ptr, self.bytes) && self.dev.ctx.bind_to_thread().is_ok() {
-            self.dev.pool.raw_free(self.dev.stream.cu_stream(), self.ptr);
+        if self.bytes > 0
+            && !self.dev.pool.release(self.ptr, self.bytes)
+            && self.dev.ctx.bind_to_thread().is_ok()
+        {
+            self.dev
+                .pool
+                .raw_free(self.dev.stream.cu_stream(), self.ptr);
         }
     }
 }
 
 impl<T> std::fmt::Debug for DeviceBuffer<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceBuffer({} x {}, cuda:{})", self.len, std::any::type_name::<T>(), self.dev.ordinal)
+        write!(
+            f,
+            "DeviceBuffer({} x {}, cuda:{})",
+            self.len,
+            std::any::type_name::<T>(),
+            self.dev.ordinal
+        )
     }
 }

@@ -86,7 +86,11 @@ pub(crate) fn binary<T: CudaFloat>(
     let name = "binary";
     let rank = out_dims.len();
     if lhs_strides.len() != rank || rhs_strides.len() != rank {
-        return Err(Error::invalid(name, "strides and dims differ in rank", &[out_dims, lhs_strides, rhs_strides]));
+        return Err(Error::invalid(
+            name,
+            "strides and dims differ in rank",
+            &[out_dims, lhs_strides, rhs_strides],
+        ));
     }
     let n: usize = out_dims.iter().product();
     dev.enter(name)?;
@@ -94,7 +98,14 @@ pub(crate) fn binary<T: CudaFloat>(
     if n == 0 {
         return Ok(out);
     }
-    let last = |strides: &[usize]| out_dims.iter().zip(strides).map(|(d, s)| (d - 1) * s).sum::<usize>() + 1;
+    let last = |strides: &[usize]| {
+        out_dims
+            .iter()
+            .zip(strides)
+            .map(|(d, s)| (d - 1) * s)
+            .sum::<usize>()
+            + 1
+    };
     need_len(name, "lhs", lhs.len(), last(lhs_strides))?;
     need_len(name, "rhs", rhs.len(), last(rhs_strides))?;
     let out_strides = mla_core::Shape::new(out_dims.to_vec()).strides();
@@ -103,15 +114,45 @@ pub(crate) fn binary<T: CudaFloat>(
     let grid = dev.grid_for(n, BLOCK);
     if cd.len() == 1 && cs[1][0] == 1 && cs[2][0] == 1 {
         let f = dev.kernel::<T>(&MODULE, "binary_contig", name)?;
-        dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&a), arg(&b), arg(&o), arg(&nn), arg(&c)], name)?;
+        dev.launch(
+            f,
+            (grid, 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut [arg(&a), arg(&b), arg(&o), arg(&nn), arg(&c)],
+            name,
+        )?;
         return Ok(out);
     }
     if cd.len() > MAX_RANK {
-        return Err(Error::backend(name, "cuda", format!("broadcast of rank {} does not collapse to {MAX_RANK} axes", cd.len())));
+        return Err(Error::backend(
+            name,
+            "cuda",
+            format!(
+                "broadcast of rank {} does not collapse to {MAX_RANK} axes",
+                cd.len()
+            ),
+        ));
     }
-    let layout = BinLayout { dims: padded(&cd), ls: padded(&cs[1]), rs: padded(&cs[2]), rank: cd.len() as i32 };
-    let kname = if n < (1 << 31) { "binary_u32" } else { "binary_u64" };
+    let layout = BinLayout {
+        dims: padded(&cd),
+        ls: padded(&cs[1]),
+        rs: padded(&cs[2]),
+        rank: cd.len() as i32,
+    };
+    let kname = if n < (1 << 31) {
+        "binary_u32"
+    } else {
+        "binary_u64"
+    };
     let f = dev.kernel::<T>(&MODULE, kname, name)?;
-    dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&a), arg(&b), arg(&o), arg(&nn), arg(&c), arg(&layout)], name)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&a), arg(&b), arg(&o), arg(&nn), arg(&c), arg(&layout)],
+        name,
+    )?;
     Ok(out)
 }

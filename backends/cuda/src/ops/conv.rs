@@ -116,7 +116,11 @@ fn small(g: &Conv2dGeometry) -> bool {
     cols.max(input) < (1 << 31)
 }
 
-pub(crate) fn im2col<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, g: &Conv2dGeometry) -> Result<DeviceBuffer<T>> {
+pub(crate) fn im2col<T: CudaFloat>(
+    dev: &Arc<Device>,
+    x: &DeviceBuffer<T>,
+    g: &Conv2dGeometry,
+) -> Result<DeviceBuffer<T>> {
     let op = "im2col";
     need_len(op, "input", x.len(), g.n * g.c * g.h * g.w)?;
     dev.enter(op)?;
@@ -125,13 +129,28 @@ pub(crate) fn im2col<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, g: &C
     if total == 0 {
         return Ok(cols);
     }
-    let f = dev.kernel::<T>(&MODULE, if small(g) { "im2col_u32" } else { "im2col_u64" }, op)?;
+    let f = dev.kernel::<T>(
+        &MODULE,
+        if small(g) { "im2col_u32" } else { "im2col_u64" },
+        op,
+    )?;
     let (xp, cp, geo) = (x.ptr(), cols.ptr(), geo(g));
-    dev.launch(f, (dev.grid_for(total, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&cp), arg(&geo)], op)?;
+    dev.launch(
+        f,
+        (dev.grid_for(total, BLOCK), 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&xp), arg(&cp), arg(&geo)],
+        op,
+    )?;
     Ok(cols)
 }
 
-pub(crate) fn col2im<T: CudaFloat>(dev: &Arc<Device>, cols: &DeviceBuffer<T>, g: &Conv2dGeometry) -> Result<DeviceBuffer<T>> {
+pub(crate) fn col2im<T: CudaFloat>(
+    dev: &Arc<Device>,
+    cols: &DeviceBuffer<T>,
+    g: &Conv2dGeometry,
+) -> Result<DeviceBuffer<T>> {
     let op = "col2im";
     need_len(op, "columns", cols.len(), g.n * g.col_rows() * g.col_cols())?;
     dev.enter(op)?;
@@ -140,8 +159,19 @@ pub(crate) fn col2im<T: CudaFloat>(dev: &Arc<Device>, cols: &DeviceBuffer<T>, g:
     if total == 0 {
         return Ok(x);
     }
-    let f = dev.kernel::<T>(&MODULE, if small(g) { "col2im_u32" } else { "col2im_u64" }, op)?;
+    let f = dev.kernel::<T>(
+        &MODULE,
+        if small(g) { "col2im_u32" } else { "col2im_u64" },
+        op,
+    )?;
     let (cp, xp, geo) = (cols.ptr(), x.ptr(), geo(g));
-    dev.launch(f, (dev.grid_for(total, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&cp), arg(&xp), arg(&geo)], op)?;
+    dev.launch(
+        f,
+        (dev.grid_for(total, BLOCK), 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&cp), arg(&xp), arg(&geo)],
+        op,
+    )?;
     Ok(x)
 }

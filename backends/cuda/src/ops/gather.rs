@@ -45,7 +45,12 @@ extern "C" __global__ void scatter_add_rows(const T* __restrict__ grad, const u3
 }
 "#;
 
-pub(crate) fn gather_rows<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, idx: &DeviceBuffer<u32>, row_len: usize) -> Result<DeviceBuffer<T>> {
+pub(crate) fn gather_rows<T: CudaFloat>(
+    dev: &Arc<Device>,
+    x: &DeviceBuffer<T>,
+    idx: &DeviceBuffer<u32>,
+    row_len: usize,
+) -> Result<DeviceBuffer<T>> {
     let op = "gather_rows";
     let n = idx.len() * row_len;
     dev.enter(op)?;
@@ -55,9 +60,32 @@ pub(crate) fn gather_rows<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, 
     }
     let x_rows = x.len() / row_len;
     let f = dev.kernel::<T>(&MODULE, "gather_rows", op)?;
-    let (xp, ip, o, ni, rl, xr, err) = (x.ptr(), idx.ptr(), out.ptr(), u(idx.len()), u(row_len), u(x_rows), dev.err_word());
+    let (xp, ip, o, ni, rl, xr, err) = (
+        x.ptr(),
+        idx.ptr(),
+        out.ptr(),
+        u(idx.len()),
+        u(row_len),
+        u(x_rows),
+        dev.err_word(),
+    );
     let grid = dev.grid_for(n, BLOCK);
-    dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&ip), arg(&o), arg(&ni), arg(&rl), arg(&xr), arg(&err)], op)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [
+            arg(&xp),
+            arg(&ip),
+            arg(&o),
+            arg(&ni),
+            arg(&rl),
+            arg(&xr),
+            arg(&err),
+        ],
+        op,
+    )?;
     Ok(out)
 }
 
@@ -71,7 +99,11 @@ pub(crate) fn scatter_add_rows<T: CudaFloat>(
     let op = "scatter_add_rows";
     need_len(op, "grad", grad.len(), idx.len() * row_len)?;
     if rows_out == 0 && !idx.is_empty() && row_len > 0 {
-        return Err(Error::invalid(op, "indices given for an output with no rows", &[&[idx.len()], &[rows_out, row_len]]));
+        return Err(Error::invalid(
+            op,
+            "indices given for an output with no rows",
+            &[&[idx.len()], &[rows_out, row_len]],
+        ));
     }
     dev.enter(op)?;
     let out = dev.alloc_zeroed::<T>(rows_out * row_len, op)?;
@@ -80,8 +112,31 @@ pub(crate) fn scatter_add_rows<T: CudaFloat>(
         return Ok(out);
     }
     let f = dev.kernel::<T>(&MODULE, "scatter_add_rows", op)?;
-    let (gp, ip, o, ni, rl, ro, err) = (grad.ptr(), idx.ptr(), out.ptr(), u(idx.len()), u(row_len), u(rows_out), dev.err_word());
+    let (gp, ip, o, ni, rl, ro, err) = (
+        grad.ptr(),
+        idx.ptr(),
+        out.ptr(),
+        u(idx.len()),
+        u(row_len),
+        u(rows_out),
+        dev.err_word(),
+    );
     let grid = dev.grid_for(n, BLOCK);
-    dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&gp), arg(&ip), arg(&o), arg(&ni), arg(&rl), arg(&ro), arg(&err)], op)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [
+            arg(&gp),
+            arg(&ip),
+            arg(&o),
+            arg(&ni),
+            arg(&rl),
+            arg(&ro),
+            arg(&err),
+        ],
+        op,
+    )?;
     Ok(out)
 }

@@ -15,7 +15,12 @@ pub(crate) static MODULE: KernelModule = KernelModule {
     slot: 5,
     name: "loss",
     source: SOURCE,
-    functions: &["cross_entropy_block", "cross_entropy_rows", "mean_of", "cross_entropy_backward"],
+    functions: &[
+        "cross_entropy_block",
+        "cross_entropy_rows",
+        "mean_of",
+        "cross_entropy_backward",
+    ],
 };
 
 const SOURCE: &str = r#"
@@ -94,23 +99,72 @@ pub(crate) fn cross_entropy<T: CudaFloat>(
     need_len(op, "logits", logits.len(), rows * cols)?;
     need_len(op, "labels", labels.len(), rows)?;
     if rows == 0 || cols == 0 {
-        return Err(mla_core::Error::invalid(op, "empty batch or no classes", &[&[rows, cols]]));
+        return Err(mla_core::Error::invalid(
+            op,
+            "empty batch or no classes",
+            &[&[rows, cols]],
+        ));
     }
     dev.enter(op)?;
     let loss = dev.alloc::<T>(1, op)?;
     let probs = dev.alloc::<T>(rows * cols, op)?;
-    let (xp, lp, lo, pp, r, c, err) = (logits.ptr(), labels.ptr(), loss.ptr(), probs.ptr(), u(rows), u(cols), dev.err_word());
+    let (xp, lp, lo, pp, r, c, err) = (
+        logits.ptr(),
+        labels.ptr(),
+        loss.ptr(),
+        probs.ptr(),
+        u(rows),
+        u(cols),
+        dev.err_word(),
+    );
     if rows * cols <= ONE_BLOCK_MAX {
         let f = dev.kernel::<T>(&MODULE, "cross_entropy_block", op)?;
-        dev.launch(f, (1, 1, 1), (1024, 1, 1), 0, &mut [arg(&xp), arg(&lp), arg(&lo), arg(&pp), arg(&r), arg(&c), arg(&err)], op)?;
+        dev.launch(
+            f,
+            (1, 1, 1),
+            (1024, 1, 1),
+            0,
+            &mut [
+                arg(&xp),
+                arg(&lp),
+                arg(&lo),
+                arg(&pp),
+                arg(&r),
+                arg(&c),
+                arg(&err),
+            ],
+            op,
+        )?;
     } else {
         let row_loss = dev.alloc::<f64>(rows, op)?;
         let rl = row_loss.ptr();
         let f = dev.kernel::<T>(&MODULE, "cross_entropy_rows", op)?;
         let grid = super::softmax::row_grid(dev, rows);
-        dev.launch(f, (grid, 1, 1), (256, 1, 1), 0, &mut [arg(&xp), arg(&lp), arg(&rl), arg(&pp), arg(&r), arg(&c), arg(&err)], op)?;
+        dev.launch(
+            f,
+            (grid, 1, 1),
+            (256, 1, 1),
+            0,
+            &mut [
+                arg(&xp),
+                arg(&lp),
+                arg(&rl),
+                arg(&pp),
+                arg(&r),
+                arg(&c),
+                arg(&err),
+            ],
+            op,
+        )?;
         let f = dev.kernel::<T>(&MODULE, "mean_of", op)?;
-        dev.launch(f, (1, 1, 1), (1024, 1, 1), 0, &mut [arg(&rl), arg(&lo), arg(&r)], op)?;
+        dev.launch(
+            f,
+            (1, 1, 1),
+            (1024, 1, 1),
+            0,
+            &mut [arg(&rl), arg(&lo), arg(&r)],
+            op,
+        )?;
     }
     Ok((loss, probs))
 }
@@ -133,8 +187,31 @@ pub(crate) fn cross_entropy_backward<T: CudaFloat>(
         return Ok(out);
     }
     let f = dev.kernel::<T>(&MODULE, "cross_entropy_backward", op)?;
-    let (pp, lp, gp, o, r, c, err) = (probs.ptr(), labels.ptr(), grad_loss.ptr(), out.ptr(), u(rows), u(cols), dev.err_word());
+    let (pp, lp, gp, o, r, c, err) = (
+        probs.ptr(),
+        labels.ptr(),
+        grad_loss.ptr(),
+        out.ptr(),
+        u(rows),
+        u(cols),
+        dev.err_word(),
+    );
     let grid = dev.grid_for(rows * cols, BLOCK);
-    dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&pp), arg(&lp), arg(&gp), arg(&o), arg(&r), arg(&c), arg(&err)], op)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [
+            arg(&pp),
+            arg(&lp),
+            arg(&gp),
+            arg(&o),
+            arg(&r),
+            arg(&c),
+            arg(&err),
+        ],
+        op,
+    )?;
     Ok(out)
 }

@@ -25,7 +25,11 @@ pub(crate) const MAX_RANK: usize = 8;
 /// Errors when a buffer holds fewer than `need` elements.
 pub(crate) fn need_len(op: &'static str, what: &str, have: usize, need: usize) -> Result<()> {
     if have < need {
-        return Err(Error::invalid(op, format!("{what} holds {have} elements, {need} needed"), &[&[have], &[need]]));
+        return Err(Error::invalid(
+            op,
+            format!("{what} holds {have} elements, {need} needed"),
+            &[&[have], &[need]],
+        ));
     }
     Ok(())
 }
@@ -46,7 +50,10 @@ pub(crate) fn collapse(dims: &[usize], strides: &[&[usize]]) -> (Vec<usize>, Vec
             continue;
         }
         let mergeable = !out_dims.is_empty()
-            && strides.iter().zip(&out_strides).all(|(st, os)| os.last() == Some(&(st[ax] * d)));
+            && strides
+                .iter()
+                .zip(&out_strides)
+                .all(|(st, os)| os.last() == Some(&(st[ax] * d)));
         if mergeable {
             *out_dims.last_mut().expect("non-empty") *= d;
             for (st, os) in strides.iter().zip(out_strides.iter_mut()) {

@@ -48,7 +48,11 @@ extern "C" __global__ void adam_step(T* __restrict__ p, const T* __restrict__ g,
 
 fn same_len(op: &'static str, what: &str, have: usize, n: usize) -> Result<()> {
     if have != n {
-        return Err(Error::invalid(op, format!("{what} has {have} elements, the parameter {n}"), &[&[have], &[n]]));
+        return Err(Error::invalid(
+            op,
+            format!("{what} has {have} elements, the parameter {n}"),
+            &[&[have], &[n]],
+        ));
     }
     Ok(())
 }
@@ -71,14 +75,33 @@ pub(crate) fn sgd_step<T: CudaFloat>(
     }
     dev.enter(op)?;
     let f = dev.kernel::<T>(&MODULE, "sgd_step", op)?;
-    let (pp, gp, vp, nn) = (param.ptr(), grad.ptr(), velocity.map_or(0, |v| v.ptr()), u(n));
-    let (lr, mu, wd, nes) = (T::lit(cfg.lr), T::lit(cfg.momentum), T::lit(cfg.weight_decay), cfg.nesterov as i32);
+    let (pp, gp, vp, nn) = (
+        param.ptr(),
+        grad.ptr(),
+        velocity.map_or(0, |v| v.ptr()),
+        u(n),
+    );
+    let (lr, mu, wd, nes) = (
+        T::lit(cfg.lr),
+        T::lit(cfg.momentum),
+        T::lit(cfg.weight_decay),
+        cfg.nesterov as i32,
+    );
     dev.launch(
         f,
         (dev.grid_for(n, BLOCK), 1, 1),
         (BLOCK, 1, 1),
         0,
-        &mut [arg(&pp), arg(&gp), arg(&vp), arg(&nn), arg(&lr), arg(&mu), arg(&wd), arg(&nes)],
+        &mut [
+            arg(&pp),
+            arg(&gp),
+            arg(&vp),
+            arg(&nn),
+            arg(&lr),
+            arg(&mu),
+            arg(&wd),
+            arg(&nes),
+        ],
         op,
     )
 }
@@ -98,7 +121,11 @@ pub(crate) fn adam_step<T: CudaFloat>(
     same_len(op, "first moment", m.len(), n)?;
     same_len(op, "second moment", v.len(), n)?;
     if step == 0 {
-        return Err(Error::invalid(op, "step numbers start at 1 (bias correction divides by 1 - beta^step)", &[&[n]]));
+        return Err(Error::invalid(
+            op,
+            "step numbers start at 1 (bias correction divides by 1 - beta^step)",
+            &[&[n]],
+        ));
     }
     if n == 0 {
         return Ok(());
@@ -108,8 +135,14 @@ pub(crate) fn adam_step<T: CudaFloat>(
     let steps = i32::try_from(step).unwrap_or(i32::MAX);
     let bc1 = T::lit(1.0 - cfg.beta1.powi(steps));
     let bc2 = T::lit(1.0 - cfg.beta2.powi(steps));
-    let (lr, b1, b2, eps, wd, dec) =
-        (T::lit(cfg.lr), T::lit(cfg.beta1), T::lit(cfg.beta2), T::lit(cfg.eps), T::lit(cfg.weight_decay), cfg.decoupled as i32);
+    let (lr, b1, b2, eps, wd, dec) = (
+        T::lit(cfg.lr),
+        T::lit(cfg.beta1),
+        T::lit(cfg.beta2),
+        T::lit(cfg.eps),
+        T::lit(cfg.weight_decay),
+        cfg.decoupled as i32,
+    );
     let (pp, gp, mp, vp, nn) = (param.ptr(), grad.ptr(), m.ptr(), v.ptr(), u(n));
     dev.launch(
         f,

@@ -163,7 +163,11 @@ fn averaging_factor<T: CudaFloat>(g: &Pool2dGeometry) -> T {
     T::one() / T::lit((g.kh * g.kw) as f64)
 }
 
-pub(crate) fn max_pool2d<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, g: &Pool2dGeometry) -> Result<(DeviceBuffer<T>, DeviceBuffer<u32>)> {
+pub(crate) fn max_pool2d<T: CudaFloat>(
+    dev: &Arc<Device>,
+    x: &DeviceBuffer<T>,
+    g: &Pool2dGeometry,
+) -> Result<(DeviceBuffer<T>, DeviceBuffer<u32>)> {
     let op = "max_pool2d";
     need_len(op, "input", x.len(), g.planes * g.h * g.w)?;
     dev.enter(op)?;
@@ -175,7 +179,14 @@ pub(crate) fn max_pool2d<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, g
     }
     let f = dev.kernel::<T>(&MODULE, &kernel_name("max_pool", g), op)?;
     let (xp, yp, ap, geo) = (x.ptr(), y.ptr(), am.ptr(), geo(g));
-    dev.launch(f, (dev.grid_for(n, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&yp), arg(&ap), arg(&geo)], op)?;
+    dev.launch(
+        f,
+        (dev.grid_for(n, BLOCK), 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&xp), arg(&yp), arg(&ap), arg(&geo)],
+        op,
+    )?;
     Ok((y, am))
 }
 
@@ -197,11 +208,22 @@ pub(crate) fn max_pool2d_backward<T: CudaFloat>(
     }
     let f = dev.kernel::<T>(&MODULE, &kernel_name("max_pool_backward", g), op)?;
     let (gp, ap, dp, geo, err) = (grad.ptr(), argmax.ptr(), dx.ptr(), geo(g), dev.err_word());
-    dev.launch(f, (dev.grid_for(n, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&gp), arg(&ap), arg(&dp), arg(&geo), arg(&err)], op)?;
+    dev.launch(
+        f,
+        (dev.grid_for(n, BLOCK), 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&gp), arg(&ap), arg(&dp), arg(&geo), arg(&err)],
+        op,
+    )?;
     Ok(dx)
 }
 
-pub(crate) fn avg_pool2d<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, g: &Pool2dGeometry) -> Result<DeviceBuffer<T>> {
+pub(crate) fn avg_pool2d<T: CudaFloat>(
+    dev: &Arc<Device>,
+    x: &DeviceBuffer<T>,
+    g: &Pool2dGeometry,
+) -> Result<DeviceBuffer<T>> {
     let op = "avg_pool2d";
     need_len(op, "input", x.len(), g.planes * g.h * g.w)?;
     dev.enter(op)?;
@@ -212,11 +234,22 @@ pub(crate) fn avg_pool2d<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, g
     }
     let f = dev.kernel::<T>(&MODULE, &kernel_name("avg_pool", g), op)?;
     let (xp, yp, geo, inv) = (x.ptr(), y.ptr(), geo(g), averaging_factor::<T>(g));
-    dev.launch(f, (dev.grid_for(n, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&yp), arg(&geo), arg(&inv)], op)?;
+    dev.launch(
+        f,
+        (dev.grid_for(n, BLOCK), 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&xp), arg(&yp), arg(&geo), arg(&inv)],
+        op,
+    )?;
     Ok(y)
 }
 
-pub(crate) fn avg_pool2d_backward<T: CudaFloat>(dev: &Arc<Device>, grad: &DeviceBuffer<T>, g: &Pool2dGeometry) -> Result<DeviceBuffer<T>> {
+pub(crate) fn avg_pool2d_backward<T: CudaFloat>(
+    dev: &Arc<Device>,
+    grad: &DeviceBuffer<T>,
+    g: &Pool2dGeometry,
+) -> Result<DeviceBuffer<T>> {
     let op = "avg_pool2d_backward";
     need_len(op, "grad", grad.len(), g.planes * g.oh * g.ow)?;
     dev.enter(op)?;
@@ -227,6 +260,13 @@ pub(crate) fn avg_pool2d_backward<T: CudaFloat>(dev: &Arc<Device>, grad: &Device
     }
     let f = dev.kernel::<T>(&MODULE, &kernel_name("avg_pool_backward", g), op)?;
     let (gp, dp, geo, inv) = (grad.ptr(), dx.ptr(), geo(g), averaging_factor::<T>(g));
-    dev.launch(f, (dev.grid_for(n, BLOCK), 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&gp), arg(&dp), arg(&geo), arg(&inv)], op)?;
+    dev.launch(
+        f,
+        (dev.grid_for(n, BLOCK), 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&gp), arg(&dp), arg(&geo), arg(&inv)],
+        op,
+    )?;
     Ok(dx)
 }

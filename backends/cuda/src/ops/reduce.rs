@@ -73,7 +73,13 @@ extern "C" __global__ void sum_cols(const T* __restrict__ x, T* __restrict__ out
 const SPLIT_LEN: usize = 1 << 14;
 const ROW_BLOCK: u32 = 256;
 
-pub(crate) fn sum_axis<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, outer: usize, len: usize, inner: usize) -> Result<DeviceBuffer<T>> {
+pub(crate) fn sum_axis<T: CudaFloat>(
+    dev: &Arc<Device>,
+    x: &DeviceBuffer<T>,
+    outer: usize,
+    len: usize,
+    inner: usize,
+) -> Result<DeviceBuffer<T>> {
     let op = "sum_axis";
     need_len(op, "input", x.len(), outer * len * inner)?;
     dev.enter(op)?;
@@ -89,18 +95,42 @@ pub(crate) fn sum_axis<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, out
         if outer >= sms || len <= SPLIT_LEN {
             let f = dev.kernel::<T>(&MODULE, "sum_rows", op)?;
             let grid = outer.min(65535) as u32;
-            dev.launch(f, (grid, 1, 1), (ROW_BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&op_), arg(&rows), arg(&l)], op)?;
+            dev.launch(
+                f,
+                (grid, 1, 1),
+                (ROW_BLOCK, 1, 1),
+                0,
+                &mut [arg(&xp), arg(&op_), arg(&rows), arg(&l)],
+                op,
+            )?;
         } else {
             // Few long rows: enough chunks to cover the device about twice.
-            let chunks = (2 * sms / outer).max(1).min(len.div_ceil(SPLIT_LEN / 4)).max(1);
+            let chunks = (2 * sms / outer)
+                .max(1)
+                .min(len.div_ceil(SPLIT_LEN / 4))
+                .max(1);
             let chunk = u(len.div_ceil(chunks));
             let partial = dev.alloc::<f64>(outer * chunks, op)?;
             let pp = partial.ptr();
             let f = dev.kernel::<T>(&MODULE, "sum_rows_partial", op)?;
-            dev.launch(f, (chunks as u32, outer as u32, 1), (ROW_BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&pp), arg(&l), arg(&chunk)], op)?;
+            dev.launch(
+                f,
+                (chunks as u32, outer as u32, 1),
+                (ROW_BLOCK, 1, 1),
+                0,
+                &mut [arg(&xp), arg(&pp), arg(&l), arg(&chunk)],
+                op,
+            )?;
             let f = dev.kernel::<T>(&MODULE, "sum_partials", op)?;
             let nch = u(chunks);
-            dev.launch(f, (outer as u32, 1, 1), (ROW_BLOCK, 1, 1), 0, &mut [arg(&pp), arg(&op_), arg(&rows), arg(&nch)], op)?;
+            dev.launch(
+                f,
+                (outer as u32, 1, 1),
+                (ROW_BLOCK, 1, 1),
+                0,
+                &mut [arg(&pp), arg(&op_), arg(&rows), arg(&nch)],
+                op,
+            )?;
         }
         return Ok(out);
     }
@@ -111,6 +141,13 @@ pub(crate) fn sum_axis<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, out
     let grid = blocks.min(sms * 64) as u32;
     let f = dev.kernel::<T>(&MODULE, "sum_cols", op)?;
     let (o, l, i, t) = (u(outer), u(len), u(inner), u(tiles));
-    dev.launch(f, (grid, 1, 1), (32, ty, 1), 0, &mut [arg(&xp), arg(&op_), arg(&o), arg(&l), arg(&i), arg(&t)], op)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (32, ty, 1),
+        0,
+        &mut [arg(&xp), arg(&op_), arg(&o), arg(&l), arg(&i), arg(&t)],
+        op,
+    )?;
     Ok(out)
 }

@@ -92,7 +92,11 @@ pub(crate) fn rls_project<T: CudaFloat>(
         need_len(op, "grad W", g.len(), c * s)?;
     }
     if alpha.is_nan() || alpha <= 0.0 || alpha.is_infinite() {
-        return Err(Error::invalid(op, format!("alpha must be positive and finite, got {alpha}"), &[&[s, s]]));
+        return Err(Error::invalid(
+            op,
+            format!("alpha must be positive and finite, got {alpha}"),
+            &[&[s, s]],
+        ));
     }
     dev.enter(op)?;
     let proj = match grad_w {
@@ -104,7 +108,13 @@ pub(crate) fn rls_project<T: CudaFloat>(
     }
     let uvec = dev.alloc::<T>(s, op)?;
     let nvec = if grad_w.is_some() { c } else { 0 };
-    let (pp, rp, gp, up, jp) = (p.ptr(), r.ptr(), grad_w.map_or(0, |g| g.ptr()), uvec.ptr(), proj.as_ref().map_or(0, |b| b.ptr()));
+    let (pp, rp, gp, up, jp) = (
+        p.ptr(),
+        r.ptr(),
+        grad_w.map_or(0, |g| g.ptr()),
+        uvec.ptr(),
+        proj.as_ref().map_or(0, |b| b.ptr()),
+    );
     let (ss, cc, a) = (u(s), u(nvec), T::lit(alpha));
     let f = dev.kernel::<T>(&MODULE, "rls_mv", op)?;
     let grid = s.div_ceil(MV_WARPS) as u32;
@@ -113,12 +123,27 @@ pub(crate) fn rls_project<T: CudaFloat>(
         (grid, 1, 1),
         (32 * MV_WARPS as u32, 1, 1),
         0,
-        &mut [arg(&pp), arg(&rp), arg(&gp), arg(&up), arg(&jp), arg(&ss), arg(&cc)],
+        &mut [
+            arg(&pp),
+            arg(&rp),
+            arg(&gp),
+            arg(&up),
+            arg(&jp),
+            arg(&ss),
+            arg(&cc),
+        ],
         op,
     )?;
     let f = dev.kernel::<T>(&MODULE, "rls_update", op)?;
     // Each block re-reads r and u for d: keep the block count near two per SM.
     let grid = s.min(2 * dev.sm_count as usize) as u32;
-    dev.launch(f, (grid, 1, 1), (UPDATE_BLOCK, 1, 1), 0, &mut [arg(&pp), arg(&rp), arg(&up), arg(&ss), arg(&a)], op)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (UPDATE_BLOCK, 1, 1),
+        0,
+        &mut [arg(&pp), arg(&rp), arg(&up), arg(&ss), arg(&a)],
+        op,
+    )?;
     Ok(proj)
 }

@@ -67,10 +67,17 @@ extern "C" __global__ void softmax_backward_rows(const T* __restrict__ y, const 
 const WARPS_PER_BLOCK: u32 = 8;
 
 pub(crate) fn row_grid(dev: &Device, rows: usize) -> u32 {
-    rows.div_ceil(WARPS_PER_BLOCK as usize).clamp(1, dev.sm_count as usize * 64) as u32
+    rows.div_ceil(WARPS_PER_BLOCK as usize)
+        .clamp(1, dev.sm_count as usize * 64) as u32
 }
 
-pub(crate) fn softmax<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, rows: usize, cols: usize, log: bool) -> Result<DeviceBuffer<T>> {
+pub(crate) fn softmax<T: CudaFloat>(
+    dev: &Arc<Device>,
+    x: &DeviceBuffer<T>,
+    rows: usize,
+    cols: usize,
+    log: bool,
+) -> Result<DeviceBuffer<T>> {
     let op = if log { "log_softmax" } else { "softmax" };
     need_len(op, "input", x.len(), rows * cols)?;
     dev.enter(op)?;
@@ -80,7 +87,14 @@ pub(crate) fn softmax<T: CudaFloat>(dev: &Arc<Device>, x: &DeviceBuffer<T>, rows
     }
     let f = dev.kernel::<T>(&MODULE, "softmax_rows", op)?;
     let (xp, yp, r, c, l) = (x.ptr(), y.ptr(), u(rows), u(cols), log as i32);
-    dev.launch(f, (row_grid(dev, rows), 1, 1), (32 * WARPS_PER_BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&yp), arg(&r), arg(&c), arg(&l)], op)?;
+    dev.launch(
+        f,
+        (row_grid(dev, rows), 1, 1),
+        (32 * WARPS_PER_BLOCK, 1, 1),
+        0,
+        &mut [arg(&xp), arg(&yp), arg(&r), arg(&c), arg(&l)],
+        op,
+    )?;
     Ok(y)
 }
 
@@ -92,7 +106,11 @@ pub(crate) fn softmax_backward<T: CudaFloat>(
     cols: usize,
     log: bool,
 ) -> Result<DeviceBuffer<T>> {
-    let op = if log { "log_softmax_backward" } else { "softmax_backward" };
+    let op = if log {
+        "log_softmax_backward"
+    } else {
+        "softmax_backward"
+    };
     need_len(op, "output", y.len(), rows * cols)?;
     need_len(op, "grad", grad.len(), rows * cols)?;
     dev.enter(op)?;

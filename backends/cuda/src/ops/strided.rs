@@ -65,14 +65,29 @@ pub(crate) fn copy_strided<T: CudaFloat>(
     let op = "copy_strided";
     let rank = dims.len();
     if dst_strides.len() != rank || src_strides.len() != rank {
-        return Err(Error::invalid(op, "strides and dims differ in rank", &[dims, dst_strides, src_strides]));
+        return Err(Error::invalid(
+            op,
+            "strides and dims differ in rank",
+            &[dims, dst_strides, src_strides],
+        ));
     }
     let n: usize = dims.iter().product();
     if n == 0 {
         return Ok(());
     }
-    let last = |off: usize, strides: &[usize]| off + dims.iter().zip(strides).map(|(d, s)| (d - 1) * s).sum::<usize>();
-    need_len(op, "destination", dst.len(), last(dst_offset, dst_strides) + 1)?;
+    let last = |off: usize, strides: &[usize]| {
+        off + dims
+            .iter()
+            .zip(strides)
+            .map(|(d, s)| (d - 1) * s)
+            .sum::<usize>()
+    };
+    need_len(
+        op,
+        "destination",
+        dst.len(),
+        last(dst_offset, dst_strides) + 1,
+    )?;
     need_len(op, "source", src.len(), last(src_offset, src_strides) + 1)?;
     dev.enter(op)?;
     let (cd, cs) = collapse(dims, &[dst_strides, src_strides]);
@@ -80,12 +95,42 @@ pub(crate) fn copy_strided<T: CudaFloat>(
         return dev.copy_device(dst, dst_offset, src, src_offset, n, op);
     }
     if cd.len() > MAX_RANK {
-        return Err(Error::backend(op, "cuda", format!("layout of rank {} does not collapse to {MAX_RANK} axes", cd.len())));
+        return Err(Error::backend(
+            op,
+            "cuda",
+            format!(
+                "layout of rank {} does not collapse to {MAX_RANK} axes",
+                cd.len()
+            ),
+        ));
     }
-    let layout = Layout { dims: padded(&cd), dst: padded(&cs[0]), src: padded(&cs[1]), rank: cd.len() as i32 };
-    let name = if n < (1 << 31) { "copy_strided_u32" } else { "copy_strided_u64" };
+    let layout = Layout {
+        dims: padded(&cd),
+        dst: padded(&cs[0]),
+        src: padded(&cs[1]),
+        rank: cd.len() as i32,
+    };
+    let name = if n < (1 << 31) {
+        "copy_strided_u32"
+    } else {
+        "copy_strided_u64"
+    };
     let f = dev.kernel::<T>(&MODULE, name, op)?;
     let (d, doff, s, soff, nn) = (dst.ptr(), u(dst_offset), src.ptr(), u(src_offset), u(n));
     let grid = dev.grid_for(n, BLOCK);
-    dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&d), arg(&doff), arg(&s), arg(&soff), arg(&nn), arg(&layout)], op)
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [
+            arg(&d),
+            arg(&doff),
+            arg(&s),
+            arg(&soff),
+            arg(&nn),
+            arg(&layout),
+        ],
+        op,
+    )
 }

@@ -68,7 +68,11 @@ fn code(op: UnaryOp) -> (i32, f64, f64) {
     }
 }
 
-pub(crate) fn unary<T: CudaFloat>(dev: &Arc<Device>, op: UnaryOp, x: &DeviceBuffer<T>) -> Result<DeviceBuffer<T>> {
+pub(crate) fn unary<T: CudaFloat>(
+    dev: &Arc<Device>,
+    op: UnaryOp,
+    x: &DeviceBuffer<T>,
+) -> Result<DeviceBuffer<T>> {
     let name = "unary";
     dev.enter(name)?;
     let n = x.len();
@@ -81,7 +85,14 @@ pub(crate) fn unary<T: CudaFloat>(dev: &Arc<Device>, op: UnaryOp, x: &DeviceBuff
     let (mul, add) = (T::lit(mul), T::lit(add));
     let (xp, yp, nn) = (x.ptr(), y.ptr(), u(n));
     let grid = dev.grid_for(n, BLOCK);
-    dev.launch(f, (grid, 1, 1), (BLOCK, 1, 1), 0, &mut [arg(&xp), arg(&yp), arg(&nn), arg(&c), arg(&mul), arg(&add)], name)?;
+    dev.launch(
+        f,
+        (grid, 1, 1),
+        (BLOCK, 1, 1),
+        0,
+        &mut [arg(&xp), arg(&yp), arg(&nn), arg(&c), arg(&mul), arg(&add)],
+        name,
+    )?;
     Ok(y)
 }
 
@@ -111,7 +122,15 @@ pub(crate) fn unary_backward<T: CudaFloat>(
         (grid, 1, 1),
         (BLOCK, 1, 1),
         0,
-        &mut [arg(&xp), arg(&yp), arg(&gp), arg(&op_), arg(&nn), arg(&c), arg(&mul)],
+        &mut [
+            arg(&xp),
+            arg(&yp),
+            arg(&gp),
+            arg(&op_),
+            arg(&nn),
+            arg(&c),
+            arg(&mul),
+        ],
         name,
     )?;
     Ok(out)
