@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ops;
 use crate::shape::Shape;
 use crate::tensor::{Indices, Tensor};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 /// What an op saved for its backward rule.
@@ -42,6 +42,10 @@ pub struct Tape<T: Element, B: Backend<T>> {
     backend: B,
     grad_enabled: bool,
     nodes: RefCell<Vec<Node<T, B>>>,
+    /// Nodes released by earlier backward passes. Node ids keep counting past
+    /// them (node `id` lives at `nodes[id - spent]`), so a var from a spent
+    /// graph can never be mistaken for a newer one.
+    spent: Cell<usize>,
 }
 
 /// A value on a tape. Ops on vars record themselves; constants and vars of a
@@ -80,12 +84,12 @@ impl<T: Element, B: Backend<T>> Gradients<T, B> {
 
 impl<T: Element, B: Backend<T>> Tape<T, B> {
     pub fn new(backend: &B) -> Self {
-        Tape { backend: backend.clone(), grad_enabled: true, nodes: RefCell::new(Vec::new()) }
+        Tape { backend: backend.clone(), grad_enabled: true, nodes: RefCell::new(Vec::new()), spent: Cell::new(0) }
     }
 
     /// A tape that records nothing: inference.
     pub fn no_grad(backend: &B) -> Self {
-        Tape { backend: backend.clone(), grad_enabled: false, nodes: RefCell::new(Vec::new()) }
+        Tape { backend: backend.clone(), grad_enabled: false, nodes: RefCell::new(Vec::new()), spent: Cell::new(0) }
     }
 
     pub fn backend(&self) -> &B {
@@ -94,7 +98,7 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
     pub fn grad_enabled(&self) -> bool {
         self.grad_enabled
     }
-    /// Nodes recorded so far (a no-grad tape stays at 0).
+    /// Nodes recorded and not yet spent by `backward` (a no-grad tape stays at 0).
     pub fn len(&self) -> usize {
         self.nodes.borrow().len()
     }
@@ -119,7 +123,7 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
         }
         let mut nodes = self.nodes.borrow_mut();
         nodes.push(Node { op, inputs });
-        Some(nodes.len() - 1)
+        Some(self.spent.get() + nodes.len() - 1)
     }
 
     /// Records an op whose output is `value`, if any input is tracked.
@@ -133,10 +137,14 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
     }
 
     /// Reverse pass from a one-element `loss`. Spends the tape: saved values are
-    /// released node by node as the walk passes them.
+    /// released node by node as the walk passes them, and the whole recorded
+    /// graph is gone afterwards (also when the pass fails).
     pub fn backward(&self, loss: &Var<'_, T, B>) -> Result<Gradients<T, B>> {
         if !self.grad_enabled {
             return Err(Error::Autodiff("backward called on a no-grad tape".into()));
+        }
+        if !std::ptr::eq(loss.tape, self) {
+            return Err(Error::Autodiff("the loss belongs to another tape".into()));
         }
         if loss.value.elem_count() != 1 {
             return Err(Error::Autodiff(format!("backward needs a one-element loss, got shape {:?}", loss.value.dims())));
@@ -144,7 +152,18 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
         let Some(root) = loss.node else {
             return Err(Error::Autodiff("the loss does not depend on any tracked variable".into()));
         };
+        let base = self.spent.get();
+        if root < base {
+            return Err(Error::Autodiff("backward called twice: this graph was spent by an earlier backward".into()));
+        }
         let mut nodes = self.nodes.borrow_mut();
+        let result = self.walk(&mut nodes, base, root - base, loss);
+        self.spent.set(base + nodes.len());
+        nodes.clear();
+        result
+    }
+
+    fn walk(&self, nodes: &mut [Node<T, B>], base: usize, root: usize, loss: &Var<'_, T, B>) -> Result<Gradients<T, B>> {
         let mut grads: Vec<Option<Tensor<T, B>>> = (0..nodes.len()).map(|_| None).collect();
         grads[root] = Some(Tensor::full(&self.backend, T::one(), loss.value.shape().clone())?);
         let mut leaves = HashMap::new();
@@ -155,7 +174,7 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
             let needs: Vec<bool> = node.inputs.iter().map(|i| i.is_some()).collect();
             let input_grads = match op {
                 Op::Leaf => {
-                    leaves.insert(id, grad);
+                    leaves.insert(base + id, grad);
                     continue;
                 }
                 Op::Done => return Err(Error::Autodiff("backward called twice on the same tape".into())),
@@ -163,13 +182,15 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
             };
             for (input, g) in node.inputs.iter().zip(input_grads) {
                 let (Some(i), Some(g)) = (input, g) else { continue };
-                grads[*i] = Some(match grads[*i].take() {
+                let i = i.checked_sub(base).ok_or_else(|| {
+                    Error::Autodiff("the graph uses a var spent by an earlier backward; create it again on this step".into())
+                })?;
+                grads[i] = Some(match grads[i].take() {
                     Some(acc) => acc.add(&g)?,
                     None => g,
                 });
             }
         }
-        nodes.clear();
         Ok(Gradients { grads: leaves })
     }
 }
@@ -242,7 +263,7 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
     }
 
     pub fn binary(&self, op: BinaryOp, rhs: &Self) -> Result<Self> {
-        self.same_tape("binary", rhs)?;
+        self.same_tape(ops::binary::op_name(op), rhs)?;
         let v = self.value.binary(op, &rhs.value)?;
         Ok(self.tape.record(v, &[self.node, rhs.node], || Op::Binary { op, a: self.value.clone(), b: rhs.value.clone() }))
     }
@@ -381,8 +402,11 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
     }
     /// Entropy of the softmax of each row: `[rows, classes] -> [rows]`.
     pub fn entropy(&self) -> Result<Self> {
+        let last = match self.dims().last() {
+            Some(&classes) if classes > 0 => self.value.rank() - 1,
+            _ => return Err(Error::invalid("entropy", "expected [rows, classes] with at least one class", &[self.dims()])),
+        };
         let ls = self.log_softmax()?;
-        let last = self.value.rank().checked_sub(1).ok_or_else(|| Error::invalid("entropy", "expected a matrix", &[self.dims()]))?;
         ls.exp()?.mul(&ls)?.sum_axis(last, false)?.neg()
     }
 }

@@ -102,7 +102,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// The single value of a one-element tensor.
     pub fn to_scalar(&self) -> Result<T> {
         if self.elem_count() != 1 {
-            return Err(Error::invalid("to_scalar", "tensor has more than one element", &[self.dims()]));
+            return Err(Error::invalid(
+                "to_scalar",
+                format!("expected exactly one element, got {}", self.elem_count()),
+                &[self.dims()],
+            ));
         }
         Ok(self.to_vec()?[0])
     }

@@ -23,10 +23,13 @@ pub(crate) fn rls_project<T: CpuFloat>(p: &mut [T], r: &[T], grad_w: Option<&Vec
     let u: Vec<T> = (0..s).map(|i| p[i * s..(i + 1) * s].iter().zip(r).fold(T::zero(), |a, (&pij, &rj)| a + pij * rj)).collect();
     let d = el::<T>(alpha) + r.iter().zip(&u).fold(T::zero(), |a, (&ri, &ui)| a + ri * ui);
     let inv = T::one() / d;
+    // `(u_i * u_j) * inv`, not `(u_i * inv) * u_j`: the first is the same
+    // float for (i, j) and (j, i) (multiplication commutes exactly), the
+    // second is not, and P would drift from symmetry by rounding.
     p.par_chunks_mut(s).enumerate().for_each(|(i, row)| {
-        let ui = u[i] * inv;
+        let ui = u[i];
         for (pij, &uj) in row.iter_mut().zip(&u) {
-            *pij = *pij - ui * uj;
+            *pij = *pij - (ui * uj) * inv;
         }
     });
     projected

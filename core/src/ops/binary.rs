@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::shape::{broadcast_strides, Shape};
 use crate::tensor::Tensor;
 
-fn op_name(op: BinaryOp) -> &'static str {
+pub(crate) fn op_name(op: BinaryOp) -> &'static str {
     match op {
         BinaryOp::Add => "add",
         BinaryOp::Sub => "sub",

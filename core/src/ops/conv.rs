@@ -19,10 +19,17 @@ pub fn conv2d_geometry(x: &[usize], w: &[usize], stride: usize, pad: usize) -> R
     if c != wc || *oc == 0 {
         return Err(Error::shape_mismatch(op, x, w));
     }
+    if *c == 0 {
+        return Err(Error::invalid(op, "input has no channels", &[x, w]));
+    }
     if stride == 0 {
         return Err(Error::invalid(op, "stride must be at least 1", &[x, w]));
     }
-    if h + 2 * pad < *kh || wd + 2 * pad < *kw || *kh == 0 || *kw == 0 {
+    let padded = |size: usize| pad.checked_mul(2).and_then(|p| p.checked_add(size));
+    let (Some(ph), Some(pw)) = (padded(*h), padded(*wd)) else {
+        return Err(Error::invalid(op, format!("padding {pad} overflows the input size"), &[x, w]));
+    };
+    if ph < *kh || pw < *kw || *kh == 0 || *kw == 0 {
         return Err(Error::invalid(op, format!("kernel larger than the padded input (pad {pad})"), &[x, w]));
     }
     Ok(Conv2dGeometry {
@@ -34,8 +41,8 @@ pub fn conv2d_geometry(x: &[usize], w: &[usize], stride: usize, pad: usize) -> R
         kw: *kw,
         stride,
         pad,
-        oh: (h + 2 * pad - kh) / stride + 1,
-        ow: (wd + 2 * pad - kw) / stride + 1,
+        oh: (ph - kh) / stride + 1,
+        ow: (pw - kw) / stride + 1,
     })
 }
 

@@ -31,10 +31,10 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// `len` entries of `axis` starting at `start` (a copy).
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
         let (outer, alen, inner) = self.shape().split_at_axis("narrow", axis)?;
-        if start + len > alen {
+        if start.checked_add(len).filter(|&end| end <= alen).is_none() {
             return Err(Error::invalid(
                 "narrow",
-                format!("range {start}..{} out of bounds for axis {axis} of size {alen}", start + len),
+                format!("range {start}..{start}+{len} out of bounds for axis {axis} of size {alen}"),
                 &[self.dims()],
             ));
         }

@@ -19,13 +19,17 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// Sum along `axis`; `keepdim` leaves a 1 in its place.
     pub fn sum_axis(&self, axis: usize, keepdim: bool) -> Result<Self> {
         let (outer, len, inner) = self.shape().split_at_axis("sum_axis", axis)?;
-        let s = self.backend().sum_axis(self.storage(), outer, len, inner)?;
         let mut dims = self.dims().to_vec();
         if keepdim {
             dims[axis] = 1;
         } else {
             dims.remove(axis);
         }
+        // An empty result needs no kernel (and kernels may assume rows of positive length).
+        if outer * inner == 0 {
+            return Tensor::zeros(self.backend(), dims);
+        }
+        let s = self.backend().sum_axis(self.storage(), outer, len, inner)?;
         Ok(Tensor::from_storage(self.backend(), s, dims))
     }
 

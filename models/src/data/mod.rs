@@ -1,1 +1,11 @@
 //! Datasets: the mla-dataset/1 reader, AV-MNIST preparation, the mini-batch loader.
+
+pub mod dataset;
+pub mod error;
+pub mod loader;
+pub mod npy;
+
+pub use dataset::{Dataset, ModalityInfo, Split};
+pub use error::DataError;
+pub use loader::{seeded_subset, Batch, Loader, ModalityBatch};
+pub use npy::{write_npy, write_npy_f32, write_npy_i64, write_npy_u8, DType, NpyArray, NpyHeader};

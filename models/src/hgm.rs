@@ -1,0 +1,337 @@
+//! Head gradient modification (HGM), exactly as MLA.md: an orthogonal
+//! projection of the shared head's weight gradient maintained by recursive
+//! least squares. It sits between backward and the optimizer step: it
+//! rewrites `grad(head.weight)` and updates P; the optimizer never knows.
+//!
+//! For a step of modality m with (detached) batch features `h` `[b, s]`:
+//! `r = mean_i h_i`; `grad W <- (grad W) P_{t-1}` (the bias gradient is left
+//! alone); then `P <- P - P r (P r)^T / (alpha + r^T P r)`, via the backend's
+//! fused `rls_project`.
+//!
+//! - `owm`: one P shared by all modalities (projects with it, then updates it).
+//! - `cross`: one P_k per modality; a step of m projects with P_m and updates
+//!   every P_k with k != m, so a modality is never restricted by its own features.
+//!
+//! The surviving fraction `|(grad W) P| / |grad W|` of each step is computed
+//! on the device and accumulated there; it is read back only when asked
+//! ([`Hgm::fraction_stats`]), so a CUDA step does not synchronise for it.
+
+use crate::error::{ModelError, Result};
+use crate::model::HEAD_WEIGHT;
+use crate::params::StateDict;
+use mla_core::{Backend, Element, Tensor};
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HgmMode {
+    None,
+    Owm,
+    Cross,
+}
+
+impl HgmMode {
+    pub const NAMES: [&'static str; 3] = ["none", "owm", "cross"];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HgmMode::None => "none",
+            HgmMode::Owm => "owm",
+            HgmMode::Cross => "cross",
+        }
+    }
+    fn code(self) -> f64 {
+        match self {
+            HgmMode::None => 0.0,
+            HgmMode::Owm => 1.0,
+            HgmMode::Cross => 2.0,
+        }
+    }
+}
+
+impl fmt::Display for HgmMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for HgmMode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(HgmMode::None),
+            "owm" => Ok(HgmMode::Owm),
+            "cross" => Ok(HgmMode::Cross),
+            _ => Err(ModelError::unknown("HGM mode", s.trim(), &Self::NAMES)),
+        }
+    }
+}
+
+/// Surviving fraction of the head gradient for one modality since the last reset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FractionStat {
+    pub modality: String,
+    /// Mean over the steps of `|(grad W) P| / |grad W|`.
+    pub mean: f64,
+    /// The most recent step's fraction.
+    pub last: f64,
+    pub steps: u64,
+}
+
+struct FractionAcc<T: Element, B: Backend<T>> {
+    sum: Tensor<T, B>,
+    last: Tensor<T, B>,
+    steps: u64,
+}
+
+/// Added to `|grad W|^2` so an all-zero gradient reports a fraction of 0, not NaN.
+const TINY: f64 = 1e-30;
+
+pub struct Hgm<B, T = f32>
+where
+    T: Element,
+    B: Backend<T>,
+{
+    mode: HgmMode,
+    alpha: f64,
+    feature_size: usize,
+    modalities: Vec<String>,
+    /// `owm`: one matrix; `cross`: one per modality (spec order); `none`: empty.
+    p: Vec<Tensor<T, B>>,
+    track_fraction: bool,
+    fractions: Vec<Option<FractionAcc<T, B>>>,
+}
+
+impl<T: Element, B: Backend<T>> Hgm<B, T> {
+    /// `P_0 = I` (`s x s`) for each matrix the mode needs. `alpha > 0`.
+    pub fn new(backend: &B, mode: HgmMode, alpha: f64, feature_size: usize, modalities: &[&str]) -> Result<Self> {
+        check_alpha(alpha)?;
+        if feature_size == 0 {
+            return Err(ModelError::Config("HGM: feature size must be positive".into()));
+        }
+        if modalities.is_empty() {
+            return Err(ModelError::Config("HGM: needs at least one modality".into()));
+        }
+        let count = match mode {
+            HgmMode::None => 0,
+            HgmMode::Owm => 1,
+            HgmMode::Cross => modalities.len(),
+        };
+        let s = feature_size;
+        let mut eye = vec![T::zero(); s * s];
+        for i in 0..s {
+            eye[i * s + i] = T::one();
+        }
+        let p = (0..count).map(|_| Tensor::from_slice(backend, &eye, [s, s])).collect::<mla_core::Result<Vec<_>>>()?;
+        Ok(Hgm {
+            mode,
+            alpha,
+            feature_size,
+            modalities: modalities.iter().map(|m| m.to_string()).collect(),
+            p,
+            track_fraction: true,
+            fractions: (0..modalities.len()).map(|_| None).collect(),
+        })
+    }
+
+    pub fn mode(&self) -> HgmMode {
+        self.mode
+    }
+    pub fn alpha(&self) -> f64 {
+        self.alpha
+    }
+    /// Changes alpha from the next step on (an alpha schedule).
+    pub fn set_alpha(&mut self, alpha: f64) -> Result<()> {
+        check_alpha(alpha)?;
+        self.alpha = alpha;
+        Ok(())
+    }
+    /// Turns the device-side fraction bookkeeping (a few small kernels per step) on or off.
+    pub fn set_track_fraction(&mut self, on: bool) {
+        self.track_fraction = on;
+    }
+
+    /// The P matrix a step of `modality` projects with (None under `none`).
+    pub fn projector(&self, modality: &str) -> Result<Option<&Tensor<T, B>>> {
+        let m = self.index(modality)?;
+        Ok(match self.mode {
+            HgmMode::None => None,
+            HgmMode::Owm => Some(&self.p[0]),
+            HgmMode::Cross => Some(&self.p[m]),
+        })
+    }
+
+    fn index(&self, modality: &str) -> Result<usize> {
+        self.modalities.iter().position(|m| m == modality).ok_or_else(|| {
+            let valid: Vec<&str> = self.modalities.iter().map(|s| s.as_str()).collect();
+            ModelError::unknown("modality", modality, &valid)
+        })
+    }
+
+    /// HGM for one MLA step of `modality`: replaces the `head.weight` entry of
+    /// `grads` by its projection and updates P from `features` (`[batch, s]`,
+    /// the step's encoder output; only its values are used). Other entries,
+    /// `head.bias` included, are left as they are. A no-op under `none`.
+    pub fn apply(&mut self, modality: &str, features: &Tensor<T, B>, grads: &mut [(String, Tensor<T, B>)]) -> Result<()> {
+        self.index(modality)?;
+        if self.mode == HgmMode::None {
+            return Ok(());
+        }
+        let slot = grads.iter_mut().find(|(n, _)| n == HEAD_WEIGHT).ok_or_else(|| ModelError::MissingParam {
+            name: HEAD_WEIGHT.into(),
+            context: format!("HGM step of modality '{modality}': no head gradient among the step's gradients"),
+        })?;
+        slot.1 = self.project(modality, features, &slot.1)?;
+        Ok(())
+    }
+
+    /// The lower-level step: returns `grad_w P_{t-1}` (`grad_w` is `[C, s]`)
+    /// and updates P as [`Hgm::apply`] does. Under `none` returns `grad_w` unchanged.
+    pub fn project(&mut self, modality: &str, features: &Tensor<T, B>, grad_w: &Tensor<T, B>) -> Result<Tensor<T, B>> {
+        let m = self.index(modality)?;
+        if self.mode == HgmMode::None {
+            return Ok(grad_w.clone());
+        }
+        let s = self.feature_size;
+        let fd = features.dims();
+        if fd.len() != 2 || fd[1] != s || fd[0] == 0 {
+            return Err(ModelError::BadInput {
+                what: format!("HGM step of modality '{modality}'"),
+                why: format!("features must be [batch >= 1, {s}]"),
+                shape: fd.to_vec(),
+            });
+        }
+        let gd = grad_w.dims();
+        if gd.len() != 2 || gd[1] != s {
+            return Err(ModelError::BadInput {
+                what: format!("HGM step of modality '{modality}'"),
+                why: format!("head weight gradient must be [classes, {s}]"),
+                shape: gd.to_vec(),
+            });
+        }
+        let c = gd[0];
+        let backend = grad_w.backend().clone();
+        let r = features.mean_axis(0, false)?;
+        let projected = match self.mode {
+            HgmMode::Owm => {
+                let out = backend.rls_project(self.p[0].storage_mut()?, r.storage(), Some(grad_w.storage()), c, s, self.alpha)?;
+                let out = out.ok_or_else(|| {
+                    ModelError::Core(mla_core::Error::backend("rls_project", backend.name(), "returned no projected gradient"))
+                })?;
+                Tensor::from_storage(&backend, out, [c, s])
+            }
+            HgmMode::Cross => {
+                // P is symmetric, so (grad W) P is a plain product; P_m itself is not updated.
+                let projected = grad_w.matmul(&self.p[m])?;
+                for (k, p) in self.p.iter_mut().enumerate() {
+                    if k != m {
+                        backend.rls_project(p.storage_mut()?, r.storage(), None, c, s, self.alpha)?;
+                    }
+                }
+                projected
+            }
+            HgmMode::None => unreachable!("handled above"),
+        };
+        if self.track_fraction {
+            self.record_fraction(m, grad_w, &projected)?;
+        }
+        Ok(projected)
+    }
+
+    fn record_fraction(&mut self, m: usize, before: &Tensor<T, B>, after: &Tensor<T, B>) -> Result<()> {
+        let num = after.sqr()?.sum_all()?;
+        let den = before.sqr()?.sum_all()?.affine(1.0, TINY)?;
+        let frac = num.div(&den)?.sqrt()?;
+        self.fractions[m] = Some(match self.fractions[m].take() {
+            None => FractionAcc { sum: frac.clone(), last: frac, steps: 1 },
+            Some(acc) => FractionAcc { sum: acc.sum.add(&frac)?, last: frac, steps: acc.steps + 1 },
+        });
+        Ok(())
+    }
+
+    /// Per modality (that took a step since the last reset), the mean and last
+    /// surviving fraction. Reads the device.
+    pub fn fraction_stats(&self) -> Result<Vec<FractionStat>> {
+        let mut out = Vec::new();
+        for (name, acc) in self.modalities.iter().zip(&self.fractions) {
+            if let Some(acc) = acc {
+                out.push(FractionStat {
+                    modality: name.clone(),
+                    mean: acc.sum.to_scalar()?.as_f64() / acc.steps as f64,
+                    last: acc.last.to_scalar()?.as_f64(),
+                    steps: acc.steps,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Clears the fraction statistics (e.g. at the start of an epoch).
+    pub fn reset_fractions(&mut self) {
+        self.fractions.iter_mut().for_each(|f| *f = None);
+    }
+
+    /// Checkpoint state: tensors `hgm.p` (owm) or `hgm.p.<modality>` (cross);
+    /// scalars `hgm.mode` (0 none, 1 owm, 2 cross), `hgm.alpha`, `hgm.feature_size`.
+    pub fn state(&self) -> StateDict<B, T> {
+        let mut sd = StateDict::default();
+        match self.mode {
+            HgmMode::None => {}
+            HgmMode::Owm => sd.tensors.push(("hgm.p".into(), self.p[0].clone())),
+            HgmMode::Cross => {
+                for (m, p) in self.modalities.iter().zip(&self.p) {
+                    sd.tensors.push((format!("hgm.p.{m}"), p.clone()));
+                }
+            }
+        }
+        sd.scalars.push(("hgm.mode".into(), self.mode.code()));
+        sd.scalars.push(("hgm.alpha".into(), self.alpha));
+        sd.scalars.push(("hgm.feature_size".into(), self.feature_size as f64));
+        sd
+    }
+
+    /// Restores [`Hgm::state`]: mode and feature size must match this HGM's;
+    /// P matrices and alpha are taken from the state. On error nothing changes.
+    pub fn load_state(&mut self, state: &StateDict<B, T>) -> Result<()> {
+        const WHAT: &str = "HGM";
+        let scalar = |k: &str| state.scalar(k).ok_or_else(|| ModelError::state(WHAT, format!("scalar '{k}' is missing")));
+        let mode = scalar("hgm.mode")?;
+        if mode != self.mode.code() {
+            let found = HgmMode::NAMES.get(mode as usize).copied().unwrap_or("?");
+            return Err(ModelError::state(WHAT, format!("checkpoint has mode '{found}', this run uses '{}'", self.mode)));
+        }
+        let s = scalar("hgm.feature_size")?;
+        if s != self.feature_size as f64 {
+            return Err(ModelError::state(WHAT, format!("checkpoint has feature size {s}, this model {}", self.feature_size)));
+        }
+        let alpha = scalar("hgm.alpha")?;
+        check_alpha(alpha).map_err(|e| ModelError::state(WHAT, e.to_string()))?;
+        let names: Vec<String> = match self.mode {
+            HgmMode::None => vec![],
+            HgmMode::Owm => vec!["hgm.p".into()],
+            HgmMode::Cross => self.modalities.iter().map(|m| format!("hgm.p.{m}")).collect(),
+        };
+        if let Some((k, _)) = state.tensors.iter().find(|(k, _)| !names.contains(k)) {
+            return Err(ModelError::state(WHAT, format!("unexpected tensor '{k}' for mode '{}'", self.mode)));
+        }
+        let mut p = Vec::with_capacity(names.len());
+        for n in &names {
+            let t = state.tensor(n).ok_or_else(|| ModelError::state(WHAT, format!("tensor '{n}' is missing")))?;
+            let want = [self.feature_size, self.feature_size];
+            if t.dims() != want {
+                return Err(ModelError::ShapeMismatch { what: "HGM state", name: n.clone(), expected: want.to_vec(), got: t.dims().to_vec() });
+            }
+            p.push(t.clone());
+        }
+        self.p = p;
+        self.alpha = alpha;
+        Ok(())
+    }
+}
+
+fn check_alpha(alpha: f64) -> Result<()> {
+    if alpha.is_finite() && alpha > 0.0 {
+        Ok(())
+    } else {
+        Err(ModelError::Config(format!("HGM alpha must be positive and finite, got {alpha}")))
+    }
+}

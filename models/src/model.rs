@@ -1,0 +1,253 @@
+//! The multimodal model: one encoder per modality plus a linear head.
+//!
+//! - [`HeadKind::Shared`] (MLA): one head `head.weight [C, s]`, `head.bias [C]`
+//!   applied to every modality's features.
+//! - [`HeadKind::Concat`] (joint): `head.weight [C, M*s]` over the
+//!   concatenated features of all modalities (in spec order).
+//! - [`HeadKind::Single`] (unimodal): one modality, its encoder and its head.
+//!
+//! A training step puts the parameters on a tape ([`Model::track`]), runs
+//! [`Model::features`] and a logits function, and calls backward; an
+//! evaluation does the same on a `Tape::no_grad` tape.
+
+use crate::encoders::{Encoder, EncoderKind};
+use crate::error::{ModelError, Result};
+use crate::init::{Activation, InitScheme};
+use crate::layers::Linear;
+use crate::params::{ParamStore, TrackedParams};
+use mla_core::{Backend, Element, Indices, Tape, Tensor, Var};
+
+/// Name of the head's weight (the one HGM projects).
+pub const HEAD_WEIGHT: &str = "head.weight";
+/// Name of the head's bias (never projected).
+pub const HEAD_BIAS: &str = "head.bias";
+/// Prefix of every head parameter.
+pub const HEAD_PREFIX: &str = "head.";
+/// Feature size `s` of MLA.md's AV-MNIST recipe.
+pub const DEFAULT_FEATURE_SIZE: usize = 128;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadKind {
+    Shared,
+    Concat,
+    Single,
+}
+
+/// Architecture of a model: modalities with their per-sample input shapes
+/// (from the dataset), one encoder kind per modality (same order), the
+/// feature size `s`, the number of classes and the head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub modalities: Vec<(String, Vec<usize>)>,
+    pub encoders: Vec<EncoderKind>,
+    pub feature_size: usize,
+    pub num_classes: usize,
+    pub head: HeadKind,
+    pub init: InitScheme,
+}
+
+impl ModelSpec {
+    /// A spec with the default feature size (128) and PyTorch-default initialisation.
+    pub fn new(modalities: Vec<(String, Vec<usize>)>, encoders: Vec<EncoderKind>, num_classes: usize, head: HeadKind) -> Self {
+        ModelSpec { modalities, encoders, feature_size: DEFAULT_FEATURE_SIZE, num_classes, head, init: InitScheme::default() }
+    }
+
+    pub fn modality_names(&self) -> Vec<&str> {
+        self.modalities.iter().map(|(m, _)| m.as_str()).collect()
+    }
+
+    /// Inputs of the head: `s`, or `M * s` for the concatenation head.
+    pub fn head_inputs(&self) -> usize {
+        match self.head {
+            HeadKind::Concat => self.feature_size * self.modalities.len(),
+            HeadKind::Shared | HeadKind::Single => self.feature_size,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let cfg = |m: String| Err(ModelError::Config(m));
+        if self.modalities.is_empty() {
+            return cfg("a model needs at least one modality".into());
+        }
+        if self.encoders.len() != self.modalities.len() {
+            return cfg(format!("{} encoders given for {} modalities", self.encoders.len(), self.modalities.len()));
+        }
+        if self.head == HeadKind::Single && self.modalities.len() != 1 {
+            return cfg(format!("a single-modality (unimodal) model takes exactly one modality, got {}", self.modalities.len()));
+        }
+        if self.num_classes == 0 {
+            return cfg("number of classes must be positive".into());
+        }
+        if self.feature_size == 0 {
+            return cfg("feature size must be positive".into());
+        }
+        for (i, (name, _)) in self.modalities.iter().enumerate() {
+            let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !ok {
+                return cfg(format!("modality name '{name}' must be non-empty letters, digits, '_' or '-'"));
+            }
+            if self.modalities[..i].iter().any(|(n, _)| n == name) {
+                return cfg(format!("modality '{name}' listed twice"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Encoders and head of one model, with their parameters.
+pub struct Model<B, T = f32>
+where
+    T: Element,
+    B: Backend<T>,
+{
+    spec: ModelSpec,
+    encoders: Vec<Encoder>,
+    head: Linear,
+    params: ParamStore<B, T>,
+}
+
+impl<T: Element, B: Backend<T>> Model<B, T> {
+    /// Builds the model and initialises every parameter from `seed`.
+    pub fn new(backend: &B, spec: ModelSpec, seed: u64) -> Result<Self> {
+        spec.validate()?;
+        let encoders = spec
+            .modalities
+            .iter()
+            .zip(&spec.encoders)
+            .map(|((m, shape), &kind)| Encoder::new(m, kind, shape, spec.feature_size))
+            .collect::<Result<Vec<_>>>()?;
+        let head = Linear::new("head", spec.head_inputs(), spec.num_classes);
+        let mut params = ParamStore::new(backend);
+        for e in &encoders {
+            e.init(&mut params, spec.init, seed)?;
+        }
+        head.init(&mut params, spec.init, Activation::Linear, seed)?;
+        Ok(Model { spec, encoders, head, params })
+    }
+
+    pub fn spec(&self) -> &ModelSpec {
+        &self.spec
+    }
+    pub fn encoders(&self) -> &[Encoder] {
+        &self.encoders
+    }
+    pub fn modality_names(&self) -> Vec<&str> {
+        self.spec.modality_names()
+    }
+    pub fn modality_index(&self, modality: &str) -> Result<usize> {
+        self.encoders
+            .iter()
+            .position(|e| e.modality() == modality)
+            .ok_or_else(|| ModelError::unknown("modality", modality, &self.modality_names()))
+    }
+    pub fn encoder(&self, modality: &str) -> Result<&Encoder> {
+        Ok(&self.encoders[self.modality_index(modality)?])
+    }
+
+    pub fn params(&self) -> &ParamStore<B, T> {
+        &self.params
+    }
+    pub fn params_mut(&mut self) -> &mut ParamStore<B, T> {
+        &mut self.params
+    }
+    /// Swaps in another set of parameters (a snapshot or a checkpoint) with the
+    /// same names and shapes.
+    pub fn set_params(&mut self, params: ParamStore<B, T>) -> Result<()> {
+        let named = params.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        self.params.load_named(named)
+    }
+
+    /// Puts the parameters on a tape (see [`ParamStore::track`]).
+    pub fn track<'t>(&self, tape: &'t Tape<T, B>, trainable: impl Fn(&str) -> bool) -> TrackedParams<'t, B, T> {
+        self.params.track(tape, trainable)
+    }
+
+    /// `encoder.<modality>.`: the parameter group of one modality's encoder.
+    pub fn encoder_prefix(modality: &str) -> String {
+        Encoder::prefix_for(modality)
+    }
+
+    /// Trainable set of an MLA step of `modality`: its encoder and the head.
+    pub fn step_trainable(modality: &str) -> impl Fn(&str) -> bool + 'static {
+        let prefix = Encoder::prefix_for(modality);
+        move |name: &str| name.starts_with(&prefix) || name.starts_with(HEAD_PREFIX)
+    }
+
+    /// `phi_m(x)`: `[batch, ...input_shape] -> [batch, s]`.
+    pub fn features<'t>(&self, p: &TrackedParams<'t, B, T>, modality: &str, x: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+        self.encoder(modality)?.forward(p, x)
+    }
+
+    /// The head on its input: `[batch, s]` (shared, single) or `[batch, M*s]` (concat).
+    pub fn head_logits<'t>(&self, p: &TrackedParams<'t, B, T>, h: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+        self.head.forward(p, h)
+    }
+
+    /// Joint model: the head on the concatenation of every modality's
+    /// `[batch, s]` features, in spec order. For samples missing a modality,
+    /// pass zero features there (see [`scatter_rows`]).
+    pub fn joint_logits<'t>(&self, p: &TrackedParams<'t, B, T>, feats: &[&Var<'t, T, B>]) -> Result<Var<'t, T, B>> {
+        if self.spec.head != HeadKind::Concat {
+            return Err(ModelError::Config("joint_logits needs the concatenation head (joint model)".into()));
+        }
+        if feats.len() != self.encoders.len() {
+            return Err(ModelError::Config(format!(
+                "joint_logits: {} feature tensors for {} modalities",
+                feats.len(),
+                self.encoders.len()
+            )));
+        }
+        let h = Var::concat(feats, 1)?;
+        self.head.forward(p, &h)
+    }
+
+    /// Logits of one modality alone, from its `[batch, s]` features: the
+    /// shared (or single) head, or for the joint model that modality's slice
+    /// of the fusion layer plus the bias.
+    pub fn modality_logits<'t>(&self, p: &TrackedParams<'t, B, T>, modality: &str, h: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+        let m = self.modality_index(modality)?;
+        match self.spec.head {
+            HeadKind::Shared | HeadKind::Single => self.head.forward(p, h),
+            HeadKind::Concat => {
+                let s = self.spec.feature_size;
+                if h.dims().len() != 2 || h.dims()[1] != s {
+                    return Err(ModelError::BadInput {
+                        what: format!("slice logits of modality '{modality}'"),
+                        why: format!("expected features [batch, {s}]"),
+                        shape: h.dims().to_vec(),
+                    });
+                }
+                let w = p.get(HEAD_WEIGHT)?.narrow(1, m * s, s)?;
+                Ok(h.matmul_t(&w, false, true)?.add(p.get(HEAD_BIAS)?)?)
+            }
+        }
+    }
+}
+
+/// Places the rows of `h` (`[n, ...]`, the samples where a modality is present)
+/// at `positions` in a `[batch, ...]` result whose other rows are zero
+/// (differentiable: the gradient flows back to the present rows only).
+pub fn scatter_rows<'t, T: Element, B: Backend<T>>(h: &Var<'t, T, B>, positions: &[usize], batch: usize) -> Result<Var<'t, T, B>> {
+    let d = h.dims();
+    if d.is_empty() || d[0] != positions.len() {
+        return Err(ModelError::BadInput {
+            what: "scatter_rows".into(),
+            why: format!("expected {} rows, one per position", positions.len()),
+            shape: d.to_vec(),
+        });
+    }
+    let n = positions.len();
+    let mut src = vec![n; batch];
+    for (k, &pos) in positions.iter().enumerate() {
+        if pos >= batch || src[pos] != n {
+            return Err(ModelError::Config(format!("scatter_rows: position {pos} out of range or repeated (batch {batch})")));
+        }
+        src[pos] = k;
+    }
+    let backend = h.value().backend();
+    let mut zero_dims = d.to_vec();
+    zero_dims[0] = 1;
+    let zero = h.tape().constant(Tensor::zeros(backend, zero_dims)?);
+    let with_zero = Var::concat(&[h, &zero], 0)?;
+    Ok(with_zero.gather_rows(&Indices::from_usize(backend, &src)?)?)
+}

@@ -1,0 +1,188 @@
+//! What a run was asked to do: everything that determines its result. Written
+//! to `RUN_DIR/config.json` and into every checkpoint, so `--resume` and
+//! `mla eval` rebuild exactly the same model and training.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// Parses a lower-case name from a fixed list, naming the alternatives on failure.
+fn parse_name<T: Copy>(what: &str, s: &str, table: &[(&str, T)]) -> Result<T, String> {
+    table.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
+        let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+        format!("unknown {what} {s:?}; expected one of: {}", names.join(", "))
+    })
+}
+
+macro_rules! named_enum {
+    ($(#[$m:meta])* $name:ident, $what:literal, { $($variant:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        pub enum $name { $($variant),+ }
+        impl $name {
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $s),+ }
+            }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+        impl FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<Self, String> {
+                parse_name($what, s, &[$(($s, $name::$variant)),+])
+            }
+        }
+    };
+}
+
+named_enum!(
+    /// Which training procedure (DESIGN.md invariant 6: one loop, three steps).
+    Method, "method", { Mla = "mla", Joint = "joint", Unimodal = "unimodal" }
+);
+named_enum!(
+    /// How per-modality logits are combined at test time (MLA).
+    FusionRule, "fusion", { Entropy = "entropy", Mean = "mean" }
+);
+named_enum!(OptimizerKind, "optimizer", { Sgd = "sgd", Adam = "adam", Adamw = "adamw" });
+named_enum!(
+    /// Head gradient modification: off, one P shared by all modalities, or one P per modality.
+    HgmMode, "hgm", { None = "none", Owm = "owm", Cross = "cross" }
+);
+
+/// Default HGM alpha. alpha competes with `r^T P r`, the squared norm of the
+/// batch-mean feature projected on what P has not yet seen; ReLU features of
+/// the cnn encoders have a squared mean norm of order 10-100 on AV-MNIST.
+/// MLA.md reports that alpha = 1 leaves 0.2 of the head gradient after the
+/// first epoch's projection and 0.002-0.02 afterwards (the shared head
+/// freezes and only the encoders learn), while alpha = 10^4 keeps 0.93 (barely
+/// any protection). alpha = 100 keeps about two thirds: the head still learns
+/// from every modality, yet the directions of the other modalities' features
+/// are damped. `--alpha` overrides it, and the trainer reports the surviving
+/// fraction every epoch so it can be tuned.
+pub const DEFAULT_ALPHA: f64 = 100.0;
+
+/// Everything that decides a run's result. Paths and the backend are not here:
+/// the same config can run on another machine or device.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub method: Method,
+    /// The one modality of `unimodal`.
+    #[serde(default)]
+    pub modality: Option<String>,
+    /// Encoder spec: `cnn`, `mlp`, or per modality `image=cnn,audio=mlp`.
+    pub encoder: String,
+    pub feature_size: usize,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Batch size of evaluation passes (results do not depend on it: fusion
+    /// and metrics are per sample).
+    pub eval_batch_size: usize,
+    pub optimizer: OptimizerKind,
+    pub lr: f64,
+    pub momentum: f64,
+    pub weight_decay: f64,
+    pub hgm: HgmMode,
+    pub alpha: f64,
+    pub fusion: FusionRule,
+    pub seed: u64,
+    /// A seeded random subset of this many train samples.
+    #[serde(default)]
+    pub train_limit: Option<usize>,
+}
+
+impl Default for TrainConfig {
+    /// The reference recipe: MLA, cnn encoders, SGD lr 0.01 momentum 0.9
+    /// weight decay 1e-4, batch 64, seed 0, HGM owm.
+    fn default() -> Self {
+        TrainConfig {
+            method: Method::Mla,
+            modality: None,
+            encoder: "cnn".into(),
+            feature_size: 128,
+            epochs: 3,
+            batch_size: 64,
+            eval_batch_size: 256,
+            optimizer: OptimizerKind::Sgd,
+            lr: 0.01,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+            hgm: HgmMode::Owm,
+            alpha: DEFAULT_ALPHA,
+            fusion: FusionRule::Entropy,
+            seed: 0,
+            train_limit: None,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Checks what can be checked without the dataset.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("--feature-size", self.feature_size),
+            ("--epochs", self.epochs),
+            ("--batch-size", self.batch_size),
+            ("eval batch size", self.eval_batch_size),
+        ];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
+            return Err(format!("--momentum must be in [0, 1), got {}", self.momentum));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return Err(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+        }
+        if !(self.alpha.is_finite() && self.alpha > 0.0) {
+            return Err(format!("--alpha must be a positive number, got {}", self.alpha));
+        }
+        if self.train_limit == Some(0) {
+            return Err("--train-limit must be at least 1".into());
+        }
+        match (self.method, &self.modality) {
+            (Method::Unimodal, None) => Err("--method unimodal needs --modality NAME".into()),
+            (Method::Mla | Method::Joint, Some(m)) => {
+                Err(format!("--modality {m} only applies to --method unimodal (got --method {})", self.method))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_print_back() {
+        for m in Method::ALL {
+            assert_eq!(m.as_str().parse::<Method>().unwrap(), *m);
+        }
+        let e = "joint2".parse::<Method>().unwrap_err();
+        assert!(e.contains("unknown method \"joint2\"") && e.contains("mla, joint, unimodal"), "{e}");
+        assert_eq!(serde_json::to_string(&HgmMode::Cross).unwrap(), "\"cross\"");
+    }
+
+    #[test]
+    fn validation_catches_inconsistent_flags() {
+        assert!(TrainConfig::default().validate().is_ok());
+        let c = TrainConfig { method: Method::Unimodal, ..TrainConfig::default() };
+        assert!(c.validate().unwrap_err().contains("--modality"));
+        let c = TrainConfig { modality: Some("audio".into()), ..TrainConfig::default() };
+        assert!(c.validate().unwrap_err().contains("only applies"));
+        let c = TrainConfig { alpha: 0.0, ..TrainConfig::default() };
+        assert!(c.validate().unwrap_err().contains("--alpha"));
+        let c = TrainConfig { lr: f64::NAN, ..TrainConfig::default() };
+        assert!(c.validate().unwrap_err().contains("--lr"));
+    }
+}

@@ -1,0 +1,267 @@
+//! Evaluation: encoders on the device, one read-back of features and logits
+//! per batch, then fusion and metrics on the host, per sample (a sample's
+//! prediction never depends on its batch mates).
+
+use super::config::{FusionRule, Method, TrainConfig};
+use super::{named, upload, Result, TrainError};
+use crate::checkpoint::Checkpoint;
+use crate::data::{Dataset, Loader};
+use crate::encoders::parse_encoder_spec;
+use crate::metrics::{Counter, EvalMetrics, GapAccumulator, NamedValues};
+use crate::model::{scatter_rows, HeadKind, Model, ModelSpec};
+use mla_core::{Backend, Tape, Tensor};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+/// Which dataset modalities the model uses, in model order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelLayout {
+    pub modalities: Vec<String>,
+    /// Per-sample input shape of each modality.
+    pub shapes: Vec<Vec<usize>>,
+    /// Each modality's index in the dataset manifest.
+    #[serde(skip)]
+    pub data_index: Vec<usize>,
+    pub num_classes: usize,
+}
+
+/// Builds the model `cfg` describes for `dataset` (initialised from the seed).
+pub fn build_model<B: Backend<f32>>(backend: &B, dataset: &Dataset, cfg: &TrainConfig) -> Result<(Model<B>, ModelLayout)> {
+    let all: Vec<&str> = dataset.modalities().iter().map(|m| m.name.as_str()).collect();
+    let kinds = parse_encoder_spec(&cfg.encoder, &all)?;
+    let chosen: Vec<usize> = match (cfg.method, &cfg.modality) {
+        (Method::Unimodal, Some(m)) => vec![dataset.modality_index(m).ok_or_else(|| {
+            TrainError::Config(format!(
+                "unknown modality '{m}' for --method unimodal; {} has: {}",
+                dataset.dir().display(),
+                all.join(", ")
+            ))
+        })?],
+        (Method::Unimodal, None) => return Err(TrainError::Config("--method unimodal needs --modality NAME".into())),
+        _ => (0..all.len()).collect(),
+    };
+    let layout = ModelLayout {
+        modalities: chosen.iter().map(|&i| all[i].to_string()).collect(),
+        shapes: chosen.iter().map(|&i| dataset.modalities()[i].shape.clone()).collect(),
+        data_index: chosen.clone(),
+        num_classes: dataset.num_classes(),
+    };
+    let head = match cfg.method {
+        Method::Mla => HeadKind::Shared,
+        Method::Joint => HeadKind::Concat,
+        Method::Unimodal => HeadKind::Single,
+    };
+    let mut spec = ModelSpec::new(
+        layout.modalities.iter().cloned().zip(layout.shapes.iter().cloned()).collect(),
+        chosen.iter().map(|&i| kinds[i]).collect(),
+        dataset.num_classes(),
+        head,
+    );
+    spec.feature_size = cfg.feature_size;
+    Ok((Model::new(backend, spec, cfg.seed)?, layout))
+}
+
+/// The model of a checkpoint, checked against `dataset`: same modalities,
+/// shapes and classes, every weight present with its shape.
+pub fn load_model<B: Backend<f32>>(
+    backend: &B,
+    dataset: &Dataset,
+    ckpt: &Checkpoint,
+) -> Result<(Model<B>, ModelLayout, TrainConfig)> {
+    let cfg: TrainConfig = ckpt.json(super::state::CONFIG_KEY)?;
+    let saved: ModelLayout = ckpt.json(super::state::LAYOUT_KEY)?;
+    let (mut model, layout) = build_model(backend, dataset, &cfg)?;
+    if saved.modalities != layout.modalities || saved.shapes != layout.shapes || saved.num_classes != layout.num_classes {
+        return Err(TrainError::Config(format!(
+            "{} was trained on modalities {:?} with shapes {:?} and {} classes, but {} has {:?} with shapes {:?} and {} classes",
+            ckpt.path().display(),
+            saved.modalities,
+            saved.shapes,
+            saved.num_classes,
+            dataset.dir().display(),
+            layout.modalities,
+            layout.shapes,
+            layout.num_classes
+        )));
+    }
+    super::state::load_params(&mut model, ckpt)?;
+    Ok((model, layout, cfg))
+}
+
+/// What to evaluate beyond the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct EvalOptions {
+    /// Fusion rule of the fused accuracy (MLA); the run's rule when `None`.
+    pub fusion: Option<FusionRule>,
+    /// Modalities removed at test time.
+    pub drop: Vec<String>,
+    /// Compute the modality gap.
+    pub gap: bool,
+}
+
+/// Per-sample fusion of the logits of the modalities present for it.
+fn fuse(rows: &[&[f32]], rule: FusionRule, out: &mut [f32]) {
+    let weights: Vec<f64> = match rule {
+        FusionRule::Mean => vec![1.0 / rows.len() as f64; rows.len()],
+        FusionRule::Entropy => {
+            let e: Vec<f64> = rows.iter().map(|r| softmax_entropy(r)).collect();
+            // lambda_m = exp(-e_m) / sum_k exp(-e_k), shifted by min e for stability.
+            let emin = e.iter().cloned().fold(f64::INFINITY, f64::min);
+            let w: Vec<f64> = e.iter().map(|&x| (emin - x).exp()).collect();
+            let z: f64 = w.iter().sum();
+            w.into_iter().map(|x| x / z).collect()
+        }
+    };
+    for (c, o) in out.iter_mut().enumerate() {
+        *o = rows.iter().zip(&weights).map(|(r, w)| w * r[c] as f64).sum::<f64>() as f32;
+    }
+}
+
+fn softmax_entropy(row: &[f32]) -> f64 {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let ex: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let z: f64 = ex.iter().sum();
+    -ex.iter().map(|&e| e / z).filter(|&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>()
+}
+
+/// Evaluates `model` on `samples` of `dataset`.
+pub fn evaluate<B: Backend<f32>>(
+    model: &Model<B>,
+    cfg: &TrainConfig,
+    layout: &ModelLayout,
+    dataset: &Arc<Dataset>,
+    samples: &[usize],
+    opts: &EvalOptions,
+) -> Result<EvalMetrics> {
+    let m_count = layout.modalities.len();
+    let mut dropped = vec![false; m_count];
+    for d in &opts.drop {
+        let i = layout.modalities.iter().position(|m| m == d).ok_or_else(|| {
+            TrainError::Config(format!("--drop-modality {d}: the model has modalities {}", layout.modalities.join(", ")))
+        })?;
+        dropped[i] = true;
+    }
+    if dropped.iter().all(|&d| d) {
+        return Err(TrainError::Config("every modality of the model is dropped: nothing left to evaluate".into()));
+    }
+    let backend = model.params().backend().clone();
+    let classes = layout.num_classes;
+    let s = cfg.feature_size;
+    let rule = opts.fusion.unwrap_or(cfg.fusion);
+    let rules = [FusionRule::Entropy, FusionRule::Mean];
+    let mut per_modality = vec![Counter::default(); m_count];
+    let mut fused = Counter::default();
+    let mut by_rule = [Counter::default(); 2];
+    let mut gap = GapAccumulator::new(m_count, s);
+    let loader = Loader::new(dataset.clone(), samples.to_vec(), cfg.eval_batch_size, None, 0)?;
+    for batch in loader {
+        let batch = batch?;
+        let n = batch.len();
+        // Per modality: (row of each batch position or None, host logits).
+        let mut rows_of: Vec<Vec<Option<usize>>> = vec![vec![None; n]; m_count];
+        let mut logits_of: Vec<Vec<f32>> = vec![Vec::new(); m_count];
+        let tape = Tape::no_grad(&backend);
+        let p = model.track(&tape, |_| false);
+        let mut feats = Vec::with_capacity(m_count);
+        for mi in 0..m_count {
+            let mb = &batch.modalities[layout.data_index[mi]];
+            if dropped[mi] || mb.present.is_empty() {
+                feats.push(None);
+                continue;
+            }
+            let name = &layout.modalities[mi];
+            let x = tape.constant(upload(&backend, &mb.data, mb.present.len(), &layout.shapes[mi])?);
+            let h = model.features(&p, name, &x)?;
+            let z = model.modality_logits(&p, name, &h)?.into_value().to_vec()?;
+            if opts.gap {
+                gap.add(mi, &h.value().to_vec()?);
+            }
+            for (k, &pos) in mb.present.iter().enumerate() {
+                rows_of[mi][pos] = Some(k);
+                per_modality[mi].add_row(&z[k * classes..(k + 1) * classes], batch.labels[pos] as usize);
+            }
+            logits_of[mi] = z;
+            feats.push(Some((h, mb.present.as_slice())));
+        }
+        let joint_logits = if cfg.method == Method::Joint {
+            let mut full = Vec::with_capacity(m_count);
+            for f in &feats {
+                full.push(match f {
+                    None => tape.constant(Tensor::zeros(&backend, [n, s])?),
+                    Some((h, present)) if present.len() == n => h.clone(),
+                    Some((h, present)) => scatter_rows(h, present, n)?,
+                });
+            }
+            let refs: Vec<_> = full.iter().collect();
+            Some(model.joint_logits(&p, &refs)?.into_value().to_vec()?)
+        } else {
+            None
+        };
+        let mut out = vec![0f32; classes];
+        for pos in 0..n {
+            let label = batch.labels[pos] as usize;
+            let rows: Vec<&[f32]> = (0..m_count)
+                .filter_map(|mi| rows_of[mi][pos].map(|k| &logits_of[mi][k * classes..(k + 1) * classes]))
+                .collect();
+            if rows.is_empty() {
+                continue; // nothing of this sample is left (dropped or missing)
+            }
+            match &joint_logits {
+                Some(j) => fused.add_row(&j[pos * classes..(pos + 1) * classes], label),
+                None => {
+                    for (ri, r) in rules.iter().enumerate() {
+                        fuse(&rows, *r, &mut out);
+                        by_rule[ri].add_row(&out, label);
+                        if *r == rule {
+                            fused.add_row(&out, label);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let fused_accuracy = fused
+        .accuracy()
+        .ok_or_else(|| TrainError::Config("no sample has a modality left to evaluate".into()))?;
+    let fusion_accuracy = (cfg.method == Method::Mla).then(|| {
+        let mut nv = NamedValues::default();
+        for (r, c) in rules.iter().zip(&by_rule) {
+            nv.push(r.as_str(), c.accuracy().unwrap_or(0.0));
+        }
+        nv
+    });
+    Ok(EvalMetrics {
+        samples: fused.total,
+        fused_accuracy,
+        loss: fused.mean_loss().unwrap_or(f64::NAN),
+        fusion_accuracy,
+        modality_accuracy: named(&layout.modalities, per_modality.iter().map(Counter::accuracy).collect()),
+        modality_gap: if opts.gap { gap.gap() } else { None },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fusion_weights_favour_the_confident_modality() {
+        let confident = [10.0f32, 0.0, 0.0];
+        let uniform = [0.0f32, 0.0, 0.3];
+        let mut out = [0f32; 3];
+        fuse(&[&confident, &uniform], FusionRule::Entropy, &mut out);
+        assert_eq!(crate::metrics::argmax(&out), 0);
+        // lambda = exp(-e_c) / (exp(-e_c) + exp(-e_u)), entropies computed directly.
+        let (ec, eu) = (softmax_entropy(&confident), softmax_entropy(&uniform));
+        let lambda = 1.0 / (1.0 + (ec - eu).exp());
+        assert!(lambda > 0.7, "{lambda}");
+        assert!((out[0] as f64 - 10.0 * lambda).abs() < 1e-5, "{out:?}");
+        fuse(&[&confident, &uniform], FusionRule::Mean, &mut out);
+        assert!((out[0] - 5.0).abs() < 1e-6 && (out[2] - 0.15).abs() < 1e-6, "{out:?}");
+        // Order of modalities does not matter.
+        let mut swapped = [0f32; 3];
+        fuse(&[&uniform, &confident], FusionRule::Entropy, &mut swapped);
+        fuse(&[&confident, &uniform], FusionRule::Entropy, &mut out);
+        assert_eq!(out, swapped);
+    }
+}

@@ -1,0 +1,346 @@
+//! One trainer for MLA and its baselines, generic over the backend (DESIGN.md
+//! invariant 6). The loop (batches, evaluation, model selection, metrics,
+//! checkpoints) is shared; `mla`, `joint` and `unimodal` differ only in the
+//! per-batch step (`step.rs`) and in how logits are fused at evaluation
+//! (`eval.rs`).
+//!
+//! Determinism (invariant 8): the model is initialised from the seed, the
+//! training order of epoch e is drawn from (seed, e), and nothing else is
+//! random, so the same seed, data, backend and thread count give the same
+//! metrics, and resuming after epoch k replays epochs k+1.. exactly.
+
+pub mod config;
+pub mod eval;
+pub mod records;
+pub mod run_dir;
+mod state;
+mod step;
+mod update;
+
+pub use config::{FusionRule, HgmMode, Method, OptimizerKind, TrainConfig, DEFAULT_ALPHA};
+pub use eval::{build_model, load_model, EvalOptions, ModelLayout};
+pub use records::{EpochRecord, Summary, TrainerState};
+pub use run_dir::RunDir;
+
+use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::data::{seeded_subset, DataError, Dataset, Loader, Split};
+use crate::error::ModelError;
+use crate::metrics::{EvalMetrics, NamedValues};
+use crate::model::Model;
+use mla_core::{Backend, Tensor};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use update::{Hgm, Optimizer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Core(#[from] mla_core::Error),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// Flags or a checkpoint that do not fit the dataset or each other.
+    #[error("{0}")]
+    Config(String),
+    #[error("non-finite training loss ({value}) at epoch {epoch}, step {step} (modality {modality}); the run diverged: lower --lr or check the data")]
+    NonFinite { epoch: usize, step: usize, modality: String, value: f32 },
+    #[error("{}: cannot {op}: {source}", path.display())]
+    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    #[error("{0}")]
+    RunDir(String),
+}
+
+impl TrainError {
+    pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> Self {
+        TrainError::Io { path: path.to_path_buf(), op, source }
+    }
+}
+
+pub type Result<T, E = TrainError> = std::result::Result<T, E>;
+
+/// Progress callbacks (the CLI draws bars from them; tests stay silent).
+pub trait Observer {
+    fn epoch_start(&mut self, _epoch: usize, _epochs: usize, _batches: usize, _samples: usize) {}
+    /// After `batches` of the epoch; `loss` is the mean loss of the steps read
+    /// since the previous call.
+    fn progress(&mut self, _batches: usize, _samples: u64, _loss: f64) {}
+    fn evaluating(&mut self, _split: Split) {}
+    fn epoch_end(&mut self, _record: &EpochRecord) {}
+}
+
+/// An observer that ignores everything.
+pub struct Silent;
+impl Observer for Silent {}
+
+/// Losses (and HGM norms) are read back every this many batches: reading is a
+/// device synchronisation, so steps in between run without one.
+const READ_EVERY: usize = 16;
+
+/// The trainer: the dataset, the model, optimizer and HGM state, and the run's
+/// progress.
+pub struct Trainer<B: Backend<f32>> {
+    backend: B,
+    cfg: TrainConfig,
+    dataset: Arc<Dataset>,
+    layout: ModelLayout,
+    model: Model<B>,
+    optim: Optimizer<B>,
+    hgm: Option<Hgm<B>>,
+    train: Vec<usize>,
+    val: Vec<usize>,
+    test: Vec<usize>,
+    state: TrainerState,
+    run_dir: Option<RunDir>,
+    backend_name: String,
+    threads: Option<usize>,
+}
+
+impl<B: Backend<f32>> Trainer<B> {
+    /// A fresh run of `cfg` on `dataset`.
+    pub fn new(backend: B, dataset: Arc<Dataset>, cfg: TrainConfig) -> Result<Self> {
+        cfg.validate().map_err(TrainError::Config)?;
+        let (model, layout) = build_model(&backend, &dataset, &cfg)?;
+        let optim = Optimizer::new(&cfg);
+        let hgm = match cfg.method {
+            Method::Mla => Hgm::new(
+                &backend,
+                cfg.hgm,
+                cfg.alpha,
+                layout.modalities.len(),
+                cfg.feature_size,
+                dataset.num_classes(),
+            )?,
+            _ => None,
+        };
+        let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
+        let split = |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
+        let mut train = split(Split::Train);
+        let val = split(Split::Validation);
+        let test = split(Split::Test);
+        for (name, v) in [("train", &train), ("validation", &val), ("test", &test)] {
+            if v.is_empty() {
+                let what = match &cfg.modality {
+                    Some(m) if cfg.method == Method::Unimodal => format!(" with modality '{m}'"),
+                    _ => String::new(),
+                };
+                return Err(TrainError::Config(format!(
+                    "{}: no {name} samples{what}; training needs train, validation (model selection) and test samples",
+                    dataset.dir().display()
+                )));
+            }
+        }
+        if let Some(n) = cfg.train_limit {
+            train = seeded_subset(&train, n, cfg.seed);
+        }
+        Ok(Trainer {
+            backend,
+            cfg,
+            dataset,
+            layout,
+            model,
+            optim,
+            hgm,
+            train,
+            val,
+            test,
+            state: TrainerState::default(),
+            run_dir: None,
+            backend_name: String::new(),
+            threads: None,
+        })
+    }
+
+    /// Continues the run in `dir` from its last checkpoint. `epochs`, when
+    /// given, replaces the configured total (to train further).
+    pub fn resume(backend: B, dataset: Arc<Dataset>, dir: &Path, epochs: Option<usize>) -> Result<Self> {
+        let run_dir = RunDir::open(dir)?;
+        let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
+        let mut cfg: TrainConfig = ckpt.json(state::CONFIG_KEY)?;
+        if let Some(e) = epochs {
+            cfg.epochs = e;
+        }
+        let mut t = Trainer::new(backend, dataset, cfg)?;
+        t.restore(&ckpt)?;
+        t.run_dir = Some(run_dir);
+        Ok(t)
+    }
+
+    /// Writes config, metrics, checkpoints and the summary into `dir` as the run goes.
+    pub fn with_run_dir(mut self, dir: &Path) -> Result<Self> {
+        let rd = RunDir::create(dir)?;
+        rd.write_json(run_dir::CONFIG, &self.cfg)?;
+        self.run_dir = Some(rd);
+        Ok(self)
+    }
+
+    /// Recorded in the summary (the CLI knows which device it picked).
+    pub fn set_environment(&mut self, backend_name: &str, threads: Option<usize>) {
+        self.backend_name = backend_name.to_string();
+        self.threads = threads;
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.cfg
+    }
+    pub fn state(&self) -> &TrainerState {
+        &self.state
+    }
+    pub fn model(&self) -> &Model<B> {
+        &self.model
+    }
+    pub fn modalities(&self) -> &[String] {
+        &self.layout.modalities
+    }
+    pub fn train_samples(&self) -> &[usize] {
+        &self.train
+    }
+    pub fn run_dir(&self) -> Option<&RunDir> {
+        self.run_dir.as_ref()
+    }
+
+    /// Trains the remaining epochs; returns the summary (best-validation
+    /// epoch, its validation and test metrics).
+    pub fn run(&mut self, obs: &mut dyn Observer) -> Result<Summary> {
+        while self.state.epochs_done < self.cfg.epochs {
+            self.run_epoch(obs)?;
+        }
+        self.summary()
+    }
+
+    pub fn summary(&self) -> Result<Summary> {
+        Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads)
+            .ok_or_else(|| TrainError::Config("no epoch has been trained yet".into()))
+    }
+
+    /// One epoch: the steps, validation, model selection (test of a new best),
+    /// checkpoints and metrics files.
+    pub fn run_epoch(&mut self, obs: &mut dyn Observer) -> Result<EpochRecord> {
+        let started = Instant::now();
+        let epoch = self.state.epochs_done + 1;
+        let stats = self.train_epoch(epoch, obs)?;
+
+        obs.evaluating(Split::Validation);
+        let val = self.evaluate_samples(&self.val, &EvalOptions::default())?;
+        let better = match &self.state.best_val {
+            None => true,
+            Some(b) => val.fused_accuracy > b.fused_accuracy,
+        };
+        let mut record = EpochRecord {
+            epoch,
+            train_loss: stats.mean_loss(),
+            train_loss_by_modality: stats.loss_by_modality(&self.layout.modalities, self.cfg.method),
+            hgm_surviving_fraction: stats.surviving_fraction(),
+            val: val.clone(),
+            best: better,
+            train_samples: stats.samples,
+            train_seconds: stats.seconds,
+            epoch_seconds: 0.0,
+            samples_per_second: if stats.seconds > 0.0 { stats.samples as f64 / stats.seconds } else { 0.0 },
+        };
+        self.state.epochs_done = epoch;
+        self.state.train_seconds += stats.seconds;
+        self.state.train_samples += stats.samples;
+        if better {
+            obs.evaluating(Split::Test);
+            let test = self.evaluate_samples(&self.test, &EvalOptions { gap: true, ..EvalOptions::default() })?;
+            self.state.best_epoch = Some(epoch);
+            self.state.best_val = Some(val);
+            self.state.best_test = Some(test);
+        }
+        record.epoch_seconds = started.elapsed().as_secs_f64();
+        self.state.total_seconds += record.epoch_seconds;
+        self.state.history.push(record.clone());
+        if let Some(rd) = &self.run_dir {
+            let ckpt = self.checkpoint()?;
+            if better {
+                ckpt.save(&rd.file(run_dir::BEST))?;
+            }
+            ckpt.save(&rd.file(run_dir::LAST))?;
+            rd.write_metrics(&self.state.history)?;
+            if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads) {
+                rd.write_summary(&s)?;
+            }
+        }
+        obs.epoch_end(&record);
+        Ok(record)
+    }
+
+    fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<step::EpochStats> {
+        let loader =
+            Loader::new(self.dataset.clone(), self.train.clone(), self.cfg.batch_size, Some(self.cfg.seed), epoch as u64)?;
+        let batches = loader.num_batches();
+        obs.epoch_start(epoch, self.cfg.epochs, batches, self.train.len());
+        let mut stats = step::EpochStats::new(self.layout.modalities.len());
+        let mut pending = step::Pending::default();
+        let started = Instant::now();
+        for (b, batch) in loader.enumerate() {
+            let batch = batch?;
+            stats.samples += batch.len() as u64;
+            self.step(&batch, b + 1, &mut pending)?;
+            if (b + 1) % READ_EVERY == 0 || b + 1 == batches {
+                let mean = pending.flush(epoch, &self.layout.modalities, &mut stats)?;
+                obs.progress(b + 1, stats.samples, mean);
+            }
+        }
+        stats.seconds = started.elapsed().as_secs_f64();
+        Ok(stats)
+    }
+
+    fn step(&mut self, batch: &crate::data::Batch, step_no: usize, pending: &mut step::Pending<B>) -> Result<()> {
+        match self.cfg.method {
+            Method::Mla => {
+                for mi in 0..self.layout.modalities.len() {
+                    step::mla(self, batch, mi, step_no, pending)?;
+                }
+                Ok(())
+            }
+            Method::Unimodal => step::mla(self, batch, 0, step_no, pending),
+            Method::Joint => step::joint(self, batch, step_no, pending),
+        }
+    }
+
+    /// Evaluates the current model on one split.
+    pub fn evaluate(&self, split: Split, opts: &EvalOptions) -> Result<EvalMetrics> {
+        let samples = match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.val,
+            Split::Test => &self.test,
+        };
+        self.evaluate_samples(samples, opts)
+    }
+
+    fn evaluate_samples(&self, samples: &[usize], opts: &EvalOptions) -> Result<EvalMetrics> {
+        eval::evaluate(&self.model, &self.cfg, &self.layout, &self.dataset, samples, opts)
+    }
+
+    /// The full training state as a checkpoint (weights, optimizer, HGM,
+    /// config, trainer state).
+    pub fn checkpoint(&self) -> Result<Checkpoint> {
+        state::save(self)
+    }
+
+    fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
+        state::restore(self, ckpt)
+    }
+}
+
+/// Mean of `values`, or `None` when empty.
+pub(crate) fn mean(values: &[f64]) -> Option<f64> {
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+pub(crate) fn named(names: &[String], values: Vec<Option<f64>>) -> NamedValues {
+    NamedValues(names.iter().zip(values).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect())
+}
+
+/// Uploads a modality's batch rows as `[n, ...shape]`.
+pub(crate) fn upload<B: Backend<f32>>(backend: &B, data: &[f32], rows: usize, shape: &[usize]) -> Result<Tensor<f32, B>> {
+    let mut dims = Vec::with_capacity(shape.len() + 1);
+    dims.push(rows);
+    dims.extend_from_slice(shape);
+    Ok(Tensor::from_slice(backend, data, dims)?)
+}

@@ -1,0 +1,87 @@
+//! The run directory: `config.json`, `metrics.jsonl`, `summary.json`,
+//! `best.safetensors`, `last.safetensors`. Every file is replaced atomically,
+//! so an interrupted run leaves a directory `--resume` can continue from.
+
+use super::records::{EpochRecord, Summary};
+use super::TrainError;
+use crate::checkpoint::write_atomic;
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+pub const CONFIG: &str = "config.json";
+pub const METRICS: &str = "metrics.jsonl";
+pub const SUMMARY: &str = "summary.json";
+pub const BEST: &str = "best.safetensors";
+pub const LAST: &str = "last.safetensors";
+
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    dir: PathBuf,
+}
+
+impl RunDir {
+    /// A new run directory: created if absent; refused if it already holds a
+    /// run (resuming is explicit, overwriting never happens silently).
+    pub fn create(dir: &Path) -> Result<RunDir, TrainError> {
+        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, "create the run directory", e))?;
+        for f in [CONFIG, METRICS, LAST] {
+            if dir.join(f).exists() {
+                return Err(TrainError::RunDir(format!(
+                    "{} already holds a run ({f} exists); continue it with --resume {} or choose another --out",
+                    dir.display(),
+                    dir.display()
+                )));
+            }
+        }
+        Ok(RunDir { dir: dir.to_path_buf() })
+    }
+
+    /// An existing run directory, for `--resume`.
+    pub fn open(dir: &Path) -> Result<RunDir, TrainError> {
+        if !dir.is_dir() {
+            return Err(TrainError::RunDir(format!("{}: no such run directory", dir.display())));
+        }
+        if !dir.join(LAST).is_file() {
+            return Err(TrainError::RunDir(format!(
+                "{}: no {LAST} to resume from (the run did not finish an epoch?)",
+                dir.display()
+            )));
+        }
+        Ok(RunDir { dir: dir.to_path_buf() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), TrainError> {
+        let path = self.file(name);
+        let mut text = serde_json::to_string_pretty(value)
+            .map_err(|e| TrainError::RunDir(format!("{}: cannot serialise: {e}", path.display())))?;
+        text.push('\n');
+        write_atomic(&path, text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Rewrites `metrics.jsonl` from the full history: after a resume it holds
+    /// exactly the epochs of the checkpoint, then the new ones.
+    pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<(), TrainError> {
+        let mut text = String::new();
+        for r in history {
+            let line = serde_json::to_string(r)
+                .map_err(|e| TrainError::RunDir(format!("{METRICS}: cannot serialise epoch {}: {e}", r.epoch)))?;
+            text.push_str(&line);
+            text.push('\n');
+        }
+        write_atomic(&self.file(METRICS), text.as_bytes())?;
+        Ok(())
+    }
+
+    pub fn write_summary(&self, summary: &Summary) -> Result<(), TrainError> {
+        self.write_json(SUMMARY, summary)
+    }
+}
