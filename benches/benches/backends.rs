@@ -1,6 +1,7 @@
 //! CPU and CUDA side by side: GEMM at the encoder shapes, forward + backward
-//! of the `cnn` encoder's conv stack at batch 64, and the fused RLS (HGM)
-//! update. CUDA timings synchronise the device inside the timed closure.
+//! of the `cnn` encoder's conv stack at batch 64, the fused RLS (HGM) update,
+//! and one full MLA training step of the AV-MNIST `cnn` model at batch 64 and
+//! 512. CUDA timings synchronise the device inside the timed closure.
 //! Without a CUDA device the CUDA half is skipped with a message.
 //!
 //! `cargo bench -p mla-benches --bench backends` (add `-- cuda` for the GPU half only).
@@ -259,5 +260,76 @@ fn bandwidth(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, gemm, cnn_convs, rls, bandwidth);
+// ------------------------------------------------------------- full MLA step
+
+/// A throwaway mla-dataset/1 directory with AV-MNIST shapes (random content:
+/// timing only), removed on drop.
+struct BenchData(std::path::PathBuf);
+
+impl BenchData {
+    fn new(train: usize) -> BenchData {
+        use mla_models::data::npy::write_npy;
+        let dir = std::env::temp_dir().join(format!("mla-bench-avmnist-{}-{train}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = train + 2; // one validation and one test sample keep evaluation negligible
+        let mut rng = Rng::new(4);
+        let labels: Vec<i64> = (0..n).map(|i| (i % 10) as i64).collect();
+        let split: Vec<u8> = (0..n).map(|i| if i < train { 0 } else if i == train { 1 } else { 2 }).collect();
+        write_npy(dir.join("labels.npy"), &[n], &labels).unwrap();
+        write_npy(dir.join("split.npy"), &[n], &split).unwrap();
+        write_npy(dir.join("image.npy"), &[n, 1, 28, 28], &random(&mut rng, n * 28 * 28, 0.0, 1.0)).unwrap();
+        write_npy(dir.join("audio.npy"), &[n, 1, 40, 63], &random(&mut rng, n * 40 * 63, -2.0, 2.0)).unwrap();
+        let manifest = format!(
+            r#"{{"format": "mla-dataset/1", "name": "bench", "num_classes": 10,
+                "class_names": ["0","1","2","3","4","5","6","7","8","9"],
+                "labels": "labels.npy", "split": "split.npy",
+                "modalities": [{{"name": "image", "data": "image.npy"}}, {{"name": "audio", "data": "audio.npy"}}]}}"#
+        );
+        std::fs::write(dir.join("dataset.json"), manifest).unwrap();
+        BenchData(dir)
+    }
+}
+
+impl Drop for BenchData {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Time per MLA step (one batch through each modality, HGM on, SGD with
+/// momentum), from the trainer's own train-loop clock: batch loading and
+/// upload included, evaluation excluded; the loop reads the loss at its end,
+/// so queued device work is inside the measurement.
+fn mla_case<B: Backend<f32>>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, backend: &B, data: &BenchData, batch: usize, steps: usize) {
+    use mla_models::trainer::{Method, Silent, TrainConfig, Trainer};
+    let ds = std::sync::Arc::new(mla_models::data::Dataset::open(&data.0).unwrap());
+    let cfg = TrainConfig { method: Method::Mla, epochs: usize::MAX, batch_size: batch, eval_batch_size: 2, train_limit: Some(batch * steps), ..TrainConfig::default() };
+    let mut t = Trainer::new(backend.clone(), ds, cfg).unwrap();
+    g.bench_function(format!("{name}/batch{batch}"), |b| {
+        b.iter_custom(|iters| {
+            let (mut secs, mut done) = (0.0, 0u64);
+            while done < iters {
+                let rec = t.run_epoch(&mut Silent).unwrap();
+                secs += rec.train_seconds;
+                done += steps as u64;
+            }
+            Duration::from_secs_f64(secs * iters as f64 / done as f64)
+        })
+    });
+}
+
+fn mla_step(c: &mut Criterion) {
+    let mut g = c.benchmark_group("mla_step_avmnist_cnn");
+    g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(10);
+    for (batch, steps) in [(64, 8), (512, 2)] {
+        let data = BenchData::new(batch * steps);
+        mla_case(&mut g, "cpu", &Cpu, &data, batch, steps);
+        if let Some(cuda) = cuda() {
+            mla_case(&mut g, "cuda", cuda, &data, batch, steps);
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, gemm, cnn_convs, rls, bandwidth, mla_step);
 criterion_main!(benches);

@@ -17,11 +17,8 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
+    // Shrinking is bounded so a failing case is reported in seconds.
+    TestRunner::new(Config { cases, failure_persistence: None, max_shrink_iters: 300, ..Config::default() })
 }
 
 fn close<T: CudaFloat>(
