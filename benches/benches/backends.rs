@@ -7,7 +7,9 @@
 //! `cargo bench -p mla-benches --bench backends` (add `-- cuda` for the GPU half only).
 
 use criterion::measurement::WallTime;
-use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use criterion::{
+    criterion_group, criterion_main, BenchmarkGroup, Criterion, SamplingMode, Throughput,
+};
 use mla_core::{Backend, GemmConfig, Tape, Tensor};
 use mla_cpu::Cpu;
 use mla_cuda::Cuda;
@@ -184,9 +186,11 @@ fn conv_case<B: Backend<f32>>(
 
 fn cnn_convs(c: &mut Criterion) {
     let mut g = c.benchmark_group("cnn_convs_fwd_bwd_b64");
+    // Flat sampling: the CPU side takes tens of milliseconds per iteration.
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(3))
-        .sample_size(20);
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat);
     for (size, what) in [((28, 28), "image"), ((40, 63), "audio")] {
         conv_case(&mut g, "cpu", &Cpu, size, what);
         if let Some(cuda) = cuda() {
@@ -227,7 +231,8 @@ fn rls(c: &mut Criterion) {
     let mut g = c.benchmark_group("rls_project");
     g.warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
-        .sample_size(20);
+        .sample_size(20)
+        .sampling_mode(SamplingMode::Flat);
     for s in [128, 512, 2048] {
         // Bytes of P read and written once: the memory-bound floor.
         g.throughput(Throughput::Bytes((2 * s * s * 4) as u64));
@@ -269,16 +274,37 @@ struct BenchData(std::path::PathBuf);
 impl BenchData {
     fn new(train: usize) -> BenchData {
         use mla_models::data::npy::write_npy;
-        let dir = std::env::temp_dir().join(format!("mla-bench-avmnist-{}-{train}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("mla-bench-avmnist-{}-{train}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let n = train + 2; // one validation and one test sample keep evaluation negligible
         let mut rng = Rng::new(4);
         let labels: Vec<i64> = (0..n).map(|i| (i % 10) as i64).collect();
-        let split: Vec<u8> = (0..n).map(|i| if i < train { 0 } else if i == train { 1 } else { 2 }).collect();
+        let split: Vec<u8> = (0..n)
+            .map(|i| {
+                if i < train {
+                    0
+                } else if i == train {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
         write_npy(dir.join("labels.npy"), &[n], &labels).unwrap();
         write_npy(dir.join("split.npy"), &[n], &split).unwrap();
-        write_npy(dir.join("image.npy"), &[n, 1, 28, 28], &random(&mut rng, n * 28 * 28, 0.0, 1.0)).unwrap();
-        write_npy(dir.join("audio.npy"), &[n, 1, 40, 63], &random(&mut rng, n * 40 * 63, -2.0, 2.0)).unwrap();
+        write_npy(
+            dir.join("image.npy"),
+            &[n, 1, 28, 28],
+            &random(&mut rng, n * 28 * 28, 0.0, 1.0),
+        )
+        .unwrap();
+        write_npy(
+            dir.join("audio.npy"),
+            &[n, 1, 40, 63],
+            &random(&mut rng, n * 40 * 63, -2.0, 2.0),
+        )
+        .unwrap();
         let manifest = format!(
             r#"{{"format": "mla-dataset/1", "name": "bench", "num_classes": 10,
                 "class_names": ["0","1","2","3","4","5","6","7","8","9"],
@@ -300,10 +326,24 @@ impl Drop for BenchData {
 /// momentum), from the trainer's own train-loop clock: batch loading and
 /// upload included, evaluation excluded; the loop reads the loss at its end,
 /// so queued device work is inside the measurement.
-fn mla_case<B: Backend<f32>>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, backend: &B, data: &BenchData, batch: usize, steps: usize) {
+fn mla_case<B: Backend<f32>>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    name: &str,
+    backend: &B,
+    data: &BenchData,
+    batch: usize,
+    steps: usize,
+) {
     use mla_models::trainer::{Method, Silent, TrainConfig, Trainer};
     let ds = std::sync::Arc::new(mla_models::data::Dataset::open(&data.0).unwrap());
-    let cfg = TrainConfig { method: Method::Mla, epochs: usize::MAX, batch_size: batch, eval_batch_size: 2, train_limit: Some(batch * steps), ..TrainConfig::default() };
+    let cfg = TrainConfig {
+        method: Method::Mla,
+        epochs: usize::MAX,
+        batch_size: batch,
+        eval_batch_size: 2,
+        train_limit: Some(batch * steps),
+        ..TrainConfig::default()
+    };
     let mut t = Trainer::new(backend.clone(), ds, cfg).unwrap();
     g.bench_function(format!("{name}/batch{batch}"), |b| {
         b.iter_custom(|iters| {
@@ -320,7 +360,10 @@ fn mla_case<B: Backend<f32>>(g: &mut BenchmarkGroup<'_, WallTime>, name: &str, b
 
 fn mla_step(c: &mut Criterion) {
     let mut g = c.benchmark_group("mla_step_avmnist_cnn");
-    g.warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3)).sample_size(10);
+    g.warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat);
     for (batch, steps) in [(64, 8), (512, 2)] {
         let data = BenchData::new(batch * steps);
         mla_case(&mut g, "cpu", &Cpu, &data, batch, steps);

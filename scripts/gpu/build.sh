@@ -35,6 +35,9 @@ while read -r kind name path; do
     strip "$dest"
 done
 
+# The runner travels with the binaries: the device tool sends the checkout the
+# session started in, which need not have this script.
+cp scripts/gpu/run.sh "$out/run.sh"
 ls -l "$out"
 total=$(du -cb "$out"/* | tail -1 | cut -f1)
 echo "gpu-bin: $((total / 1024 / 1024)) MiB in $(ls "$out" | wc -l) binaries"

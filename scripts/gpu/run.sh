@@ -7,7 +7,10 @@
 #   BENCH_FILTER=rls    criterion filter for the bench (a regex on ids)
 #   BENCH_SECONDS=2     criterion measurement time per benchmark
 set -uo pipefail
-cd "$(dirname "$0")/../.."
+# The binaries: gpu-bin/ under the current directory (the repository root), or
+# the folder this script sits in when build.sh copied it there.
+BIN=${GPU_BIN:-gpu-bin}
+[ -d "$BIN" ] || BIN=$(dirname "$0")
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 
@@ -25,7 +28,7 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
 head -15 "$OUT/nvidia-smi.txt"
 
 status=0
-for t in gpu-bin/test-*; do
+for t in "$BIN"/test-*; do
     name=$(basename "$t")
     echo "=== $name"
     start=$(date +%s%N)
@@ -37,9 +40,9 @@ for t in gpu-bin/test-*; do
     [ "$rc" -eq 0 ] || status=1
 done
 
-if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x gpu-bin/bench-backends ]; then
+if [ "${SKIP_BENCH:-0}" != 1 ] && [ -x "$BIN/bench-backends" ]; then
     echo "=== bench-backends"
-    CRITERION_HOME="$OUT/criterion" gpu-bin/bench-backends --bench --noplot \
+    CRITERION_HOME="$OUT/criterion" "$BIN/bench-backends" --bench --noplot \
         --measurement-time "${BENCH_SECONDS:-2}" ${BENCH_FILTER:+"$BENCH_FILTER"} >"$OUT/bench-backends.log" 2>&1 || status=1
     grep -E 'CUDA device|skipping|^[a-z_0-9]+/|time:|thrpt:' "$OUT/bench-backends.log"
 fi
