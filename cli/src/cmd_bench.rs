@@ -1,8 +1,136 @@
+//! `mla bench`: times training steps (by default MLA, cnn encoders, batch 64,
+//! both modalities, HGM owm) and reports steps/s and samples/s.
+
+use crate::backend::{self, BackendChoice, OnBackend};
 use crate::CliResult;
+use mla_core::Backend;
+use mla_models::data::Dataset;
+use mla_models::trainer::{HgmMode, Method, TrainConfig, Trainer, DEFAULT_ALPHA};
+use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Dataset directory in the mla-dataset/1 format.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    #[arg(long, default_value = "mla")]
+    method: Method,
+    /// The modality of --method unimodal.
+    #[arg(long, value_name = "NAME")]
+    modality: Option<String>,
+    #[arg(long, value_name = "SPEC", default_value = "cnn")]
+    encoder: String,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// HGM of MLA steps. [default: owm for mla]
+    #[arg(long)]
+    hgm: Option<HgmMode>,
+    #[arg(long, default_value_t = DEFAULT_ALPHA)]
+    alpha: f64,
+    /// Timed steps (one step = one mini-batch: every modality's step for MLA).
+    #[arg(long, default_value_t = 200)]
+    steps: usize,
+    /// Untimed steps first (allocator and cache warm-up).
+    #[arg(long, default_value_t = 20)]
+    warmup: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Err("`mla bench` is not implemented yet".into())
+pub fn run(args: Args) -> CliResult {
+    if args.steps == 0 {
+        return Err("--steps must be at least 1".into());
+    }
+    backend::set_threads(args.threads)?;
+    backend::dispatch(args.backend, args)
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    let i = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[i]
+}
+
+/// Peak resident set size of this process in MiB (Linux; `None` elsewhere).
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+impl OnBackend for Args {
+    type Output = ();
+
+    fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
+        let hgm = match (self.method, self.hgm) {
+            (Method::Mla, h) => h.unwrap_or(HgmMode::Owm),
+            (_, None | Some(HgmMode::None)) => HgmMode::None,
+            (m, Some(h)) => return Err(format!("--hgm {h} applies to --method mla only (got --method {m})").into()),
+        };
+        let cfg = TrainConfig {
+            method: self.method,
+            modality: self.modality.clone(),
+            encoder: self.encoder.clone(),
+            batch_size: self.batch_size,
+            hgm,
+            alpha: self.alpha,
+            seed: self.seed,
+            ..TrainConfig::default()
+        };
+        let dataset = Arc::new(Dataset::open(&self.data)?);
+        let mut trainer = Trainer::new(backend, dataset, cfg)?;
+        let times = trainer.time_steps(self.warmup, self.steps)?;
+        let total_s: f64 = times.iter().map(|(t, _)| t).sum();
+        let samples: usize = times.iter().map(|(_, n)| n).sum();
+        let mut ms: Vec<f64> = times.iter().map(|(t, _)| t * 1e3).collect();
+        ms.sort_by(|a, b| a.total_cmp(b));
+        let median = percentile(&ms, 0.5);
+        let sps = samples as f64 / total_s;
+        let steps_per_s = times.len() as f64 / total_s;
+        let modalities = trainer.modalities().join(",");
+        if self.json {
+            let out = serde_json::json!({
+                "method": self.method,
+                "modalities": modalities,
+                "encoder": self.encoder,
+                "batch_size": self.batch_size,
+                "hgm": hgm,
+                "backend": name,
+                "threads": self.threads,
+                "warmup": self.warmup,
+                "steps": self.steps,
+                "ms_per_step_median": median,
+                "ms_per_step_mean": total_s * 1e3 / times.len() as f64,
+                "ms_per_step_p10": percentile(&ms, 0.1),
+                "ms_per_step_p90": percentile(&ms, 0.9),
+                "steps_per_second": steps_per_s,
+                "samples_per_second": sps,
+                "peak_rss_mib": peak_rss_mib(),
+            });
+            println!("{out}");
+        } else {
+            println!(
+                "{} steps of {} ({modalities}), encoder {}, batch {}, hgm {hgm} on {name}:",
+                self.steps, self.method, self.encoder, self.batch_size
+            );
+            println!(
+                "  {:.2} ms/step median (p10 {:.2}, p90 {:.2}), {steps_per_s:.2} steps/s, {sps:.0} samples/s",
+                median,
+                percentile(&ms, 0.1),
+                percentile(&ms, 0.9)
+            );
+            if let Some(rss) = peak_rss_mib() {
+                println!("  peak resident memory {rss:.0} MiB");
+            }
+        }
+        Ok(())
+    }
 }

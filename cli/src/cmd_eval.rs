@@ -1,8 +1,115 @@
+//! `mla eval`: a checkpoint on a split of a dataset, optionally with
+//! modalities removed at test time.
+
+use crate::backend::{self, BackendChoice, OnBackend};
+use crate::report::metrics_table;
 use crate::CliResult;
+use mla_core::Backend;
+use mla_models::checkpoint::Checkpoint;
+use mla_models::data::{Dataset, Split};
+use mla_models::trainer::{eval, load_model, run_dir, EvalOptions, FusionRule};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SplitArg {
+    Train,
+    #[value(alias = "val")]
+    Validation,
+    Test,
+}
+
+impl From<SplitArg> for Split {
+    fn from(s: SplitArg) -> Split {
+        match s {
+            SplitArg::Train => Split::Train,
+            SplitArg::Validation => Split::Validation,
+            SplitArg::Test => Split::Test,
+        }
+    }
+}
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// A checkpoint written by `mla train` (best.safetensors or last.safetensors).
+    #[arg(long, value_name = "FILE")]
+    checkpoint: PathBuf,
+    /// Dataset directory. [default: the dataset of the run the checkpoint belongs to]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "test")]
+    split: SplitArg,
+    /// Remove this modality at test time (repeat for several).
+    #[arg(long, value_name = "NAME")]
+    drop_modality: Vec<String>,
+    /// Fusion of MLA's per-modality logits. [default: the run's]
+    #[arg(long)]
+    fusion: Option<FusionRule>,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Err("`mla eval` is not implemented yet".into())
+pub fn run(args: Args) -> CliResult {
+    backend::set_threads(args.threads)?;
+    backend::dispatch(args.backend, args)
+}
+
+impl OnBackend for Args {
+    type Output = ();
+
+    fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
+        let ckpt = Checkpoint::load(&self.checkpoint)?;
+        let data = match &self.data {
+            Some(d) => d.clone(),
+            None => {
+                let dir = self.checkpoint.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                if !dir.join(run_dir::CONFIG).is_file() {
+                    return Err(format!(
+                        "--data DIR is required: {} has no {} next to it naming its dataset",
+                        self.checkpoint.display(),
+                        run_dir::CONFIG
+                    )
+                    .into());
+                }
+                run_dir::read_config(dir)?.data
+            }
+        };
+        let dataset = Arc::new(Dataset::open(&data)?);
+        let (model, layout, cfg) = load_model(&backend, &dataset, &ckpt)?;
+        let split: Split = self.split.into();
+        let samples = dataset.indices(split);
+        if samples.is_empty() {
+            return Err(format!("{}: the {split} split is empty", data.display()).into());
+        }
+        let opts = EvalOptions { fusion: self.fusion, drop: self.drop_modality.clone(), gap: true };
+        let m = eval::evaluate(&model, &cfg, &layout, &dataset, &samples, &opts)?;
+        let fusion = self.fusion.unwrap_or(cfg.fusion);
+        if self.json {
+            let out = serde_json::json!({
+                "checkpoint": self.checkpoint,
+                "data": data,
+                "split": split.to_string(),
+                "method": cfg.method,
+                "fusion": fusion,
+                "dropped": self.drop_modality,
+                "backend": name,
+                "metrics": m,
+            });
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        } else {
+            let dropped = if self.drop_modality.is_empty() {
+                String::new()
+            } else {
+                format!(", without {}", self.drop_modality.join(", "))
+            };
+            println!("{} on the {split} split of {}{dropped} ({} samples):", self.checkpoint.display(), data.display(), m.samples);
+            print!("{}", metrics_table(cfg.method, fusion.as_str(), None, &m, &split.to_string()));
+        }
+        Ok(())
+    }
 }

@@ -1,8 +1,202 @@
+//! `mla train`: MLA or a baseline on an mla-dataset/1 directory, or with no
+//! flags MLA on AV-MNIST prepared into the cache on first use.
+
+use crate::backend::{self, BackendChoice, OnBackend};
+use crate::report::{summary_table, Progress};
 use crate::CliResult;
+use mla_core::Backend;
+use mla_models::data::Dataset;
+use mla_models::trainer::{
+    FusionRule, HgmMode, Method, OptimizerKind, RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
+};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Dataset directory in the mla-dataset/1 format.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Training procedure: mla (alternating unimodal steps, shared head),
+    /// joint (concatenated features, one head) or unimodal (one modality).
+    #[arg(long, default_value = "mla", conflicts_with = "resume")]
+    method: Method,
+    /// The modality of --method unimodal.
+    #[arg(long, value_name = "NAME", conflicts_with = "resume")]
+    modality: Option<String>,
+    /// Encoder of every modality (cnn, mlp) or one per modality: image=cnn,audio=mlp.
+    #[arg(long, value_name = "SPEC", default_value = "cnn", conflicts_with = "resume")]
+    encoder: String,
+    /// Size of every encoder's feature vector.
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
+    feature_size: usize,
+    /// Training epochs; with --resume, the new total to train up to. [default: 3]
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long, default_value_t = 64, conflicts_with = "resume")]
+    batch_size: usize,
+    /// Batch size of evaluation passes (does not change any result).
+    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
+    eval_batch_size: usize,
+    #[arg(long, default_value = "sgd", conflicts_with = "resume")]
+    optimizer: OptimizerKind,
+    /// Learning rate.
+    #[arg(long, default_value_t = 0.01, conflicts_with = "resume")]
+    lr: f64,
+    /// SGD momentum.
+    #[arg(long, default_value_t = 0.9, conflicts_with = "resume")]
+    momentum: f64,
+    #[arg(long, default_value_t = 1e-4, conflicts_with = "resume")]
+    weight_decay: f64,
+    /// Head gradient modification (MLA only): none, owm (one P) or cross (one P per modality). [default: owm for mla]
+    #[arg(long, conflicts_with = "resume")]
+    hgm: Option<HgmMode>,
+    /// HGM alpha: larger keeps more of the head gradient (see README, "Choosing alpha").
+    #[arg(long, default_value_t = DEFAULT_ALPHA, conflicts_with = "resume")]
+    alpha: f64,
+    /// Test-time fusion of MLA's per-modality logits (both are always reported).
+    #[arg(long, default_value = "entropy", conflicts_with = "resume")]
+    fusion: FusionRule,
+    #[arg(long, default_value_t = 0, conflicts_with = "resume")]
+    seed: u64,
+    /// Train on a seeded random subset of this many train samples.
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    train_limit: Option<usize>,
+    /// CPU threads (rayon and GEMM pools). Same threads + seed + data = same metrics.
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Run directory for config, metrics, summary and checkpoints. [default: runs/<method>-<time>]
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
+    out: Option<PathBuf>,
+    /// Continue the run in RUN_DIR from its last finished epoch.
+    #[arg(long, value_name = "RUN_DIR")]
+    resume: Option<PathBuf>,
+    /// No progress bar or per-epoch lines.
+    #[arg(long)]
+    quiet: bool,
+}
 
-pub fn run(_args: Args) -> CliResult {
-    Err("`mla train` is not implemented yet".into())
+impl Args {
+    fn config(&self) -> CliResult<TrainConfig> {
+        let hgm = match (self.method, self.hgm) {
+            (Method::Mla, h) => h.unwrap_or(HgmMode::Owm),
+            (_, None | Some(HgmMode::None)) => HgmMode::None,
+            (m, Some(h)) => return Err(format!("--hgm {h} applies to --method mla only (got --method {m})").into()),
+        };
+        let cfg = TrainConfig {
+            method: self.method,
+            modality: self.modality.clone(),
+            encoder: self.encoder.clone(),
+            feature_size: self.feature_size,
+            epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
+            batch_size: self.batch_size,
+            eval_batch_size: self.eval_batch_size,
+            optimizer: self.optimizer,
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            hgm,
+            alpha: self.alpha,
+            fusion: self.fusion,
+            seed: self.seed,
+            train_limit: self.train_limit,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+pub fn run(args: Args) -> CliResult {
+    backend::set_threads(args.threads)?;
+    backend::dispatch(args.backend, args)
+}
+
+fn open_dataset(dir: &Path) -> CliResult<Arc<Dataset>> {
+    Ok(Arc::new(Dataset::open(dir)?))
+}
+
+impl OnBackend for Args {
+    type Output = ();
+
+    fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
+        let mut trainer = match &self.resume {
+            Some(dir) => {
+                let rc = RunDir::open(dir)?.read_config()?;
+                let data = self.data.clone().unwrap_or(rc.data);
+                if self.epochs.is_some_and(|e| e == 0) {
+                    return Err("--epochs must be at least 1".into());
+                }
+                Trainer::resume(backend, open_dataset(&data)?, dir, self.epochs)?
+            }
+            None => {
+                let cfg = self.config()?;
+                let data = self.data.clone().ok_or("--data DIR is required (an mla-dataset/1 directory)")?;
+                let out = self.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
+                Trainer::new(backend, open_dataset(&data)?, cfg)?.with_run_dir(&out)?
+            }
+        };
+        trainer.set_environment(name, self.threads);
+        let run_dir = trainer.run_dir().map(|d| d.path().display().to_string()).unwrap_or_default();
+        if !self.quiet {
+            let c = trainer.config();
+            let done = trainer.state().epochs_done;
+            let from = if done > 0 { format!(" (resuming after epoch {done})") } else { String::new() };
+            eprintln!(
+                "training {} on {} train samples ({}), {} epochs, backend {name}{from}; run directory {run_dir}",
+                c.method,
+                trainer.train_samples().len(),
+                trainer.modalities().join(" + "),
+                c.epochs
+            );
+        }
+        let summary = trainer.run(&mut Progress::new(self.quiet))?;
+        print!("{}", summary_table(&summary));
+        println!("  run directory: {run_dir}");
+        Ok(())
+    }
+}
+
+/// `runs/<method>-<UTC time>`, e.g. `runs/mla-20250101-120000`.
+fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(days as i64);
+    let what = match (&cfg.method, &cfg.modality) {
+        (Method::Unimodal, Some(m)) => format!("unimodal-{m}"),
+        (m, _) => m.to_string(),
+    };
+    PathBuf::from("runs").join(format!(
+        "{what}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    ))
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::civil_from_days;
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(19_723), (2024, 1, 1));
+        assert_eq!(civil_from_days(19_782), (2024, 2, 29));
+    }
 }

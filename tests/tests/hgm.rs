@@ -253,7 +253,7 @@ fn cross_never_restricts_a_modality_by_its_own_features() {
     let mods = ["a", "b", "c"];
     let mut hgm: Hgm<Cpu, f64> = Hgm::new(&Cpu, HgmMode::Cross, alpha, s, &mods).unwrap();
     let eye: Vec<f64> = (0..s * s).map(|k| if k % (s + 1) == 0 { 1.0 } else { 0.0 }).collect();
-    let mut reference = vec![eye.clone(), eye.clone(), eye];
+    let mut reference = [eye.clone(), eye.clone(), eye];
     // a lives on dims 0..4, b and c on dims 4..8.
     let support = |m: usize, j: usize| if m == 0 { j < 4 } else { j >= 4 };
     for step in 0..60 {
@@ -319,7 +319,7 @@ fn bias_is_not_projected_and_none_is_a_no_op() {
     assert!(err.contains("head.weight"), "{err}");
     let err = hgm.apply("z", &feats, &mut []).unwrap_err().to_string();
     assert!(err.contains("unknown modality 'z'"), "{err}");
-    let err = hgm.project("x", &tensor::<f32>(&vec![1.0; 5], &[1, 5]), &tensor::<f32>(&vec![0.0; 3 * s], &[3, s])).unwrap_err().to_string();
+    let err = hgm.project("x", &tensor::<f32>(&[1.0; 5], &[1, 5]), &tensor::<f32>(&vec![0.0; 3 * s], &[3, s])).unwrap_err().to_string();
     assert!(err.contains("features must be [batch >= 1, 6]"), "{err}");
     assert!(Hgm::<Cpu, f32>::new(&Cpu, HgmMode::Owm, 0.0, s, &["x"]).is_err());
     assert!(Hgm::<Cpu, f32>::new(&Cpu, HgmMode::Owm, f64::NAN, s, &["x"]).is_err());

@@ -222,7 +222,7 @@ fn bad_steps_and_bad_state_are_refused_without_side_effects() {
         assert_eq!(host(params.get(NAMES[0]).unwrap()), host(&tensor::<f32>(&init[0], SHAPES[0])), "a refused step moved a parameter");
         assert!(opt.state().tensors.is_empty());
     }
-    opt.step(&mut params, &[good.clone()]).unwrap();
+    opt.step(&mut params, std::slice::from_ref(&good)).unwrap();
     let sgd_state = opt.state();
     let mut adam = Optimizer::<Cpu, f32>::new(OptimConfig { kind: OptimizerKind::Adam, ..OptimConfig::default() }).unwrap();
     let err = adam.load_state(&params, &sgd_state).unwrap_err().to_string();

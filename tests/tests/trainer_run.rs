@@ -8,7 +8,7 @@ use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
 use mla_models::trainer::{
-    eval, load_model, run_dir, EvalOptions, HgmMode, Method, Silent, TrainConfig, TrainError, Trainer,
+    eval, load_model, run_dir, EvalOptions, HgmMode, Method, OptimizerKind, Silent, TrainConfig, TrainError, Trainer,
 };
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, TempDir};
@@ -76,8 +76,9 @@ fn resume_equals_an_uninterrupted_run() {
     let data = synthetic("resume", &Synthetic::default());
     let ds = open(&data);
     let runs = TempDir::new("resume-runs");
-    for hgm in [HgmMode::Owm, HgmMode::Cross] {
-        let c = TrainConfig { hgm, epochs: 4, ..cfg(Method::Mla) };
+    for (hgm, optimizer) in [(HgmMode::Owm, OptimizerKind::Sgd), (HgmMode::Cross, OptimizerKind::Sgd), (HgmMode::None, OptimizerKind::Adamw)] {
+        let lr = if optimizer == OptimizerKind::Sgd { 0.02 } else { 1e-3 };
+        let c = TrainConfig { hgm, optimizer, lr, epochs: 4, ..cfg(Method::Mla) };
         let full_dir = runs.join(&format!("full-{hgm}"));
         let mut full = Trainer::new(Cpu, ds.clone(), c.clone()).unwrap().with_run_dir(&full_dir).unwrap();
         let full_summary = full.run(&mut Silent).unwrap();

@@ -1,9 +1,17 @@
-//! CPU backend: host `Vec` storage, matrixmultiply for GEMM, rayon for
-//! element-wise work and batch-parallel conv / pooling.
+//! CPU backend: host `Vec` storage; our own AVX-512 / AVX2 / scalar kernels
+//! for GEMV, rank-1 updates and small or skinny GEMMs, matrixmultiply for large
+//! GEMMs; rayon for element-wise work and batch-parallel conv / pooling.
+//!
+//! Threads: all parallel work runs on rayon's global pool, so `RAYON_NUM_THREADS`
+//! or [`set_num_threads`] (before any work) sets the thread count; see `gemm`
+//! for how matrixmultiply's own pool is kept from running at the same time.
 
 mod conv;
 mod elementwise;
 mod gemm;
+pub mod kernels;
+mod simd;
+mod threads;
 mod optim;
 mod pool;
 mod reduce;
@@ -16,6 +24,8 @@ use mla_core::{
 };
 
 pub use gemm::CpuFloat;
+pub use simd::{active_isa, detected as detected_isa, set_isa_override, Isa};
+pub use threads::set_num_threads;
 
 /// The CPU device. Cheap to clone.
 #[derive(Clone, Copy, Debug, Default)]
@@ -121,7 +131,7 @@ impl<T: CpuFloat> Backend<T> for Cpu {
     }
 
     fn gather_rows(&self, x: &Vec<T>, idx: &Vec<u32>, row_len: usize) -> Result<Vec<T>> {
-        let rows = if row_len == 0 { 0 } else { x.len() / row_len };
+        let rows = x.len().checked_div(row_len).unwrap_or(0);
         let mut out = Vec::with_capacity(idx.len() * row_len);
         for &i in idx {
             let i = i as usize;

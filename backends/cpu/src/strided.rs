@@ -14,7 +14,7 @@ pub(crate) fn copy<T: Copy>(
     if dst_strides.len() != rank || src_strides.len() != rank {
         return Err(Error::invalid("copy_strided", "strides and dims differ in rank", &[dims, dst_strides, src_strides]));
     }
-    if dims.iter().any(|&d| d == 0) {
+    if dims.contains(&0) {
         return Ok(());
     }
     let last = |off: usize, strides: &[usize]| off + dims.iter().zip(strides).map(|(d, s)| (d - 1) * s).sum::<usize>();

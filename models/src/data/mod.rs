@@ -1,5 +1,6 @@
 //! Datasets: the mla-dataset/1 reader, AV-MNIST preparation, the mini-batch loader.
 
+pub mod avmnist;
 pub mod dataset;
 pub mod error;
 pub mod loader;
@@ -9,3 +10,4 @@ pub use dataset::{Dataset, ModalityInfo, Split};
 pub use error::DataError;
 pub use loader::{seeded_subset, Batch, Loader, ModalityBatch};
 pub use npy::{write_npy, write_npy_f32, write_npy_i64, write_npy_u8, DType, NpyArray, NpyHeader};
+pub use avmnist::{prepare_avmnist, AvmnistOptions, PrepareReport};

@@ -54,6 +54,35 @@ named_enum!(
     HgmMode, "hgm", { None = "none", Owm = "owm", Cross = "cross" }
 );
 
+impl OptimizerKind {
+    pub fn to_model(self) -> crate::optim::OptimizerKind {
+        match self {
+            OptimizerKind::Sgd => crate::optim::OptimizerKind::Sgd,
+            OptimizerKind::Adam => crate::optim::OptimizerKind::Adam,
+            OptimizerKind::Adamw => crate::optim::OptimizerKind::AdamW,
+        }
+    }
+}
+
+impl HgmMode {
+    pub fn to_model(self) -> crate::hgm::HgmMode {
+        match self {
+            HgmMode::None => crate::hgm::HgmMode::None,
+            HgmMode::Owm => crate::hgm::HgmMode::Owm,
+            HgmMode::Cross => crate::hgm::HgmMode::Cross,
+        }
+    }
+}
+
+impl FusionRule {
+    pub fn to_model(self) -> crate::fusion::FusionKind {
+        match self {
+            FusionRule::Entropy => crate::fusion::FusionKind::Entropy,
+            FusionRule::Mean => crate::fusion::FusionKind::Mean,
+        }
+    }
+}
+
 /// Default HGM alpha. alpha competes with `r^T P r`, the squared norm of the
 /// batch-mean feature projected on what P has not yet seen; ReLU features of
 /// the cnn encoders have a squared mean norm of order 10-100 on AV-MNIST.
@@ -106,7 +135,7 @@ impl Default for TrainConfig {
             feature_size: 128,
             epochs: 3,
             batch_size: 64,
-            eval_batch_size: 256,
+            eval_batch_size: 128,
             optimizer: OptimizerKind::Sgd,
             lr: 0.01,
             momentum: 0.9,

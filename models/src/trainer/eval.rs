@@ -7,6 +7,7 @@ use super::{named, upload, Result, TrainError};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Dataset, Loader};
 use crate::encoders::parse_encoder_spec;
+use crate::fusion::{fuse, ModalityLogits};
 use crate::metrics::{Counter, EvalMetrics, GapAccumulator, NamedValues};
 use crate::model::{scatter_rows, HeadKind, Model, ModelSpec};
 use mla_core::{Backend, Tape, Tensor};
@@ -99,31 +100,6 @@ pub struct EvalOptions {
     pub gap: bool,
 }
 
-/// Per-sample fusion of the logits of the modalities present for it.
-fn fuse(rows: &[&[f32]], rule: FusionRule, out: &mut [f32]) {
-    let weights: Vec<f64> = match rule {
-        FusionRule::Mean => vec![1.0 / rows.len() as f64; rows.len()],
-        FusionRule::Entropy => {
-            let e: Vec<f64> = rows.iter().map(|r| softmax_entropy(r)).collect();
-            // lambda_m = exp(-e_m) / sum_k exp(-e_k), shifted by min e for stability.
-            let emin = e.iter().cloned().fold(f64::INFINITY, f64::min);
-            let w: Vec<f64> = e.iter().map(|&x| (emin - x).exp()).collect();
-            let z: f64 = w.iter().sum();
-            w.into_iter().map(|x| x / z).collect()
-        }
-    };
-    for (c, o) in out.iter_mut().enumerate() {
-        *o = rows.iter().zip(&weights).map(|(r, w)| w * r[c] as f64).sum::<f64>() as f32;
-    }
-}
-
-fn softmax_entropy(row: &[f32]) -> f64 {
-    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let ex: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let z: f64 = ex.iter().sum();
-    -ex.iter().map(|&e| e / z).filter(|&p| p > 0.0).map(|p| p * p.ln()).sum::<f64>()
-}
-
 /// Evaluates `model` on `samples` of `dataset`.
 pub fn evaluate<B: Backend<f32>>(
     model: &Model<B>,
@@ -197,23 +173,41 @@ pub fn evaluate<B: Backend<f32>>(
         } else {
             None
         };
-        let mut out = vec![0f32; classes];
-        for pos in 0..n {
-            let label = batch.labels[pos] as usize;
-            let rows: Vec<&[f32]> = (0..m_count)
-                .filter_map(|mi| rows_of[mi][pos].map(|k| &logits_of[mi][k * classes..(k + 1) * classes]))
-                .collect();
-            if rows.is_empty() {
-                continue; // nothing of this sample is left (dropped or missing)
+        // Samples with something left to predict from (a dropped or missing
+        // modality leaves the fusion; a sample with nothing left is not scored).
+        let kept: Vec<usize> = (0..n).filter(|&pos| (0..m_count).any(|mi| rows_of[mi][pos].is_some())).collect();
+        match &joint_logits {
+            Some(j) => {
+                for &pos in &kept {
+                    fused.add_row(&j[pos * classes..(pos + 1) * classes], batch.labels[pos] as usize);
+                }
             }
-            match &joint_logits {
-                Some(j) => fused.add_row(&j[pos * classes..(pos + 1) * classes], label),
-                None => {
-                    for (ri, r) in rules.iter().enumerate() {
-                        fuse(&rows, *r, &mut out);
-                        by_rule[ri].add_row(&out, label);
+            None => {
+                let mut rank = vec![usize::MAX; n];
+                for (r, &pos) in kept.iter().enumerate() {
+                    rank[pos] = r;
+                }
+                let positions: Vec<Vec<usize>> = (0..m_count)
+                    .map(|mi| {
+                        let mut v = vec![0; logits_of[mi].len() / classes];
+                        for (pos, k) in rows_of[mi].iter().enumerate() {
+                            if let Some(k) = k {
+                                v[*k] = rank[pos];
+                            }
+                        }
+                        v
+                    })
+                    .collect();
+                let inputs: Vec<ModalityLogits<'_, f32>> = (0..m_count)
+                    .map(|mi| ModalityLogits { logits: &logits_of[mi], positions: &positions[mi] })
+                    .collect();
+                for (ri, r) in rules.iter().enumerate() {
+                    let f = fuse(r.to_model(), kept.len(), classes, &inputs)?;
+                    for (i, &pos) in kept.iter().enumerate() {
+                        let label = batch.labels[pos] as usize;
+                        by_rule[ri].add_row(f.row(i), label);
                         if *r == rule {
-                            fused.add_row(&out, label);
+                            fused.add_row(f.row(i), label);
                         }
                     }
                 }
@@ -238,30 +232,4 @@ pub fn evaluate<B: Backend<f32>>(
         modality_accuracy: named(&layout.modalities, per_modality.iter().map(Counter::accuracy).collect()),
         modality_gap: if opts.gap { gap.gap() } else { None },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fusion_weights_favour_the_confident_modality() {
-        let confident = [10.0f32, 0.0, 0.0];
-        let uniform = [0.0f32, 0.0, 0.3];
-        let mut out = [0f32; 3];
-        fuse(&[&confident, &uniform], FusionRule::Entropy, &mut out);
-        assert_eq!(crate::metrics::argmax(&out), 0);
-        // lambda = exp(-e_c) / (exp(-e_c) + exp(-e_u)), entropies computed directly.
-        let (ec, eu) = (softmax_entropy(&confident), softmax_entropy(&uniform));
-        let lambda = 1.0 / (1.0 + (ec - eu).exp());
-        assert!(lambda > 0.7, "{lambda}");
-        assert!((out[0] as f64 - 10.0 * lambda).abs() < 1e-5, "{out:?}");
-        fuse(&[&confident, &uniform], FusionRule::Mean, &mut out);
-        assert!((out[0] - 5.0).abs() < 1e-6 && (out[2] - 0.15).abs() < 1e-6, "{out:?}");
-        // Order of modalities does not matter.
-        let mut swapped = [0f32; 3];
-        fuse(&[&uniform, &confident], FusionRule::Entropy, &mut swapped);
-        fuse(&[&confident, &uniform], FusionRule::Entropy, &mut out);
-        assert_eq!(out, swapped);
-    }
 }

@@ -15,12 +15,11 @@ pub mod records;
 pub mod run_dir;
 mod state;
 mod step;
-mod update;
 
 pub use config::{FusionRule, HgmMode, Method, OptimizerKind, TrainConfig, DEFAULT_ALPHA};
 pub use eval::{build_model, load_model, EvalOptions, ModelLayout};
 pub use records::{EpochRecord, Summary, TrainerState};
-pub use run_dir::RunDir;
+pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{seeded_subset, DataError, Dataset, Loader, Split};
@@ -31,7 +30,8 @@ use mla_core::{Backend, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use update::{Hgm, Optimizer};
+use crate::hgm::Hgm;
+use crate::optim::{OptimConfig, Optimizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -104,16 +104,18 @@ impl<B: Backend<f32>> Trainer<B> {
     pub fn new(backend: B, dataset: Arc<Dataset>, cfg: TrainConfig) -> Result<Self> {
         cfg.validate().map_err(TrainError::Config)?;
         let (model, layout) = build_model(&backend, &dataset, &cfg)?;
-        let optim = Optimizer::new(&cfg);
-        let hgm = match cfg.method {
-            Method::Mla => Hgm::new(
-                &backend,
-                cfg.hgm,
-                cfg.alpha,
-                layout.modalities.len(),
-                cfg.feature_size,
-                dataset.num_classes(),
-            )?,
+        let optim = Optimizer::new(OptimConfig {
+            kind: cfg.optimizer.to_model(),
+            lr: cfg.lr,
+            momentum: cfg.momentum,
+            weight_decay: cfg.weight_decay,
+            ..OptimConfig::default()
+        })?;
+        let hgm = match (cfg.method, cfg.hgm) {
+            (Method::Mla, mode) if mode != HgmMode::None => {
+                let names: Vec<&str> = layout.modalities.iter().map(String::as_str).collect();
+                Some(Hgm::new(&backend, mode.to_model(), cfg.alpha, cfg.feature_size, &names)?)
+            }
             _ => None,
         };
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
@@ -172,7 +174,9 @@ impl<B: Backend<f32>> Trainer<B> {
     /// Writes config, metrics, checkpoints and the summary into `dir` as the run goes.
     pub fn with_run_dir(mut self, dir: &Path) -> Result<Self> {
         let rd = RunDir::create(dir)?;
-        rd.write_json(run_dir::CONFIG, &self.cfg)?;
+        let data = self.dataset.dir();
+        let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
+        rd.write_json(run_dir::CONFIG, &run_dir::RunConfig { data, config: self.cfg.clone() })?;
         self.run_dir = Some(rd);
         Ok(self)
     }
@@ -224,7 +228,7 @@ impl<B: Backend<f32>> Trainer<B> {
         let stats = self.train_epoch(epoch, obs)?;
 
         obs.evaluating(Split::Validation);
-        let val = self.evaluate_samples(&self.val, &EvalOptions::default())?;
+        let val = self.evaluate_samples(&self.val, &EvalOptions { gap: true, ..EvalOptions::default() })?;
         let better = match &self.state.best_val {
             None => true,
             Some(b) => val.fused_accuracy > b.fused_accuracy,
@@ -233,7 +237,8 @@ impl<B: Backend<f32>> Trainer<B> {
             epoch,
             train_loss: stats.mean_loss(),
             train_loss_by_modality: stats.loss_by_modality(&self.layout.modalities, self.cfg.method),
-            hgm_surviving_fraction: stats.surviving_fraction(),
+            hgm_surviving_fraction: stats.surviving.as_ref().map(|(mean, _)| *mean),
+            hgm_surviving_fraction_by_modality: stats.surviving.as_ref().map(|(_, by)| by.clone()),
             val: val.clone(),
             best: better,
             train_samples: stats.samples,
@@ -276,6 +281,9 @@ impl<B: Backend<f32>> Trainer<B> {
         obs.epoch_start(epoch, self.cfg.epochs, batches, self.train.len());
         let mut stats = step::EpochStats::new(self.layout.modalities.len());
         let mut pending = step::Pending::default();
+        if let Some(h) = self.hgm.as_mut() {
+            h.reset_fractions();
+        }
         let started = Instant::now();
         for (b, batch) in loader.enumerate() {
             let batch = batch?;
@@ -287,6 +295,15 @@ impl<B: Backend<f32>> Trainer<B> {
             }
         }
         stats.seconds = started.elapsed().as_secs_f64();
+        if let Some(h) = &self.hgm {
+            let fr = h.fraction_stats()?;
+            let steps: u64 = fr.iter().map(|f| f.steps).sum();
+            if steps > 0 {
+                let mean = fr.iter().map(|f| f.mean * f.steps as f64).sum::<f64>() / steps as f64;
+                let by = NamedValues(fr.iter().map(|f| (f.modality.clone(), f.mean)).collect());
+                stats.surviving = Some((mean, by));
+            }
+        }
         Ok(stats)
     }
 
@@ -301,6 +318,41 @@ impl<B: Backend<f32>> Trainer<B> {
             Method::Unimodal => step::mla(self, batch, 0, step_no, pending),
             Method::Joint => step::joint(self, batch, step_no, pending),
         }
+    }
+
+    /// Times training steps for benchmarks: `warmup` untimed steps, then
+    /// `steps` timed ones, each ended by a device synchronisation. Batches
+    /// come from the loader as in training (later epochs when one runs out).
+    /// Returns each timed step's (seconds, samples). Training state moves on
+    /// (parameters change) but nothing is recorded.
+    pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
+        let mut out = Vec::with_capacity(steps);
+        let mut pending = step::Pending::default();
+        let mut stats = step::EpochStats::new(self.layout.modalities.len());
+        let mut epoch = 1u64;
+        let mut done = 0usize;
+        while done < warmup + steps {
+            let loader = Loader::new(self.dataset.clone(), self.train.clone(), self.cfg.batch_size, Some(self.cfg.seed), epoch)?;
+            for batch in loader {
+                if done == warmup + steps {
+                    break;
+                }
+                let batch = batch?;
+                let t0 = Instant::now();
+                self.step(&batch, done + 1, &mut pending)?;
+                self.backend.synchronize()?;
+                if done >= warmup {
+                    out.push((t0.elapsed().as_secs_f64(), batch.len()));
+                }
+                done += 1;
+                if done % READ_EVERY == 0 {
+                    pending.flush(epoch as usize, &self.layout.modalities, &mut stats)?;
+                }
+            }
+            epoch += 1;
+        }
+        pending.flush(epoch as usize, &self.layout.modalities, &mut stats)?;
+        Ok(out)
     }
 
     /// Evaluates the current model on one split.
@@ -326,11 +378,6 @@ impl<B: Backend<f32>> Trainer<B> {
     fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
         state::restore(self, ckpt)
     }
-}
-
-/// Mean of `values`, or `None` when empty.
-pub(crate) fn mean(values: &[f64]) -> Option<f64> {
-    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
 }
 
 pub(crate) fn named(names: &[String], values: Vec<Option<f64>>) -> NamedValues {

@@ -18,6 +18,9 @@ pub struct EpochRecord {
     /// MLA with HGM: mean over the epoch's steps of `|(grad W) P| / |grad W|`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hgm_surviving_fraction: Option<f64>,
+    /// The same per modality (the steps of that modality).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hgm_surviving_fraction_by_modality: Option<NamedValues>,
     pub val: EvalMetrics,
     /// Whether this epoch became the best (highest validation fused accuracy so far).
     pub best: bool,

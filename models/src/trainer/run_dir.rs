@@ -2,17 +2,34 @@
 //! `best.safetensors`, `last.safetensors`. Every file is replaced atomically,
 //! so an interrupted run leaves a directory `--resume` can continue from.
 
+use super::config::TrainConfig;
 use super::records::{EpochRecord, Summary};
 use super::TrainError;
 use crate::checkpoint::write_atomic;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// `config.json`: the run's config plus the dataset it trains on (so
+/// `--resume RUN_DIR` needs no other flag).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunConfig {
+    pub data: PathBuf,
+    #[serde(flatten)]
+    pub config: TrainConfig,
+}
 
 pub const CONFIG: &str = "config.json";
 pub const METRICS: &str = "metrics.jsonl";
 pub const SUMMARY: &str = "summary.json";
 pub const BEST: &str = "best.safetensors";
 pub const LAST: &str = "last.safetensors";
+
+/// Reads `DIR/config.json`.
+pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
+    let path = dir.join(CONFIG);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, "read", e))?;
+    serde_json::from_str(&text).map_err(|e| TrainError::RunDir(format!("{}: not a valid run config: {e}", path.display())))
+}
 
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -52,6 +69,11 @@ impl RunDir {
 
     pub fn path(&self) -> &Path {
         &self.dir
+    }
+
+    /// Reads `config.json`.
+    pub fn read_config(&self) -> Result<RunConfig, TrainError> {
+        read_config(&self.dir)
     }
 
     pub fn file(&self, name: &str) -> PathBuf {

@@ -1,21 +1,23 @@
 //! The trainer as a checkpoint and back. Tensor names: the parameters under
 //! their own names (`encoder.image.conv1.weight`, `head.weight`, ...), the
 //! optimizer's buffers under `optim.`, HGM's P matrices under `hgm.`.
-//! Metadata (JSON): the config, the model layout, the trainer state, the
-//! optimizer's step counters.
+//! Metadata (JSON): the config, the model layout, the trainer state, and
+//! the scalar parts of the optimizer and HGM state.
 
 use super::eval::ModelLayout;
 use super::records::TrainerState;
 use super::{Result, TrainError, Trainer};
 use crate::checkpoint::Checkpoint;
 use crate::model::Model;
-use mla_core::{Backend, Tensor};
+use crate::params::StateDict;
+use mla_core::Backend;
 use std::collections::BTreeMap;
 
 pub(crate) const CONFIG_KEY: &str = "config";
 pub(crate) const LAYOUT_KEY: &str = "layout";
 pub(crate) const STATE_KEY: &str = "trainer_state";
-const OPTIM_STEPS_KEY: &str = "optimizer_steps";
+const OPTIM_SCALARS_KEY: &str = "optimizer_scalars";
+const HGM_SCALARS_KEY: &str = "hgm_scalars";
 const OPTIM_PREFIX: &str = "optim.";
 const HGM_PREFIX: &str = "hgm.";
 
@@ -24,20 +26,37 @@ pub(crate) fn save<B: Backend<f32>>(t: &Trainer<B>) -> Result<Checkpoint> {
     for (name, p) in t.model.params().iter() {
         c.insert_tensor(name, p)?;
     }
-    let (optim, steps) = t.optim.export();
-    for (name, v) in &optim {
-        c.insert_tensor(name.clone(), v)?;
-    }
+    let optim = t.optim.state();
+    put_state(&mut c, OPTIM_PREFIX, OPTIM_SCALARS_KEY, &optim)?;
     if let Some(h) = &t.hgm {
-        for (name, p) in h.export() {
-            c.insert_tensor(name, &p)?;
-        }
+        put_state(&mut c, HGM_PREFIX, HGM_SCALARS_KEY, &h.state())?;
     }
     c.set_json(CONFIG_KEY, &t.cfg)?;
     c.set_json(LAYOUT_KEY, &t.layout)?;
     c.set_json(STATE_KEY, &t.state)?;
-    c.set_json(OPTIM_STEPS_KEY, &steps)?;
     Ok(c)
+}
+
+fn put_state<B: Backend<f32>>(c: &mut Checkpoint, prefix: &str, key: &str, sd: &StateDict<B>) -> Result<()> {
+    for (name, v) in &sd.tensors {
+        if !name.starts_with(prefix) {
+            return Err(TrainError::Config(format!("state entry `{name}` does not start with `{prefix}`")));
+        }
+        c.insert_tensor(name.clone(), v)?;
+    }
+    let scalars: BTreeMap<&str, f64> = sd.scalars.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    c.set_json(key, &scalars)?;
+    Ok(())
+}
+
+fn get_state<B: Backend<f32>>(c: &Checkpoint, backend: &B, prefix: &str, key: &str) -> Result<StateDict<B>> {
+    let tensors = c
+        .names()
+        .filter(|n| n.starts_with(prefix))
+        .map(|n| Ok((n.to_string(), c.get(n)?.to_tensor(backend)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let scalars: BTreeMap<String, f64> = c.json(key)?;
+    Ok(StateDict { tensors, scalars: scalars.into_iter().collect() })
 }
 
 /// Loads the model weights of `ckpt` into `model`, checking every name and
@@ -69,19 +88,11 @@ pub(crate) fn restore<B: Backend<f32>>(t: &mut Trainer<B>, ckpt: &Checkpoint) ->
         )));
     }
     load_params(&mut t.model, ckpt)?;
-    let upload = |prefix: &str| -> Result<Vec<(String, Tensor<f32, B>)>> {
-        ckpt.names()
-            .filter(|n| n.starts_with(prefix))
-            .map(|n| Ok((n.to_string(), ckpt.get(n)?.to_tensor(&t.backend)?)))
-            .collect()
-    };
-    let optim = upload(OPTIM_PREFIX)?;
-    let hgm = upload(HGM_PREFIX)?;
-    let steps: BTreeMap<String, u64> = ckpt.json(OPTIM_STEPS_KEY)?;
-    t.optim.import(t.model.params(), optim, steps)?;
+    let optim = get_state(ckpt, &t.backend, OPTIM_PREFIX, OPTIM_SCALARS_KEY)?;
+    t.optim.load_state(t.model.params(), &optim)?;
     match t.hgm.as_mut() {
-        Some(h) => h.import(hgm)?,
-        None if !hgm.is_empty() => {
+        Some(h) => h.load_state(&get_state(ckpt, &t.backend, HGM_PREFIX, HGM_SCALARS_KEY)?)?,
+        None if ckpt.names().any(|n| n.starts_with(HGM_PREFIX)) => {
             return Err(TrainError::Config(format!("{}: holds HGM state but the run has no HGM", ckpt.path().display())))
         }
         None => {}

@@ -1,13 +1,14 @@
 //! The per-batch steps. Each step owns its tape (DESIGN.md invariant 3):
 //! build, backward, take the gradients, drop, then HGM and the optimizer
 //! update the parameters in place. Nothing is read back to the host here:
-//! losses (and HGM norms) wait in `Pending` until the loop reads them.
+//! losses wait in `Pending` until the loop reads them, and HGM keeps its
+//! surviving-fraction sums on the device until the end of the epoch.
 
 use super::config::Method;
 use super::{named, upload, Result, TrainError, Trainer};
 use crate::data::Batch;
 use crate::metrics::NamedValues;
-use crate::model::{scatter_rows, Model, HEAD_WEIGHT};
+use crate::model::{scatter_rows, Model};
 use mla_core::{Backend, Indices, Tape, Tensor};
 
 type T32<B> = Tensor<f32, B>;
@@ -17,8 +18,6 @@ struct PendingStep<B: Backend<f32>> {
     /// Model modality of an MLA/unimodal step; `None` for a joint step.
     modality: Option<usize>,
     loss: T32<B>,
-    /// `(|grad W|^2, |(grad W) P|^2)` when HGM ran.
-    hgm_norms: Option<(T32<B>, T32<B>)>,
 }
 
 /// Device values of the steps since the last read.
@@ -51,11 +50,6 @@ impl<B: Backend<f32>> Pending<B> {
             let slot = p.modality.unwrap_or(0);
             stats.loss_sum[slot] += loss as f64;
             stats.loss_steps[slot] += 1;
-            if let Some((g, pg)) = p.hgm_norms {
-                let (g, pg) = (g.to_scalar()? as f64, pg.to_scalar()? as f64);
-                // A zero gradient has nothing to lose: count it as fully kept.
-                stats.surviving.push(if g > 0.0 { (pg / g).sqrt() } else { 1.0 });
-            }
         }
         Ok(if n > 0 { sum / n as f64 } else { f64::NAN })
     }
@@ -67,7 +61,8 @@ pub(crate) struct EpochStats {
     pub seconds: f64,
     loss_sum: Vec<f64>,
     loss_steps: Vec<u64>,
-    surviving: Vec<f64>,
+    /// HGM: mean surviving fraction over all steps, and per modality.
+    pub surviving: Option<(f64, NamedValues)>,
 }
 
 impl EpochStats {
@@ -77,7 +72,7 @@ impl EpochStats {
             seconds: 0.0,
             loss_sum: vec![0.0; modalities.max(1)],
             loss_steps: vec![0; modalities.max(1)],
-            surviving: Vec::new(),
+            surviving: None,
         }
     }
 
@@ -91,10 +86,6 @@ impl EpochStats {
             let v = self.loss_sum.iter().zip(&self.loss_steps).map(|(s, &n)| (n > 0).then(|| s / n as f64)).collect();
             named(names, v)
         })
-    }
-
-    pub fn surviving_fraction(&self) -> Option<f64> {
-        super::mean(&self.surviving)
     }
 }
 
@@ -121,7 +112,7 @@ pub(crate) fn mla<B: Backend<f32>>(
     let name = t.layout.modalities[mi].clone();
     let x = upload(&t.backend, &mb.data, mb.present.len(), &t.layout.shapes[mi])?;
     let labels = labels_at(&t.backend, batch, &mb.present)?;
-    let (mut grads, loss, r) = {
+    let (mut grads, loss, h) = {
         let tape = Tape::new(&t.backend);
         let p = t.model.track(&tape, Model::<B>::step_trainable(&name));
         let xv = tape.constant(x);
@@ -129,26 +120,15 @@ pub(crate) fn mla<B: Backend<f32>>(
         let logits = t.model.head_logits(&p, &h)?;
         let loss = logits.cross_entropy(&labels)?;
         let g = tape.backward(&loss)?;
-        let grads = p.gradients(g);
-        // r is detached: computed from the feature values after backward.
-        let r = match t.hgm {
-            Some(_) => Some(h.value().mean_axis(0, false)?),
-            None => None,
-        };
-        (grads, loss.into_value(), r)
+        // Only the feature values leave the block: HGM's r is detached.
+        (p.gradients(g), loss.into_value(), h.into_value())
     };
-    let mut hgm_norms = None;
-    if let (Some(hgm), Some(r)) = (t.hgm.as_mut(), r) {
-        let slot = grads
-            .iter_mut()
-            .find(|(n, _)| n == HEAD_WEIGHT)
-            .ok_or_else(|| TrainError::Config(format!("the step of modality {name} produced no gradient for {HEAD_WEIGHT}")))?;
-        let projected = hgm.apply(mi, &slot.1, &r)?;
-        hgm_norms = Some((slot.1.sqr()?.sum_all()?, projected.sqr()?.sum_all()?));
-        slot.1 = projected;
+    if let Some(hgm) = t.hgm.as_mut() {
+        hgm.apply(&name, &h, &mut grads)?;
     }
+    drop(h);
     t.optim.step(t.model.params_mut(), &grads)?;
-    pending.steps.push(PendingStep { step, modality: Some(mi), loss, hgm_norms });
+    pending.steps.push(PendingStep { step, modality: Some(mi), loss });
     Ok(())
 }
 
@@ -197,6 +177,6 @@ pub(crate) fn joint<B: Backend<f32>>(t: &mut Trainer<B>, batch: &Batch, step: us
         (p.gradients(g), loss.into_value())
     };
     t.optim.step(t.model.params_mut(), &grads)?;
-    pending.steps.push(PendingStep { step, modality: None, loss, hgm_norms: None });
+    pending.steps.push(PendingStep { step, modality: None, loss });
     Ok(())
 }

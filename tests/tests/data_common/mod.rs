@@ -105,3 +105,57 @@ pub fn avmnist_raw() -> Option<PathBuf> {
         None
     }
 }
+
+/// An IDX file of unsigned bytes, written independently of the library's parser.
+pub fn idx_bytes(dims: &[usize], data: &[u8]) -> Vec<u8> {
+    let mut v = vec![0, 0, 0x08, dims.len() as u8];
+    for &d in dims {
+        v.extend_from_slice(&(d as u32).to_be_bytes());
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(bytes).unwrap();
+    e.finish().unwrap()
+}
+
+/// A mono 16-bit PCM WAV file with an extra odd-sized chunk before the data, written
+/// independently of the library's encoder.
+pub fn wav_bytes(rate: u32, samples: &[i16]) -> Vec<u8> {
+    let mut body = b"WAVEfmt ".to_vec();
+    body.extend_from_slice(&16u32.to_le_bytes());
+    for v in [1u16, 1] {
+        body.extend_from_slice(&v.to_le_bytes());
+    }
+    body.extend_from_slice(&rate.to_le_bytes());
+    body.extend_from_slice(&(rate * 2).to_le_bytes());
+    body.extend_from_slice(&2u16.to_le_bytes());
+    body.extend_from_slice(&16u16.to_le_bytes());
+    body.extend_from_slice(b"LIST");
+    body.extend_from_slice(&3u32.to_le_bytes());
+    body.extend_from_slice(b"abc\0"); // 3 bytes + 1 pad byte
+    body.extend_from_slice(b"data");
+    body.extend_from_slice(&((samples.len() * 2) as u32).to_le_bytes());
+    samples.iter().for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
+    let mut v = b"RIFF".to_vec();
+    v.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    v.extend_from_slice(&body);
+    v
+}
+
+/// A fast 64-bit hash of a file (FNV-1a over 8-byte words), for byte-identity checks
+/// without keeping both files around.
+pub fn file_hash(path: &Path) -> (u64, u64) {
+    let bytes = std::fs::read(path).unwrap();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for c in bytes.chunks(8) {
+        let mut w = [0u8; 8];
+        w[..c.len()].copy_from_slice(c);
+        h = (h ^ u64::from_le_bytes(w)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (bytes.len() as u64, h)
+}

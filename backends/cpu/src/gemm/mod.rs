@@ -1,0 +1,197 @@
+//! Batched GEMM: shape dispatch between our SIMD kernels and matrixmultiply,
+//! and the threading policy.
+//!
+//! Threading: every parallel loop in this crate runs on rayon's pool, and
+//! matrixmultiply is never called from inside a rayon task. matrixmultiply
+//! keeps its own `threading` pool (sized by `MATMUL_NUM_THREADS`); it is only
+//! entered from the caller's thread for a lone large GEMM (f32 above
+//! [`LARGE_FLOPS`], or f64), at which point the rayon workers are idle. Batched
+//! GEMMs and everything else run our kernels single-threaded inside rayon
+//! tasks. So the two pools are never busy at the same time and the cores are
+//! never oversubscribed.
+
+pub(crate) mod tiled;
+
+use crate::simd;
+use mla_core::{Element, Error, GemmConfig, Result};
+use rayon::prelude::*;
+use tiled::{Kernel, Plan, View};
+
+/// Element types the CPU backend computes in.
+pub trait CpuFloat: Element {
+    /// `C[i] = op(A[i]) op(B[i])` for the whole batch into the zeroed `c` (lengths checked by the caller).
+    #[doc(hidden)]
+    fn gemm_batch(cfg: &GemmConfig, a: &[Self], b: &[Self], c: &mut [Self]);
+    /// `y = A x` for a row-major `m x k` matrix.
+    #[doc(hidden)]
+    fn gemv(m: usize, k: usize, a: &[Self], x: &[Self], y: &mut [Self]);
+    /// `A += alpha * (x[i] * y[j])` for a row-major `m x n` matrix.
+    #[doc(hidden)]
+    fn ger(m: usize, n: usize, alpha: Self, x: &[Self], y: &[Self], a: &mut [Self]);
+}
+
+impl CpuFloat for f32 {
+    fn gemm_batch(cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) {
+        gemm_f32(simd::active_isa(), cfg, a, b, c)
+    }
+    fn gemv(m: usize, k: usize, a: &[f32], x: &[f32], y: &mut [f32]) {
+        crate::kernels::gemv(simd::active_isa(), false, m, k, a, x, y)
+    }
+    fn ger(m: usize, n: usize, alpha: f32, x: &[f32], y: &[f32], a: &mut [f32]) {
+        crate::kernels::ger(simd::active_isa(), m, n, alpha, x, y, a)
+    }
+}
+
+impl CpuFloat for f64 {
+    fn gemm_batch(cfg: &GemmConfig, a: &[f64], b: &[f64], c: &mut [f64]) {
+        // f64 is for gradient checks: matrixmultiply alone, one item after another,
+        // never inside a rayon task (see the module comment).
+        let GemmConfig { m, n, k, trans_a, trans_b, stride_a, stride_b, .. } = *cfg;
+        let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+        let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+        for (i, ci) in c.chunks_mut(m * n).enumerate() {
+            let (ai, bi) = (&a[i * stride_a..], &b[i * stride_b..]);
+            // SAFETY: the caller checked that each item's operands lie inside `a` and `b`.
+            unsafe {
+                matrixmultiply::dgemm(m, k, n, 1.0, ai.as_ptr(), rsa, csa, bi.as_ptr(), rsb, csb, 0.0, ci.as_mut_ptr(), n as isize, 1)
+            }
+        }
+    }
+    fn gemv(m: usize, k: usize, a: &[f64], x: &[f64], y: &mut [f64]) {
+        for (yi, row) in y[..m].iter_mut().zip(a.chunks_exact(k.max(1))) {
+            *yi = row[..k].iter().zip(x).map(|(a, x)| a * x).sum();
+        }
+    }
+    fn ger(m: usize, n: usize, alpha: f64, x: &[f64], y: &[f64], a: &mut [f64]) {
+        for (i, row) in a[..m * n].chunks_exact_mut(n.max(1)).enumerate() {
+            for (aij, yj) in row.iter_mut().zip(y) {
+                *aij += alpha * (x[i] * yj);
+            }
+        }
+    }
+}
+
+/// Below this many flops per rayon task, splitting costs more than it saves.
+const TASK_FLOPS: usize = 1 << 20;
+/// A lone f32 GEMM with at least this many flops and every dimension at least
+/// [`LARGE_DIM`] goes to matrixmultiply, which is as fast as OpenBLAS there.
+pub(crate) const LARGE_FLOPS: usize = 1 << 28;
+pub(crate) const LARGE_DIM: usize = 512;
+
+pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Vec<T>> {
+    let GemmConfig { batch, m, n, k, stride_a, stride_b, .. } = *cfg;
+    let need = |stride: usize, len: usize| if batch == 0 { 0 } else { (batch - 1) * stride + len };
+    if a.len() < need(stride_a, m * k) || b.len() < need(stride_b, k * n) {
+        return Err(Error::invalid(
+            "gemm",
+            format!("buffers too short for batch {batch} of {m}x{k} @ {k}x{n}"),
+            &[&[a.len()], &[b.len()]],
+        ));
+    }
+    let mut c = vec![T::zero(); batch * m * n];
+    if m * n > 0 {
+        T::gemm_batch(cfg, a, b, &mut c);
+    }
+    Ok(c)
+}
+
+/// A raw pointer to C shared by tasks that write disjoint tiles of it.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: tasks write disjoint regions; the owning slice outlives the parallel loop.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// One f32 GEMM item on `isa`, split over up to `tasks` rayon tasks.
+///
+/// # Safety
+/// `a`/`b` describe readable `m x k` / `k x n` matrices, `c` a writable
+/// row-major `m x n` buffer (no overlap).
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, tasks: usize) {
+    if n == 1 {
+        // C is a column: op(A) times the vector op(B) (contiguous either way).
+        if a.cs == 1 {
+            (kern.gemv_n)(m, k, a.ptr, a.rs as usize, b.ptr, c);
+        } else {
+            (kern.gemv_t)(k, m, a.ptr, a.cs as usize, b.ptr, c);
+        }
+        return;
+    }
+    if m == 1 {
+        // C is a row: C^T = op(B)^T times the vector op(A).
+        if b.cs == 1 {
+            (kern.gemv_t)(k, n, b.ptr, b.rs as usize, a.ptr, c);
+        } else {
+            (kern.gemv_n)(n, k, b.ptr, b.cs as usize, a.ptr, c);
+        }
+        return;
+    }
+    let plan = Plan::choose(kern, m, n, a);
+    let panels = n.div_ceil(kern.nr);
+    let tiles = m.div_ceil(kern.mr);
+    let c = SharedMut(c);
+    if tasks <= 1 {
+        return tiled::gemm_st(kern, plan, m, n, k, a, b, c.0, n);
+    }
+    // Split C by columns when there are enough B panels: each task then packs
+    // only its own part of B and A is read in place, so nothing is done twice.
+    if panels >= 2 * tasks || panels >= tiles {
+        let t = tasks.min(panels);
+        (0..t).into_par_iter().for_each(|i| {
+            let (q0, q1) = (panels * i / t, panels * (i + 1) / t);
+            let (j0, j1) = (q0 * kern.nr, (q1 * kern.nr).min(n));
+            // Rebinding captures the whole Send wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
+            let c = c;
+            tiled::gemm_st(kern, plan, m, j1 - j0, k, a, b.offset(0, j0), c.0.add(j0), n);
+        });
+    } else {
+        let t = tasks.min(tiles);
+        (0..t).into_par_iter().for_each(|i| {
+            let (q0, q1) = (tiles * i / t, tiles * (i + 1) / t);
+            let (i0, i1) = (q0 * kern.mr, (q1 * kern.mr).min(m));
+            // Rebinding captures the whole Send wrapper, not its raw-pointer field.
+            #[allow(clippy::redundant_locals)]
+            let c = c;
+            tiled::gemm_st(kern, plan, i1 - i0, n, k, a.offset(i0, 0), b, c.0.add(i0 * n), n);
+        });
+    }
+}
+
+/// The f32 batched GEMM on a given instruction set (the public `kernels::gemm_batch`).
+pub(crate) fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) {
+    let GemmConfig { batch, m, n, k, trans_a, trans_b, stride_a, stride_b } = *cfg;
+    if batch == 0 || m * n == 0 {
+        return;
+    }
+    let flops = 2 * m * n * k;
+    let threads = rayon::current_num_threads();
+    if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM {
+        let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
+        let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+        // SAFETY: lengths checked by `gemm`; called from the caller's thread (see module comment).
+        unsafe {
+            matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1)
+        };
+        return;
+    }
+    let kern = Kernel::for_isa(isa);
+    let item = |i: usize, ci: &mut [f32], tasks: usize| {
+        let av = View::new(&a[i * stride_a..], if trans_a { m } else { k }, trans_a);
+        let bv = View::new(&b[i * stride_b..], if trans_b { k } else { n }, trans_b);
+        // SAFETY: `gemm` checked that item i's operands lie inside `a` and `b`; `ci` is its own output.
+        unsafe { gemm_item(&kern, m, n, k, av, bv, ci.as_mut_ptr(), tasks) }
+    };
+    let total = batch * flops;
+    if threads <= 1 || total < 2 * TASK_FLOPS {
+        c.chunks_mut(m * n).enumerate().for_each(|(i, ci)| item(i, ci, 1));
+    } else if batch >= threads {
+        // Whole items per task, several small items grouped so each task is worth the hand-off.
+        let min_len = TASK_FLOPS.div_ceil(flops.max(1));
+        c.par_chunks_mut(m * n).enumerate().with_min_len(min_len).for_each(|(i, ci)| item(i, ci, 1));
+    } else {
+        let tasks = (threads / batch).max(1).min(flops / TASK_FLOPS).max(1);
+        c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| item(i, ci, tasks));
+    }
+}

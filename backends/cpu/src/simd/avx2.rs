@@ -1,0 +1,224 @@
+//! AVX2 + FMA kernels (8 f32 lanes).
+//!
+//! # Safety
+//! Every function here requires a CPU with AVX2 and FMA; callers check
+//! [`super::Isa::is_available`] first. Pointer arguments follow the contracts
+//! documented in [`super::scalar`], which is the reference implementation.
+
+// Register arrays are indexed by constant-bound loops that the compiler unrolls.
+#![allow(clippy::needless_range_loop, clippy::too_many_arguments)]
+
+use std::arch::x86_64::*;
+
+/// GEMM tile height (rows of C per tile).
+pub(crate) const MR: usize = 6;
+/// GEMM tile width (columns of C per tile): two registers.
+pub(crate) const NR: usize = 16;
+
+#[inline(always)]
+unsafe fn hsum(v: __m256) -> f32 {
+    let lo = _mm256_castps256_ps128(v);
+    let hi = _mm256_extractf128_ps::<1>(v);
+    let s = _mm_add_ps(lo, hi);
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    _mm_cvtss_f32(s)
+}
+
+/// Dot products of `R` rows of `a` (row stride `lda`) with `x`, `k` long.
+#[inline(always)]
+unsafe fn dot_rows<const R: usize>(k: usize, a: *const f32, lda: usize, x: *const f32) -> [f32; R] {
+    // Two accumulators per row keep 2R independent FMA chains in flight.
+    let mut acc0 = [_mm256_setzero_ps(); R];
+    let mut acc1 = [_mm256_setzero_ps(); R];
+    let mut p = 0;
+    while p + 16 <= k {
+        let x0 = _mm256_loadu_ps(x.add(p));
+        let x1 = _mm256_loadu_ps(x.add(p + 8));
+        for r in 0..R {
+            let row = a.add(r * lda + p);
+            acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(row), x0, acc0[r]);
+            acc1[r] = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8)), x1, acc1[r]);
+        }
+        p += 16;
+    }
+    if p + 8 <= k {
+        let x0 = _mm256_loadu_ps(x.add(p));
+        for r in 0..R {
+            acc0[r] = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(r * lda + p)), x0, acc0[r]);
+        }
+        p += 8;
+    }
+    let mut out = [0.0f32; R];
+    for r in 0..R {
+        let mut s = hsum(_mm256_add_ps(acc0[r], acc1[r]));
+        for q in p..k {
+            s = (*a.add(r * lda + q)).mul_add(*x.add(q), s);
+        }
+        out[r] = s;
+    }
+    out
+}
+
+/// `y[i] = sum_p a[i * lda + p] * x[p]` for `i < m`, `p < k`.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemv_n(m: usize, k: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+    let mut i = 0;
+    while i + 4 <= m {
+        let s = dot_rows::<4>(k, a.add(i * lda), lda, x);
+        for (r, v) in s.into_iter().enumerate() {
+            *y.add(i + r) = v;
+        }
+        i += 4;
+    }
+    while i < m {
+        *y.add(i) = dot_rows::<1>(k, a.add(i * lda), lda, x)[0];
+        i += 1;
+    }
+}
+
+/// `y[j..j + 8*V]` = sum over rows of `x[i] * a[i, j..]`, accumulated in registers.
+#[inline(always)]
+unsafe fn axpy_cols<const V: usize>(m: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+    let mut acc = [_mm256_setzero_ps(); V];
+    for i in 0..m {
+        let xi = _mm256_broadcast_ss(&*x.add(i));
+        let row = a.add(i * lda);
+        for v in 0..V {
+            acc[v] = _mm256_fmadd_ps(_mm256_loadu_ps(row.add(8 * v)), xi, acc[v]);
+        }
+    }
+    for v in 0..V {
+        _mm256_storeu_ps(y.add(8 * v), acc[v]);
+    }
+}
+
+/// `y[j] = sum_i a[i * lda + j] * x[i]` for `j < k`, `i < m` (y = A^T x).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn gemv_t(m: usize, k: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+    let mut j = 0;
+    // Eight registers of columns: enough independent chains to saturate both FMA ports.
+    while j + 64 <= k {
+        axpy_cols::<8>(m, a.add(j), lda, x, y.add(j));
+        j += 64;
+    }
+    while j + 8 <= k {
+        axpy_cols::<1>(m, a.add(j), lda, x, y.add(j));
+        j += 8;
+    }
+    for q in j..k {
+        let mut s = 0.0f32;
+        for i in 0..m {
+            s = (*a.add(i * lda + q)).mul_add(*x.add(i), s);
+        }
+        *y.add(q) = s;
+    }
+}
+
+/// `a[i * lda + j] += alpha * (x[i] * y[j])`. The product `x[i] * y[j]` is
+/// formed first so that `x == y` keeps a symmetric `a` exactly symmetric.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn ger(m: usize, n: usize, alpha: f32, x: *const f32, y: *const f32, a: *mut f32, lda: usize) {
+    let al = _mm256_set1_ps(alpha);
+    for i in 0..m {
+        let xi_s = *x.add(i);
+        let xi = _mm256_set1_ps(xi_s);
+        let row = a.add(i * lda);
+        let mut j = 0;
+        while j + 16 <= n {
+            let t0 = _mm256_mul_ps(xi, _mm256_loadu_ps(y.add(j)));
+            let t1 = _mm256_mul_ps(xi, _mm256_loadu_ps(y.add(j + 8)));
+            _mm256_storeu_ps(row.add(j), _mm256_fmadd_ps(al, t0, _mm256_loadu_ps(row.add(j))));
+            _mm256_storeu_ps(row.add(j + 8), _mm256_fmadd_ps(al, t1, _mm256_loadu_ps(row.add(j + 8))));
+            j += 16;
+        }
+        while j + 8 <= n {
+            let t = _mm256_mul_ps(xi, _mm256_loadu_ps(y.add(j)));
+            _mm256_storeu_ps(row.add(j), _mm256_fmadd_ps(al, t, _mm256_loadu_ps(row.add(j))));
+            j += 8;
+        }
+        for q in j..n {
+            let r = row.add(q);
+            *r = alpha.mul_add(xi_s * *y.add(q), *r);
+        }
+    }
+}
+
+/// One `M x NR` tile of C; see [`super::scalar::tile`] for the contract.
+#[inline(always)]
+unsafe fn tile_m<const M: usize>(
+    k: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    nr: usize,
+    acc: bool,
+) {
+    let mut c0 = [_mm256_setzero_ps(); M];
+    let mut c1 = [_mm256_setzero_ps(); M];
+    let mut ap = a;
+    let mut bp = b;
+    for _ in 0..k {
+        let b0 = _mm256_loadu_ps(bp);
+        let b1 = _mm256_loadu_ps(bp.add(8));
+        for i in 0..M {
+            let av = _mm256_broadcast_ss(&*ap.offset(i as isize * rsa));
+            c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
+            c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+        }
+        ap = ap.offset(csa);
+        bp = bp.add(ldb);
+    }
+    if nr == NR {
+        for i in 0..M {
+            let row = c.add(i * ldc);
+            if acc {
+                c0[i] = _mm256_add_ps(c0[i], _mm256_loadu_ps(row));
+                c1[i] = _mm256_add_ps(c1[i], _mm256_loadu_ps(row.add(8)));
+            }
+            _mm256_storeu_ps(row, c0[i]);
+            _mm256_storeu_ps(row.add(8), c1[i]);
+        }
+    } else {
+        let mut buf = [0.0f32; NR];
+        for i in 0..M {
+            _mm256_storeu_ps(buf.as_mut_ptr(), c0[i]);
+            _mm256_storeu_ps(buf.as_mut_ptr().add(8), c1[i]);
+            let row = c.add(i * ldc);
+            for (j, &v) in buf.iter().enumerate().take(nr) {
+                *row.add(j) = if acc { *row.add(j) + v } else { v };
+            }
+        }
+    }
+}
+
+/// `C[0..mr, 0..nr] (+)= A B` for one tile; see [`super::scalar::tile`].
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile(
+    mr: usize,
+    nr: usize,
+    k: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    match mr {
+        6 => tile_m::<6>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        5 => tile_m::<5>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        4 => tile_m::<4>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        3 => tile_m::<3>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        2 => tile_m::<2>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        1 => tile_m::<1>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        _ => unreachable!("tile height {mr} > MR"),
+    }
+}

@@ -1,0 +1,45 @@
+//! `--backend cpu|cuda|auto` and `--threads N`: picks the device once and runs
+//! a command generic over it (the trainer is generic over the backend).
+
+use crate::CliResult;
+use mla_core::Backend;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendChoice {
+    /// Host CPU (matrixmultiply + SIMD kernels + rayon).
+    Cpu,
+    /// CUDA device 0; an error if none is usable.
+    Cuda,
+    /// CUDA when a usable device is present, else the CPU.
+    Auto,
+}
+
+/// A command body that runs on whichever backend was chosen.
+pub trait OnBackend {
+    type Output;
+    fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult<Self::Output>;
+}
+
+/// Sizes the CPU thread pools. Must run before any tensor work: rayon's global
+/// pool can be built once, and matrixmultiply reads its variable on first use.
+pub fn set_threads(threads: Option<usize>) -> CliResult {
+    let Some(n) = threads else { return Ok(()) };
+    if n == 0 {
+        return Err("--threads must be at least 1".into());
+    }
+    // Per mla-cpu's docs, a lone large GEMM runs on matrixmultiply's own pool,
+    // sized from this variable on first use: keep it within the same budget
+    // unless the user set it explicitly.
+    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
+        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
+    }
+    mla_cpu::set_num_threads(n).map_err(|e| format!("--threads {n}: {e}"))?;
+    Ok(())
+}
+
+pub fn dispatch<F: OnBackend>(choice: BackendChoice, f: F) -> CliResult<F::Output> {
+    match choice {
+        BackendChoice::Cpu | BackendChoice::Auto => f.run(mla_cpu::Cpu::new(), "cpu"),
+        BackendChoice::Cuda => Err("--backend cuda: this build has no CUDA backend yet; use --backend cpu".into()),
+    }
+}

@@ -1,0 +1,143 @@
+//! Terminal output of training and evaluation: a progress bar per epoch
+//! (stderr, hidden when stderr is not a terminal), one line per finished
+//! epoch, and summary tables (stdout).
+
+use indicatif::{ProgressBar, ProgressStyle};
+use mla_models::data::Split;
+use mla_models::metrics::EvalMetrics;
+use mla_models::trainer::{EpochRecord, Method, Observer, Summary};
+use std::time::Instant;
+
+pub fn pct(x: f64) -> String {
+    format!("{:.2}%", 100.0 * x)
+}
+
+/// Progress bars and epoch lines.
+pub struct Progress {
+    bar: Option<ProgressBar>,
+    started: Instant,
+    quiet: bool,
+}
+
+impl Progress {
+    pub fn new(quiet: bool) -> Self {
+        Progress { bar: None, started: Instant::now(), quiet }
+    }
+}
+
+impl Observer for Progress {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize, _samples: usize) {
+        if self.quiet {
+            return;
+        }
+        let bar = ProgressBar::new(batches as u64);
+        let style = ProgressStyle::with_template(&format!(
+            "epoch {epoch}/{epochs} [{{bar:30.cyan/blue}}] {{pos}}/{{len}} batches {{msg}} ({{elapsed}}, eta {{eta}})"
+        ))
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+        bar.set_style(style);
+        self.bar = Some(bar);
+        self.started = Instant::now();
+    }
+
+    fn progress(&mut self, batches: usize, samples: u64, loss: f64) {
+        if let Some(bar) = &self.bar {
+            let rate = samples as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+            bar.set_position(batches as u64);
+            bar.set_message(format!("loss {loss:.4}, {rate:.0} samples/s"));
+        }
+    }
+
+    fn evaluating(&mut self, split: Split) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(format!("evaluating {split}"));
+        }
+    }
+
+    fn epoch_end(&mut self, r: &EpochRecord) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+        if self.quiet {
+            return;
+        }
+        let mods: Vec<String> = r.val.modality_accuracy.iter().map(|(m, a)| format!("{m} {}", pct(a))).collect();
+        let hgm = r.hgm_surviving_fraction.map(|f| format!(", head gradient kept {f:.3}")).unwrap_or_default();
+        eprintln!(
+            "epoch {}: loss {:.4}, val fused {} ({}){hgm}, {:.0} samples/s, {:.1} s{}",
+            r.epoch,
+            r.train_loss,
+            pct(r.val.fused_accuracy),
+            mods.join(", "),
+            r.samples_per_second,
+            r.epoch_seconds,
+            if r.best { "  [best]" } else { "" }
+        );
+    }
+}
+
+/// One table row; `val` is `None` for a table without a validation column.
+fn row(out: &mut String, name: &str, val: Option<Option<f64>>, test: Option<f64>, fmt: fn(f64) -> String) {
+    let cell = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "-".into());
+    match val {
+        Some(v) => out.push_str(&format!("  {name:<22} {:>10} {:>10}\n", cell(v), cell(test))),
+        None => out.push_str(&format!("  {name:<22} {:>10}\n", cell(test))),
+    }
+}
+
+/// Rows of one or two evaluations side by side.
+pub fn metrics_table(method: Method, fusion: &str, val: Option<&EvalMetrics>, test: &EvalMetrics, test_label: &str) -> String {
+    let mut out = match val {
+        Some(_) => format!("  {:<22} {:>10} {:>10}\n", "", "val", test_label),
+        None => format!("  {:<22} {:>10}\n", "", test_label),
+    };
+    // Per row: Some(value or missing) with a validation column, None without.
+    let v = |f: &dyn Fn(&EvalMetrics) -> Option<f64>| val.map(f);
+    let fused_name = match method {
+        Method::Mla => format!("fused ({fusion})"),
+        Method::Joint => "fused (joint head)".into(),
+        Method::Unimodal => "fused (= modality)".into(),
+    };
+    row(&mut out, &fused_name, v(&|m| Some(m.fused_accuracy)), Some(test.fused_accuracy), pct);
+    if let Some(fa) = &test.fusion_accuracy {
+        for (rule, acc) in fa.iter() {
+            if rule != fusion {
+                let vr = v(&|m| m.fusion_accuracy.as_ref().and_then(|f| f.get(rule)));
+                row(&mut out, &format!("fused ({rule})"), vr, Some(acc), pct);
+            }
+        }
+    }
+    for (name, acc) in test.modality_accuracy.iter() {
+        let label = if method == Method::Joint { format!("{name} (head slice)") } else { name.to_string() };
+        row(&mut out, &label, v(&|m| m.modality_accuracy.get(name)), Some(acc), pct);
+    }
+    if test.modality_gap.is_some() {
+        row(&mut out, "modality gap", v(&|m| m.modality_gap), test.modality_gap, |g| format!("{g:.4}"));
+    }
+    row(&mut out, "loss", v(&|m| Some(m.loss)), Some(test.loss), |l| format!("{l:.4}"));
+    row(&mut out, "samples", v(&|m| Some(m.samples as f64)), Some(test.samples as f64), |n| format!("{n:.0}"));
+    out
+}
+
+pub fn summary_table(s: &Summary) -> String {
+    let what = match s.method {
+        Method::Mla => format!("MLA (hgm {}, alpha {}, fusion {})", s.hgm, s.alpha, s.fusion),
+        Method::Joint => "joint (concatenation, one head)".into(),
+        Method::Unimodal => format!("unimodal ({})", s.modality.as_deref().unwrap_or("?")),
+    };
+    let mut out = format!(
+        "{what}, encoder {}, seed {}: best epoch {} of {}\n",
+        s.encoder, s.seed, s.best_epoch, s.epochs
+    );
+    out.push_str(&metrics_table(s.method, s.fusion.as_str(), Some(&s.val), &s.test, "test"));
+    if !s.hgm_surviving_fraction.is_empty() {
+        let f: Vec<String> = s.hgm_surviving_fraction.iter().map(|f| format!("{f:.3}")).collect();
+        out.push_str(&format!("  head gradient kept by HGM per epoch: {}\n", f.join(", ")));
+    }
+    out.push_str(&format!(
+        "  time: {:.1} s training ({:.0} samples/s on {}), {:.1} s in all\n",
+        s.train_seconds, s.samples_per_second, s.backend, s.total_seconds
+    ));
+    out
+}

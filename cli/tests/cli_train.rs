@@ -1,0 +1,215 @@
+//! The `mla` binary: train / resume / eval / bench on a small synthetic
+//! dataset, and every bad-input path ending in one clear error line and a
+//! non-zero exit.
+
+#[path = "../../tests/tests/trainer_common/mod.rs"]
+mod trainer_common;
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+use trainer_common::{synthetic, Synthetic, TempDir};
+
+const BIN: &str = env!("CARGO_BIN_EXE_mla");
+
+fn mla(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run mla")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = mla(args);
+    assert!(
+        out.status.success(),
+        "mla {args:?} failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a command that must fail with exactly one `error:` line on stderr; returns it.
+fn fails(args: &[&str]) -> String {
+    let out = mla(args);
+    assert!(!out.status.success(), "mla {args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "mla {args:?} panicked: {err}");
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+    assert_eq!(errors.len(), 1, "mla {args:?}: expected one error line: {err}");
+    errors[0].to_string()
+}
+
+fn json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+const QUICK: [&str; 10] = ["--batch-size", "32", "--lr", "0.02", "--backend", "cpu", "--threads", "2", "--quiet", "--eval-batch-size"];
+
+fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
+    let mut v = vec!["train", "--data", data, "--out", out, "--epochs", epochs];
+    v.extend_from_slice(&QUICK);
+    v.push("64");
+    v
+}
+
+#[test]
+fn train_writes_the_run_directory_and_resume_matches_a_full_run() {
+    let data = synthetic("cli-train", &Synthetic::default());
+    let runs = TempDir::new("cli-runs");
+    let full = runs.join("full");
+    let stdout = ok(&train_args(s(data.path()), s(&full), "3"));
+    assert!(stdout.contains("fused (entropy)") && stdout.contains("modality gap"), "{stdout}");
+
+    let summary = json(&full.join("summary.json"));
+    assert_eq!(summary["method"], "mla");
+    assert_eq!(summary["epochs"], 3);
+    let best = summary["best_epoch"].as_u64().unwrap();
+    assert!((1..=3).contains(&best));
+    for split in ["val", "test"] {
+        let acc = summary[split]["fused_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+        for m in ["image", "audio"] {
+            let a = summary[split]["modality_accuracy"][m].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&a), "{split} {m} {a}");
+        }
+    }
+    assert!(summary["test"]["fused_accuracy"].as_f64().unwrap() > 0.8, "{summary}");
+    assert!(summary["test"]["modality_gap"].as_f64().is_some());
+    assert!(summary["test"]["fusion_accuracy"]["mean"].as_f64().is_some());
+    assert!(summary["train_seconds"].as_f64().unwrap() > 0.0);
+    assert!(summary["samples_per_second"].as_f64().unwrap() > 0.0);
+    let lines = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    assert_eq!(lines.lines().count(), 3);
+    for l in lines.lines() {
+        let v: Value = serde_json::from_str(l).unwrap();
+        assert!(v["val"]["fused_accuracy"].is_number() && v["train_loss"].is_number());
+    }
+    let config = json(&full.join("config.json"));
+    assert_eq!(config["method"], "mla");
+    assert_eq!(config["hgm"], "owm");
+
+    // Interrupted after 1 epoch, resumed to 3: the same result.
+    let part = runs.join("part");
+    ok(&train_args(s(data.path()), s(&part), "1"));
+    ok(&["train", "--resume", s(&part), "--epochs", "3", "--backend", "cpu", "--threads", "2", "--quiet"]);
+    let resumed = json(&part.join("summary.json"));
+    for k in ["best_epoch", "epochs", "val", "test", "hgm_surviving_fraction"] {
+        assert_eq!(resumed[k], summary[k], "{k}");
+    }
+
+    // eval of the best checkpoint reproduces the summary's test metrics.
+    let best_ckpt = full.join("best.safetensors");
+    let out = ok(&["eval", "--checkpoint", s(&best_ckpt), "--json", "--backend", "cpu"]);
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["metrics"]["fused_accuracy"], summary["test"]["fused_accuracy"]);
+    assert_eq!(e["metrics"]["modality_accuracy"], summary["test"]["modality_accuracy"]);
+    let table = ok(&["eval", "--checkpoint", s(&best_ckpt), "--data", s(data.path()), "--split", "val"]);
+    assert!(table.contains("validation"), "{table}");
+    let out = ok(&["eval", "--checkpoint", s(&best_ckpt), "--drop-modality", "audio", "--json"]);
+    let e: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(e["metrics"]["fused_accuracy"], summary["test"]["modality_accuracy"]["image"]);
+
+    // Re-using a run directory is refused; resuming a complete run just reports it.
+    let err = fails(&train_args(s(data.path()), s(&full), "3"));
+    assert!(err.contains("--resume"), "{err}");
+    let again = ok(&["train", "--resume", s(&full), "--backend", "cpu", "--quiet"]);
+    assert!(again.contains("best epoch"), "{again}");
+    // Hyper-parameters cannot change on resume.
+    let out = mla(&["train", "--resume", s(&full), "--lr", "0.5"]);
+    assert!(!out.status.success());
+}
+
+#[test]
+fn baselines_and_bench_run() {
+    let spec = Synthetic { audio_missing_every: 5, ..Synthetic::default() };
+    let data = synthetic("cli-baselines", &spec);
+    let runs = TempDir::new("cli-baseline-runs");
+    let joint = runs.join("joint");
+    let mut a = train_args(s(data.path()), s(&joint), "2");
+    a.extend_from_slice(&["--method", "joint"]);
+    let out = ok(&a);
+    assert!(out.contains("head slice"), "{out}");
+    let sj = json(&joint.join("summary.json"));
+    assert_eq!(sj["method"], "joint");
+    assert_eq!(sj["hgm"], "none");
+    assert!(sj["test"]["modality_accuracy"]["audio"].is_number());
+
+    let uni = runs.join("uni");
+    let mut a = train_args(s(data.path()), s(&uni), "1");
+    a.extend_from_slice(&["--method", "unimodal", "--modality", "image", "--encoder", "mlp"]);
+    ok(&a);
+    let su = json(&uni.join("summary.json"));
+    assert_eq!(su["test"]["fused_accuracy"], su["test"]["modality_accuracy"]["image"]);
+    assert!(su["test"]["modality_accuracy"]["audio"].is_null());
+
+    let out = ok(&["bench", "--data", s(data.path()), "--steps", "5", "--warmup", "1", "--batch-size", "16", "--json", "--backend", "cpu"]);
+    let b: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(b["ms_per_step_median"].as_f64().unwrap() > 0.0);
+    assert!(b["samples_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(b["hgm"], "owm");
+    let text = ok(&["bench", "--data", s(data.path()), "--steps", "3", "--warmup", "0", "--batch-size", "16", "--backend", "cpu"]);
+    assert!(text.contains("steps/s") && text.contains("samples/s"), "{text}");
+}
+
+#[test]
+fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
+    let data = synthetic("cli-errors", &Synthetic::default());
+    let d = s(data.path());
+    let runs = TempDir::new("cli-error-runs");
+    let out = runs.join("x");
+    let o = s(&out);
+    let base = |extra: &[&'static str]| -> Vec<String> {
+        let mut v: Vec<String> = ["train", "--data", d, "--out", o, "--backend", "cpu", "--quiet", "--epochs", "1"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect();
+        v.extend(extra.iter().map(|x| x.to_string()));
+        v
+    };
+    let run = |extra: &[&'static str]| {
+        let v = base(extra);
+        let refs: Vec<&str> = v.iter().map(String::as_str).collect();
+        fails(&refs)
+    };
+
+    let e = fails(&["train", "--data", "/no/such/dataset", "--backend", "cpu"]);
+    assert!(e.contains("/no/such/dataset"), "{e}");
+    let e = run(&["--encoder", "transformer"]);
+    assert!(e.contains("transformer") && e.contains("mlp"), "{e}");
+    let e = run(&["--method", "unimodal"]);
+    assert!(e.contains("--modality"), "{e}");
+    let e = run(&["--method", "unimodal", "--modality", "smell"]);
+    assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
+    let e = run(&["--method", "joint", "--hgm", "owm"]);
+    assert!(e.contains("--hgm"), "{e}");
+    let e = run(&["--lr", "1e9", "--momentum", "0", "--hgm", "none"]);
+    assert!(e.contains("non-finite") && e.contains("epoch 1") && e.contains("step"), "{e}");
+    // Unknown names are rejected by the argument parser (exit 2) with the valid ones.
+    let e = fails(&["train", "--data", d, "--method", "lazy"]);
+    assert!(e.contains("lazy") && e.contains("mla, joint, unimodal"), "{e}");
+    let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);
+    assert!(e.contains("orthogonal"), "{e}");
+
+    // A malformed dataset: the manifest names a missing file.
+    let broken = TempDir::new("cli-broken");
+    Synthetic::default().write(broken.path());
+    std::fs::remove_file(broken.join("audio.npy")).unwrap();
+    let e = fails(&["train", "--data", s(broken.path()), "--backend", "cpu"]);
+    assert!(e.contains("audio.npy"), "{e}");
+
+    let e = fails(&["eval", "--checkpoint", "/no/such.safetensors", "--data", d]);
+    assert!(e.contains("/no/such.safetensors"), "{e}");
+    let e = fails(&["train", "--resume", "/no/such/run"]);
+    assert!(e.contains("/no/such/run"), "{e}");
+
+    // Without a usable GPU, --backend cuda must say so (with one, it trains).
+    let cuda_out = runs.join("cuda");
+    let out = mla(&["train", "--data", d, "--out", s(&cuda_out), "--backend", "cuda", "--quiet", "--epochs", "1"]);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.trim().starts_with("error") && err.to_lowercase().contains("cuda"), "{err}");
+    }
+}

@@ -1,0 +1,320 @@
+//! The CPU backend's SIMD kernels against naive loops, on every instruction set
+//! this machine has plus the forced scalar fallback, and `Backend::gemm` /
+//! `rls_project` end to end (every transpose combination, batch strides incl. 0).
+//!
+//! Tolerances follow the f32 error bound of a length-k dot product: each result
+//! may be off by about `k * eps * sum |a_i b_i|` (computed in f64 by the
+//! reference); a wrong index or a dropped term is off by O(1) and fails.
+
+use mla_core::{Backend, GemmConfig};
+use mla_cpu::{kernels, set_isa_override, Cpu, Isa};
+use proptest::prelude::*;
+use std::sync::Mutex;
+
+/// Serialises the tests that change the process-wide ISA override.
+static OVERRIDE: Mutex<()> = Mutex::new(());
+
+fn isas() -> Vec<Isa> {
+    Isa::available()
+}
+
+/// Deterministic values in [-1, 1) from a seed (the proptest case picks the seed).
+fn values(seed: u64, len: usize) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Reference `op(A) op(B)` in f64, plus `sum |a b|` per element for the tolerance.
+#[allow(clippy::too_many_arguments)]
+fn naive_gemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> (Vec<f64>, Vec<f64>) {
+    let mut c = vec![0.0; m * n];
+    let mut mag = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let (mut s, mut s_abs) = (0.0f64, 0.0f64);
+            for p in 0..k {
+                let av = if ta { a[p * m + i] } else { a[i * k + p] } as f64;
+                let bv = if tb { b[j * k + p] } else { b[p * n + j] } as f64;
+                s += av * bv;
+                s_abs += (av * bv).abs();
+            }
+            c[i * n + j] = s;
+            mag[i * n + j] = s_abs;
+        }
+    }
+    (c, mag)
+}
+
+fn assert_close(what: &str, got: &[f32], want: &[f64], mag: &[f64], k: usize) -> Result<(), TestCaseError> {
+    prop_assert_eq!(got.len(), want.len(), "{}: length", what);
+    let eps = f32::EPSILON as f64;
+    for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(mag).enumerate() {
+        let tol = (k as f64 + 2.0) * eps * s + 1e-30;
+        prop_assert!(
+            (g as f64 - w).abs() <= tol,
+            "{}: element {} is {} but the f64 reference says {} (tolerance {:e})",
+            what,
+            i,
+            g,
+            w,
+            tol
+        );
+    }
+    Ok(())
+}
+
+fn dims(max: usize) -> impl Strategy<Value = usize> {
+    // Bias towards the awkward sizes: 1, vector widths and one off them.
+    prop_oneof![Just(1usize), Just(7), Just(8), Just(9), Just(15), Just(16), Just(17), Just(33), 1..=max]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn gemv_matches_naive(m in dims(150), k in dims(150), trans in any::<bool>(), seed in any::<u64>()) {
+        let a = values(seed, m * k);
+        let (xl, yl) = if trans { (m, k) } else { (k, m) };
+        let x = values(seed ^ 1, xl);
+        // A^T x is the GEMM of the stored [m, k] matrix read transposed with a column vector.
+        let (want, mag) = if trans { naive_gemm(k, 1, m, &a, true, &x, false) } else { naive_gemm(m, 1, k, &a, false, &x, false) };
+        for isa in isas() {
+            let mut y = vec![f32::NAN; yl];
+            kernels::gemv(isa, trans, m, k, &a, &x, &mut y);
+            assert_close(&format!("gemv {isa:?} trans={trans} {m}x{k}"), &y, &want, &mag, xl)?;
+        }
+    }
+
+    #[test]
+    fn ger_matches_naive(m in dims(70), n in dims(70), alpha in -2.0f32..2.0, seed in any::<u64>()) {
+        let a0 = values(seed, m * n);
+        let x = values(seed ^ 1, m);
+        let y = values(seed ^ 2, n);
+        for isa in isas() {
+            let mut a = a0.clone();
+            kernels::ger(isa, m, n, alpha, &x, &y, &mut a);
+            for i in 0..m {
+                for j in 0..n {
+                    let want = a0[i * n + j] as f64 + alpha as f64 * x[i] as f64 * y[j] as f64;
+                    let mag = (a0[i * n + j] as f64).abs() + (alpha as f64 * x[i] as f64 * y[j] as f64).abs();
+                    prop_assert!((a[i * n + j] as f64 - want).abs() <= 3.0 * f32::EPSILON as f64 * mag + 1e-30,
+                        "ger {:?} {}x{} at ({}, {}): {} vs {}", isa, m, n, i, j, a[i * n + j], want);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ger_keeps_symmetric_matrices_exactly_symmetric(s in dims(70), alpha in -2.0f32..2.0, seed in any::<u64>()) {
+        let v = values(seed, s * s);
+        let mut p0 = vec![0.0f32; s * s];
+        for i in 0..s {
+            for j in 0..s {
+                p0[i * s + j] = v[i.min(j) * s + i.max(j)];
+            }
+        }
+        let u = values(seed ^ 3, s);
+        for isa in isas() {
+            let mut p = p0.clone();
+            kernels::ger(isa, s, s, alpha, &u, &u, &mut p);
+            for i in 0..s {
+                for j in 0..i {
+                    prop_assert_eq!(p[i * s + j].to_bits(), p[j * s + i].to_bits(), "{:?} s={} ({}, {})", isa, s, i, j);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn tiled_gemm_matches_naive(
+        m in dims(130), n in dims(70), k in dims(300),
+        ta in any::<bool>(), tb in any::<bool>(), pack_a in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let a = values(seed, m * k);
+        let b = values(seed ^ 1, k * n);
+        let (want, mag) = naive_gemm(m, n, k, &a, ta, &b, tb);
+        for isa in isas() {
+            let mut c = vec![f32::NAN; m * n];
+            kernels::gemm_tiled(isa, m, n, k, &a, ta, &b, tb, pack_a, &mut c);
+            assert_close(&format!("tiled {isa:?} {m}x{k}x{n} ta={ta} tb={tb} pack_a={pack_a}"), &c, &want, &mag, k)?;
+        }
+    }
+
+    #[test]
+    fn batched_gemm_matches_naive(
+        batch in 0usize..4, m in dims(40), n in dims(40), k in dims(40),
+        ta in any::<bool>(), tb in any::<bool>(), share_a in any::<bool>(), share_b in any::<bool>(), seed in any::<u64>(),
+    ) {
+        let (sa, sb) = (if share_a { 0 } else { m * k }, if share_b { 0 } else { k * n });
+        let a = values(seed, (batch.max(1) - 1) * sa + m * k);
+        let b = values(seed ^ 1, (batch.max(1) - 1) * sb + k * n);
+        let cfg = GemmConfig { batch, m, n, k, trans_a: ta, trans_b: tb, stride_a: sa, stride_b: sb };
+        for isa in isas() {
+            let mut c = vec![f32::NAN; batch * m * n];
+            kernels::gemm_batch(isa, &cfg, &a, &b, &mut c);
+            for i in 0..batch {
+                let (want, mag) = naive_gemm(m, n, k, &a[i * sa..], ta, &b[i * sb..], tb);
+                assert_close(&format!("batch {isa:?} {cfg:?} item {i}"), &c[i * m * n..(i + 1) * m * n], &want, &mag, k)?;
+            }
+        }
+    }
+}
+
+/// Shapes past the blocking constants (KC = 256, MC = 96, NC = 1024) and big
+/// enough to be split across threads (by columns, by rows, by batch items).
+#[test]
+fn blocked_and_threaded_gemm_matches_naive() {
+    let cases: &[(usize, usize, usize, usize)] = &[
+        // (batch, m, k, n)
+        (1, 5, 600, 1100),
+        (1, 100, 300, 40),
+        (1, 64, 784, 256),
+        (1, 2000, 200, 10),
+        (1, 64, 128, 10),
+        (3, 64, 288, 130),
+        (5, 1, 300, 200),
+        (2, 97, 1, 33),
+    ];
+    for &(batch, m, k, n) in cases {
+        for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+            for shared in [false, true] {
+                let (sa, sb) = (if shared { 0 } else { m * k }, k * n);
+                let a = values(11, (batch - 1) * sa + m * k);
+                let b = values(12, (batch - 1) * sb + k * n);
+                let cfg = GemmConfig { batch, m, n, k, trans_a: ta, trans_b: tb, stride_a: sa, stride_b: sb };
+                for isa in isas() {
+                    let mut c = vec![f32::NAN; batch * m * n];
+                    kernels::gemm_batch(isa, &cfg, &a, &b, &mut c);
+                    for i in 0..batch {
+                        let (want, mag) = naive_gemm(m, n, k, &a[i * sa..], ta, &b[i * sb..], tb);
+                        assert_close(&format!("{isa:?} {cfg:?} item {i}"), &c[i * m * n..(i + 1) * m * n], &want, &mag, k).unwrap();
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A lone square GEMM large enough to take the matrixmultiply route.
+#[test]
+fn large_gemm_matches_naive() {
+    let (m, k, n) = (520, 512, 516);
+    let a = values(21, m * k);
+    let b = values(22, k * n);
+    for (ta, tb) in [(false, false), (true, true)] {
+        let cfg = GemmConfig { batch: 1, m, n, k, trans_a: ta, trans_b: tb, stride_a: 0, stride_b: 0 };
+        let c = Backend::<f32>::gemm(&Cpu, &cfg, &a, &b).unwrap();
+        let (want, mag) = naive_gemm(m, n, k, &a, ta, &b, tb);
+        assert_close(&format!("{cfg:?}"), &c, &want, &mag, k).unwrap();
+    }
+}
+
+fn backend_gemm_case(batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: bool, sa0: bool, sb0: bool, seed: u64) {
+    let (sa, sb) = (if sa0 { 0 } else { m * k + 3 }, if sb0 { 0 } else { k * n + 1 });
+    let a = values(seed, batch.saturating_sub(1) * sa + m * k);
+    let b = values(seed ^ 9, batch.saturating_sub(1) * sb + k * n);
+    let cfg = GemmConfig { batch, m, n, k, trans_a: ta, trans_b: tb, stride_a: sa, stride_b: sb };
+    let c32 = Backend::<f32>::gemm(&Cpu, &cfg, &a, &b).unwrap();
+    let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
+    let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+    let c64 = Backend::<f64>::gemm(&Cpu, &cfg, &a64, &b64).unwrap();
+    assert_eq!(c32.len(), batch * m * n);
+    for i in 0..batch {
+        let (want, mag) = naive_gemm(m, n, k, &a[i * sa..], ta, &b[i * sb..], tb);
+        let r = i * m * n..(i + 1) * m * n;
+        assert_close(&format!("Backend<f32>::gemm {cfg:?} item {i}"), &c32[r.clone()], &want, &mag, k).unwrap();
+        for (j, (&g, &w)) in c64[r].iter().zip(&want).enumerate() {
+            assert!((g - w).abs() <= 1e-12 * (1.0 + mag[j]), "Backend<f64>::gemm {cfg:?} item {i} elem {j}: {g} vs {w}");
+        }
+    }
+}
+
+#[test]
+fn backend_gemm_on_every_isa_all_transposes_and_strides() {
+    let _guard = OVERRIDE.lock().unwrap_or_else(|e| e.into_inner());
+    let shapes: &[(usize, usize, usize, usize)] = &[(1, 1, 1, 1), (2, 3, 1, 5), (3, 17, 9, 33), (4, 64, 10, 128), (2, 1, 40, 31), (3, 40, 1, 31), (1, 64, 256, 784), (0, 4, 5, 6)];
+    for isa in isas() {
+        set_isa_override(Some(isa)).unwrap();
+        for (s, &(batch, m, n, k)) in shapes.iter().enumerate() {
+            for ta in [false, true] {
+                for tb in [false, true] {
+                    for (sa0, sb0) in [(false, false), (true, false), (false, true)] {
+                        backend_gemm_case(batch, m, n, k, ta, tb, sa0, sb0, s as u64);
+                    }
+                }
+            }
+        }
+    }
+    set_isa_override(None).unwrap();
+}
+
+#[test]
+fn backend_gemm_rejects_short_buffers() {
+    let cfg = GemmConfig { batch: 2, m: 2, n: 2, k: 2, trans_a: false, trans_b: false, stride_a: 4, stride_b: 4 };
+    let err = Backend::<f32>::gemm(&Cpu, &cfg, &vec![0.0; 7], &vec![0.0; 8]).unwrap_err();
+    assert_eq!(err.op(), Some("gemm"));
+}
+
+#[test]
+fn rls_project_matches_naive_on_every_isa() {
+    let _guard = OVERRIDE.lock().unwrap_or_else(|e| e.into_inner());
+    for isa in isas() {
+        set_isa_override(Some(isa)).unwrap();
+        for &(c, s) in &[(1usize, 1usize), (3, 7), (10, 33), (10, 128)] {
+            let v = values(s as u64, s * s);
+            // P = I + 0.1 * sym(v): symmetric positive definite enough for a stable update.
+            let mut p = vec![0.0f32; s * s];
+            for i in 0..s {
+                for j in 0..s {
+                    p[i * s + j] = 0.1 * v[i.min(j) * s + i.max(j)] / s as f32 + if i == j { 1.0 } else { 0.0 };
+                }
+            }
+            let r = values(7, s);
+            let g = values(8, c * s);
+            let alpha = 0.5;
+            let p0 = p.clone();
+            let projected = Backend::<f32>::rls_project(&Cpu, &mut p, &r, Some(&g), c, s, alpha).unwrap().unwrap();
+            // Reference in f64.
+            let (want_proj, mag) = naive_gemm(c, s, s, &g, false, &p0, false);
+            assert_close(&format!("{isa:?} rls projection c={c} s={s}"), &projected, &want_proj, &mag, s).unwrap();
+            let u: Vec<f64> = (0..s).map(|i| (0..s).map(|j| p0[i * s + j] as f64 * r[j] as f64).sum()).collect();
+            let d = alpha + (0..s).map(|i| r[i] as f64 * u[i]).sum::<f64>();
+            for i in 0..s {
+                for j in 0..s {
+                    let want = p0[i * s + j] as f64 - u[i] * u[j] / d;
+                    let got = p[i * s + j] as f64;
+                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa:?} s={s} P[{i},{j}] = {got}, want {want}");
+                    assert_eq!(p[i * s + j].to_bits(), p[j * s + i].to_bits(), "{isa:?} P lost symmetry at ({i}, {j})");
+                }
+            }
+            let none = Backend::<f32>::rls_project(&Cpu, &mut p, &r, None, c, s, alpha).unwrap();
+            assert!(none.is_none());
+        }
+    }
+    set_isa_override(None).unwrap();
+}
+
+#[test]
+fn isa_override_refuses_what_the_cpu_lacks() {
+    let _guard = OVERRIDE.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(Isa::available().contains(&Isa::Scalar));
+    assert!(Isa::available().contains(&mla_cpu::detected_isa()));
+    for isa in Isa::ALL {
+        let res = set_isa_override(Some(isa));
+        assert_eq!(res.is_ok(), isa.is_available(), "{isa:?}");
+        if let Err(e) = res {
+            assert_eq!(e.op(), Some("set_isa_override"));
+        } else {
+            assert_eq!(mla_cpu::active_isa(), isa);
+        }
+    }
+    set_isa_override(None).unwrap();
+    assert_eq!(mla_cpu::active_isa(), mla_cpu::detected_isa());
+}
