@@ -122,6 +122,9 @@ pub struct TrainConfig {
     /// A seeded random subset of this many train samples.
     #[serde(default)]
     pub train_limit: Option<usize>,
+    /// Seeded random subsets of this many validation and test samples (quick runs).
+    #[serde(default)]
+    pub eval_limit: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -145,6 +148,7 @@ impl Default for TrainConfig {
             fusion: FusionRule::Entropy,
             seed: 0,
             train_limit: None,
+            eval_limit: None,
         }
     }
 }
@@ -177,6 +181,9 @@ impl TrainConfig {
         }
         if self.train_limit == Some(0) {
             return Err("--train-limit must be at least 1".into());
+        }
+        if self.eval_limit == Some(0) {
+            return Err("--eval-limit must be at least 1".into());
         }
         match (self.method, &self.modality) {
             (Method::Unimodal, None) => Err("--method unimodal needs --modality NAME".into()),
