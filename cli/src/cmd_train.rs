@@ -5,7 +5,7 @@ use crate::backend::{self, BackendChoice, OnBackend};
 use crate::report::{summary_table, Progress};
 use crate::CliResult;
 use mla_core::Backend;
-use mla_models::data::Dataset;
+use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
     FusionRule, HgmMode, Method, OptimizerKind, RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
 };
@@ -14,9 +14,17 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Dataset directory in the mla-dataset/1 format.
+    /// Dataset directory in the mla-dataset/1 format. [default: AV-MNIST,
+    /// prepared from --raw into the cache directory on first use]
     #[arg(long, value_name = "DIR")]
     data: Option<PathBuf>,
+    /// Raw AV-MNIST sources (mnist/ and fsdd/) for a run without --data.
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/avmnist")]
+    raw: PathBuf,
+    /// Where a run without --data keeps the prepared AV-MNIST.
+    /// [default: $XDG_CACHE_HOME/mla, else ~/.cache/mla]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// Training procedure: mla (alternating unimodal steps, shared head),
     /// joint (concatenated features, one head) or unimodal (one modality).
     #[arg(long, default_value = "mla", conflicts_with = "resume")]
@@ -35,9 +43,9 @@ pub struct Args {
     epochs: Option<usize>,
     #[arg(long, default_value_t = 64, conflicts_with = "resume")]
     batch_size: usize,
-    /// Batch size of evaluation passes (does not change any result).
-    #[arg(long, default_value_t = 256, conflicts_with = "resume")]
-    eval_batch_size: usize,
+    /// Batch size of evaluation passes (does not change any result). [default: --batch-size]
+    #[arg(long, conflicts_with = "resume")]
+    eval_batch_size: Option<usize>,
     #[arg(long, default_value = "sgd", conflicts_with = "resume")]
     optimizer: OptimizerKind,
     /// Learning rate.
@@ -51,7 +59,10 @@ pub struct Args {
     /// Head gradient modification (MLA only): none, owm (one P) or cross (one P per modality). [default: owm for mla]
     #[arg(long, conflicts_with = "resume")]
     hgm: Option<HgmMode>,
-    /// HGM alpha: larger keeps more of the head gradient (see README, "Choosing alpha").
+    /// HGM alpha (> 0). It competes with r^T P r (the squared batch-mean feature
+    /// not yet protected): a small alpha nearly freezes the shared head, a very
+    /// large one turns HGM off. The fraction of the head gradient kept is
+    /// reported every epoch; tune alpha with it.
     #[arg(long, default_value_t = DEFAULT_ALPHA, conflicts_with = "resume")]
     alpha: f64,
     /// Test-time fusion of MLA's per-modality logits (both are always reported).
@@ -62,6 +73,9 @@ pub struct Args {
     /// Train on a seeded random subset of this many train samples.
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     train_limit: Option<usize>,
+    /// Validate and test on seeded random subsets of this many samples each.
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    eval_limit: Option<usize>,
     /// CPU threads (rayon and GEMM pools). Same threads + seed + data = same metrics.
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
@@ -92,7 +106,7 @@ impl Args {
             feature_size: self.feature_size,
             epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
             batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
+            eval_batch_size: self.eval_batch_size.unwrap_or(self.batch_size),
             optimizer: self.optimizer,
             lr: self.lr,
             momentum: self.momentum,
@@ -102,6 +116,7 @@ impl Args {
             fusion: self.fusion,
             seed: self.seed,
             train_limit: self.train_limit,
+            eval_limit: self.eval_limit,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -132,7 +147,10 @@ impl OnBackend for Args {
             }
             None => {
                 let cfg = self.config()?;
-                let data = self.data.clone().ok_or("--data DIR is required (an mla-dataset/1 directory)")?;
+                let data = match &self.data {
+                    Some(d) => d.clone(),
+                    None => default_dataset(&self.raw, self.cache_dir.as_deref(), self.quiet)?,
+                };
                 let out = self.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
                 Trainer::new(backend, open_dataset(&data)?, cfg)?.with_run_dir(&out)?
             }
@@ -144,11 +162,12 @@ impl OnBackend for Args {
             let done = trainer.state().epochs_done;
             let from = if done > 0 { format!(" (resuming after epoch {done})") } else { String::new() };
             eprintln!(
-                "training {} on {} train samples ({}), {} epochs, backend {name}{from}; run directory {run_dir}",
+                "training {} on {} train samples ({}), {} epoch{}, backend {name}{from}; run directory {run_dir}",
                 c.method,
                 trainer.train_samples().len(),
                 trainer.modalities().join(" + "),
-                c.epochs
+                c.epochs,
+                if c.epochs == 1 { "" } else { "s" }
             );
         }
         let summary = trainer.run(&mut Progress::new(self.quiet))?;
@@ -156,6 +175,57 @@ impl OnBackend for Args {
         println!("  run directory: {run_dir}");
         Ok(())
     }
+}
+
+/// The cache directory: `--cache-dir`, else `$XDG_CACHE_HOME/mla`, else `~/.cache/mla`.
+fn cache_dir(flag: Option<&Path>) -> CliResult<PathBuf> {
+    if let Some(d) = flag {
+        return Ok(d.to_path_buf());
+    }
+    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    non_empty("XDG_CACHE_HOME")
+        .map(|d| d.join("mla"))
+        .or_else(|| non_empty("HOME").map(|h| h.join(".cache").join("mla")))
+        .ok_or_else(|| "no cache directory: neither XDG_CACHE_HOME nor HOME is set; pass --cache-dir DIR or --data DIR".into())
+}
+
+/// AV-MNIST (default recipe) in the cache, prepared from `raw` if it is not
+/// there yet. Prepared into a temporary sibling and renamed into place, so an
+/// interrupted preparation is never mistaken for a finished one.
+fn default_dataset(raw: &Path, cache_flag: Option<&Path>, quiet: bool) -> CliResult<PathBuf> {
+    let cache = cache_dir(cache_flag)?;
+    let dir = cache.join("avmnist");
+    if dir.join(mla_models::data::dataset::MANIFEST).is_file() {
+        return Ok(dir);
+    }
+    std::fs::create_dir_all(&cache).map_err(|e| format!("cannot create the cache directory {}: {e}", cache.display()))?;
+    let tmp = cache.join(format!(".avmnist-partial-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    if !quiet {
+        eprintln!("preparing AV-MNIST from {} into {} (first run only)", raw.display(), dir.display());
+    }
+    let start = std::time::Instant::now();
+    let mut progress = |msg: &str| {
+        if !quiet {
+            eprintln!("[{:5.1}s] {msg}", start.elapsed().as_secs_f64());
+        }
+    };
+    if let Err(e) = prepare_avmnist(&AvmnistOptions::new(raw, &tmp), &mut progress) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(format!(
+            "cannot prepare AV-MNIST from {}: {e} (pass --raw DIR with the MNIST and FSDD sources, see the README, or --data DIR)",
+            raw.display()
+        )
+        .into());
+    }
+    if let Err(e) = std::fs::rename(&tmp, &dir) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Another run may have finished preparing it first.
+        if !dir.join(mla_models::data::dataset::MANIFEST).is_file() {
+            return Err(format!("cannot move the prepared AV-MNIST to {}: {e}", dir.display()).into());
+        }
+    }
+    Ok(dir)
 }
 
 /// `runs/<method>-<UTC time>`, e.g. `runs/mla-20250101-120000`.

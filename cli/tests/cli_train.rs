@@ -200,6 +200,22 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     let e = fails(&["train", "--data", s(broken.path()), "--backend", "cpu"]);
     assert!(e.contains("audio.npy"), "{e}");
 
+    // Without --data: the cached AV-MNIST, prepared from --raw when absent.
+    let cache = TempDir::new("cli-cache");
+    let e = fails(&["train", "--cache-dir", s(cache.path()), "--raw", "/no/raw/avmnist", "--backend", "cpu", "--quiet"]);
+    assert!(e.contains("/no/raw/avmnist") && e.contains("README"), "{e}");
+    assert!(std::fs::read_dir(cache.path()).unwrap().next().is_none(), "a failed preparation leaves nothing behind");
+    std::fs::create_dir(cache.join("avmnist")).unwrap();
+    Synthetic::default().write(&cache.join("avmnist"));
+    let cached_run = runs.join("cached");
+    let out = ok(&[
+        "train", "--cache-dir", s(cache.path()), "--raw", "/no/raw/avmnist", "--out", s(&cached_run),
+        "--epochs", "1", "--batch-size", "32", "--backend", "cpu", "--quiet",
+    ]);
+    assert!(out.contains("best epoch 1 of 1"), "{out}");
+    let rc = json(&cached_run.join("config.json"));
+    assert!(rc["data"].as_str().unwrap().ends_with("avmnist"), "{rc}");
+
     let e = fails(&["eval", "--checkpoint", "/no/such.safetensors", "--data", d]);
     assert!(e.contains("/no/such.safetensors"), "{e}");
     let e = fails(&["train", "--resume", "/no/such/run"]);

@@ -20,6 +20,15 @@ impl Shape {
     pub fn elem_count(&self) -> usize {
         self.0.iter().product()
     }
+    /// The element count of a shape not yet backed by storage, or an error
+    /// naming `op` when it does not fit in `usize` (a wrapped count would
+    /// describe a buffer far smaller than the shape).
+    pub fn checked_elem_count(&self, op: &'static str) -> Result<usize> {
+        self.0
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| Error::invalid(op, "element count overflows usize", &[&self.0]))
+    }
     /// Row-major strides in elements.
     pub fn strides(&self) -> Vec<usize> {
         let mut s = vec![1; self.0.len()];

@@ -33,10 +33,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
 
     pub fn from_slice(backend: &B, data: &[T], shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        if data.len() != shape.elem_count() {
+        let count = shape.checked_elem_count("from_slice")?;
+        if data.len() != count {
             return Err(Error::invalid(
                 "from_slice",
-                format!("{} values do not fill the shape ({} elements)", data.len(), shape.elem_count()),
+                format!("{} values do not fill the shape ({count} elements)", data.len()),
                 &[shape.dims()],
             ));
         }
@@ -45,12 +46,13 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
 
     pub fn zeros(backend: &B, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        Ok(Self::from_storage(backend, backend.zeros(shape.elem_count())?, shape))
+        let count = shape.checked_elem_count("zeros")?;
+        Ok(Self::from_storage(backend, backend.zeros(count)?, shape))
     }
 
     pub fn full(backend: &B, value: T, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        let data = vec![value; shape.elem_count()];
+        let data = vec![value; shape.checked_elem_count("full")?];
         Self::from_slice(backend, &data, shape)
     }
 
@@ -114,7 +116,7 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// Same data, new shape (no copy).
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Self> {
         let shape = shape.into();
-        if shape.elem_count() != self.elem_count() {
+        if shape.checked_elem_count("reshape").ok() != Some(self.elem_count()) {
             return Err(Error::shape_mismatch("reshape", self.dims(), shape.dims()));
         }
         Ok(Tensor { storage: self.storage.clone(), shape, backend: self.backend.clone() })

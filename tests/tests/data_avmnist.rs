@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use data_common::*;
 use mla_models::data::avmnist::audio::LogMel;
 use mla_models::data::avmnist::idx::read_idx;
+use mla_models::data::avmnist::pca::Pca;
+use mla_models::data::avmnist::prepare::read_mnist;
 use mla_models::data::avmnist::wav::read_wav;
 use mla_models::data::npy::read_npy_f64;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, DType, Dataset, NpyArray, PrepareReport, Split};
@@ -191,36 +193,25 @@ fn same_options_give_byte_identical_files() {
 }
 
 #[test]
-fn pca_drop_matches_golden() {
+fn pca_matches_golden() {
+    // The PCA step alone on the real train images (the removal itself is checked end to
+    // end on synthetic data in data_avmnist_synth.rs).
     let Some(raw) = avmnist_raw() else { return };
     let golden: Value = serde_json::from_slice(&std::fs::read(raw.join("golden/pca.json")).unwrap()).unwrap();
-    let tmp = TempDir::new("avmnist-pca");
-    let out = tmp.join("pca");
-    let r = prepare_into(&raw, &out, Some(golden["drop_fraction"].as_f64().unwrap()));
-    let p = prepared().unwrap();
-    assert_eq!(r.pca_components_removed, Some(golden["components_removed"].as_u64().unwrap() as usize));
-    let fraction = golden["variance_fraction_removed"].as_f64().unwrap();
-    assert!((r.pca_variance_removed.unwrap() - fraction).abs() < 1e-6);
-    let ds = Dataset::open(&out).unwrap();
-    let rec = &ds.manifest()["recipe"]["image"]["pca"];
+    let mnist = read_mnist(&raw.join("mnist")).unwrap();
+    let train: Vec<f32> = mnist.images[..55_000 * 784].iter().map(|&p| p as f32 / 255.0).collect();
+    let pca = Pca::fit(&train, 784).unwrap();
     let trace = golden["trace"].as_f64().unwrap();
-    assert!((rec["trace"].as_f64().unwrap() - trace).abs() < 1e-6 * trace);
+    assert!((pca.trace - trace).abs() < 1e-6 * trace, "trace {} vs golden {trace}", pca.trace);
     for (i, g) in golden["top_eigenvalues"].as_array().unwrap().iter().enumerate() {
-        let (ours, g) = (rec["top_eigenvalues"][i].as_f64().unwrap(), g.as_f64().unwrap());
-        assert!((ours - g).abs() < 1e-6 * g, "eigenvalue {i}: {ours} vs golden {g}");
+        let g = g.as_f64().unwrap();
+        assert!((pca.eigenvalues[i] - g).abs() < 1e-6 * g, "eigenvalue {i}: {} vs golden {g}", pca.eigenvalues[i]);
     }
-    // The degraded train images keep the train mean and exactly the remaining variance.
-    let (mut sum0, mut sum1) = (vec![0.0f64; 784], vec![0.0f64; 784]);
-    for s in 0..55_000 {
-        let (a, b) = (p.ds.row(0, s).unwrap().unwrap(), ds.row(0, s).unwrap().unwrap());
-        sum0.iter_mut().zip(a).for_each(|(t, &x)| *t += x as f64);
-        sum1.iter_mut().zip(b).for_each(|(t, &x)| *t += x as f64);
-    }
-    assert!(sum0.iter().zip(&sum1).all(|(a, b)| (a - b).abs() / 55_000.0 < 1e-5));
-    let mean: Vec<f64> = sum1.iter().map(|t| t / 55_000.0).collect();
-    let var: f64 = (0..55_000)
-        .map(|s| ds.row(0, s).unwrap().unwrap().iter().zip(&mean).map(|(&x, m)| (x as f64 - m).powi(2)).sum::<f64>())
-        .sum::<f64>()
-        / 55_000.0;
-    assert!((var - trace * (1.0 - fraction)).abs() < 1e-4 * var, "remaining variance {var}, expected {}", trace * (1.0 - fraction));
+    let k = pca.components_for_fraction(golden["drop_fraction"].as_f64().unwrap());
+    assert_eq!(k as u64, golden["components_removed"].as_u64().unwrap());
+    let fraction = golden["variance_fraction_removed"].as_f64().unwrap();
+    assert!((pca.variance_fraction(k) - fraction).abs() < 1e-6);
+    // The eigenvalues sum to the trace, and k is the smallest count reaching the fraction.
+    assert!((pca.eigenvalues.iter().sum::<f64>() - pca.trace).abs() < 1e-9 * pca.trace);
+    assert!(pca.variance_fraction(k - 1) < 0.75 && pca.variance_fraction(k) >= 0.75);
 }

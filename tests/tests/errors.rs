@@ -263,3 +263,20 @@ fn empty_tensors_do_not_panic() {
     let loss = x.sum_all().unwrap();
     assert_eq!(tape.backward(&loss).unwrap().get(&x).unwrap().dims(), &[2, 0]);
 }
+
+/// Shapes whose element count overflows `usize` must be rejected, not wrapped
+/// around into a small buffer that later kernels would index past.
+#[cfg(target_pointer_width = "64")]
+#[test]
+fn shapes_whose_size_overflows_are_rejected() {
+    let huge = [1usize << 63, 2];
+    expect(T32::from_slice(&Cpu, &[], huge), "from_slice", &[&huge]);
+    expect(T32::zeros(&Cpu, huge), "zeros", &[&huge]);
+    expect(T32::full(&Cpu, 1.0, huge), "full", &[&huge]);
+    // (2^63 + 3) * 2 wraps around to exactly 6, the element count of [2, 3].
+    let wraps_to_six = [(1usize << 63) + 3, 2];
+    expect(t(&[2, 3]).reshape(wraps_to_six), "reshape", &[&[2, 3], &wraps_to_six]);
+    let tape = Tape::new(&Cpu);
+    expect(tape.var(t(&[2, 3])).reshape(wraps_to_six), "reshape", &[&[2, 3], &wraps_to_six]);
+    expect(t(&[1]).broadcast_to(&Shape::new(huge)), "broadcast_to", &[&[1], &huge]);
+}

@@ -157,10 +157,16 @@ fn train_limit_takes_a_seeded_subset() {
     let ds = open(&data);
     let a = Trainer::new(Cpu, ds.clone(), TrainConfig { train_limit: Some(50), ..cfg(Method::Mla) }).unwrap();
     let b = Trainer::new(Cpu, ds.clone(), TrainConfig { train_limit: Some(50), ..cfg(Method::Mla) }).unwrap();
-    let c = Trainer::new(Cpu, ds, TrainConfig { train_limit: Some(50), seed: 3, ..cfg(Method::Mla) }).unwrap();
+    let c = Trainer::new(Cpu, ds.clone(), TrainConfig { train_limit: Some(50), seed: 3, ..cfg(Method::Mla) }).unwrap();
     assert_eq!(a.train_samples().len(), 50);
     assert_eq!(a.train_samples(), b.train_samples());
     assert_ne!(a.train_samples(), c.train_samples());
+    assert!(a.train_samples().iter().all(|&s| ds.split_of(s) == Split::Train));
+    let e = Trainer::new(Cpu, ds.clone(), TrainConfig { eval_limit: Some(20), ..cfg(Method::Mla) }).unwrap();
+    for split in [Split::Validation, Split::Test] {
+        assert_eq!(e.eval_samples(split).len(), 20);
+        assert!(e.eval_samples(split).iter().all(|&s| ds.split_of(s) == split));
+    }
 }
 
 #[test]

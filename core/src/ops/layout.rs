@@ -11,8 +11,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         if out.as_slice() != shape.dims() {
             return Err(Error::shape_mismatch("broadcast_to", self.dims(), shape.dims()));
         }
-        let mut dst = self.backend().zeros(shape.elem_count())?;
-        if shape.elem_count() > 0 {
+        let count = shape.checked_elem_count("broadcast_to").map_err(|_| {
+            Error::invalid("broadcast_to", "target element count overflows usize", &[self.dims(), shape.dims()])
+        })?;
+        let mut dst = self.backend().zeros(count)?;
+        if count > 0 {
             self.backend().copy_strided(&mut dst, 0, &shape.strides(), self.storage(), 0, &src_strides, &out)?;
         }
         Ok(Tensor::from_storage(self.backend(), dst, shape.clone()))

@@ -109,7 +109,8 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     /// Batch size of evaluation passes (results do not depend on it: fusion
-    /// and metrics are per sample).
+    /// and metrics are per sample). Equal to `batch_size` by default, so
+    /// evaluation reuses the training step's buffer sizes.
     pub eval_batch_size: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
@@ -122,6 +123,9 @@ pub struct TrainConfig {
     /// A seeded random subset of this many train samples.
     #[serde(default)]
     pub train_limit: Option<usize>,
+    /// Seeded random subsets of this many validation and test samples (quick runs).
+    #[serde(default)]
+    pub eval_limit: Option<usize>,
 }
 
 impl Default for TrainConfig {
@@ -135,7 +139,7 @@ impl Default for TrainConfig {
             feature_size: 128,
             epochs: 3,
             batch_size: 64,
-            eval_batch_size: 256,
+            eval_batch_size: 64,
             optimizer: OptimizerKind::Sgd,
             lr: 0.01,
             momentum: 0.9,
@@ -145,6 +149,7 @@ impl Default for TrainConfig {
             fusion: FusionRule::Entropy,
             seed: 0,
             train_limit: None,
+            eval_limit: None,
         }
     }
 }
@@ -177,6 +182,9 @@ impl TrainConfig {
         }
         if self.train_limit == Some(0) {
             return Err("--train-limit must be at least 1".into());
+        }
+        if self.eval_limit == Some(0) {
+            return Err("--eval-limit must be at least 1".into());
         }
         match (self.method, &self.modality) {
             (Method::Unimodal, None) => Err("--method unimodal needs --modality NAME".into()),

@@ -121,8 +121,8 @@ impl<B: Backend<f32>> Trainer<B> {
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
         let split = |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
         let mut train = split(Split::Train);
-        let val = split(Split::Validation);
-        let test = split(Split::Test);
+        let mut val = split(Split::Validation);
+        let mut test = split(Split::Test);
         for (name, v) in [("train", &train), ("validation", &val), ("test", &test)] {
             if v.is_empty() {
                 let what = match &cfg.modality {
@@ -137,6 +137,10 @@ impl<B: Backend<f32>> Trainer<B> {
         }
         if let Some(n) = cfg.train_limit {
             train = seeded_subset(&train, n, cfg.seed);
+        }
+        if let Some(n) = cfg.eval_limit {
+            val = seeded_subset(&val, n, cfg.seed);
+            test = seeded_subset(&test, n, cfg.seed);
         }
         Ok(Trainer {
             backend,
@@ -201,6 +205,13 @@ impl<B: Backend<f32>> Trainer<B> {
     }
     pub fn train_samples(&self) -> &[usize] {
         &self.train
+    }
+    pub fn eval_samples(&self, split: Split) -> &[usize] {
+        match split {
+            Split::Train => &self.train,
+            Split::Validation => &self.val,
+            Split::Test => &self.test,
+        }
     }
     pub fn run_dir(&self) -> Option<&RunDir> {
         self.run_dir.as_ref()
@@ -357,12 +368,7 @@ impl<B: Backend<f32>> Trainer<B> {
 
     /// Evaluates the current model on one split.
     pub fn evaluate(&self, split: Split, opts: &EvalOptions) -> Result<EvalMetrics> {
-        let samples = match split {
-            Split::Train => &self.train,
-            Split::Validation => &self.val,
-            Split::Test => &self.test,
-        };
-        self.evaluate_samples(samples, opts)
+        self.evaluate_samples(self.eval_samples(split), opts)
     }
 
     fn evaluate_samples(&self, samples: &[usize], opts: &EvalOptions) -> Result<EvalMetrics> {

@@ -107,6 +107,9 @@ pub struct LogMel {
     fft: Fft,
     window: Vec<f64>,
     filterbank: Vec<f64>,
+    /// Per band, the bins where its triangle is non-zero (skipping exact zeros leaves
+    /// every sum bit-identical).
+    support: Vec<(usize, usize)>,
 }
 
 impl Default for LogMel {
@@ -117,11 +120,16 @@ impl Default for LogMel {
 
 impl LogMel {
     pub fn new() -> LogMel {
-        LogMel {
-            fft: Fft::new(N_FFT),
-            window: hann_periodic(N_FFT),
-            filterbank: mel_filterbank(N_MELS, N_FFT, SAMPLE_RATE as f64, FMIN, FMAX),
-        }
+        let filterbank = mel_filterbank(N_MELS, N_FFT, SAMPLE_RATE as f64, FMIN, FMAX);
+        let support = filterbank
+            .chunks_exact(N_BINS)
+            .map(|w| {
+                let lo = w.iter().position(|&x| x != 0.0).unwrap_or(0);
+                let hi = w.iter().rposition(|&x| x != 0.0).map_or(lo, |i| i + 1);
+                (lo, hi)
+            })
+            .collect();
+        LogMel { fft: Fft::new(N_FFT), window: hann_periodic(N_FFT), filterbank, support }
     }
 
     /// log(mel power + 1e-6) of the first CLIP_SAMPLES samples (zero-padded), as
@@ -146,10 +154,10 @@ impl LogMel {
             }
         }
         let mut out = vec![0.0; N_MELS * N_FRAMES];
-        for m in 0..N_MELS {
-            let w = &self.filterbank[m * N_BINS..(m + 1) * N_BINS];
+        for (m, &(lo, hi)) in self.support.iter().enumerate() {
+            let w = &self.filterbank[m * N_BINS + lo..m * N_BINS + hi];
             for frame in 0..N_FRAMES {
-                let p = &power[frame * N_BINS..(frame + 1) * N_BINS];
+                let p = &power[frame * N_BINS + lo..frame * N_BINS + hi];
                 let e: f64 = w.iter().zip(p).map(|(a, b)| a * b).sum();
                 out[m * N_FRAMES + frame] = (e + LOG_OFFSET).ln();
             }

@@ -266,8 +266,13 @@ pub fn add_image_noise(images: &mut [f32], dim: usize, sigma: f64, seed: u64) {
     let base = Rng::derive(seed, NOISE_STREAM).next_u64();
     images.par_chunks_mut(dim).enumerate().for_each(|(i, row)| {
         let mut rng = Rng::derive(base, i as u64);
-        for x in row {
-            *x = (*x as f64 + sigma * rng.normal()).clamp(0.0, 1.0) as f32;
+        // Box-Muller gives two independent normals per pair of uniforms; use both.
+        for pair in row.chunks_mut(2) {
+            let r = (-2.0 * (1.0 - rng.uniform()).ln()).sqrt();
+            let (s, c) = (std::f64::consts::TAU * rng.uniform()).sin_cos();
+            for (x, z) in pair.iter_mut().zip([r * c, r * s]) {
+                *x = (*x as f64 + sigma * z).clamp(0.0, 1.0) as f32;
+            }
         }
     });
 }
