@@ -19,7 +19,7 @@ const LARGE: usize = 1 << 20;
 /// At most this many cached blocks...
 const SLOTS: usize = 64;
 /// ...holding at most this many bytes.
-const MAX_BYTES: usize = 512 << 20;
+const MAX_BYTES: usize = 384 << 20;
 
 #[derive(Clone, Copy)]
 struct Block {

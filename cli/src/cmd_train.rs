@@ -43,9 +43,9 @@ pub struct Args {
     epochs: Option<usize>,
     #[arg(long, default_value_t = 64, conflicts_with = "resume")]
     batch_size: usize,
-    /// Batch size of evaluation passes (does not change any result).
-    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
-    eval_batch_size: usize,
+    /// Batch size of evaluation passes (does not change any result). [default: --batch-size]
+    #[arg(long, conflicts_with = "resume")]
+    eval_batch_size: Option<usize>,
     #[arg(long, default_value = "sgd", conflicts_with = "resume")]
     optimizer: OptimizerKind,
     /// Learning rate.
@@ -59,7 +59,10 @@ pub struct Args {
     /// Head gradient modification (MLA only): none, owm (one P) or cross (one P per modality). [default: owm for mla]
     #[arg(long, conflicts_with = "resume")]
     hgm: Option<HgmMode>,
-    /// HGM alpha: larger keeps more of the head gradient (see README, "Choosing alpha").
+    /// HGM alpha (> 0). It competes with r^T P r (the squared batch-mean feature
+    /// not yet protected): a small alpha nearly freezes the shared head, a very
+    /// large one turns HGM off. The fraction of the head gradient kept is
+    /// reported every epoch; tune alpha with it.
     #[arg(long, default_value_t = DEFAULT_ALPHA, conflicts_with = "resume")]
     alpha: f64,
     /// Test-time fusion of MLA's per-modality logits (both are always reported).
@@ -103,7 +106,7 @@ impl Args {
             feature_size: self.feature_size,
             epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
             batch_size: self.batch_size,
-            eval_batch_size: self.eval_batch_size,
+            eval_batch_size: self.eval_batch_size.unwrap_or(self.batch_size),
             optimizer: self.optimizer,
             lr: self.lr,
             momentum: self.momentum,

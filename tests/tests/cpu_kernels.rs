@@ -135,15 +135,15 @@ proptest! {
     #[test]
     fn tiled_gemm_matches_naive(
         m in dims(130), n in dims(70), k in dims(300),
-        ta in any::<bool>(), tb in any::<bool>(), pack_a in any::<bool>(), seed in any::<u64>(),
+        ta in any::<bool>(), tb in any::<bool>(), pack_a in any::<bool>(), pack_b in any::<bool>(), seed in any::<u64>(),
     ) {
         let a = values(seed, m * k);
         let b = values(seed ^ 1, k * n);
         let (want, mag) = naive_gemm(m, n, k, &a, ta, &b, tb);
         for isa in isas() {
             let mut c = vec![f32::NAN; m * n];
-            kernels::gemm_tiled(isa, m, n, k, &a, ta, &b, tb, pack_a, &mut c);
-            assert_close(&format!("tiled {isa:?} {m}x{k}x{n} ta={ta} tb={tb} pack_a={pack_a}"), &c, &want, &mag, k)?;
+            kernels::gemm_tiled(isa, m, n, k, &a, ta, &b, tb, pack_a, pack_b, &mut c);
+            assert_close(&format!("tiled {isa:?} {m}x{k}x{n} ta={ta} tb={tb} pack_a={pack_a} pack_b={pack_b}"), &c, &want, &mag, k)?;
         }
     }
 
@@ -317,4 +317,139 @@ fn isa_override_refuses_what_the_cpu_lacks() {
     }
     set_isa_override(None).unwrap();
     assert_eq!(mla_cpu::active_isa(), mla_cpu::detected_isa());
+}
+
+// ---- im2col / col2im, broadcasting binary ops and axis sums against naive loops ----
+
+use mla_core::{BinaryOp, Conv2dGeometry};
+
+fn geometry(n: usize, c: usize, h: usize, w: usize, k: (usize, usize), stride: usize, pad: usize) -> Option<Conv2dGeometry> {
+    let (kh, kw) = k;
+    if h + 2 * pad < kh || w + 2 * pad < kw {
+        return None;
+    }
+    Some(Conv2dGeometry { n, c, h, w, kh, kw, stride, pad, oh: (h + 2 * pad - kh) / stride + 1, ow: (w + 2 * pad - kw) / stride + 1 })
+}
+
+/// Input index feeding column entry (n, c, ki, kj, oy, ox), if inside the image.
+fn source(g: &Conv2dGeometry, n: usize, c: usize, ki: usize, kj: usize, oy: usize, ox: usize) -> Option<usize> {
+    let iy = (oy * g.stride + ki) as isize - g.pad as isize;
+    let ix = (ox * g.stride + kj) as isize - g.pad as isize;
+    (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w).then(|| ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize)
+}
+
+fn for_each_entry(g: &Conv2dGeometry, mut f: impl FnMut(usize, Option<usize>)) {
+    let (ckk, ohw) = (g.c * g.kh * g.kw, g.oh * g.ow);
+    for n in 0..g.n {
+        for c in 0..g.c {
+            for ki in 0..g.kh {
+                for kj in 0..g.kw {
+                    for oy in 0..g.oh {
+                        for ox in 0..g.ow {
+                            let col = n * ckk * ohw + ((c * g.kh + ki) * g.kw + kj) * ohw + oy * g.ow + ox;
+                            f(col, source(g, n, c, ki, kj, oy, ox));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn im2col_and_col2im_match_naive(
+        n in 1usize..3, c in 1usize..4, h in 1usize..12, w in 1usize..12,
+        kh in 1usize..6, kw in 1usize..6, stride in 1usize..4, pad in 0usize..4, seed in any::<u64>(),
+    ) {
+        let Some(g) = geometry(n, c, h, w, (kh, kw), stride, pad) else { return Ok(()) };
+        let x = values(seed, n * c * h * w);
+        let cols = Backend::<f32>::im2col(&Cpu, &x, &g).unwrap();
+        let ncols = n * c * kh * kw * g.oh * g.ow;
+        prop_assert_eq!(cols.len(), ncols);
+        let mut want_x = vec![0.0f64; x.len()];
+        let dcols = values(seed ^ 5, ncols);
+        let mut bad = None;
+        for_each_entry(&g, |col, src| {
+            let want = src.map_or(0.0, |i| x[i]);
+            if cols[col].to_bits() != want.to_bits() && bad.is_none() {
+                bad = Some((col, cols[col], want));
+            }
+            if let Some(i) = src {
+                want_x[i] += dcols[col] as f64;
+            }
+        });
+        prop_assert!(bad.is_none(), "im2col {:?}: (index, got, want) = {:?}", g, bad);
+        let back = Backend::<f32>::col2im(&Cpu, &dcols, &g).unwrap();
+        prop_assert_eq!(back.len(), x.len());
+        for (i, (&got, &want)) in back.iter().zip(&want_x).enumerate() {
+            prop_assert!((got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()), "col2im {:?} at {}: {} vs {}", g, i, got, want);
+        }
+    }
+
+    #[test]
+    fn broadcasting_binary_matches_naive(
+        dims in proptest::collection::vec(1usize..6, 0..5), mask_l in any::<u8>(), mask_r in any::<u8>(), op in 0usize..4, seed in any::<u64>(),
+    ) {
+        // Each operand broadcasts along the axes its mask selects (stride 0), dense elsewhere.
+        let rank = dims.len();
+        let operand = |mask: u8| -> (Vec<usize>, usize) {
+            let mut strides = vec![0; rank];
+            let mut size = 1;
+            for ax in (0..rank).rev() {
+                if mask >> ax & 1 == 0 {
+                    strides[ax] = size;
+                    size *= dims[ax];
+                }
+            }
+            (strides, size)
+        };
+        let (ls, lsize) = operand(mask_l);
+        let (rs, rsize) = operand(mask_r);
+        let lhs = values(seed, lsize);
+        // Divisors kept away from zero.
+        let rhs: Vec<f32> = values(seed ^ 1, rsize).iter().map(|v| if op == 3 { v.signum() * (0.5 + v.abs()) } else { *v }).collect();
+        let bop = [BinaryOp::Add, BinaryOp::Sub, BinaryOp::Mul, BinaryOp::Div][op];
+        let out = Backend::<f32>::binary(&Cpu, bop, &lhs, &ls, &rhs, &rs, &dims).unwrap();
+        let total: usize = dims.iter().product();
+        prop_assert_eq!(out.len(), total);
+        for (flat, &got) in out.iter().enumerate() {
+            let (mut rem, mut lo, mut ro) = (flat, 0, 0);
+            for ax in (0..rank).rev() {
+                let i = rem % dims[ax];
+                rem /= dims[ax];
+                lo += i * ls[ax];
+                ro += i * rs[ax];
+            }
+            let (a, b) = (lhs[lo], rhs[ro]);
+            let want = match bop { BinaryOp::Add => a + b, BinaryOp::Sub => a - b, BinaryOp::Mul => a * b, BinaryOp::Div => a / b };
+            prop_assert_eq!(got.to_bits(), want.to_bits(), "{:?} dims {:?} at {}: {} vs {}", bop, dims, flat, got, want);
+        }
+    }
+
+    #[test]
+    fn sum_axis_matches_naive(outer in 1usize..5, len in 0usize..40, inner in prop_oneof![Just(1usize), 1usize..3000], seed in any::<u64>()) {
+        let x = values(seed, outer * len * inner);
+        let out = Backend::<f32>::sum_axis(&Cpu, &x, outer, len, inner).unwrap();
+        prop_assert_eq!(out.len(), outer * inner);
+        for o in 0..outer {
+            for j in 0..inner {
+                let want: f64 = (0..len).map(|l| x[(o * len + l) * inner + j] as f64).sum();
+                let mag: f64 = (0..len).map(|l| (x[(o * len + l) * inner + j] as f64).abs()).sum();
+                let got = out[o * inner + j] as f64;
+                prop_assert!((got - want).abs() <= (len as f64 + 1.0) * f32::EPSILON as f64 * mag + 1e-30, "({}, {}): {} vs {}", o, j, got, want);
+            }
+        }
+    }
+}
+
+/// A whole-tensor sum long enough to be split into pieces.
+#[test]
+fn long_sums_are_accurate() {
+    let x = values(77, 300_001);
+    let out = Backend::<f32>::sum_axis(&Cpu, &x, 1, x.len(), 1).unwrap();
+    let want: f64 = x.iter().map(|&v| v as f64).sum();
+    assert!((out[0] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{} vs {want}", out[0]);
 }

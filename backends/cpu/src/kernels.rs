@@ -44,7 +44,8 @@ pub fn ger(isa: Isa, m: usize, n: usize, alpha: f32, x: &[f32], y: &[f32], a: &m
 
 /// Single-threaded `C = op(A) op(B)` through the tiled kernels only (never
 /// GEMV, never matrixmultiply): `op(A)` is `m x k`, stored `[m, k]` or, when
-/// `trans_a`, `[k, m]`; likewise B. `pack_a` forces A to be packed or read in place.
+/// `trans_a`, `[k, m]`; likewise B. `pack_a` / `pack_b` force each operand to be
+/// packed or read in place (B is always packed when read transposed).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_tiled(
     isa: Isa,
@@ -56,6 +57,7 @@ pub fn gemm_tiled(
     b: &[f32],
     trans_b: bool,
     pack_a: bool,
+    pack_b: bool,
     c: &mut [f32],
 ) {
     let kern = Kernel::for_isa(isa);
@@ -65,7 +67,7 @@ pub fn gemm_tiled(
     let av = View::new(a, if trans_a { m } else { k }, trans_a);
     let bv = View::new(b, if trans_b { k } else { n }, trans_b);
     // SAFETY: lengths checked above; `c` is a distinct &mut.
-    unsafe { tiled::gemm_st(&kern, Plan { pack_a }, m, n, k, av, bv, c.as_mut_ptr(), n) }
+    unsafe { tiled::gemm_st(&kern, Plan { pack_a, pack_b }, m, n, k, av, bv, c.as_mut_ptr(), n) }
 }
 
 /// The backend's full f32 batched GEMM (shape dispatch, threading) with the
@@ -78,5 +80,6 @@ pub fn gemm_batch(isa: Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [f32
     }
     need("gemm_batch", "C", c.len(), batch * m * n);
     crate::simd::check(isa);
-    crate::gemm::gemm_f32(isa, cfg, a, b, &mut c[..batch * m * n]);
+    // SAFETY: operand and output lengths checked above.
+    unsafe { crate::gemm::gemm_f32(isa, cfg, a, b, c.as_mut_ptr()) };
 }

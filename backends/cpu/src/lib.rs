@@ -6,6 +6,7 @@
 //! or [`set_num_threads`] (before any work) sets the thread count; see `gemm`
 //! for how matrixmultiply's own pool is kept from running at the same time.
 
+mod alloc;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -23,6 +24,7 @@ use mla_core::{
     UnaryOp,
 };
 
+pub use alloc::tune_allocator;
 pub use gemm::CpuFloat;
 pub use simd::{active_isa, detected as detected_isa, set_isa_override, Isa};
 pub use threads::set_num_threads;
@@ -54,7 +56,7 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         s.len()
     }
     fn zeros(&self, len: usize) -> Result<Vec<T>> {
-        Ok(vec![T::zero(); len])
+        Ok(alloc::zeroed_vec(len))
     }
     fn from_slice(&self, data: &[T]) -> Result<Vec<T>> {
         Ok(data.to_vec())

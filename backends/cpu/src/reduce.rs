@@ -1,24 +1,54 @@
-use crate::CpuFloat;
+use crate::{CpuFloat, PAR_CHUNK};
 use mla_core::{Error, Result};
 use rayon::prelude::*;
 
+/// Sum in f64 with eight independent partial sums (a dependency chain per lane, not one per element).
+fn sum_f64<T: CpuFloat>(x: &[T]) -> f64 {
+    let mut acc = [0.0f64; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v.as_f64();
+        }
+    }
+    let tail: f64 = chunks.remainder().iter().map(|v| v.as_f64()).sum();
+    acc.iter().sum::<f64>() + tail
+}
+
 pub(crate) fn sum_axis<T: CpuFloat>(x: &[T], outer: usize, len: usize, inner: usize) -> Vec<T> {
-    let mut out = vec![T::zero(); outer * inner];
+    let mut out = crate::alloc::zeroed_vec(outer * inner);
+    if out.is_empty() {
+        return out;
+    }
     if inner == 1 {
         // Accumulate in f64: long sums (whole-tensor losses, gradient checks) stay accurate.
+        // Long rows are summed in fixed-size pieces (in parallel), and the pieces in order,
+        // so the result does not depend on the thread count.
         out.par_iter_mut().enumerate().for_each(|(o, dst)| {
-            let s: f64 = x[o * len..(o + 1) * len].iter().map(|v| v.as_f64()).sum();
+            let row = &x[o * len..(o + 1) * len];
+            let s: f64 = if len > PAR_CHUNK {
+                let parts: Vec<f64> = row.par_chunks(PAR_CHUNK).map(sum_f64).collect();
+                parts.iter().sum()
+            } else {
+                sum_f64(row)
+            };
             *dst = T::lit(s);
         });
         return out;
     }
-    out.par_chunks_mut(inner).enumerate().for_each(|(o, dst)| {
-        for l in 0..len {
-            let src = &x[(o * len + l) * inner..(o * len + l + 1) * inner];
-            for (d, &s) in dst.iter_mut().zip(src) {
-                *d = *d + s;
+    // Tasks own a column range of one output row; with few rows (a bias
+    // gradient summed over the batch) the columns are split so all threads work.
+    let col_chunk = if outer >= 2 * rayon::current_num_threads() { inner } else { (PAR_CHUNK / len.max(1)).clamp(64, inner.max(64)) };
+    out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
+        row.par_chunks_mut(col_chunk).enumerate().for_each(|(jc, dst)| {
+            let j0 = jc * col_chunk;
+            for l in 0..len {
+                let src = &x[(o * len + l) * inner + j0..][..dst.len()];
+                for (d, &s) in dst.iter_mut().zip(src) {
+                    *d = *d + s;
+                }
             }
-        }
+        })
     });
     out
 }

@@ -7,11 +7,11 @@ use mla_core::GemmConfig;
 pub(crate) fn rls_project<T: CpuFloat>(p: &mut [T], r: &[T], grad_w: Option<&Vec<T>>, c: usize, s: usize, alpha: f64) -> Option<Vec<T>> {
     let projected = grad_w.map(|g| {
         let cfg = GemmConfig { batch: 1, m: c, n: s, k: s, trans_a: false, trans_b: false, stride_a: 0, stride_b: 0 };
-        let mut out = vec![T::zero(); c * s];
-        if c * s > 0 {
-            T::gemm_batch(&cfg, g, p, &mut out);
+        if c * s == 0 {
+            return Vec::new();
         }
-        out
+        // SAFETY: gemm_batch writes all c * s elements.
+        unsafe { crate::alloc::uninit_vec(c * s, |out| T::gemm_batch(&cfg, g, p, out)) }
     });
     let mut u = vec![T::zero(); s];
     T::gemv(s, s, p, r, &mut u);

@@ -109,7 +109,8 @@ pub struct TrainConfig {
     pub epochs: usize,
     pub batch_size: usize,
     /// Batch size of evaluation passes (results do not depend on it: fusion
-    /// and metrics are per sample).
+    /// and metrics are per sample). Equal to `batch_size` by default, so
+    /// evaluation reuses the training step's buffer sizes.
     pub eval_batch_size: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
@@ -138,7 +139,7 @@ impl Default for TrainConfig {
             feature_size: 128,
             epochs: 3,
             batch_size: 64,
-            eval_batch_size: 128,
+            eval_batch_size: 64,
             optimizer: OptimizerKind::Sgd,
             lr: 0.01,
             momentum: 0.9,

@@ -15,13 +15,15 @@ pub(crate) mod tiled;
 use crate::simd;
 use mla_core::{Element, Error, GemmConfig, Result};
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
 use tiled::{Kernel, Plan, View};
 
 /// Element types the CPU backend computes in.
 pub trait CpuFloat: Element {
-    /// `C[i] = op(A[i]) op(B[i])` for the whole batch into the zeroed `c` (lengths checked by the caller).
+    /// `C[i] = op(A[i]) op(B[i])` for the whole batch, every element of `c`
+    /// written (lengths checked by the caller; `c` may start uninitialised).
     #[doc(hidden)]
-    fn gemm_batch(cfg: &GemmConfig, a: &[Self], b: &[Self], c: &mut [Self]);
+    fn gemm_batch(cfg: &GemmConfig, a: &[Self], b: &[Self], c: &mut [MaybeUninit<Self>]);
     /// `y = A x` for a row-major `m x k` matrix.
     #[doc(hidden)]
     fn gemv(m: usize, k: usize, a: &[Self], x: &[Self], y: &mut [Self]);
@@ -31,8 +33,9 @@ pub trait CpuFloat: Element {
 }
 
 impl CpuFloat for f32 {
-    fn gemm_batch(cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) {
-        gemm_f32(simd::active_isa(), cfg, a, b, c)
+    fn gemm_batch(cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [MaybeUninit<f32>]) {
+        // SAFETY: `c` holds batch * m * n elements (checked by the caller).
+        unsafe { gemm_f32(simd::active_isa(), cfg, a, b, c.as_mut_ptr().cast()) }
     }
     fn gemv(m: usize, k: usize, a: &[f32], x: &[f32], y: &mut [f32]) {
         crate::kernels::gemv(simd::active_isa(), false, m, k, a, x, y)
@@ -43,7 +46,7 @@ impl CpuFloat for f32 {
 }
 
 impl CpuFloat for f64 {
-    fn gemm_batch(cfg: &GemmConfig, a: &[f64], b: &[f64], c: &mut [f64]) {
+    fn gemm_batch(cfg: &GemmConfig, a: &[f64], b: &[f64], c: &mut [MaybeUninit<f64>]) {
         // f64 is for gradient checks: matrixmultiply alone, one item after another,
         // never inside a rayon task (see the module comment).
         let GemmConfig { m, n, k, trans_a, trans_b, stride_a, stride_b, .. } = *cfg;
@@ -51,9 +54,10 @@ impl CpuFloat for f64 {
         let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
         for (i, ci) in c.chunks_mut(m * n).enumerate() {
             let (ai, bi) = (&a[i * stride_a..], &b[i * stride_b..]);
-            // SAFETY: the caller checked that each item's operands lie inside `a` and `b`.
+            // SAFETY: the caller checked that each item's operands lie inside `a` and `b`;
+            // with beta = 0 matrixmultiply writes C without reading it.
             unsafe {
-                matrixmultiply::dgemm(m, k, n, 1.0, ai.as_ptr(), rsa, csa, bi.as_ptr(), rsb, csb, 0.0, ci.as_mut_ptr(), n as isize, 1)
+                matrixmultiply::dgemm(m, k, n, 1.0, ai.as_ptr(), rsa, csa, bi.as_ptr(), rsb, csb, 0.0, ci.as_mut_ptr().cast(), n as isize, 1)
             }
         }
     }
@@ -88,11 +92,11 @@ pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Ve
             &[&[a.len()], &[b.len()]],
         ));
     }
-    let mut c = vec![T::zero(); batch * m * n];
-    if m * n > 0 {
-        T::gemm_batch(cfg, a, b, &mut c);
+    if batch * m * n == 0 {
+        return Ok(Vec::new());
     }
-    Ok(c)
+    // SAFETY: gemm_batch writes every element of C.
+    Ok(unsafe { crate::alloc::uninit_vec(batch * m * n, |c| T::gemm_batch(cfg, a, b, c)) })
 }
 
 /// A raw pointer to C shared by tasks that write disjoint tiles of it.
@@ -160,7 +164,11 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
 }
 
 /// The f32 batched GEMM on a given instruction set (the public `kernels::gemm_batch`).
-pub(crate) fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) {
+///
+/// # Safety
+/// `a` and `b` hold every item's operands (per `cfg`); `c` is writable for
+/// `batch * m * n` elements, which are all written (it may start uninitialised).
+pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c: *mut f32) {
     let GemmConfig { batch, m, n, k, trans_a, trans_b, stride_a, stride_b } = *cfg;
     if batch == 0 || m * n == 0 {
         return;
@@ -170,28 +178,30 @@ pub(crate) fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c
     if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM {
         let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
         let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
-        // SAFETY: lengths checked by `gemm`; called from the caller's thread (see module comment).
-        unsafe {
-            matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c.as_mut_ptr(), n as isize, 1)
-        };
+        // SAFETY: per this function's contract; beta = 0 so C is written, not read.
+        // Called from the caller's thread, never inside a rayon task (see module comment).
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c, n as isize, 1) };
         return;
     }
     let kern = Kernel::for_isa(isa);
-    let item = |i: usize, ci: &mut [f32], tasks: usize| {
+    let c = SharedMut(c);
+    let item = |i: usize, tasks: usize| {
         let av = View::new(&a[i * stride_a..], if trans_a { m } else { k }, trans_a);
         let bv = View::new(&b[i * stride_b..], if trans_b { k } else { n }, trans_b);
-        // SAFETY: `gemm` checked that item i's operands lie inside `a` and `b`; `ci` is its own output.
-        unsafe { gemm_item(&kern, m, n, k, av, bv, ci.as_mut_ptr(), tasks) }
+        #[allow(clippy::redundant_locals)]
+        let c = c;
+        // SAFETY: item i's operands lie inside `a` and `b` and its output block is its own.
+        unsafe { gemm_item(&kern, m, n, k, av, bv, c.0.add(i * m * n), tasks) }
     };
     let total = batch * flops;
     if threads <= 1 || total < 2 * TASK_FLOPS {
-        c.chunks_mut(m * n).enumerate().for_each(|(i, ci)| item(i, ci, 1));
+        (0..batch).for_each(|i| item(i, 1));
     } else if batch >= threads {
         // Whole items per task, several small items grouped so each task is worth the hand-off.
         let min_len = TASK_FLOPS.div_ceil(flops.max(1));
-        c.par_chunks_mut(m * n).enumerate().with_min_len(min_len).for_each(|(i, ci)| item(i, ci, 1));
+        (0..batch).into_par_iter().with_min_len(min_len).for_each(|i| item(i, 1));
     } else {
         let tasks = (threads / batch).max(1).min(flops / TASK_FLOPS).max(1);
-        c.par_chunks_mut(m * n).enumerate().for_each(|(i, ci)| item(i, ci, tasks));
+        (0..batch).into_par_iter().for_each(|i| item(i, tasks));
     }
 }

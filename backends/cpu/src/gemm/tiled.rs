@@ -13,6 +13,7 @@ use std::cell::RefCell;
 type TileFn = unsafe fn(usize, usize, usize, *const f32, isize, isize, *const f32, usize, *mut f32, usize, bool);
 type GemvFn = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32);
 type GerFn = unsafe fn(usize, usize, f32, *const f32, *const f32, *mut f32, usize);
+type PackFn = unsafe fn(usize, usize, *const f32, usize, *mut f32, usize);
 
 /// The kernels of one instruction set.
 #[derive(Clone, Copy)]
@@ -23,6 +24,8 @@ pub(crate) struct Kernel {
     pub gemv_n: GemvFn,
     pub gemv_t: GemvFn,
     pub ger: GerFn,
+    /// Packs a B panel that is stored transposed (see `scalar::pack_panel_t`).
+    pub pack_bt: PackFn,
 }
 
 impl Kernel {
@@ -38,6 +41,7 @@ impl Kernel {
                 gemv_n: simd::scalar::gemv_n,
                 gemv_t: simd::scalar::gemv_t,
                 ger: simd::scalar::ger,
+                pack_bt: simd::scalar::pack_panel_t,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Kernel {
@@ -47,6 +51,7 @@ impl Kernel {
                 gemv_n: simd::avx2::gemv_n,
                 gemv_t: simd::avx2::gemv_t,
                 ger: simd::avx2::ger,
+                pack_bt: simd::avx2::pack_panel_t,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Kernel {
@@ -56,6 +61,7 @@ impl Kernel {
                 gemv_n: simd::avx512::gemv_n,
                 gemv_t: simd::avx512::gemv_t,
                 ger: simd::avx512::ger,
+                pack_bt: simd::avx2::pack_panel_t,
             },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("only the scalar kernels exist off x86_64"),
@@ -110,15 +116,21 @@ pub(crate) const NC: usize = 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
     pub pack_a: bool,
+    /// Pack B even where its rows could be read in place (always packed when read transposed).
+    pub pack_b: bool,
 }
 
 impl Plan {
-    /// Packing A pays when A is re-read across many B panels and its in-place
-    /// layout scatters a tile's rows (A read transposed, or rows far apart).
+    /// Packing costs a full extra pass over the operand, so it only pays when
+    /// the packed copy is re-read many times. A is re-read once per B panel and
+    /// is packed when there are many panels and its in-place layout scatters a
+    /// tile's rows (A read transposed). B is re-read once per block of `MC`
+    /// rows: with one or two such blocks its rows are read in place.
     pub(crate) fn choose(kern: &Kernel, m: usize, n: usize, a: View) -> Plan {
         let panels = n.div_ceil(kern.nr);
         let pack_a = m > kern.mr && panels >= 4 && a.cs != 1;
-        Plan { pack_a }
+        let pack_b = m > 2 * MC;
+        Plan { pack_a, pack_b }
     }
 }
 
@@ -133,29 +145,52 @@ fn ensure(buf: &mut Vec<f32>, len: usize) {
     }
 }
 
-/// Packs the `kc x nc` block of B at `b` into `NR`-wide panels, panel-major,
-/// `NR` contiguous values per k step, zero-padded past `nc`.
-unsafe fn pack_b(nr: usize, kc: usize, nc: usize, b: View, dst: &mut [f32]) {
-    for (q, j0) in (0..nc).step_by(nr).enumerate() {
-        let w = nr.min(nc - j0);
-        let panel = &mut dst[q * kc * nr..(q + 1) * kc * nr];
-        if b.cs == 1 {
+/// Copies `kc` rows of `w <= N` values (stride `ld`) into rows of `N` (zero-padded).
+/// `N` is a constant so full rows compile to a few vector moves, not a memcpy call.
+#[inline(always)]
+unsafe fn pack_rows<const N: usize>(kc: usize, w: usize, src: *const f32, ld: isize, dst: *mut f32) {
+    if w == N {
+        for p in 0..kc {
+            std::ptr::copy_nonoverlapping(src.offset(p as isize * ld), dst.add(p * N), N);
+        }
+    } else {
+        for p in 0..kc {
+            std::ptr::copy_nonoverlapping(src.offset(p as isize * ld), dst.add(p * N), w);
+            std::slice::from_raw_parts_mut(dst.add(p * N + w), N - w).fill(0.0);
+        }
+    }
+}
+
+#[inline]
+unsafe fn pack_rows_dyn(n: usize, kc: usize, w: usize, src: *const f32, ld: isize, dst: *mut f32) {
+    match n {
+        4 => pack_rows::<4>(kc, w, src, ld, dst),
+        6 => pack_rows::<6>(kc, w, src, ld, dst),
+        8 => pack_rows::<8>(kc, w, src, ld, dst),
+        16 => pack_rows::<16>(kc, w, src, ld, dst),
+        32 => pack_rows::<32>(kc, w, src, ld, dst),
+        _ => {
             for p in 0..kc {
-                let src = std::slice::from_raw_parts(b.at(p, j0), w);
-                let row = &mut panel[p * nr..(p + 1) * nr];
-                row[..w].copy_from_slice(src);
-                row[w..].fill(0.0);
-            }
-        } else {
-            if w < nr {
-                panel.fill(0.0);
-            }
-            // B read transposed: walk each source column (contiguous in k when rs == 1).
-            for j in 0..w {
-                let col = b.at(0, j0 + j);
-                for p in 0..kc {
-                    panel[p * nr + j] = *col.offset(p as isize * b.rs);
+                for j in 0..n {
+                    *dst.add(p * n + j) = if j < w { *src.offset(p as isize * ld + j as isize) } else { 0.0 };
                 }
+            }
+        }
+    }
+}
+
+/// Packs `kc` rows of the B panel of width `w` starting at `b` into `dst`
+/// (`NR` contiguous values per k step, zero-padded past `w`).
+unsafe fn pack_b_panel(kern: &Kernel, kc: usize, w: usize, b: View, dst: *mut f32) {
+    let nr = kern.nr;
+    if b.cs == 1 {
+        pack_rows_dyn(nr, kc, w, b.ptr, b.rs, dst);
+    } else if b.rs == 1 {
+        (kern.pack_bt)(kc, w, b.ptr, b.cs as usize, dst, nr);
+    } else {
+        for p in 0..kc {
+            for j in 0..nr {
+                *dst.add(p * nr + j) = if j < w { *b.at(p, j) } else { 0.0 };
             }
         }
     }
@@ -163,20 +198,18 @@ unsafe fn pack_b(nr: usize, kc: usize, nc: usize, b: View, dst: &mut [f32]) {
 
 /// Packs the `mc x kc` block of A at `a` into `MR`-row tiles: element `(i, p)`
 /// of tile `t` at `t * kc * MR + p * MR + i`.
-unsafe fn pack_a(mr: usize, mc: usize, kc: usize, a: View, dst: &mut [f32]) {
+unsafe fn pack_a(mr: usize, mc: usize, kc: usize, a: View, dst: *mut f32) {
     for (t, i0) in (0..mc).step_by(mr).enumerate() {
         let h = mr.min(mc - i0);
-        let tile = &mut dst[t * kc * mr..(t + 1) * kc * mr];
+        let tile = dst.add(t * kc * mr);
         if a.rs == 1 {
-            for p in 0..kc {
-                let src = std::slice::from_raw_parts(a.at(i0, p), h);
-                tile[p * mr..p * mr + h].copy_from_slice(src);
-            }
+            // Rows of the tile are contiguous in memory for each k step.
+            pack_rows_dyn(mr, kc, h, a.at(i0, 0), a.cs, tile);
         } else {
             for i in 0..h {
                 let row = a.at(i0 + i, 0);
                 for p in 0..kc {
-                    tile[p * mr + i] = *row.offset(p as isize * a.cs);
+                    *tile.add(p * mr + i) = *row.offset(p as isize * a.cs);
                 }
             }
         }
@@ -201,6 +234,8 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
         return;
     }
     let (mr, nr) = (kern.mr, kern.nr);
+    // Full-width panels of a B stored row by row can be read where they are.
+    let b_in_place = b.cs == 1 && !plan.pack_b;
     PACKS.with(|packs| {
         // A re-entrant call (not expected) would find the buffers borrowed; fall back to fresh ones.
         let mut fresh = (Vec::new(), Vec::new());
@@ -215,27 +250,39 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
             for jc in (0..n).step_by(NC) {
                 let nc = NC.min(n - jc);
                 let panels = nc.div_ceil(nr);
+                let b_blk = b.offset(pc, jc);
                 ensure(bbuf, panels * kc * nr);
-                pack_b(nr, kc, nc, b.offset(pc, jc), bbuf);
+                // Panel q: its data pointer and k-step stride.
+                let mut panel_src = |q: usize| -> (*const f32, usize) {
+                    let j0 = q * nr;
+                    let w = nr.min(nc - j0);
+                    if b_in_place && w == nr {
+                        (b_blk.offset(0, j0).ptr, b_blk.rs as usize)
+                    } else {
+                        let dst = bbuf.as_mut_ptr().add(q * kc * nr);
+                        pack_b_panel(kern, kc, w, b_blk.offset(0, j0), dst);
+                        (dst as *const f32, nr)
+                    }
+                };
+                let srcs: Vec<(*const f32, usize)> = (0..panels).map(&mut panel_src).collect();
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     let a_blk = a.offset(ic, pc);
                     let (a_base, rsa, csa, tile_step) = if plan.pack_a {
                         ensure(abuf, mc.div_ceil(mr) * kc * mr);
-                        pack_a(mr, mc, kc, a_blk, abuf);
+                        pack_a(mr, mc, kc, a_blk, abuf.as_mut_ptr());
                         (abuf.as_ptr(), 1, mr as isize, (kc * mr) as isize)
                     } else {
                         (a_blk.ptr, a_blk.rs, a_blk.cs, mr as isize * a_blk.rs)
                     };
-                    for q in 0..panels {
+                    for (q, &(bp, ldb)) in srcs.iter().enumerate() {
                         let j0 = q * nr;
                         let w = nr.min(nc - j0);
-                        let bp = bbuf.as_ptr().add(q * kc * nr);
                         for (t, i0) in (0..mc).step_by(mr).enumerate() {
                             let h = mr.min(mc - i0);
                             let ap = a_base.offset(t as isize * tile_step);
                             let cp = c.add((ic + i0) * ldc + jc + j0);
-                            (kern.tile)(h, w, kc, ap, rsa, csa, bp, nr, cp, ldc, acc);
+                            (kern.tile)(h, w, kc, ap, rsa, csa, bp, ldb, cp, ldc, acc);
                         }
                     }
                 }

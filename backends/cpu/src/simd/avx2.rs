@@ -144,6 +144,68 @@ pub(crate) unsafe fn ger(m: usize, n: usize, alpha: f32, x: *const f32, y: *cons
     }
 }
 
+/// Transposes an 8x8 block: `dst[r * lds + c] = src[c * ldsrc + r]`.
+#[inline(always)]
+unsafe fn transpose8(src: *const f32, ldsrc: usize, dst: *mut f32, lds: usize) {
+    let r: [__m256; 8] = std::array::from_fn(|i| _mm256_loadu_ps(src.add(i * ldsrc)));
+    let t0 = _mm256_unpacklo_ps(r[0], r[1]);
+    let t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    let t2 = _mm256_unpacklo_ps(r[2], r[3]);
+    let t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    let t4 = _mm256_unpacklo_ps(r[4], r[5]);
+    let t5 = _mm256_unpackhi_ps(r[4], r[5]);
+    let t6 = _mm256_unpacklo_ps(r[6], r[7]);
+    let t7 = _mm256_unpackhi_ps(r[6], r[7]);
+    let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+    let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+    let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+    let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+    let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+    let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+    let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+    let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+    let o = [
+        _mm256_permute2f128_ps::<0x20>(u0, u4),
+        _mm256_permute2f128_ps::<0x20>(u1, u5),
+        _mm256_permute2f128_ps::<0x20>(u2, u6),
+        _mm256_permute2f128_ps::<0x20>(u3, u7),
+        _mm256_permute2f128_ps::<0x31>(u0, u4),
+        _mm256_permute2f128_ps::<0x31>(u1, u5),
+        _mm256_permute2f128_ps::<0x31>(u2, u6),
+        _mm256_permute2f128_ps::<0x31>(u3, u7),
+    ];
+    for (i, v) in o.into_iter().enumerate() {
+        _mm256_storeu_ps(dst.add(i * lds), v);
+    }
+}
+
+/// Packs one B panel read transposed: `dst[p * nr + j] = src[j * ld + p]` for
+/// `p < kc`, `j < w`, zero for `w <= j < nr` (`nr` a multiple of 8). Used by the
+/// AVX-512 kernels too (every AVX-512 CPU has AVX2).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn pack_panel_t(kc: usize, w: usize, src: *const f32, ld: usize, dst: *mut f32, nr: usize) {
+    let full = w / 8 * 8;
+    let mut p = 0;
+    while p + 8 <= kc {
+        let mut j = 0;
+        while j < full {
+            transpose8(src.add(j * ld + p), ld, dst.add(p * nr + j), nr);
+            j += 8;
+        }
+        p += 8;
+    }
+    for p in p..kc {
+        for j in 0..full {
+            *dst.add(p * nr + j) = *src.add(j * ld + p);
+        }
+    }
+    for p in 0..kc {
+        for j in full..nr {
+            *dst.add(p * nr + j) = if j < w { *src.add(j * ld + p) } else { 0.0 };
+        }
+    }
+}
+
 /// One `M x NR` tile of C; see [`super::scalar::tile`] for the contract.
 #[inline(always)]
 unsafe fn tile_m<const M: usize>(

@@ -73,10 +73,12 @@ static OVERRIDE: AtomicU8 = AtomicU8::new(0);
 fn probe() -> Isa {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx512f") {
+        let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+        // The AVX-512 path reuses AVX2 helpers (panel transposes); every AVX-512 CPU has AVX2.
+        if avx2 && is_x86_feature_detected!("avx512f") {
             return Isa::Avx512;
         }
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        if avx2 {
             return Isa::Avx2;
         }
     }

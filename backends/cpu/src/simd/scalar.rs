@@ -106,3 +106,16 @@ pub(crate) unsafe fn tile(
         }
     }
 }
+
+/// Packs one B panel read transposed: `dst[p * nr + j] = src[j * ld + p]` for
+/// `p < kc`, `j < w`, zero for `w <= j < nr`.
+///
+/// # Safety
+/// `src` readable for rows `j < w` of `kc` elements at stride `ld`; `dst` writable for `kc * nr`.
+pub(crate) unsafe fn pack_panel_t(kc: usize, w: usize, src: *const f32, ld: usize, dst: *mut f32, nr: usize) {
+    for p in 0..kc {
+        for j in 0..nr {
+            *dst.add(p * nr + j) = if j < w { *src.add(j * ld + p) } else { 0.0 };
+        }
+    }
+}
