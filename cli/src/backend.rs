@@ -39,7 +39,20 @@ pub fn set_threads(threads: Option<usize>) -> CliResult {
 
 pub fn dispatch<F: OnBackend>(choice: BackendChoice, f: F) -> CliResult<F::Output> {
     match choice {
-        BackendChoice::Cpu | BackendChoice::Auto => f.run(mla_cpu::Cpu::new(), "cpu"),
-        BackendChoice::Cuda => Err("--backend cuda: this build has no CUDA backend yet; use --backend cpu".into()),
+        BackendChoice::Cpu => f.run(mla_cpu::Cpu::new(), "cpu"),
+        BackendChoice::Cuda => {
+            let cuda = mla_cuda::Cuda::new(0).map_err(|e| format!("--backend cuda: no usable CUDA device: {e}"))?;
+            let name = format!("cuda ({})", cuda.device_name());
+            f.run(cuda, &name)
+        }
+        // Probe once: `auto` falls back to the CPU when the driver, NVRTC,
+        // cuBLAS or a device is missing, and says which it picked.
+        BackendChoice::Auto => match mla_cuda::Cuda::new(0) {
+            Ok(cuda) => {
+                let name = format!("cuda ({})", cuda.device_name());
+                f.run(cuda, &name)
+            }
+            Err(_) => f.run(mla_cpu::Cpu::new(), "cpu"),
+        },
     }
 }

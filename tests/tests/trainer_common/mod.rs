@@ -15,8 +15,14 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("mla-trainer-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p = std::env::temp_dir().join(format!(
+            "mla-trainer-{tag}-{}-{n}-{nanos}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -46,7 +52,14 @@ pub struct Synthetic {
 
 impl Default for Synthetic {
     fn default() -> Self {
-        Synthetic { train: 384, val: 96, test: 96, classes: 4, audio_missing_every: 0, seed: 7 }
+        Synthetic {
+            train: 384,
+            val: 96,
+            test: 96,
+            classes: 4,
+            audio_missing_every: 0,
+            seed: 7,
+        }
     }
 }
 
@@ -66,8 +79,17 @@ impl Synthetic {
         let n = self.len();
         let mut rng = Rng::new(self.seed);
         let labels: Vec<i64> = (0..n).map(|i| (i % self.classes) as i64).collect();
-        let split: Vec<u8> =
-            (0..n).map(|i| if i < self.train { 0 } else if i < self.train + self.val { 1 } else { 2 }).collect();
+        let split: Vec<u8> = (0..n)
+            .map(|i| {
+                if i < self.train {
+                    0
+                } else if i < self.train + self.val {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
         let img_len: usize = IMAGE_SHAPE.iter().product();
         let mut image = vec![0f32; n * img_len];
         for i in 0..n {
@@ -82,8 +104,9 @@ impl Synthetic {
             }
         }
         let aud_len: usize = AUDIO_SHAPE.iter().product();
-        let present: Vec<bool> =
-            (0..n).map(|i| self.audio_missing_every == 0 || i % self.audio_missing_every != 1).collect();
+        let present: Vec<bool> = (0..n)
+            .map(|i| self.audio_missing_every == 0 || i % self.audio_missing_every != 1)
+            .collect();
         let rows = present.iter().filter(|&&p| p).count();
         let mut audio = Vec::with_capacity(rows * aud_len);
         let mut index = vec![-1i64; n];
@@ -118,7 +141,11 @@ impl Synthetic {
             ],
             "recipe": {"synthetic": true, "seed": self.seed}
         });
-        std::fs::write(dir.join("dataset.json"), serde_json::to_vec_pretty(&manifest).unwrap()).unwrap();
+        std::fs::write(
+            dir.join("dataset.json"),
+            serde_json::to_vec_pretty(&manifest).unwrap(),
+        )
+        .unwrap();
     }
 }
 
