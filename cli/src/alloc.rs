@@ -145,8 +145,13 @@ unsafe impl GlobalAlloc for CachingAlloc {
 mod tests {
     use super::*;
 
+    /// A fake address for bookkeeping tests (never dereferenced).
+    fn addr(i: usize) -> *mut u8 {
+        (i * 4096) as *mut u8
+    }
+
     fn block(i: usize, size: usize) -> Block {
-        Block { ptr: i as *mut u8, size, align: 8 }
+        Block { ptr: addr(i), size, align: 8 }
     }
 
     #[test]
@@ -157,8 +162,8 @@ mod tests {
         assert_eq!(c.put(block(2, 2 * LARGE), &mut ev), 0);
         assert_eq!(c.put(block(3, LARGE), &mut ev), 0);
         let l = Layout::from_size_align(LARGE, 8).unwrap();
-        assert_eq!(c.take(l), Some(3 as *mut u8));
-        assert_eq!(c.take(l), Some(1 as *mut u8));
+        assert_eq!(c.take(l), Some(addr(3)));
+        assert_eq!(c.take(l), Some(addr(1)));
         assert_eq!(c.take(l), None);
         assert_eq!(c.take(Layout::from_size_align(2 * LARGE, 16).unwrap()), None);
         assert_eq!(c.bytes, 2 * LARGE);
@@ -172,12 +177,12 @@ mod tests {
             assert_eq!(c.put(block(i + 1, LARGE), &mut ev), 0);
         }
         assert_eq!(c.put(block(100, LARGE), &mut ev), 1);
-        assert_eq!(ev[0].ptr, 1 as *mut u8);
+        assert_eq!(ev[0].ptr, addr(1));
         // A block that would overflow the byte budget pushes out enough old ones.
         let n = c.put(block(200, MAX_BYTES - 10 * LARGE), &mut ev);
         assert!(c.bytes <= MAX_BYTES && n > 0);
         // A block larger than the whole budget is handed straight back.
         assert_eq!(c.put(block(300, MAX_BYTES + 1), &mut ev), 1);
-        assert_eq!(ev[0].ptr, 300 as *mut u8);
+        assert_eq!(ev[0].ptr, addr(300));
     }
 }

@@ -24,14 +24,14 @@ pub use run_dir::{RunConfig, RunDir};
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{seeded_subset, DataError, Dataset, Loader, Split};
 use crate::error::ModelError;
+use crate::hgm::Hgm;
 use crate::metrics::{EvalMetrics, NamedValues};
 use crate::model::Model;
+use crate::optim::{OptimConfig, Optimizer};
 use mla_core::{Backend, Tensor};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use crate::hgm::Hgm;
-use crate::optim::{OptimConfig, Optimizer};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -76,8 +76,8 @@ pub trait Observer {
 pub struct Silent;
 impl Observer for Silent {}
 
-/// Losses (and HGM norms) are read back every this many batches: reading is a
-/// device synchronisation, so steps in between run without one.
+/// Losses are read back every this many batches: reading is a device
+/// synchronisation, so the steps in between run without one.
 const READ_EVERY: usize = 16;
 
 /// The trainer: the dataset, the model, optimizer and HGM state, and the run's
@@ -356,7 +356,7 @@ impl<B: Backend<f32>> Trainer<B> {
                     out.push((t0.elapsed().as_secs_f64(), batch.len()));
                 }
                 done += 1;
-                if done % READ_EVERY == 0 {
+                if pending.len() >= READ_EVERY {
                     pending.flush(epoch as usize, &self.layout.modalities, &mut stats)?;
                 }
             }

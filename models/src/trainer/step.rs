@@ -32,6 +32,11 @@ impl<B: Backend<f32>> Default for Pending<B> {
 }
 
 impl<B: Backend<f32>> Pending<B> {
+    /// Steps waiting to be read.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
     /// Reads the pending values, checks every loss is finite, adds them to the
     /// epoch's statistics; returns the mean loss of the flushed steps.
     pub fn flush(&mut self, epoch: usize, modalities: &[String], stats: &mut EpochStats) -> Result<f64> {
