@@ -13,6 +13,7 @@ use std::cell::RefCell;
 type TileFn = unsafe fn(usize, usize, usize, *const f32, isize, isize, *const f32, usize, *mut f32, usize, bool);
 type GemvFn = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32);
 type GerFn = unsafe fn(usize, usize, f32, *const f32, *const f32, *mut f32, usize);
+type PackedTileFn = unsafe fn(usize, usize, usize, *const f32, *const f32, usize, *mut f32, usize, bool);
 type PackFn = unsafe fn(usize, usize, *const f32, usize, *mut f32, usize);
 
 /// The kernels of one instruction set.
@@ -21,6 +22,8 @@ pub(crate) struct Kernel {
     pub mr: usize,
     pub nr: usize,
     pub tile: TileFn,
+    /// `tile` specialised to an A packed by [`pack_a`].
+    pub tile_packed: PackedTileFn,
     pub gemv_n: GemvFn,
     pub gemv_t: GemvFn,
     pub ger: GerFn,
@@ -38,6 +41,7 @@ impl Kernel {
                 mr: simd::scalar::MR,
                 nr: simd::scalar::NR,
                 tile: simd::scalar::tile,
+                tile_packed: simd::scalar::tile_packed,
                 gemv_n: simd::scalar::gemv_n,
                 gemv_t: simd::scalar::gemv_t,
                 ger: simd::scalar::ger,
@@ -48,6 +52,7 @@ impl Kernel {
                 mr: simd::avx2::MR,
                 nr: simd::avx2::NR,
                 tile: simd::avx2::tile,
+                tile_packed: simd::avx2::tile_packed,
                 gemv_n: simd::avx2::gemv_n,
                 gemv_t: simd::avx2::gemv_t,
                 ger: simd::avx2::ger,
@@ -58,6 +63,7 @@ impl Kernel {
                 mr: simd::avx512::MR,
                 nr: simd::avx512::NR,
                 tile: simd::avx512::tile,
+                tile_packed: simd::avx512::tile_packed,
                 gemv_n: simd::avx512::gemv_n,
                 gemv_t: simd::avx512::gemv_t,
                 ger: simd::avx512::ger,
@@ -287,7 +293,11 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                             let h = mr.min(mc - i0);
                             let ap = a_base.offset(t as isize * tile_step);
                             let cp = c.add((ic + i0) * ldc + jc + j0);
-                            (kern.tile)(h, w, kc, ap, rsa, csa, bp, ldb, cp, ldc, acc);
+                            if plan.pack_a {
+                                (kern.tile_packed)(h, w, kc, ap, bp, ldb, cp, ldc, acc);
+                            } else {
+                                (kern.tile)(h, w, kc, ap, rsa, csa, bp, ldb, cp, ldc, acc);
+                            }
                         }
                     }
                 }

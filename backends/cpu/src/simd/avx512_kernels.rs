@@ -163,6 +163,23 @@ macro_rules! avx512_kernels {
             }
         }
 
+        /// [`tile`] for an A packed by `MR`-row tiles (`rsa = 1`, `csa = MR`).
+        $(#[$tf])*
+        pub(crate) unsafe fn tile_packed(mr: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+            const CS: isize = MR as isize;
+            match mr {
+                8 => tile_m::<8>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                7 => tile_m::<7>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                6 => tile_m::<6>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                5 => tile_m::<5>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                4 => tile_m::<4>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                3 => tile_m::<3>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                2 => tile_m::<2>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                1 => tile_m::<1>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
+                _ => unreachable!("tile height {mr} > MR"),
+            }
+        }
+
         /// `C[0..mr, 0..nr] (+)= A B` for one tile; see [`super::scalar::tile`].
         $(#[$tf])*
         #[allow(clippy::too_many_arguments)]

@@ -119,3 +119,12 @@ pub(crate) unsafe fn pack_panel_t(kc: usize, w: usize, src: *const f32, ld: usiz
         }
     }
 }
+
+/// [`tile`] for an A packed by `MR`-row tiles (`rsa = 1`, `csa = MR`).
+///
+/// # Safety
+/// As for [`tile`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn tile_packed(mr: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+    tile(mr, nr, k, a, 1, MR as isize, b, ldb, c, ldc, acc)
+}
