@@ -10,10 +10,10 @@
 use crate::simd::{self, Isa};
 use std::cell::RefCell;
 
-type TileFn = unsafe fn(usize, usize, usize, *const f32, isize, isize, *const f32, usize, *mut f32, usize, bool);
+type PanelFn = unsafe fn(usize, usize, usize, *const f32, isize, isize, *const f32, usize, *mut f32, usize, bool);
 type GemvFn = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32);
 type GerFn = unsafe fn(usize, usize, f32, *const f32, *const f32, *mut f32, usize);
-type PackedTileFn = unsafe fn(usize, usize, usize, *const f32, *const f32, usize, *mut f32, usize, bool);
+type PackedPanelFn = unsafe fn(usize, usize, usize, *const f32, *const f32, usize, *mut f32, usize, bool);
 type PackFn = unsafe fn(usize, usize, *const f32, usize, *mut f32, usize);
 
 /// The kernels of one instruction set.
@@ -21,9 +21,10 @@ type PackFn = unsafe fn(usize, usize, *const f32, usize, *mut f32, usize);
 pub(crate) struct Kernel {
     pub mr: usize,
     pub nr: usize,
-    pub tile: TileFn,
-    /// `tile` specialised to an A packed by [`pack_a`].
-    pub tile_packed: PackedTileFn,
+    /// All row tiles of one B panel (`scalar::panel`).
+    pub panel: PanelFn,
+    /// `panel` for an A packed by [`pack_a`].
+    pub panel_packed: PackedPanelFn,
     pub gemv_n: GemvFn,
     pub gemv_t: GemvFn,
     pub ger: GerFn,
@@ -40,8 +41,8 @@ impl Kernel {
             Isa::Scalar => Kernel {
                 mr: simd::scalar::MR,
                 nr: simd::scalar::NR,
-                tile: simd::scalar::tile,
-                tile_packed: simd::scalar::tile_packed,
+                panel: simd::scalar::panel,
+                panel_packed: simd::scalar::panel_packed,
                 gemv_n: simd::scalar::gemv_n,
                 gemv_t: simd::scalar::gemv_t,
                 ger: simd::scalar::ger,
@@ -51,8 +52,8 @@ impl Kernel {
             Isa::Avx2 => Kernel {
                 mr: simd::avx2::MR,
                 nr: simd::avx2::NR,
-                tile: simd::avx2::tile,
-                tile_packed: simd::avx2::tile_packed,
+                panel: simd::avx2::panel,
+                panel_packed: simd::avx2::panel_packed,
                 gemv_n: simd::avx2::gemv_n,
                 gemv_t: simd::avx2::gemv_t,
                 ger: simd::avx2::ger,
@@ -62,8 +63,8 @@ impl Kernel {
             Isa::Avx512 => Kernel {
                 mr: simd::avx512::MR,
                 nr: simd::avx512::NR,
-                tile: simd::avx512::tile,
-                tile_packed: simd::avx512::tile_packed,
+                panel: simd::avx512::panel,
+                panel_packed: simd::avx512::panel_packed,
                 gemv_n: simd::avx512::gemv_n,
                 gemv_t: simd::avx512::gemv_t,
                 ger: simd::avx512::ger,
@@ -275,29 +276,31 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                         (dst as *const f32, nr)
                     }
                 };
-                let srcs: Vec<(*const f32, usize)> = (0..panels).map(&mut panel_src).collect();
+                // Panel sources on the stack (every ISA's panels are at least 8 wide),
+                // filled while the first row block runs: each panel is packed right
+                // before its first use, so packing (memory-bound) and the tile
+                // kernels (compute-bound) interleave instead of running as two phases.
+                let mut srcs = [(std::ptr::null::<f32>(), 0usize); NC / 8];
+                debug_assert!(panels <= srcs.len());
                 for ic in (0..m).step_by(MC) {
                     let mc = MC.min(m - ic);
                     let a_blk = a.offset(ic, pc);
-                    let (a_base, rsa, csa, tile_step) = if plan.pack_a {
+                    if plan.pack_a {
                         ensure(abuf, mc.div_ceil(mr) * kc * mr);
                         pack_a(mr, mc, kc, a_blk, abuf.as_mut_ptr());
-                        (abuf.as_ptr(), 1, mr as isize, (kc * mr) as isize)
-                    } else {
-                        (a_blk.ptr, a_blk.rs, a_blk.cs, mr as isize * a_blk.rs)
-                    };
-                    for (q, &(bp, ldb)) in srcs.iter().enumerate() {
+                    }
+                    for q in 0..panels {
+                        if ic == 0 {
+                            srcs[q] = panel_src(q);
+                        }
+                        let (bp, ldb) = srcs[q];
                         let j0 = q * nr;
                         let w = nr.min(nc - j0);
-                        for (t, i0) in (0..mc).step_by(mr).enumerate() {
-                            let h = mr.min(mc - i0);
-                            let ap = a_base.offset(t as isize * tile_step);
-                            let cp = c.add((ic + i0) * ldc + jc + j0);
-                            if plan.pack_a {
-                                (kern.tile_packed)(h, w, kc, ap, bp, ldb, cp, ldc, acc);
-                            } else {
-                                (kern.tile)(h, w, kc, ap, rsa, csa, bp, ldb, cp, ldc, acc);
-                            }
+                        let cp = c.add(ic * ldc + jc + j0);
+                        if plan.pack_a {
+                            (kern.panel_packed)(mc, w, kc, abuf.as_ptr(), bp, ldb, cp, ldc, acc);
+                        } else {
+                            (kern.panel)(mc, w, kc, a_blk.ptr, a_blk.rs, a_blk.cs, bp, ldb, cp, ldc, acc);
                         }
                     }
                 }

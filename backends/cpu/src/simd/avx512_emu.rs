@@ -57,7 +57,7 @@ mod tests {
     use crate::simd::scalar;
 
     fn emulated() -> Kernel {
-        Kernel { mr: super::MR, nr: super::NR, tile: super::tile, tile_packed: super::tile_packed, gemv_n: super::gemv_n, gemv_t: super::gemv_t, ger: super::ger, pack_bt: scalar::pack_panel_t }
+        Kernel { mr: super::MR, nr: super::NR, panel: super::panel, panel_packed: super::panel_packed, gemv_n: super::gemv_n, gemv_t: super::gemv_t, ger: super::ger, pack_bt: scalar::pack_panel_t }
     }
 
     fn values(seed: usize, len: usize) -> Vec<f32> {

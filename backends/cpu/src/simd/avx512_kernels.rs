@@ -163,28 +163,44 @@ macro_rules! avx512_kernels {
             }
         }
 
-        /// [`tile`] for an A packed by `MR`-row tiles (`rsa = 1`, `csa = MR`).
-        $(#[$tf])*
-        pub(crate) unsafe fn tile_packed(mr: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-            const CS: isize = MR as isize;
-            match mr {
-                8 => tile_m::<8>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                7 => tile_m::<7>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                6 => tile_m::<6>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                5 => tile_m::<5>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                4 => tile_m::<4>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                3 => tile_m::<3>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                2 => tile_m::<2>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                1 => tile_m::<1>(k, a, 1, CS, b, ldb, c, ldc, nr, acc),
-                _ => unreachable!("tile height {mr} > MR"),
+        /// All row tiles of one B panel; see [`super::scalar::panel`].
+        #[inline(always)]
+        unsafe fn panel_impl(
+            mc: usize,
+            nr: usize,
+            k: usize,
+            a: *const f32,
+            rsa: isize,
+            csa: isize,
+            tile_step: isize,
+            b: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+            acc: bool,
+        ) {
+            let full = mc / MR;
+            for t in 0..full {
+                tile_m::<MR>(k, a.offset(t as isize * tile_step), rsa, csa, b, ldb, c.add(t * MR * ldc), ldc, nr, acc);
+            }
+            let (a, c) = (a.offset(full as isize * tile_step), c.add(full * MR * ldc));
+            match mc % MR {
+                0 => {}
+                7 => tile_m::<7>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                6 => tile_m::<6>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                5 => tile_m::<5>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                4 => tile_m::<4>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                3 => tile_m::<3>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                2 => tile_m::<2>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                1 => tile_m::<1>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                _ => unreachable!(),
             }
         }
 
-        /// `C[0..mr, 0..nr] (+)= A B` for one tile; see [`super::scalar::tile`].
+        /// All row tiles of one B panel, A read through its strides; see [`super::scalar::panel`].
         $(#[$tf])*
-        #[allow(clippy::too_many_arguments)]
-        pub(crate) unsafe fn tile(
-            mr: usize,
+        pub(crate) unsafe fn panel(
+            mc: usize,
             nr: usize,
             k: usize,
             a: *const f32,
@@ -196,17 +212,13 @@ macro_rules! avx512_kernels {
             ldc: usize,
             acc: bool,
         ) {
-            match mr {
-                8 => tile_m::<8>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                7 => tile_m::<7>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                6 => tile_m::<6>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                5 => tile_m::<5>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                4 => tile_m::<4>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                3 => tile_m::<3>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                2 => tile_m::<2>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                1 => tile_m::<1>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                _ => unreachable!("tile height {mr} > MR"),
-            }
+            panel_impl(mc, nr, k, a, rsa, csa, MR as isize * rsa, b, ldb, c, ldc, acc)
+        }
+
+        /// [`panel`] for an A packed by `MR`-row tiles (constant strides).
+        $(#[$tf])*
+        pub(crate) unsafe fn panel_packed(mc: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+            panel_impl(mc, nr, k, a, 1, MR as isize, (k * MR) as isize, b, ldb, c, ldc, acc)
         }
     };
 }

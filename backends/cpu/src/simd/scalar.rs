@@ -75,7 +75,7 @@ pub(crate) unsafe fn ger(m: usize, n: usize, alpha: f32, x: *const f32, y: *cons
 /// of every row `p < k` (packed panels are zero-padded); `C(i, j)` writable for
 /// `i < mr`, `j < nr`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile(
+unsafe fn tile(
     mr: usize,
     nr: usize,
     k: usize,
@@ -120,11 +120,39 @@ pub(crate) unsafe fn pack_panel_t(kc: usize, w: usize, src: *const f32, ld: usiz
     }
 }
 
-/// [`tile`] for an A packed by `MR`-row tiles (`rsa = 1`, `csa = MR`).
+/// All row tiles of one B panel: [`tile`] for rows `t * MR..` of `0..mc`,
+/// tile `t` reading A from `a + t * MR * rsa`, writing C from `c + t * MR * ldc`.
+/// The per-ISA versions take the whole panel so the call and set-up cost is
+/// paid once per panel, not once per tile.
 ///
 /// # Safety
-/// As for [`tile`].
+/// As for [`tile`], for every row `i < mc`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn tile_packed(mr: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-    tile(mr, nr, k, a, 1, MR as isize, b, ldb, c, ldc, acc)
+pub(crate) unsafe fn panel(
+    mc: usize,
+    nr: usize,
+    k: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    for i0 in (0..mc).step_by(MR) {
+        tile(MR.min(mc - i0), nr, k, a.offset(i0 as isize * rsa), rsa, csa, b, ldb, c.add(i0 * ldc), ldc, acc);
+    }
+}
+
+/// [`panel`] for an A packed by `MR`-row tiles (`rsa = 1`, `csa = MR`, tile `t` at `a + t * k * MR`).
+///
+/// # Safety
+/// As for [`panel`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn panel_packed(mc: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+    for (t, i0) in (0..mc).step_by(MR).enumerate() {
+        tile(MR.min(mc - i0), nr, k, a.add(t * k * MR), 1, MR as isize, b, ldb, c.add(i0 * ldc), ldc, acc);
+    }
 }
