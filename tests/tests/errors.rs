@@ -264,6 +264,35 @@ fn empty_tensors_do_not_panic() {
     assert_eq!(tape.backward(&loss).unwrap().get(&x).unwrap().dims(), &[2, 0]);
 }
 
+/// An empty batch flows through the model ops and back: outputs and gradients
+/// have the right (empty or zero) shapes and values.
+#[test]
+fn empty_batches_flow_through_forward_and_backward() {
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(t(&[0, 2, 5, 5]));
+    let w = tape.var(t(&[3, 2, 3, 3]));
+    let h = x.conv2d(&w, 1, 1).unwrap();
+    assert_eq!(h.dims(), &[0, 3, 5, 5]);
+    let p = h.max_pool2d(2, 2).unwrap().avg_pool2d(2, 1).unwrap();
+    assert_eq!(p.dims(), &[0, 3, 1, 1]);
+    let logits = p.flatten().unwrap().log_softmax().unwrap();
+    assert_eq!(logits.dims(), &[0, 3]);
+    let loss = logits.sum_all().unwrap().add(&w.sum_all().unwrap()).unwrap();
+    let g = tape.backward(&loss).unwrap();
+    assert_eq!(g.get(&x).unwrap().dims(), &[0, 2, 5, 5]);
+    assert_eq!(g.get(&w).unwrap().to_vec().unwrap(), vec![1.0; 54], "only the direct sum reaches w");
+
+    let tape = Tape::new(&Cpu);
+    let rows = tape.var(t(&[3, 2]));
+    assert_eq!(rows.gather_rows(&idx(&[])).unwrap().dims(), &[0, 2]);
+    // Rows of zero length can still be selected.
+    let empty_rows = tape.var(t(&[3, 0]));
+    let picked = empty_rows.gather_rows(&idx(&[2, 0])).unwrap();
+    assert_eq!(picked.dims(), &[2, 0]);
+    let loss = picked.sum_all().unwrap();
+    assert_eq!(tape.backward(&loss).unwrap().get(&empty_rows).unwrap().dims(), &[3, 0]);
+}
+
 /// Shapes whose element count overflows `usize` must be rejected, not wrapped
 /// around into a small buffer that later kernels would index past.
 #[cfg(target_pointer_width = "64")]

@@ -12,9 +12,14 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         }
         idx.check_below("gather_rows", d[0], d)?;
         let row_len: usize = d[1..].iter().product();
-        let s = self.backend().gather_rows(self.storage(), idx.storage(), row_len)?;
         let mut dims = d.to_vec();
         dims[0] = idx.len();
+        // An empty result needs no kernel; with empty rows a kernel cannot even
+        // tell how many rows `x` has, so it would misjudge the indices.
+        if idx.len() * row_len == 0 {
+            return Tensor::zeros(self.backend(), dims);
+        }
+        let s = self.backend().gather_rows(self.storage(), idx.storage(), row_len)?;
         Ok(Tensor::from_storage(self.backend(), s, dims))
     }
 }
@@ -25,8 +30,11 @@ pub(crate) fn gather_rows_backward<T: Element, B: Backend<T>>(
     grad: &Tensor<T, B>,
 ) -> Result<Tensor<T, B>> {
     let row_len: usize = grad.dims()[1..].iter().product();
-    let s = grad.backend().scatter_add_rows(grad.storage(), idx.storage(), rows, row_len)?;
     let mut dims = grad.dims().to_vec();
     dims[0] = rows;
+    if rows * row_len == 0 {
+        return Tensor::zeros(grad.backend(), dims);
+    }
+    let s = grad.backend().scatter_add_rows(grad.storage(), idx.storage(), rows, row_len)?;
     Ok(Tensor::from_storage(grad.backend(), s, dims))
 }

@@ -1,0 +1,64 @@
+"""Turns the run summaries of scripts/gpu/results.sh (results/*.jsonl) into the
+README's tables: test accuracy in %, mean ± sample standard deviation over the
+seeds whose run finished every epoch (runs cut off by the job time limit are left out).
+
+    python3 scripts/results_table.py results/avmnist-h200.jsonl
+"""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+ROWS = [
+    ("uni-image", "unimodal image"),
+    ("uni-audio", "unimodal audio"),
+    ("joint", "joint (concat)"),
+    ("mla-none", "MLA, hgm none"),
+    ("mla-owm-a1", "MLA, hgm owm, alpha 1"),
+    ("mla-owm-a100", "MLA, hgm owm, alpha 100"),
+    ("mla-owm-a1e4", "MLA, hgm owm, alpha 1e4"),
+    ("mla-cross-a1", "MLA, hgm cross, alpha 1"),
+    ("mla-cross-a100", "MLA, hgm cross, alpha 100"),
+]
+
+
+def fmt(xs, scale=100.0, digits=1):
+    if not xs:
+        return "-"
+    m = statistics.mean(xs) * scale
+    if len(xs) == 1:
+        return f"{m:.{digits}f}"
+    return f"{m:.{digits}f} ± {statistics.stdev(xs) * scale:.{digits}f}"
+
+
+def main(path):
+    runs = [json.loads(l) for l in open(path)]
+    groups = defaultdict(list)
+    for r in runs:
+        setting, recipe, *name, seed = r["run"].split("-")
+        want = {"A": 3, "B": 8}[setting]
+        if r["epochs"] != want:  # cut off by the job time limit: not a result
+            continue
+        groups[(setting, recipe, "-".join(name))].append(r)
+    for setting, title in [("A", "10,000-sample train subset, 3 epochs"), ("B", "full train split (55,000), 8 epochs")]:
+        for recipe in ["default", "pca75"]:
+            print(f"\n#### {title}, recipe `{recipe}`\n")
+            print("| method | seeds | fused (entropy) | fused (mean) | image alone | audio alone | modality gap | head grad kept (last epoch) |")
+            print("|---|---|---|---|---|---|---|---|")
+            for key, label in ROWS:
+                rs = groups.get((setting, recipe, key), [])
+                if not rs:
+                    continue
+                t = [r["test"] for r in rs]
+                fa = lambda name: [x["fusion_accuracy"][name] for x in t if x.get("fusion_accuracy")]
+                mod = lambda name: [x["modality_accuracy"][name] for x in t if name in x["modality_accuracy"]]
+                gap = [x["modality_gap"] for x in t if x.get("modality_gap") is not None]
+                kept = [r["hgm_surviving_fraction"][-1] for r in rs if r.get("hgm_surviving_fraction")]
+                fused_e = fa("entropy") or [x["fused_accuracy"] for x in t]
+                print(f"| {label} | {len(rs)} | {fmt(fused_e)} | {fmt(fa('mean'))} | {fmt(mod('image'))} | "
+                      f"{fmt(mod('audio'))} | {fmt(gap, 1.0, 3)} | {fmt(kept, 1.0, 3)} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
