@@ -177,6 +177,7 @@ fn blocked_and_threaded_gemm_matches_naive() {
         (1, 100, 300, 40),
         (1, 64, 784, 256),
         (1, 2000, 200, 10),
+        (1, 700, 64, 100),
         (1, 64, 128, 10),
         (3, 64, 288, 130),
         (5, 1, 300, 200),
@@ -452,4 +453,70 @@ fn long_sums_are_accurate() {
     let out = Backend::<f32>::sum_axis(&Cpu, &x, 1, x.len(), 1).unwrap();
     let want: f64 = x.iter().map(|&v| v as f64).sum();
     assert!((out[0] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{} vs {want}", out[0]);
+}
+
+// ---- pooling against naive loops (ties and NaN included) ----
+
+use mla_core::Pool2dGeometry;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    #[test]
+    fn pooling_matches_naive(
+        planes in 1usize..5, h in 1usize..11, w in 1usize..11,
+        // The 2x2 / stride 2 window of the encoders has its own code path.
+        (kh, kw, stride) in prop_oneof![Just((2usize, 2usize, 2usize)), (1usize..4, 1usize..4, 1usize..4)],
+        quantise in any::<bool>(), nan_at in proptest::option::of(0usize..400), seed in any::<u64>(),
+    ) {
+        prop_assume!(kh <= h && kw <= w);
+        let g = Pool2dGeometry { planes, h, w, kh, kw, stride, oh: (h - kh) / stride + 1, ow: (w - kw) / stride + 1 };
+        // Quantised values make ties common (the first maximum must win).
+        let mut x: Vec<f32> = values(seed, planes * h * w).iter().map(|&v| if quantise { (v * 2.0).round() } else { v }).collect();
+        if let Some(i) = nan_at.filter(|&i| i < x.len()) {
+            x[i] = f32::NAN;
+        }
+        let (y, arg) = Backend::<f32>::max_pool2d(&Cpu, &x, &g).unwrap();
+        let avg = Backend::<f32>::avg_pool2d(&Cpu, &x, &g).unwrap();
+        let n_out = planes * g.oh * g.ow;
+        prop_assert_eq!((y.len(), arg.len(), avg.len()), (n_out, n_out, n_out));
+        let grad = values(seed ^ 4, n_out);
+        let mut want_dmax = vec![0.0f64; x.len()];
+        let mut want_davg = vec![0.0f64; x.len()];
+        for p in 0..planes {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let o = (p * g.oh + oy) * g.ow + ox;
+                    let (mut best, mut sum) = (None::<usize>, 0.0f64);
+                    for ki in 0..kh {
+                        for kj in 0..kw {
+                            let i = (oy * stride + ki) * w + ox * stride + kj;
+                            let v = x[p * h * w + i];
+                            sum += v as f64;
+                            best = match best {
+                                None => Some(i),
+                                Some(b) => {
+                                    let bv = x[p * h * w + b];
+                                    if v > bv || (v.is_nan() && !bv.is_nan()) { Some(i) } else { Some(b) }
+                                }
+                            };
+                            want_davg[p * h * w + i] += grad[o] as f64 / (kh * kw) as f64;
+                        }
+                    }
+                    let b = best.unwrap();
+                    prop_assert_eq!(arg[o] as usize, b, "argmax at output {} ({:?})", o, g);
+                    prop_assert_eq!(y[o].to_bits(), x[p * h * w + b].to_bits());
+                    let mean = sum / (kh * kw) as f64;
+                    prop_assert!(avg[o].is_nan() && mean.is_nan() || (avg[o] as f64 - mean).abs() <= 1e-6 * (1.0 + mean.abs()), "avg at {}: {} vs {}", o, avg[o], mean);
+                    want_dmax[p * h * w + b] += grad[o] as f64;
+                }
+            }
+        }
+        let dmax = Backend::<f32>::max_pool2d_backward(&Cpu, &grad, &arg, &g).unwrap();
+        let davg = Backend::<f32>::avg_pool2d_backward(&Cpu, &grad, &g).unwrap();
+        for i in 0..x.len() {
+            prop_assert!((dmax[i] as f64 - want_dmax[i]).abs() <= 1e-5 * (1.0 + want_dmax[i].abs()), "max backward at {}", i);
+            prop_assert!((davg[i] as f64 - want_davg[i]).abs() <= 1e-5 * (1.0 + want_davg[i].abs()), "avg backward at {}", i);
+        }
+    }
 }

@@ -1,40 +1,109 @@
-use crate::CpuFloat;
+//! 2-D pooling over `planes` independent `h x w` planes, several planes per
+//! rayon task. Windows are read row by row from slices (no per-element index
+//! arithmetic or bounds test); the common 2x2 / stride 2 max pool has its own loop.
+
+use crate::alloc::{uninit_vec, zeroed_vec};
+use crate::{CpuFloat, PAR_CHUNK};
 use mla_core::Pool2dGeometry;
 use rayon::prelude::*;
+use std::mem::MaybeUninit;
+
+/// Planes per rayon task, so each task touches about `PAR_CHUNK` inputs.
+fn planes_per_task(g: &Pool2dGeometry) -> usize {
+    (PAR_CHUNK / (g.h * g.w).max(1)).max(1)
+}
+
+/// `v` replaces the running maximum `best`: strictly greater (so the first
+/// maximum wins ties), or the first NaN (NaN propagates).
+#[inline(always)]
+fn beats<T: CpuFloat>(v: T, best: T) -> bool {
+    #[allow(clippy::eq_op)]
+    let (v_nan, best_nan) = (v != v, best != best);
+    v > best || (v_nan && !best_nan)
+}
+
+fn max_plane<T: CpuFloat>(src: &[T], y: &mut [MaybeUninit<T>], arg: &mut [MaybeUninit<u32>], g: &Pool2dGeometry) {
+    let w = g.w;
+    if g.kh == 2 && g.kw == 2 && g.stride == 2 {
+        for oy in 0..g.oh {
+            let r0 = &src[2 * oy * w..][..2 * g.ow];
+            let r1 = &src[(2 * oy + 1) * w..][..2 * g.ow];
+            let (yr, ar) = (&mut y[oy * g.ow..(oy + 1) * g.ow], &mut arg[oy * g.ow..(oy + 1) * g.ow]);
+            for (ox, ((yo, ao), (p0, p1))) in yr.iter_mut().zip(ar).zip(r0.chunks_exact(2).zip(r1.chunks_exact(2))).enumerate() {
+                let i0 = (2 * oy * w + 2 * ox) as u32;
+                let (mut bv, mut bi) = (p0[0], i0);
+                if beats(p0[1], bv) {
+                    (bv, bi) = (p0[1], i0 + 1);
+                }
+                if beats(p1[0], bv) {
+                    (bv, bi) = (p1[0], i0 + w as u32);
+                }
+                if beats(p1[1], bv) {
+                    (bv, bi) = (p1[1], i0 + w as u32 + 1);
+                }
+                yo.write(bv);
+                ao.write(bi);
+            }
+        }
+        return;
+    }
+    for oy in 0..g.oh {
+        for ox in 0..g.ow {
+            let start = oy * g.stride * w + ox * g.stride;
+            let (mut bv, mut bi) = (src[start], start);
+            for ki in 0..g.kh {
+                let row = start + ki * w;
+                for (kj, &v) in src[row..row + g.kw].iter().enumerate() {
+                    if beats(v, bv) {
+                        (bv, bi) = (v, row + kj);
+                    }
+                }
+            }
+            y[oy * g.ow + ox].write(bv);
+            arg[oy * g.ow + ox].write(bi as u32);
+        }
+    }
+}
 
 pub(crate) fn max_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> (Vec<T>, Vec<u32>) {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
-    let mut y = vec![T::zero(); g.planes * oplane];
-    let mut arg = vec![0u32; g.planes * oplane];
-    y.par_chunks_mut(oplane).zip(arg.par_chunks_mut(oplane)).enumerate().for_each(|(p, (y, arg))| {
-        let src = &x[p * plane..(p + 1) * plane];
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let mut best = (oy * g.stride) * g.w + ox * g.stride;
-                for ki in 0..g.kh {
-                    for kj in 0..g.kw {
-                        let i = (oy * g.stride + ki) * g.w + ox * g.stride + kj;
-                        // Strict `>` keeps the first maximum; NaN propagates by winning once seen.
-                        if src[i] > src[best] || (src[i].is_nan() && !src[best].is_nan()) {
-                            best = i;
-                        }
-                    }
+    let len = g.planes * oplane;
+    if len == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let per = planes_per_task(g);
+    let mut arg_out = Vec::with_capacity(len);
+    // SAFETY: `max_plane` writes every output and index of each plane.
+    let y = unsafe {
+        uninit_vec(len, |y| {
+            let arg = &mut arg_out.spare_capacity_mut()[..len];
+            y.par_chunks_mut(per * oplane).zip(arg.par_chunks_mut(per * oplane)).enumerate().for_each(|(t, (y, arg))| {
+                for (k, (yp, ap)) in y.chunks_mut(oplane).zip(arg.chunks_mut(oplane)).enumerate() {
+                    let p = t * per + k;
+                    max_plane(&x[p * plane..(p + 1) * plane], yp, ap, g);
                 }
-                y[oy * g.ow + ox] = src[best];
-                arg[oy * g.ow + ox] = best as u32;
-            }
-        }
-    });
-    (y, arg)
+            })
+        })
+    };
+    // SAFETY: filled above, alongside `y`.
+    unsafe { arg_out.set_len(len) };
+    (y, arg_out)
 }
 
 pub(crate) fn max_pool2d_backward<T: CpuFloat>(grad: &[T], arg: &[u32], g: &Pool2dGeometry) -> Vec<T> {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
-    let mut dx = vec![T::zero(); g.planes * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(p, dx)| {
-        for o in 0..oplane {
-            let i = arg[p * oplane + o] as usize;
-            dx[i] = dx[i] + grad[p * oplane + o];
+    let mut dx = zeroed_vec(g.planes * plane);
+    if dx.is_empty() {
+        return dx;
+    }
+    let per = planes_per_task(g);
+    dx.par_chunks_mut(per * plane).enumerate().for_each(|(t, dx)| {
+        for (k, dxp) in dx.chunks_mut(plane).enumerate() {
+            let p = t * per + k;
+            for (&i, &gv) in arg[p * oplane..(p + 1) * oplane].iter().zip(&grad[p * oplane..(p + 1) * oplane]) {
+                let d = &mut dxp[i as usize];
+                *d = *d + gv;
+            }
         }
     });
     dx
@@ -42,37 +111,58 @@ pub(crate) fn max_pool2d_backward<T: CpuFloat>(grad: &[T], arg: &[u32], g: &Pool
 
 pub(crate) fn avg_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> Vec<T> {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
+    let len = g.planes * oplane;
+    if len == 0 {
+        return Vec::new();
+    }
     let inv = T::one() / T::lit((g.kh * g.kw) as f64);
-    let mut y = vec![T::zero(); g.planes * oplane];
-    y.par_chunks_mut(oplane).enumerate().for_each(|(p, y)| {
+    let per = planes_per_task(g);
+    let fill = |p: usize, y: &mut [MaybeUninit<T>]| {
         let src = &x[p * plane..(p + 1) * plane];
         for oy in 0..g.oh {
             for ox in 0..g.ow {
+                let start = oy * g.stride * g.w + ox * g.stride;
                 let mut s = T::zero();
                 for ki in 0..g.kh {
-                    for kj in 0..g.kw {
-                        s = s + src[(oy * g.stride + ki) * g.w + ox * g.stride + kj];
+                    for &v in &src[start + ki * g.w..][..g.kw] {
+                        s = s + v;
                     }
                 }
-                y[oy * g.ow + ox] = s * inv;
+                y[oy * g.ow + ox].write(s * inv);
             }
         }
-    });
-    y
+    };
+    // SAFETY: every output of every plane is written by `fill`.
+    unsafe {
+        uninit_vec(len, |y| {
+            y.par_chunks_mut(per * oplane).enumerate().for_each(|(t, y)| {
+                for (k, yp) in y.chunks_mut(oplane).enumerate() {
+                    fill(t * per + k, yp);
+                }
+            })
+        })
+    }
 }
 
 pub(crate) fn avg_pool2d_backward<T: CpuFloat>(grad: &[T], g: &Pool2dGeometry) -> Vec<T> {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
     let inv = T::one() / T::lit((g.kh * g.kw) as f64);
-    let mut dx = vec![T::zero(); g.planes * plane];
-    dx.par_chunks_mut(plane).enumerate().for_each(|(p, dx)| {
-        for oy in 0..g.oh {
-            for ox in 0..g.ow {
-                let v = grad[p * oplane + oy * g.ow + ox] * inv;
-                for ki in 0..g.kh {
-                    for kj in 0..g.kw {
-                        let i = (oy * g.stride + ki) * g.w + ox * g.stride + kj;
-                        dx[i] = dx[i] + v;
+    let mut dx = zeroed_vec(g.planes * plane);
+    if dx.is_empty() {
+        return dx;
+    }
+    let per = planes_per_task(g);
+    dx.par_chunks_mut(per * plane).enumerate().for_each(|(t, dx)| {
+        for (k, dxp) in dx.chunks_mut(plane).enumerate() {
+            let p = t * per + k;
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let v = grad[p * oplane + oy * g.ow + ox] * inv;
+                    let start = oy * g.stride * g.w + ox * g.stride;
+                    for ki in 0..g.kh {
+                        for d in &mut dxp[start + ki * g.w..][..g.kw] {
+                            *d = *d + v;
+                        }
                     }
                 }
             }

@@ -135,13 +135,19 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
     let panels = n.div_ceil(kern.nr);
     let tiles = m.div_ceil(kern.mr);
     let c = SharedMut(c);
-    if tasks <= 1 {
-        return tiled::gemm_st(kern, plan, m, n, k, a, b, c.0, n);
-    }
-    // Split C by columns when there are enough B panels: each task then packs
-    // only its own part of B and A is read in place, so nothing is done twice.
-    if panels >= 2 * tasks || panels >= tiles {
-        let t = tasks.min(panels);
+    // Each task packs its own operands. Split by columns and every task packs
+    // all of A (if A is packed at all); split by rows and every task packs all
+    // of B. Pick the split that repeats less, among those that keep all tasks busy.
+    let col_tasks = tasks.min(panels);
+    let row_tasks = tasks.min(tiles);
+    let col_waste = if plan.pack_a { m * k } else { 0 };
+    let row_waste = if plan.pack_b { k * n } else { 0 };
+    let by_cols = match (col_tasks == tasks, row_tasks == tasks) {
+        (true, true) => col_waste <= row_waste,
+        (full_cols, full_rows) => full_cols || (!full_rows && col_tasks >= row_tasks),
+    };
+    if by_cols && col_tasks > 1 {
+        let t = col_tasks;
         (0..t).into_par_iter().for_each(|i| {
             let (q0, q1) = (panels * i / t, panels * (i + 1) / t);
             let (j0, j1) = (q0 * kern.nr, (q1 * kern.nr).min(n));
@@ -150,16 +156,17 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
             let c = c;
             tiled::gemm_st(kern, plan, m, j1 - j0, k, a, b.offset(0, j0), c.0.add(j0), n);
         });
-    } else {
-        let t = tasks.min(tiles);
+    } else if !by_cols && row_tasks > 1 {
+        let t = row_tasks;
         (0..t).into_par_iter().for_each(|i| {
             let (q0, q1) = (tiles * i / t, tiles * (i + 1) / t);
             let (i0, i1) = (q0 * kern.mr, (q1 * kern.mr).min(m));
-            // Rebinding captures the whole Send wrapper, not its raw-pointer field.
             #[allow(clippy::redundant_locals)]
             let c = c;
             tiled::gemm_st(kern, plan, i1 - i0, n, k, a.offset(i0, 0), b, c.0.add(i0 * n), n);
         });
+    } else {
+        tiled::gemm_st(kern, plan, m, n, k, a, b, c.0, n);
     }
 }
 

@@ -11,6 +11,8 @@ pub(crate) mod scalar;
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
+#[cfg(test)]
+mod avx512_emu;
 
 use mla_core::{Error, Result};
 use std::sync::atomic::{AtomicU8, Ordering};
