@@ -131,9 +131,7 @@ fn foreign_and_broken_files_are_rejected() {
 fn safetensors_bytes_without_format() -> Vec<u8> {
     let header = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
     let mut h = header.to_vec();
-    while h.len() % 8 != 0 {
-        h.push(b' ');
-    }
+    h.resize(header.len().next_multiple_of(8), b' ');
     let mut out = (h.len() as u64).to_le_bytes().to_vec();
     out.extend(h);
     out.extend(1.0f32.to_le_bytes());
