@@ -2,6 +2,8 @@
 
 Runs numpy (and torch, if installed) matmul at the shapes benches/benches/cpu_gemm.rs
 measures, on a fixed thread count, and prints GFLOP/s (median of repeated timings).
+With torch installed it also times conv2d forward and forward+backward at the shapes
+of benches/benches/cpu_conv.rs (same FLOP convention: GEMM flops only).
 
     python3 -m venv /tmp/refvenv && /tmp/refvenv/bin/pip install numpy threadpoolctl torch
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 \
@@ -113,6 +115,39 @@ def main():
                 tfn = lambda aot=aot, bot=bot: aot @ bot
             row += f",{rate(tfn, flops):.1f}"
         print(row, flush=True)
+    if torch is not None:
+        conv_rows(torch)
+
+
+# (name, [n, c, h, w], out_channels, input needs a gradient): the cnn encoder's convolutions.
+CONVS = [
+    ("image_conv1", [64, 1, 28, 28], 32, False),
+    ("image_conv2", [64, 32, 14, 14], 64, True),
+    ("audio_conv1", [64, 1, 40, 63], 32, False),
+    ("audio_conv2", [64, 32, 20, 31], 64, True),
+]
+
+
+def conv_rows(torch):
+    import torch.nn.functional as F
+
+    print("conv,fwd_gflops,fwd_ms,fwd_bwd_gflops,fwd_bwd_ms")
+    g = torch.Generator().manual_seed(0)
+    for name, (n, c, h, w), oc, input_grad in CONVS:
+        x = torch.randn(n, c, h, w, generator=g)
+        wt = torch.randn(oc, c, 3, 3, generator=g) * 0.1
+        flops = 2.0 * n * oc * c * 9 * h * w
+        with torch.no_grad():
+            fwd = rate(lambda: F.conv2d(x, wt, padding=1), flops)
+        xg = x.clone().requires_grad_(input_grad)
+        wg = wt.clone().requires_grad_(True)
+
+        def step():
+            F.conv2d(xg, wg, padding=1).sum().backward()
+
+        gemms = 3 if input_grad else 2
+        both = rate(step, gemms * flops)
+        print(f"{name},{fwd:.1f},{flops / fwd / 1e6:.2f},{both:.1f},{gemms * flops / both / 1e6:.2f}", flush=True)
 
 
 if __name__ == "__main__":

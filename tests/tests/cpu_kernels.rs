@@ -520,3 +520,14 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn thread_count_errors_are_values() {
+    assert_eq!(mla_cpu::set_num_threads(0).unwrap_err().op(), Some("set_num_threads"));
+    // Once any parallel work has run, the global pool exists and cannot be resized.
+    let x = values(1, 1 << 17);
+    Backend::<f32>::unary(&Cpu, mla_core::UnaryOp::Relu, &x).unwrap();
+    let err = mla_cpu::set_num_threads(3).unwrap_err();
+    assert_eq!(err.op(), Some("set_num_threads"));
+    assert!(err.to_string().contains("before any tensor work"), "{err}");
+}

@@ -3,12 +3,13 @@
 //!
 //! Threading: every parallel loop in this crate runs on rayon's pool, and
 //! matrixmultiply is never called from inside a rayon task. matrixmultiply
-//! keeps its own `threading` pool (sized by `MATMUL_NUM_THREADS`); it is only
-//! entered from the caller's thread for a lone large GEMM (f32 above
-//! [`LARGE_FLOPS`], or f64), at which point the rayon workers are idle. Batched
-//! GEMMs and everything else run our kernels single-threaded inside rayon
-//! tasks. So the two pools are never busy at the same time and the cores are
-//! never oversubscribed.
+//! keeps its own `threading` pool (sized by `MATMUL_NUM_THREADS`, which
+//! [`crate::set_num_threads`] sets too); it is only entered from a thread
+//! outside rayon's pool for a lone large f32 GEMM (at least [`LARGE_FLOPS`],
+//! every dimension at least [`LARGE_DIM`]) and for f64, at which point the rayon
+//! workers are idle. Batched GEMMs and everything else run our kernels, one
+//! item or one block of columns / rows per rayon task. So the two pools are
+//! never busy at the same time and the cores are never oversubscribed.
 
 pub(crate) mod tiled;
 
@@ -182,7 +183,9 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
     }
     let flops = 2 * m * n * k;
     let threads = rayon::current_num_threads();
-    if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM {
+    // matrixmultiply's pool only ever runs from a thread outside rayon's pool.
+    let outside_rayon = rayon::current_thread_index().is_none();
+    if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM && outside_rayon {
         let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
         let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
         // SAFETY: per this function's contract; beta = 0 so C is written, not read.
