@@ -19,7 +19,11 @@ fn isas() -> Vec<Isa> {
 }
 
 /// Deterministic values in [-1, 1) from a seed (the proptest case picks the seed).
+/// Every test gets its data here, so this also turns on NaN-poisoning of the
+/// backend's uninitialised output buffers: an element a kernel forgets to write
+/// shows up as NaN instead of a lucky zero.
 fn values(seed: u64, len: usize) -> Vec<f32> {
+    mla_cpu::set_poison_uninit(true);
     let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {
@@ -530,4 +534,38 @@ fn thread_count_errors_are_values() {
     let err = mla_cpu::set_num_threads(3).unwrap_err();
     assert_eq!(err.op(), Some("set_num_threads"));
     assert!(err.to_string().contains("before any tensor work"), "{err}");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    #[test]
+    fn unary_ops_and_their_backward_match_naive(len in 0usize..70_000, op in 0usize..9, seed in any::<u64>()) {
+        use mla_core::UnaryOp;
+        let ops = [UnaryOp::Relu, UnaryOp::Sigmoid, UnaryOp::Tanh, UnaryOp::Exp, UnaryOp::Log, UnaryOp::Neg, UnaryOp::Sqr, UnaryOp::Sqrt, UnaryOp::Affine { mul: 1.5, add: -0.25 }];
+        let op = ops[op];
+        // Log and Sqrt get positive inputs.
+        let x: Vec<f32> = values(seed, len).iter().map(|&v| if matches!(op, UnaryOp::Log | UnaryOp::Sqrt) { v.abs() + 0.1 } else { v }).collect();
+        let g = values(seed ^ 7, len);
+        let y = Backend::<f32>::unary(&Cpu, op, &x).unwrap();
+        let dx = Backend::<f32>::unary_backward(&Cpu, op, &x, &y, &g).unwrap();
+        prop_assert_eq!((y.len(), dx.len()), (len, len));
+        for i in 0..len {
+            let v = x[i] as f64;
+            let (want, d) = match op {
+                UnaryOp::Relu => (v.max(0.0), if v > 0.0 { 1.0 } else { 0.0 }),
+                UnaryOp::Sigmoid => { let s = 1.0 / (1.0 + (-v).exp()); (s, s * (1.0 - s)) }
+                UnaryOp::Tanh => (v.tanh(), 1.0 - v.tanh().powi(2)),
+                UnaryOp::Exp => (v.exp(), v.exp()),
+                UnaryOp::Log => (v.ln(), 1.0 / v),
+                UnaryOp::Neg => (-v, -1.0),
+                UnaryOp::Sqr => (v * v, 2.0 * v),
+                UnaryOp::Sqrt => (v.sqrt(), 0.5 / v.sqrt()),
+                UnaryOp::Affine { mul, add } => (mul * v + add, mul),
+            };
+            prop_assert!((y[i] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{:?}({}) = {} want {}", op, v, y[i], want);
+            let wd = g[i] as f64 * d;
+            prop_assert!((dx[i] as f64 - wd).abs() <= 1e-5 * (1.0 + wd.abs()), "{:?}' at {}: {} want {}", op, v, dx[i], wd);
+        }
+    }
 }

@@ -10,7 +10,18 @@
 //! zeroed first ([`uninit_vec`]).
 
 use std::mem::MaybeUninit;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Once;
+
+static POISON: AtomicBool = AtomicBool::new(false);
+
+/// Tests only: fill every not-yet-initialised output buffer with NaN before
+/// its kernel runs, so a kernel that forgets to write an element is caught
+/// (fresh pages would read as zeros and hide it).
+#[doc(hidden)]
+pub fn set_poison_uninit(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
 
 static TUNE: Once = Once::new();
 
@@ -49,7 +60,12 @@ pub fn tune_allocator() {
 pub(crate) unsafe fn uninit_vec<T>(len: usize, fill: impl FnOnce(&mut [MaybeUninit<T>])) -> Vec<T> {
     tune_allocator();
     let mut v = Vec::with_capacity(len);
-    fill(&mut v.spare_capacity_mut()[..len]);
+    let spare = &mut v.spare_capacity_mut()[..len];
+    if POISON.load(Ordering::Relaxed) {
+        // SAFETY: any bit pattern is a valid MaybeUninit; all-ones is a NaN for f32 / f64.
+        unsafe { std::ptr::write_bytes(spare.as_mut_ptr(), 0xff, len) };
+    }
+    fill(spare);
     // SAFETY: the caller guarantees `fill` initialised elements 0..len.
     unsafe { v.set_len(len) };
     v

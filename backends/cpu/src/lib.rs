@@ -24,7 +24,7 @@ use mla_core::{
     UnaryOp,
 };
 
-pub use alloc::tune_allocator;
+pub use alloc::{set_poison_uninit, tune_allocator};
 pub use gemm::CpuFloat;
 pub use simd::{active_isa, detected as detected_isa, set_isa_override, Isa};
 pub use threads::set_num_threads;
