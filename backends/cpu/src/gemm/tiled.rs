@@ -117,9 +117,9 @@ impl View {
 /// equal slices no deeper than this, so there is no short last slice that
 /// would reload C for little work (k = 288 is one slice, not 256 + 32).
 pub(crate) const KC: usize = 384;
-/// Rows of A per block: an `MC x KC` slice of A (96 KiB) stays in L2 while every B panel passes by.
+/// Most rows of A per block: an `MC x KC` slice of A (144 KiB) stays in L2 while every B panel passes by.
 pub(crate) const MC: usize = 96;
-/// Columns of B packed at once (`KC x NC` = 1 MiB), bounding the per-thread pack buffer.
+/// Columns of B packed at once (`KC x NC` = 1.5 MiB), bounding the per-thread pack buffer.
 pub(crate) const NC: usize = 1024;
 
 /// Which operands to copy into kernel-friendly panels.
@@ -256,6 +256,8 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
             Err(_) => (&mut fresh.0, &mut fresh.1),
         };
         let slice = k.div_ceil(k.div_ceil(KC));
+        // Equal row blocks of at most MC rows, whole tiles each (128 rows = 2 x 66, not 96 + 32).
+        let row_block = m.div_ceil(m.div_ceil(MC)).next_multiple_of(mr);
         for pc in (0..k).step_by(slice) {
             let kc = slice.min(k - pc);
             let acc = pc > 0;
@@ -282,8 +284,8 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                 // kernels (compute-bound) interleave instead of running as two phases.
                 let mut srcs = [(std::ptr::null::<f32>(), 0usize); NC / 8];
                 debug_assert!(panels <= srcs.len());
-                for ic in (0..m).step_by(MC) {
-                    let mc = MC.min(m - ic);
+                for ic in (0..m).step_by(row_block) {
+                    let mc = row_block.min(m - ic);
                     let a_blk = a.offset(ic, pc);
                     if plan.pack_a {
                         ensure(abuf, mc.div_ceil(mr) * kc * mr);
