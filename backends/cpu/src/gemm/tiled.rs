@@ -112,11 +112,13 @@ impl View {
     }
 }
 
-/// Most depth of one k slice: a packed `KC x NR` B panel is 24 KiB with AVX2
-/// (fits L1), 48 KiB with AVX-512 (fits L1 of those cores). `k` is cut into
+/// Most depth of one k slice for the 16-wide AVX2 (and 8-wide scalar) panels:
+/// a packed `KC x NR` B panel is 24 KiB, inside a 32 KiB L1. `k` is cut into
 /// equal slices no deeper than this, so there is no short last slice that
 /// would reload C for little work (k = 288 is one slice, not 256 + 32).
 pub(crate) const KC: usize = 384;
+/// The same for the 32-wide AVX-512 panels (32 KiB).
+pub(crate) const KC_WIDE: usize = 256;
 /// Most rows of A per block: an `MC x KC` slice of A (144 KiB) stays in L2 while every B panel passes by.
 pub(crate) const MC: usize = 96;
 /// Columns of B packed at once (`KC x NC` = 1.5 MiB), bounding the per-thread pack buffer.
@@ -255,7 +257,8 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
             Ok((b, a)) => (b, a),
             Err(_) => (&mut fresh.0, &mut fresh.1),
         };
-        let slice = k.div_ceil(k.div_ceil(KC));
+        let kc_max = if nr > 16 { KC_WIDE } else { KC };
+        let slice = k.div_ceil(k.div_ceil(kc_max));
         // Equal row blocks of at most MC rows, whole tiles each (128 rows = 2 x 66, not 96 + 32).
         let row_block = m.div_ceil(m.div_ceil(MC)).next_multiple_of(mr);
         for pc in (0..k).step_by(slice) {
