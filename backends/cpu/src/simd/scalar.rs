@@ -89,17 +89,41 @@ unsafe fn tile(
     acc: bool,
 ) {
     debug_assert!(mr <= MR && nr <= NR);
-    let mut t = [[0.0f32; NR]; MR];
+    // A constant tile height keeps the accumulators in registers.
+    match mr {
+        4 => tile_m::<4>(nr, k, a, rsa, csa, b, ldb, c, ldc, acc),
+        3 => tile_m::<3>(nr, k, a, rsa, csa, b, ldb, c, ldc, acc),
+        2 => tile_m::<2>(nr, k, a, rsa, csa, b, ldb, c, ldc, acc),
+        1 => tile_m::<1>(nr, k, a, rsa, csa, b, ldb, c, ldc, acc),
+        _ => unreachable!("tile height {mr} > MR"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn tile_m<const M: usize>(
+    nr: usize,
+    k: usize,
+    a: *const f32,
+    rsa: isize,
+    csa: isize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    let mut t = [[0.0f32; NR]; M];
     for p in 0..k {
-        let brow = std::slice::from_raw_parts(b.add(p * ldb), NR);
-        for (i, ti) in t.iter_mut().enumerate().take(mr) {
+        let brow = &*(b.add(p * ldb) as *const [f32; NR]);
+        for (i, ti) in t.iter_mut().enumerate() {
             let av = *a.offset(i as isize * rsa + p as isize * csa);
             for j in 0..NR {
                 ti[j] += av * brow[j];
             }
         }
     }
-    for (i, ti) in t.iter().enumerate().take(mr) {
+    for (i, ti) in t.iter().enumerate() {
         for (j, &v) in ti.iter().enumerate().take(nr) {
             let cij = c.add(i * ldc + j);
             *cij = if acc { *cij + v } else { v };
