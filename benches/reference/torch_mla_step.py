@@ -87,7 +87,7 @@ def time_steps(model, dev, batch, steps, warmup):
             torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - t0)
-    return statistics.median(times) * 1e3
+    return statistics.median(times) * 1e3, sum(times)
 
 
 def main():
@@ -97,17 +97,22 @@ def main():
     ap.add_argument("--batch", type=int, action="append")
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--method", choices=["mla", "joint"], action="append",
+                    help="which steps to time (default: both)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     dev = torch.device(a.device)
     for batch in a.batch or [64]:
         for name, make in [("mla", lambda: Mla(dev)), ("joint", lambda: Joint(dev))]:
+            if a.method and name not in a.method:
+                continue
             torch.manual_seed(0)
-            ms = time_steps(make(), dev, batch, a.steps, a.warmup)
+            ms, total = time_steps(make(), dev, batch, a.steps, a.warmup)
             print(json.dumps({"framework": f"torch {torch.__version__}", "device": str(dev),
                               "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
                               "threads": a.threads, "method": name, "batch": batch,
-                              "ms_per_step_median": round(ms, 3),
+                              "ms_per_step_median": round(ms, 3), "steps": a.steps,
+                              "timed_seconds_total": round(total, 3),
                               "samples_per_second": round(batch / ms * 1e3, 1)}), flush=True)
 
 
