@@ -10,6 +10,7 @@ mod alloc;
 mod conv;
 mod elementwise;
 mod gemm;
+mod handoff;
 pub mod kernels;
 mod simd;
 mod threads;

@@ -114,6 +114,11 @@ unsafe impl Sync for SharedMut {}
 /// caller computes while one worker wakes. At most `t - 1` workers are busy,
 /// plus the caller: never more threads than `t`.
 fn run_tasks(t: usize, f: impl Fn(usize) + Sync) {
+    // From outside rayon's pool (a lone GEMM), the polling workers of `handoff`
+    // start at once; inside it (a batched GEMM's item), rayon's own workers are busy anyway.
+    if rayon::current_thread_index().is_none() && crate::handoff::run(t, &f) {
+        return;
+    }
     rayon::in_place_scope(|s| {
         let f = &f;
         for i in 1..t {
