@@ -171,6 +171,30 @@ proptest! {
     }
 }
 
+/// Lone GEMMs split over the polling workers, issued from several threads at
+/// once: one caller gets the workers, the others fall back to rayon, and every
+/// result must still be exact (a task run twice or skipped would show here).
+#[test]
+fn concurrent_threaded_gemms_match_naive() {
+    let (m, k, n) = (64, 784, 256);
+    let a = values(21, m * k);
+    let b = values(22, k * n);
+    let (want, mag) = naive_gemm(m, n, k, &a, false, &b, false);
+    let cfg = GemmConfig { batch: 1, m, n, k, trans_a: false, trans_b: false, stride_a: m * k, stride_b: k * n };
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let (a, b, want, mag, cfg) = (&a, &b, &want, &mag, &cfg);
+            s.spawn(move || {
+                for rep in 0..25 {
+                    let mut c = vec![f32::NAN; m * n];
+                    kernels::gemm_batch(mla_cpu::active_isa(), cfg, a, b, &mut c);
+                    assert_close(&format!("thread {t} repetition {rep}"), &c, want, mag, k).unwrap();
+                }
+            });
+        }
+    });
+}
+
 /// Shapes past the blocking constants (KC = 256, MC = 96, NC = 1024) and big
 /// enough to be split across threads (by columns, by rows, by batch items).
 #[test]
@@ -178,6 +202,8 @@ fn blocked_and_threaded_gemm_matches_naive() {
     let cases: &[(usize, usize, usize, usize)] = &[
         // (batch, m, k, n)
         (1, 5, 600, 1100),
+        // B rows >= 4 KiB apart: panels packed in groups, a partial group at the end of each NC block.
+        (1, 20, 70, 1100),
         (1, 100, 300, 40),
         (1, 64, 784, 256),
         (1, 2000, 200, 10),
