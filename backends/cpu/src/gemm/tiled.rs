@@ -299,7 +299,7 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                     if b_in_place && w == nr {
                         (b_blk.offset(0, j0).ptr, b_blk.rs as usize)
                     } else if b.cs == 1 && !b_in_place {
-                        if q % group == 0 {
+                        if q.is_multiple_of(group) {
                             let cols = (group * nr).min(nc - j0);
                             pack_b_group(nr, kc, cols, b_blk.offset(0, j0), bbuf.as_mut_ptr().add(q * kc * nr));
                         }
