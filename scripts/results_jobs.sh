@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Prints the README's results runs, one per line: NAME then `mla train` flags.
+#   scripts/results_jobs.sh DS_ROOT    (DS_ROOT/default and DS_ROOT/pca75 prepared)
+# Set A: the reference settings (10,000-sample train subset, 3 epochs); set B:
+# the full training split, 8 epochs. 3 seeds, both recipes.
+set -eu
+ds_root=$1
+methods=(
+  "uni-image --method unimodal --modality image"
+  "uni-audio --method unimodal --modality audio"
+  "joint --method joint"
+  "mla-none --method mla --hgm none"
+  "mla-owm-a1 --method mla --hgm owm --alpha 1"
+  "mla-cross-a1 --method mla --hgm cross --alpha 1"
+  "mla-owm-a100 --method mla --hgm owm --alpha 100"
+  "mla-owm-a1e4 --method mla --hgm owm --alpha 10000"
+  "mla-cross-a100 --method mla --hgm cross --alpha 100"
+)
+for seed in 0 1 2; do for ds in default pca75; do for m in "${methods[@]}"; do
+  set -- $m; name=$1; shift
+  echo "A-$ds-$name-s$seed --data $ds_root/$ds --train-limit 10000 --epochs 3 --seed $seed $*"
+done; done; done
+for seed in 0 1 2; do for ds in default pca75; do for m in "${methods[@]:0:8}"; do
+  set -- $m; name=$1; shift
+  echo "B-$ds-$name-s$seed --data $ds_root/$ds --epochs 8 --seed $seed $*"
+done; done; done
