@@ -23,31 +23,9 @@ for b in 64 512; do
 done
 python3 "$G/torch_mla_step.py" --device cuda --batch 64 --batch 512 --steps 200 --warmup 20 >> "$OUT/bench.jsonl" 2>> /tmp/logs/bench.log
 
-# Training runs: one line per job: NAME ARGS...
+# Training runs, one line per job: NAME ARGS... (the list is scripts/results_jobs.sh).
 jobs=/tmp/jobs.txt
-: > "$jobs"
-add() { echo "$*" >> "$jobs"; }
-methods=(
-  "uni-image --method unimodal --modality image"
-  "uni-audio --method unimodal --modality audio"
-  "joint --method joint"
-  "mla-none --method mla --hgm none"
-  "mla-owm-a1 --method mla --hgm owm --alpha 1"
-  "mla-cross-a1 --method mla --hgm cross --alpha 1"
-  "mla-owm-a100 --method mla --hgm owm --alpha 100"
-  "mla-owm-a1e4 --method mla --hgm owm --alpha 10000"
-  "mla-cross-a100 --method mla --hgm cross --alpha 100"
-)
-# Set A: the reference settings (10,000-sample train subset, 3 epochs), 3 seeds, both recipes.
-for seed in 0 1 2; do for ds in default pca75; do for m in "${methods[@]}"; do
-  set -- $m; name=$1; shift
-  add "A-$ds-$name-s$seed --data /tmp/ds/$ds --train-limit 10000 --epochs 3 --seed $seed $*"
-done; done; done
-# Set B: full training split, 8 epochs.
-for seed in 0 1 2; do for ds in default pca75; do for m in "${methods[@]:0:7}"; do
-  set -- $m; name=$1; shift
-  add "B-$ds-$name-s$seed --data /tmp/ds/$ds --epochs 8 --seed $seed $*"
-done; done; done
+bash scripts/results_jobs.sh /tmp/ds > "$jobs" || exit 1
 
 run_job() {
   set -- $1; name=$1; shift
