@@ -2,7 +2,11 @@
 README's tables: test accuracy in %, mean ± sample standard deviation over the
 seeds whose run finished every epoch (runs cut off by the job time limit are left out).
 
-    python3 scripts/results_table.py results/avmnist-h200.jsonl
+    python3 scripts/results_table.py results/avmnist-h200.jsonl results/avmnist-cpu.jsonl
+
+Several files are pooled (e.g. runs made on the GPU and on the CPU); the
+"runs on" column says which backends a row's seeds ran on. A run name that
+appears twice is an error.
 """
 
 import json
@@ -32,8 +36,17 @@ def fmt(xs, scale=100.0, digits=1):
     return f"{m:.{digits}f} ± {statistics.stdev(xs) * scale:.{digits}f}"
 
 
-def main(path):
-    runs = [json.loads(l) for l in open(path)]
+def backend(r):
+    b = r.get("backend", "?")
+    return "H200" if "H200" in b else ("CPU" if b.startswith("cpu") else b)
+
+
+def main(paths):
+    runs = [json.loads(l) for path in paths for l in open(path) if l.strip()]
+    names = [r["run"] for r in runs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        sys.exit(f"runs listed twice: {', '.join(dup)}")
     groups = defaultdict(list)
     for r in runs:
         setting, recipe, *name, seed = r["run"].split("-")
@@ -44,8 +57,8 @@ def main(path):
     for setting, title in [("A", "10,000-sample train subset, 3 epochs"), ("B", "full train split (55,000), 8 epochs")]:
         for recipe in ["default", "pca75"]:
             print(f"\n#### {title}, recipe `{recipe}`\n")
-            print("| method | seeds | fused (entropy) | fused (mean) | image alone | audio alone | modality gap | head grad kept (last epoch) |")
-            print("|---|---|---|---|---|---|---|---|")
+            print("| method | seeds | runs on | fused (entropy) | fused (mean) | image alone | audio alone | modality gap | head grad kept (last epoch) |")
+            print("|---|---|---|---|---|---|---|---|---|")
             for key, label in ROWS:
                 rs = groups.get((setting, recipe, key), [])
                 if not rs:
@@ -56,9 +69,12 @@ def main(path):
                 gap = [x["modality_gap"] for x in t if x.get("modality_gap") is not None]
                 kept = [r["hgm_surviving_fraction"][-1] for r in rs if r.get("hgm_surviving_fraction")]
                 fused_e = fa("entropy") or [x["fused_accuracy"] for x in t]
-                print(f"| {label} | {len(rs)} | {fmt(fused_e)} | {fmt(fa('mean'))} | {fmt(mod('image'))} | "
+                on = " + ".join(f"{sum(backend(r) == b for r in rs)} {b}" for b in sorted({backend(r) for r in rs}))
+                print(f"| {label} | {len(rs)} | {on} | {fmt(fused_e)} | {fmt(fa('mean'))} | {fmt(mod('image'))} | "
                       f"{fmt(mod('audio'))} | {fmt(gap, 1.0, 3)} | {fmt(kept, 1.0, 3)} |")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    main(sys.argv[1:])
