@@ -284,36 +284,7 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
         let y = self.value.unary(op)?;
         Ok(self.tape.record(y.clone(), &[self.node], || Op::Unary { op, x: self.value.clone(), y }))
     }
-    pub fn relu(&self) -> Result<Self> {
-        self.unary(UnaryOp::Relu)
-    }
-    pub fn sigmoid(&self) -> Result<Self> {
-        self.unary(UnaryOp::Sigmoid)
-    }
-    pub fn tanh(&self) -> Result<Self> {
-        self.unary(UnaryOp::Tanh)
-    }
-    pub fn exp(&self) -> Result<Self> {
-        self.unary(UnaryOp::Exp)
-    }
-    pub fn log(&self) -> Result<Self> {
-        self.unary(UnaryOp::Log)
-    }
-    pub fn neg(&self) -> Result<Self> {
-        self.unary(UnaryOp::Neg)
-    }
-    pub fn sqr(&self) -> Result<Self> {
-        self.unary(UnaryOp::Sqr)
-    }
-    pub fn sqrt(&self) -> Result<Self> {
-        self.unary(UnaryOp::Sqrt)
-    }
-    pub fn affine(&self, mul: f64, add: f64) -> Result<Self> {
-        self.unary(UnaryOp::Affine { mul, add })
-    }
-    pub fn scale(&self, mul: f64) -> Result<Self> {
-        self.affine(mul, 0.0)
-    }
+    crate::ops::unary::unary_shorthands!();
 
     pub fn sum_all(&self) -> Result<Self> {
         let v = self.value.sum_all()?;
