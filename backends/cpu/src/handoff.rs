@@ -101,10 +101,11 @@ fn worker() {
             // Re-check after announcing: a caller that bumped the epoch before it could
             // see `parked` did not unpark us.
             if pool.epoch.load(SeqCst) == seen {
+                // The timeout only bounds the cost of a lost wake-up; waking without a
+                // job goes straight back to sleep (`idle_since` is not reset).
                 std::thread::park_timeout(Duration::from_millis(50));
             }
             pool.parked.fetch_sub(1, SeqCst);
-            idle_since = Instant::now();
         }
     }
 }
