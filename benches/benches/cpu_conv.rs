@@ -26,7 +26,12 @@ fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
 }
 
 fn tensor(seed: u64, dims: &[usize], scale: f32) -> T32 {
-    T32::from_slice(&Cpu, &values(seed, dims.iter().product(), scale), dims.to_vec()).unwrap()
+    T32::from_slice(
+        &Cpu,
+        &values(seed, dims.iter().product(), scale),
+        dims.to_vec(),
+    )
+    .unwrap()
 }
 
 /// GEMM flops of one 3x3 / pad 1 / stride 1 convolution (output plane = input plane).
@@ -44,28 +49,56 @@ struct ConvLayer {
 }
 
 const LAYERS: [ConvLayer; 4] = [
-    ConvLayer { name: "image_conv1", x: [64, 1, 28, 28], oc: 32, input_grad: false },
-    ConvLayer { name: "image_conv2", x: [64, 32, 14, 14], oc: 64, input_grad: true },
-    ConvLayer { name: "audio_conv1", x: [64, 1, 40, 63], oc: 32, input_grad: false },
-    ConvLayer { name: "audio_conv2", x: [64, 32, 20, 31], oc: 64, input_grad: true },
+    ConvLayer {
+        name: "image_conv1",
+        x: [64, 1, 28, 28],
+        oc: 32,
+        input_grad: false,
+    },
+    ConvLayer {
+        name: "image_conv2",
+        x: [64, 32, 14, 14],
+        oc: 64,
+        input_grad: true,
+    },
+    ConvLayer {
+        name: "audio_conv1",
+        x: [64, 1, 40, 63],
+        oc: 32,
+        input_grad: false,
+    },
+    ConvLayer {
+        name: "audio_conv2",
+        x: [64, 32, 20, 31],
+        oc: 64,
+        input_grad: true,
+    },
 ];
 
 fn conv_layers(c: &mut Criterion) {
     let mut g = c.benchmark_group("conv");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2)).sample_size(20);
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .sample_size(20);
     for l in &LAYERS {
         let x = tensor(1, &l.x, 1.0);
         let w = tensor(2, &[l.oc, l.x[1], 3, 3], 0.2);
         let f = conv_flops(&l.x, l.oc);
         g.throughput(Throughput::Elements(f));
-        g.bench_function(format!("{}/fwd", l.name), |b| b.iter(|| x.conv2d(&w, 1, 1).unwrap()));
+        g.bench_function(format!("{}/fwd", l.name), |b| {
+            b.iter(|| x.conv2d(&w, 1, 1).unwrap())
+        });
         // Backward: the weight gradient always, the input gradient when the layer has one.
         let gemms = if l.input_grad { 3 } else { 2 };
         g.throughput(Throughput::Elements(gemms * f));
         g.bench_function(format!("{}/fwd+bwd", l.name), |b| {
             b.iter(|| {
                 let tape = Tape::new(&Cpu);
-                let xv = if l.input_grad { tape.var(x.clone()) } else { tape.constant(x.clone()) };
+                let xv = if l.input_grad {
+                    tape.var(x.clone())
+                } else {
+                    tape.constant(x.clone())
+                };
                 let wv = tape.var(w.clone());
                 let loss = xv.conv2d(&wv, 1, 1).unwrap().sum_all().unwrap();
                 tape.backward(&loss).unwrap()
@@ -78,8 +111,13 @@ fn conv_layers(c: &mut Criterion) {
 /// The whole `cnn` encoder, forward + backward, as in one MLA step for one modality.
 fn encoders(c: &mut Criterion) {
     let mut g = c.benchmark_group("cnn_encoder");
-    g.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3)).sample_size(15);
-    for (name, x_dims, flat) in [("image", [64usize, 1, 28, 28], 64 * 7 * 7), ("audio", [64, 1, 40, 63], 64 * 10 * 15)] {
+    g.warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(15);
+    for (name, x_dims, flat) in [
+        ("image", [64usize, 1, 28, 28], 64 * 7 * 7),
+        ("audio", [64, 1, 40, 63], 64 * 10 * 15),
+    ] {
         let (h, w) = (x_dims[2], x_dims[3]);
         let x = tensor(3, &x_dims, 1.0);
         let w1 = tensor(4, &[32, 1, 3, 3], 0.5);
@@ -96,10 +134,37 @@ fn encoders(c: &mut Criterion) {
             b.iter(|| {
                 let tape = Tape::new(&Cpu);
                 let xv = tape.constant(x.clone());
-                let p: Vec<_> = [&w1, &b1, &w2, &b2, &wf, &bf].iter().map(|t| tape.var((*t).clone())).collect();
-                let h1 = xv.conv2d(&p[0], 1, 1).unwrap().add(&p[1]).unwrap().relu().unwrap().max_pool2d(2, 2).unwrap();
-                let h2 = h1.conv2d(&p[2], 1, 1).unwrap().add(&p[3]).unwrap().relu().unwrap().max_pool2d(2, 2).unwrap();
-                let z = h2.flatten().unwrap().matmul_t(&p[4], false, true).unwrap().add(&p[5]).unwrap().relu().unwrap();
+                let p: Vec<_> = [&w1, &b1, &w2, &b2, &wf, &bf]
+                    .iter()
+                    .map(|t| tape.var((*t).clone()))
+                    .collect();
+                let h1 = xv
+                    .conv2d(&p[0], 1, 1)
+                    .unwrap()
+                    .add(&p[1])
+                    .unwrap()
+                    .relu()
+                    .unwrap()
+                    .max_pool2d(2, 2)
+                    .unwrap();
+                let h2 = h1
+                    .conv2d(&p[2], 1, 1)
+                    .unwrap()
+                    .add(&p[3])
+                    .unwrap()
+                    .relu()
+                    .unwrap()
+                    .max_pool2d(2, 2)
+                    .unwrap();
+                let z = h2
+                    .flatten()
+                    .unwrap()
+                    .matmul_t(&p[4], false, true)
+                    .unwrap()
+                    .add(&p[5])
+                    .unwrap()
+                    .relu()
+                    .unwrap();
                 let loss = z.sum_all().unwrap();
                 tape.backward(&loss).unwrap()
             })

@@ -61,13 +61,26 @@ fn values(seed: u64, len: usize) -> Vec<f32> {
 
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
-    g.warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_millis(1500)).sample_size(30);
+    g.warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500))
+        .sample_size(30);
     for &(name, m, k, n, ta, tb) in SHAPES {
         let a = values(1, m * k);
         let b = values(2, k * n);
-        let cfg = GemmConfig { batch: 1, m, n, k, trans_a: ta, trans_b: tb, stride_a: 0, stride_b: 0 };
+        let cfg = GemmConfig {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+            stride_a: 0,
+            stride_b: 0,
+        };
         g.throughput(Throughput::Elements(2 * (m * k * n) as u64));
-        g.bench_function(name, |bch| bch.iter(|| Backend::<f32>::gemm(&Cpu, &cfg, &a, &b).unwrap()));
+        g.bench_function(name, |bch| {
+            bch.iter(|| Backend::<f32>::gemm(&Cpu, &cfg, &a, &b).unwrap())
+        });
     }
     g.finish();
 }

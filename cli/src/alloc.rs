@@ -42,12 +42,22 @@ unsafe impl Send for Cache {}
 
 impl Cache {
     const fn new() -> Self {
-        Cache { blocks: [Block { ptr: std::ptr::null_mut(), size: 0, align: 0 }; SLOTS], len: 0, bytes: 0 }
+        Cache {
+            blocks: [Block {
+                ptr: std::ptr::null_mut(),
+                size: 0,
+                align: 0,
+            }; SLOTS],
+            len: 0,
+            bytes: 0,
+        }
     }
 
     /// Takes a cached block of exactly this layout (the most recent one).
     fn take(&mut self, layout: Layout) -> Option<*mut u8> {
-        let i = (0..self.len).rev().find(|&i| self.blocks[i].size == layout.size() && self.blocks[i].align == layout.align())?;
+        let i = (0..self.len).rev().find(|&i| {
+            self.blocks[i].size == layout.size() && self.blocks[i].align == layout.align()
+        })?;
         let b = self.blocks[i];
         self.blocks.copy_within(i + 1..self.len, i);
         self.len -= 1;
@@ -84,7 +94,9 @@ pub struct CachingAlloc {
 
 impl CachingAlloc {
     pub const fn new() -> Self {
-        CachingAlloc { cache: Mutex::new(Cache::new()) }
+        CachingAlloc {
+            cache: Mutex::new(Cache::new()),
+        }
     }
 
     fn take(&self, layout: Layout) -> Option<*mut u8> {
@@ -117,9 +129,20 @@ unsafe impl GlobalAlloc for CachingAlloc {
         if layout.size() < LARGE {
             return System.dealloc(ptr, layout);
         }
-        let mut evicted = [Block { ptr: std::ptr::null_mut(), size: 0, align: 0 }; SLOTS];
+        let mut evicted = [Block {
+            ptr: std::ptr::null_mut(),
+            size: 0,
+            align: 0,
+        }; SLOTS];
         let n = match self.cache.lock() {
-            Ok(mut c) => c.put(Block { ptr, size: layout.size(), align: layout.align() }, &mut evicted),
+            Ok(mut c) => c.put(
+                Block {
+                    ptr,
+                    size: layout.size(),
+                    align: layout.align(),
+                },
+                &mut evicted,
+            ),
             Err(_) => return System.dealloc(ptr, layout),
         };
         for b in &evicted[..n] {
@@ -151,7 +174,11 @@ mod tests {
     }
 
     fn block(i: usize, size: usize) -> Block {
-        Block { ptr: addr(i), size, align: 8 }
+        Block {
+            ptr: addr(i),
+            size,
+            align: 8,
+        }
     }
 
     #[test]
@@ -165,7 +192,10 @@ mod tests {
         assert_eq!(c.take(l), Some(addr(3)));
         assert_eq!(c.take(l), Some(addr(1)));
         assert_eq!(c.take(l), None);
-        assert_eq!(c.take(Layout::from_size_align(2 * LARGE, 16).unwrap()), None);
+        assert_eq!(
+            c.take(Layout::from_size_align(2 * LARGE, 16).unwrap()),
+            None
+        );
         assert_eq!(c.bytes, 2 * LARGE);
     }
 

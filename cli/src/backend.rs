@@ -41,7 +41,8 @@ pub fn dispatch<F: OnBackend>(choice: BackendChoice, f: F) -> CliResult<F::Outpu
     match choice {
         BackendChoice::Cpu => f.run(mla_cpu::Cpu::new(), "cpu"),
         BackendChoice::Cuda => {
-            let cuda = mla_cuda::Cuda::new(0).map_err(|e| format!("--backend cuda: no usable CUDA device: {e}"))?;
+            let cuda = mla_cuda::Cuda::new(0)
+                .map_err(|e| format!("--backend cuda: no usable CUDA device: {e}"))?;
             let name = format!("cuda ({})", cuda.device_name());
             f.run(cuda, &name)
         }

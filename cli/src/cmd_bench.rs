@@ -73,7 +73,11 @@ impl OnBackend for Args {
         let hgm = match (self.method, self.hgm) {
             (Method::Mla, h) => h.unwrap_or(HgmMode::Owm),
             (_, None | Some(HgmMode::None)) => HgmMode::None,
-            (m, Some(h)) => return Err(format!("--hgm {h} applies to --method mla only (got --method {m})").into()),
+            (m, Some(h)) => {
+                return Err(
+                    format!("--hgm {h} applies to --method mla only (got --method {m})").into(),
+                )
+            }
         };
         let cfg = TrainConfig {
             method: self.method,

@@ -67,7 +67,11 @@ impl OnBackend for Args {
         let data = match &self.data {
             Some(d) => d.clone(),
             None => {
-                let dir = self.checkpoint.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+                let dir = self
+                    .checkpoint
+                    .parent()
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(std::path::Path::new("."));
                 if !dir.join(run_dir::CONFIG).is_file() {
                     return Err(format!(
                         "--data DIR is required: {} has no {} next to it naming its dataset",
@@ -86,7 +90,11 @@ impl OnBackend for Args {
         if samples.is_empty() {
             return Err(format!("{}: the {split} split is empty", data.display()).into());
         }
-        let opts = EvalOptions { fusion: self.fusion, drop: self.drop_modality.clone(), gap: true };
+        let opts = EvalOptions {
+            fusion: self.fusion,
+            drop: self.drop_modality.clone(),
+            gap: true,
+        };
         let m = eval::evaluate(&model, &cfg, &layout, &dataset, &samples, &opts)?;
         let fusion = self.fusion.unwrap_or(cfg.fusion);
         if self.json {
@@ -107,8 +115,16 @@ impl OnBackend for Args {
             } else {
                 format!(", without {}", self.drop_modality.join(", "))
             };
-            println!("{} on the {split} split of {}{dropped} ({} samples):", self.checkpoint.display(), data.display(), m.samples);
-            print!("{}", metrics_table(cfg.method, fusion.as_str(), None, &m, &split.to_string()));
+            println!(
+                "{} on the {split} split of {}{dropped} ({} samples):",
+                self.checkpoint.display(),
+                data.display(),
+                m.samples
+            );
+            print!(
+                "{}",
+                metrics_table(cfg.method, fusion.as_str(), None, &m, &split.to_string())
+            );
         }
         Ok(())
     }

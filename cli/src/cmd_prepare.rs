@@ -53,9 +53,13 @@ fn run_avmnist(a: AvmnistArgs) -> CliResult {
     };
     let start = Instant::now();
     let mut progress = |msg: &str| eprintln!("[{:6.1}s] {msg}", start.elapsed().as_secs_f64());
-    let r = prepare_avmnist(&opts, &mut progress)
-        .map_err(|e| format!("mla prepare avmnist: {e}"))?;
-    println!("AV-MNIST written to {} in {:.1} s", r.out.display(), r.seconds);
+    let r =
+        prepare_avmnist(&opts, &mut progress).map_err(|e| format!("mla prepare avmnist: {e}"))?;
+    println!(
+        "AV-MNIST written to {} in {:.1} s",
+        r.out.display(),
+        r.seconds
+    );
     println!(
         "  samples     {} (train {}, validation {}, test {})",
         r.samples, r.train, r.validation, r.test
@@ -70,7 +74,10 @@ fn run_avmnist(a: AvmnistArgs) -> CliResult {
         println!("  image noise sigma {}", opts.image_noise);
     }
     if let (Some(k), Some(v)) = (r.pca_components_removed, r.pca_variance_removed) {
-        println!("  image PCA   removed the top {k} components ({:.2}% of the train variance)", 100.0 * v);
+        println!(
+            "  image PCA   removed the top {k} components ({:.2}% of the train variance)",
+            100.0 * v
+        );
     }
     println!("  seed        {}", opts.seed);
     Ok(())

@@ -33,7 +33,12 @@ pub struct Args {
     #[arg(long, value_name = "NAME", conflicts_with = "resume")]
     modality: Option<String>,
     /// Encoder of every modality (cnn, mlp) or one per modality: image=cnn,audio=mlp.
-    #[arg(long, value_name = "SPEC", default_value = "cnn", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_name = "SPEC",
+        default_value = "cnn",
+        conflicts_with = "resume"
+    )]
     encoder: String,
     /// Size of every encoder's feature vector.
     #[arg(long, default_value_t = 128, conflicts_with = "resume")]
@@ -97,7 +102,11 @@ impl Args {
         let hgm = match (self.method, self.hgm) {
             (Method::Mla, h) => h.unwrap_or(HgmMode::Owm),
             (_, None | Some(HgmMode::None)) => HgmMode::None,
-            (m, Some(h)) => return Err(format!("--hgm {h} applies to --method mla only (got --method {m})").into()),
+            (m, Some(h)) => {
+                return Err(
+                    format!("--hgm {h} applies to --method mla only (got --method {m})").into(),
+                )
+            }
         };
         let cfg = TrainConfig {
             method: self.method,
@@ -156,11 +165,18 @@ impl OnBackend for Args {
             }
         };
         trainer.set_environment(name, self.threads);
-        let run_dir = trainer.run_dir().map(|d| d.path().display().to_string()).unwrap_or_default();
+        let run_dir = trainer
+            .run_dir()
+            .map(|d| d.path().display().to_string())
+            .unwrap_or_default();
         if !self.quiet {
             let c = trainer.config();
             let done = trainer.state().epochs_done;
-            let from = if done > 0 { format!(" (resuming after epoch {done})") } else { String::new() };
+            let from = if done > 0 {
+                format!(" (resuming after epoch {done})")
+            } else {
+                String::new()
+            };
             eprintln!(
                 "training {} on {} train samples ({}), {} epoch{}, backend {name}{from}; run directory {run_dir}",
                 c.method,
@@ -182,7 +198,11 @@ fn cache_dir(flag: Option<&Path>) -> CliResult<PathBuf> {
     if let Some(d) = flag {
         return Ok(d.to_path_buf());
     }
-    let non_empty = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let non_empty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     non_empty("XDG_CACHE_HOME")
         .map(|d| d.join("mla"))
         .or_else(|| non_empty("HOME").map(|h| h.join(".cache").join("mla")))
@@ -198,11 +218,16 @@ fn default_dataset(raw: &Path, cache_flag: Option<&Path>, quiet: bool) -> CliRes
     if dir.join(mla_models::data::dataset::MANIFEST).is_file() {
         return Ok(dir);
     }
-    std::fs::create_dir_all(&cache).map_err(|e| format!("cannot create the cache directory {}: {e}", cache.display()))?;
+    std::fs::create_dir_all(&cache)
+        .map_err(|e| format!("cannot create the cache directory {}: {e}", cache.display()))?;
     let tmp = cache.join(format!(".avmnist-partial-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     if !quiet {
-        eprintln!("preparing AV-MNIST from {} into {} (first run only)", raw.display(), dir.display());
+        eprintln!(
+            "preparing AV-MNIST from {} into {} (first run only)",
+            raw.display(),
+            dir.display()
+        );
     }
     let start = std::time::Instant::now();
     let mut progress = |msg: &str| {
@@ -222,7 +247,11 @@ fn default_dataset(raw: &Path, cache_flag: Option<&Path>, quiet: bool) -> CliRes
         let _ = std::fs::remove_dir_all(&tmp);
         // Another run may have finished preparing it first.
         if !dir.join(mla_models::data::dataset::MANIFEST).is_file() {
-            return Err(format!("cannot move the prepared AV-MNIST to {}: {e}", dir.display()).into());
+            return Err(format!(
+                "cannot move the prepared AV-MNIST to {}: {e}",
+                dir.display()
+            )
+            .into());
         }
     }
     Ok(dir)
@@ -230,7 +259,10 @@ fn default_dataset(raw: &Path, cache_flag: Option<&Path>, quiet: bool) -> CliRes
 
 /// `runs/<method>-<UTC time>`, e.g. `runs/mla-20250101-120000`.
 fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     let what = match (&cfg.method, &cfg.modality) {

@@ -18,7 +18,11 @@ static GLOBAL: alloc::CachingAlloc = alloc::CachingAlloc::new();
 pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 
 #[derive(Parser)]
-#[command(name = "mla", version, about = "Multimodal learning with alternating unimodal adaptation (MLA)")]
+#[command(
+    name = "mla",
+    version,
+    about = "Multimodal learning with alternating unimodal adaptation (MLA)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,

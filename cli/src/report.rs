@@ -21,7 +21,11 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(quiet: bool) -> Self {
-        Progress { bar: None, started: Instant::now(), quiet }
+        Progress {
+            bar: None,
+            started: Instant::now(),
+            quiet,
+        }
     }
 }
 
@@ -62,8 +66,16 @@ impl Observer for Progress {
         if self.quiet {
             return;
         }
-        let mods: Vec<String> = r.val.modality_accuracy.iter().map(|(m, a)| format!("{m} {}", pct(a))).collect();
-        let hgm = r.hgm_surviving_fraction.map(|f| format!(", head gradient kept {f:.3}")).unwrap_or_default();
+        let mods: Vec<String> = r
+            .val
+            .modality_accuracy
+            .iter()
+            .map(|(m, a)| format!("{m} {}", pct(a)))
+            .collect();
+        let hgm = r
+            .hgm_surviving_fraction
+            .map(|f| format!(", head gradient kept {f:.3}"))
+            .unwrap_or_default();
         eprintln!(
             "epoch {}: loss {:.4}, val fused {} ({}){hgm}, {:.0} samples/s, {:.1} s{}",
             r.epoch,
@@ -78,16 +90,32 @@ impl Observer for Progress {
 }
 
 /// One table row; `val` is `None` for a table without a validation column.
-fn row(out: &mut String, name: &str, val: Option<Option<f64>>, test: Option<f64>, fmt: fn(f64) -> String) {
+fn row(
+    out: &mut String,
+    name: &str,
+    val: Option<Option<f64>>,
+    test: Option<f64>,
+    fmt: fn(f64) -> String,
+) {
     let cell = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "-".into());
     match val {
-        Some(v) => out.push_str(&format!("  {name:<22} {:>10} {:>10}\n", cell(v), cell(test))),
+        Some(v) => out.push_str(&format!(
+            "  {name:<22} {:>10} {:>10}\n",
+            cell(v),
+            cell(test)
+        )),
         None => out.push_str(&format!("  {name:<22} {:>10}\n", cell(test))),
     }
 }
 
 /// Rows of one or two evaluations side by side.
-pub fn metrics_table(method: Method, fusion: &str, val: Option<&EvalMetrics>, test: &EvalMetrics, test_label: &str) -> String {
+pub fn metrics_table(
+    method: Method,
+    fusion: &str,
+    val: Option<&EvalMetrics>,
+    test: &EvalMetrics,
+    test_label: &str,
+) -> String {
     let mut out = match val {
         Some(_) => format!("  {:<22} {:>10} {:>10}\n", "", "val", test_label),
         None => format!("  {:<22} {:>10}\n", "", test_label),
@@ -99,7 +127,13 @@ pub fn metrics_table(method: Method, fusion: &str, val: Option<&EvalMetrics>, te
         Method::Joint => "fused (joint head)".into(),
         Method::Unimodal => "fused (= modality)".into(),
     };
-    row(&mut out, &fused_name, v(&|m| Some(m.fused_accuracy)), Some(test.fused_accuracy), pct);
+    row(
+        &mut out,
+        &fused_name,
+        v(&|m| Some(m.fused_accuracy)),
+        Some(test.fused_accuracy),
+        pct,
+    );
     if let Some(fa) = &test.fusion_accuracy {
         for (rule, acc) in fa.iter() {
             if rule != fusion {
@@ -109,20 +143,51 @@ pub fn metrics_table(method: Method, fusion: &str, val: Option<&EvalMetrics>, te
         }
     }
     for (name, acc) in test.modality_accuracy.iter() {
-        let label = if method == Method::Joint { format!("{name} (head slice)") } else { name.to_string() };
-        row(&mut out, &label, v(&|m| m.modality_accuracy.get(name)), Some(acc), pct);
+        let label = if method == Method::Joint {
+            format!("{name} (head slice)")
+        } else {
+            name.to_string()
+        };
+        row(
+            &mut out,
+            &label,
+            v(&|m| m.modality_accuracy.get(name)),
+            Some(acc),
+            pct,
+        );
     }
     if test.modality_gap.is_some() {
-        row(&mut out, "modality gap", v(&|m| m.modality_gap), test.modality_gap, |g| format!("{g:.4}"));
+        row(
+            &mut out,
+            "modality gap",
+            v(&|m| m.modality_gap),
+            test.modality_gap,
+            |g| format!("{g:.4}"),
+        );
     }
-    row(&mut out, "loss", v(&|m| Some(m.loss)), Some(test.loss), |l| format!("{l:.4}"));
-    row(&mut out, "samples", v(&|m| Some(m.samples as f64)), Some(test.samples as f64), |n| format!("{n:.0}"));
+    row(
+        &mut out,
+        "loss",
+        v(&|m| Some(m.loss)),
+        Some(test.loss),
+        |l| format!("{l:.4}"),
+    );
+    row(
+        &mut out,
+        "samples",
+        v(&|m| Some(m.samples as f64)),
+        Some(test.samples as f64),
+        |n| format!("{n:.0}"),
+    );
     out
 }
 
 pub fn summary_table(s: &Summary) -> String {
     let what = match s.method {
-        Method::Mla => format!("MLA (hgm {}, alpha {}, fusion {})", s.hgm, s.alpha, s.fusion),
+        Method::Mla => format!(
+            "MLA (hgm {}, alpha {}, fusion {})",
+            s.hgm, s.alpha, s.fusion
+        ),
         Method::Joint => "joint (concatenation, one head)".into(),
         Method::Unimodal => format!("unimodal ({})", s.modality.as_deref().unwrap_or("?")),
     };
@@ -130,10 +195,23 @@ pub fn summary_table(s: &Summary) -> String {
         "{what}, encoder {}, seed {}: best epoch {} of {}\n",
         s.encoder, s.seed, s.best_epoch, s.epochs
     );
-    out.push_str(&metrics_table(s.method, s.fusion.as_str(), Some(&s.val), &s.test, "test"));
+    out.push_str(&metrics_table(
+        s.method,
+        s.fusion.as_str(),
+        Some(&s.val),
+        &s.test,
+        "test",
+    ));
     if !s.hgm_surviving_fraction.is_empty() {
-        let f: Vec<String> = s.hgm_surviving_fraction.iter().map(|f| format!("{f:.3}")).collect();
-        out.push_str(&format!("  head gradient kept by HGM per epoch: {}\n", f.join(", ")));
+        let f: Vec<String> = s
+            .hgm_surviving_fraction
+            .iter()
+            .map(|f| format!("{f:.3}"))
+            .collect();
+        out.push_str(&format!(
+            "  head gradient kept by HGM per epoch: {}\n",
+            f.join(", ")
+        ));
     }
     out.push_str(&format!(
         "  time: {:.1} s training ({:.0} samples/s on {}), {:.1} s in all\n",

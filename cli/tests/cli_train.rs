@@ -30,11 +30,19 @@ fn ok(args: &[&str]) -> String {
 /// Runs a command that must fail with exactly one `error:` line on stderr; returns it.
 fn fails(args: &[&str]) -> String {
     let out = mla(args);
-    assert!(!out.status.success(), "mla {args:?} should fail; stdout: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "mla {args:?} should fail; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "mla {args:?} panicked: {err}");
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(errors.len(), 1, "mla {args:?}: expected one error line: {err}");
+    assert_eq!(
+        errors.len(),
+        1,
+        "mla {args:?}: expected one error line: {err}"
+    );
     errors[0].to_string()
 }
 
@@ -46,7 +54,18 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-const QUICK: [&str; 10] = ["--batch-size", "32", "--lr", "0.02", "--backend", "cpu", "--threads", "2", "--quiet", "--eval-batch-size"];
+const QUICK: [&str; 10] = [
+    "--batch-size",
+    "32",
+    "--lr",
+    "0.02",
+    "--backend",
+    "cpu",
+    "--threads",
+    "2",
+    "--quiet",
+    "--eval-batch-size",
+];
 
 fn train_args<'a>(data: &'a str, out: &'a str, epochs: &'a str) -> Vec<&'a str> {
     let mut v = vec!["train", "--data", data, "--out", out, "--epochs", epochs];
@@ -61,7 +80,10 @@ fn train_writes_the_run_directory_and_resume_matches_a_full_run() {
     let runs = TempDir::new("cli-runs");
     let full = runs.join("full");
     let stdout = ok(&train_args(s(data.path()), s(&full), "3"));
-    assert!(stdout.contains("fused (entropy)") && stdout.contains("modality gap"), "{stdout}");
+    assert!(
+        stdout.contains("fused (entropy)") && stdout.contains("modality gap"),
+        "{stdout}"
+    );
 
     let summary = json(&full.join("summary.json"));
     assert_eq!(summary["method"], "mla");
@@ -76,9 +98,14 @@ fn train_writes_the_run_directory_and_resume_matches_a_full_run() {
             assert!((0.0..=1.0).contains(&a), "{split} {m} {a}");
         }
     }
-    assert!(summary["test"]["fused_accuracy"].as_f64().unwrap() > 0.8, "{summary}");
+    assert!(
+        summary["test"]["fused_accuracy"].as_f64().unwrap() > 0.8,
+        "{summary}"
+    );
     assert!(summary["test"]["modality_gap"].as_f64().is_some());
-    assert!(summary["test"]["fusion_accuracy"]["mean"].as_f64().is_some());
+    assert!(summary["test"]["fusion_accuracy"]["mean"]
+        .as_f64()
+        .is_some());
     assert!(summary["train_seconds"].as_f64().unwrap() > 0.0);
     assert!(summary["samples_per_second"].as_f64().unwrap() > 0.0);
     let lines = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
@@ -94,23 +121,71 @@ fn train_writes_the_run_directory_and_resume_matches_a_full_run() {
     // Interrupted after 1 epoch, resumed to 3: the same result.
     let part = runs.join("part");
     ok(&train_args(s(data.path()), s(&part), "1"));
-    ok(&["train", "--resume", s(&part), "--epochs", "3", "--backend", "cpu", "--threads", "2", "--quiet"]);
+    ok(&[
+        "train",
+        "--resume",
+        s(&part),
+        "--epochs",
+        "3",
+        "--backend",
+        "cpu",
+        "--threads",
+        "2",
+        "--quiet",
+    ]);
     let resumed = json(&part.join("summary.json"));
-    for k in ["best_epoch", "epochs", "val", "test", "hgm_surviving_fraction"] {
+    for k in [
+        "best_epoch",
+        "epochs",
+        "val",
+        "test",
+        "hgm_surviving_fraction",
+    ] {
         assert_eq!(resumed[k], summary[k], "{k}");
     }
 
     // eval of the best checkpoint reproduces the summary's test metrics.
     let best_ckpt = full.join("best.safetensors");
-    let out = ok(&["eval", "--checkpoint", s(&best_ckpt), "--json", "--backend", "cpu"]);
+    let out = ok(&[
+        "eval",
+        "--checkpoint",
+        s(&best_ckpt),
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
     let e: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(e["metrics"]["fused_accuracy"], summary["test"]["fused_accuracy"]);
-    assert_eq!(e["metrics"]["modality_accuracy"], summary["test"]["modality_accuracy"]);
-    let table = ok(&["eval", "--checkpoint", s(&best_ckpt), "--data", s(data.path()), "--split", "val"]);
+    assert_eq!(
+        e["metrics"]["fused_accuracy"],
+        summary["test"]["fused_accuracy"]
+    );
+    assert_eq!(
+        e["metrics"]["modality_accuracy"],
+        summary["test"]["modality_accuracy"]
+    );
+    let table = ok(&[
+        "eval",
+        "--checkpoint",
+        s(&best_ckpt),
+        "--data",
+        s(data.path()),
+        "--split",
+        "val",
+    ]);
     assert!(table.contains("validation"), "{table}");
-    let out = ok(&["eval", "--checkpoint", s(&best_ckpt), "--drop-modality", "audio", "--json"]);
+    let out = ok(&[
+        "eval",
+        "--checkpoint",
+        s(&best_ckpt),
+        "--drop-modality",
+        "audio",
+        "--json",
+    ]);
     let e: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(e["metrics"]["fused_accuracy"], summary["test"]["modality_accuracy"]["image"]);
+    assert_eq!(
+        e["metrics"]["fused_accuracy"],
+        summary["test"]["modality_accuracy"]["image"]
+    );
 
     // Re-using a run directory is refused; resuming a complete run just reports it.
     let err = fails(&train_args(s(data.path()), s(&full), "3"));
@@ -124,7 +199,10 @@ fn train_writes_the_run_directory_and_resume_matches_a_full_run() {
 
 #[test]
 fn baselines_and_bench_run() {
-    let spec = Synthetic { audio_missing_every: 5, ..Synthetic::default() };
+    let spec = Synthetic {
+        audio_missing_every: 5,
+        ..Synthetic::default()
+    };
     let data = synthetic("cli-baselines", &spec);
     let runs = TempDir::new("cli-baseline-runs");
     let joint = runs.join("joint");
@@ -139,19 +217,57 @@ fn baselines_and_bench_run() {
 
     let uni = runs.join("uni");
     let mut a = train_args(s(data.path()), s(&uni), "1");
-    a.extend_from_slice(&["--method", "unimodal", "--modality", "image", "--encoder", "mlp"]);
+    a.extend_from_slice(&[
+        "--method",
+        "unimodal",
+        "--modality",
+        "image",
+        "--encoder",
+        "mlp",
+    ]);
     ok(&a);
     let su = json(&uni.join("summary.json"));
-    assert_eq!(su["test"]["fused_accuracy"], su["test"]["modality_accuracy"]["image"]);
+    assert_eq!(
+        su["test"]["fused_accuracy"],
+        su["test"]["modality_accuracy"]["image"]
+    );
     assert!(su["test"]["modality_accuracy"]["audio"].is_null());
 
-    let out = ok(&["bench", "--data", s(data.path()), "--steps", "5", "--warmup", "1", "--batch-size", "16", "--json", "--backend", "cpu"]);
+    let out = ok(&[
+        "bench",
+        "--data",
+        s(data.path()),
+        "--steps",
+        "5",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "16",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
     let b: Value = serde_json::from_str(out.trim()).unwrap();
     assert!(b["ms_per_step_median"].as_f64().unwrap() > 0.0);
     assert!(b["samples_per_second"].as_f64().unwrap() > 0.0);
     assert_eq!(b["hgm"], "owm");
-    let text = ok(&["bench", "--data", s(data.path()), "--steps", "3", "--warmup", "0", "--batch-size", "16", "--backend", "cpu"]);
-    assert!(text.contains("steps/s") && text.contains("samples/s"), "{text}");
+    let text = ok(&[
+        "bench",
+        "--data",
+        s(data.path()),
+        "--steps",
+        "3",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "16",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        text.contains("steps/s") && text.contains("samples/s"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -162,10 +278,21 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     let out = runs.join("x");
     let o = s(&out);
     let base = |extra: &[&'static str]| -> Vec<String> {
-        let mut v: Vec<String> = ["train", "--data", d, "--out", o, "--backend", "cpu", "--quiet", "--epochs", "1"]
-            .iter()
-            .map(|x| x.to_string())
-            .collect();
+        let mut v: Vec<String> = [
+            "train",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--backend",
+            "cpu",
+            "--quiet",
+            "--epochs",
+            "1",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
         v.extend(extra.iter().map(|x| x.to_string()));
         v
     };
@@ -186,10 +313,16 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     let e = run(&["--method", "joint", "--hgm", "owm"]);
     assert!(e.contains("--hgm"), "{e}");
     let e = run(&["--lr", "1e9", "--momentum", "0", "--hgm", "none"]);
-    assert!(e.contains("non-finite") && e.contains("epoch 1") && e.contains("step"), "{e}");
+    assert!(
+        e.contains("non-finite") && e.contains("epoch 1") && e.contains("step"),
+        "{e}"
+    );
     // Unknown names are rejected by the argument parser (exit 2) with the valid ones.
     let e = fails(&["train", "--data", d, "--method", "lazy"]);
-    assert!(e.contains("lazy") && e.contains("mla, joint, unimodal"), "{e}");
+    assert!(
+        e.contains("lazy") && e.contains("mla, joint, unimodal"),
+        "{e}"
+    );
     let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);
     assert!(e.contains("orthogonal"), "{e}");
 
@@ -202,15 +335,39 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
 
     // Without --data: the cached AV-MNIST, prepared from --raw when absent.
     let cache = TempDir::new("cli-cache");
-    let e = fails(&["train", "--cache-dir", s(cache.path()), "--raw", "/no/raw/avmnist", "--backend", "cpu", "--quiet"]);
+    let e = fails(&[
+        "train",
+        "--cache-dir",
+        s(cache.path()),
+        "--raw",
+        "/no/raw/avmnist",
+        "--backend",
+        "cpu",
+        "--quiet",
+    ]);
     assert!(e.contains("/no/raw/avmnist") && e.contains("README"), "{e}");
-    assert!(std::fs::read_dir(cache.path()).unwrap().next().is_none(), "a failed preparation leaves nothing behind");
+    assert!(
+        std::fs::read_dir(cache.path()).unwrap().next().is_none(),
+        "a failed preparation leaves nothing behind"
+    );
     std::fs::create_dir(cache.join("avmnist")).unwrap();
     Synthetic::default().write(&cache.join("avmnist"));
     let cached_run = runs.join("cached");
     let out = ok(&[
-        "train", "--cache-dir", s(cache.path()), "--raw", "/no/raw/avmnist", "--out", s(&cached_run),
-        "--epochs", "1", "--batch-size", "32", "--backend", "cpu", "--quiet",
+        "train",
+        "--cache-dir",
+        s(cache.path()),
+        "--raw",
+        "/no/raw/avmnist",
+        "--out",
+        s(&cached_run),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "32",
+        "--backend",
+        "cpu",
+        "--quiet",
     ]);
     assert!(out.contains("best epoch 1 of 1"), "{out}");
     let rc = json(&cached_run.join("config.json"));
@@ -223,9 +380,23 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
 
     // Without a usable GPU, --backend cuda must say so (with one, it trains).
     let cuda_out = runs.join("cuda");
-    let out = mla(&["train", "--data", d, "--out", s(&cuda_out), "--backend", "cuda", "--quiet", "--epochs", "1"]);
+    let out = mla(&[
+        "train",
+        "--data",
+        d,
+        "--out",
+        s(&cuda_out),
+        "--backend",
+        "cuda",
+        "--quiet",
+        "--epochs",
+        "1",
+    ]);
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.trim().starts_with("error") && err.to_lowercase().contains("cuda"), "{err}");
+        assert!(
+            err.trim().starts_with("error") && err.to_lowercase().contains("cuda"),
+            "{err}"
+        );
     }
 }

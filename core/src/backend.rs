@@ -21,7 +21,10 @@ pub enum UnaryOp {
     Sqr,
     Sqrt,
     /// `mul * x + add`.
-    Affine { mul: f64, add: f64 },
+    Affine {
+        mul: f64,
+        add: f64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -141,7 +144,8 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
         dims: &[usize],
     ) -> Result<()>;
 
-    fn gemm(&self, cfg: &GemmConfig, a: &Self::Storage, b: &Self::Storage) -> Result<Self::Storage>;
+    fn gemm(&self, cfg: &GemmConfig, a: &Self::Storage, b: &Self::Storage)
+        -> Result<Self::Storage>;
 
     fn unary(&self, op: UnaryOp, x: &Self::Storage) -> Result<Self::Storage>;
     /// `grad * f'(x)`, where `y = f(x)` is passed too so rules can use whichever is cheaper.
@@ -166,10 +170,22 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
     ) -> Result<Self::Storage>;
 
     /// Sums `[outer, len, inner]` along the middle axis into `[outer, inner]`.
-    fn sum_axis(&self, x: &Self::Storage, outer: usize, len: usize, inner: usize) -> Result<Self::Storage>;
+    fn sum_axis(
+        &self,
+        x: &Self::Storage,
+        outer: usize,
+        len: usize,
+        inner: usize,
+    ) -> Result<Self::Storage>;
 
     /// Row-wise softmax (or log-softmax when `log`) of a `[rows, cols]` matrix.
-    fn softmax(&self, x: &Self::Storage, rows: usize, cols: usize, log: bool) -> Result<Self::Storage>;
+    fn softmax(
+        &self,
+        x: &Self::Storage,
+        rows: usize,
+        cols: usize,
+        log: bool,
+    ) -> Result<Self::Storage>;
     /// Backward of `softmax` given its output `y`.
     fn softmax_backward(
         &self,
@@ -200,7 +216,12 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
     ) -> Result<Self::Storage>;
 
     /// `out[i] = x[idx[i]]` for rows of `row_len` elements.
-    fn gather_rows(&self, x: &Self::Storage, idx: &Self::Index, row_len: usize) -> Result<Self::Storage>;
+    fn gather_rows(
+        &self,
+        x: &Self::Storage,
+        idx: &Self::Index,
+        row_len: usize,
+    ) -> Result<Self::Storage>;
     /// `out[idx[i]] += grad[i]` into a zeroed `[rows_out, row_len]`.
     fn scatter_add_rows(
         &self,
@@ -217,10 +238,23 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
 
     /// Max pooling; returns the output and, per output element, the flat index
     /// within its plane of the maximum (first one on ties).
-    fn max_pool2d(&self, x: &Self::Storage, g: &Pool2dGeometry) -> Result<(Self::Storage, Self::Index)>;
-    fn max_pool2d_backward(&self, grad: &Self::Storage, argmax: &Self::Index, g: &Pool2dGeometry) -> Result<Self::Storage>;
+    fn max_pool2d(
+        &self,
+        x: &Self::Storage,
+        g: &Pool2dGeometry,
+    ) -> Result<(Self::Storage, Self::Index)>;
+    fn max_pool2d_backward(
+        &self,
+        grad: &Self::Storage,
+        argmax: &Self::Index,
+        g: &Pool2dGeometry,
+    ) -> Result<Self::Storage>;
     fn avg_pool2d(&self, x: &Self::Storage, g: &Pool2dGeometry) -> Result<Self::Storage>;
-    fn avg_pool2d_backward(&self, grad: &Self::Storage, g: &Pool2dGeometry) -> Result<Self::Storage>;
+    fn avg_pool2d_backward(
+        &self,
+        grad: &Self::Storage,
+        g: &Pool2dGeometry,
+    ) -> Result<Self::Storage>;
 
     /// In-place SGD: `g' = grad + wd * p; v = momentum * v + g'; p -= lr * (nesterov ? g' + momentum * v : v)`.
     /// `velocity` is `None` when momentum is 0.

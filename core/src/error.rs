@@ -24,15 +24,27 @@ impl fmt::Display for Dims {
 pub enum Error {
     /// Two operands whose shapes do not fit together.
     #[error("{op}: shape mismatch between lhs {lhs} and rhs {rhs}")]
-    ShapeMismatch { op: &'static str, lhs: Dims, rhs: Dims },
+    ShapeMismatch {
+        op: &'static str,
+        lhs: Dims,
+        rhs: Dims,
+    },
 
     /// An argument that is wrong on its own (bad axis, bad reshape, bad index...).
     #[error("{op}: {msg} (shapes: {shapes:?})")]
-    InvalidArgument { op: &'static str, msg: String, shapes: Vec<Dims> },
+    InvalidArgument {
+        op: &'static str,
+        msg: String,
+        shapes: Vec<Dims>,
+    },
 
     /// A failure inside a backend (device error, missing library, kernel compile...).
     #[error("{op}: {backend} backend error: {msg}")]
-    Backend { op: &'static str, backend: &'static str, msg: String },
+    Backend {
+        op: &'static str,
+        backend: &'static str,
+        msg: String,
+    },
 
     /// Misuse of the tape (backward on a non-scalar, on a no-grad tape...).
     #[error("autodiff: {0}")]
@@ -41,7 +53,11 @@ pub enum Error {
 
 impl Error {
     pub fn shape_mismatch(op: &'static str, lhs: &[usize], rhs: &[usize]) -> Self {
-        Error::ShapeMismatch { op, lhs: Dims(lhs.to_vec()), rhs: Dims(rhs.to_vec()) }
+        Error::ShapeMismatch {
+            op,
+            lhs: Dims(lhs.to_vec()),
+            rhs: Dims(rhs.to_vec()),
+        }
     }
 
     pub fn invalid(op: &'static str, msg: impl Into<String>, shapes: &[&[usize]]) -> Self {
@@ -53,7 +69,11 @@ impl Error {
     }
 
     pub fn backend(op: &'static str, backend: &'static str, msg: impl Into<String>) -> Self {
-        Error::Backend { op, backend, msg: msg.into() }
+        Error::Backend {
+            op,
+            backend,
+            msg: msg.into(),
+        }
     }
 
     /// The op name carried by this error, if any (used by tests of error paths).

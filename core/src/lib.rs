@@ -17,7 +17,9 @@ pub mod shape;
 pub mod tape;
 pub mod tensor;
 
-pub use backend::{AdamConfig, Backend, BinaryOp, Conv2dGeometry, GemmConfig, Pool2dGeometry, SgdConfig, UnaryOp};
+pub use backend::{
+    AdamConfig, Backend, BinaryOp, Conv2dGeometry, GemmConfig, Pool2dGeometry, SgdConfig, UnaryOp,
+};
 pub use element::{DType, Element};
 pub use error::{Dims, Error, Result};
 pub use ops::conv::conv2d_geometry;

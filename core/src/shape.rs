@@ -39,7 +39,11 @@ impl Shape {
     }
     pub fn dim(&self, op: &'static str, axis: usize) -> Result<usize> {
         self.0.get(axis).copied().ok_or_else(|| {
-            Error::invalid(op, format!("axis {axis} out of range for rank {}", self.rank()), &[&self.0])
+            Error::invalid(
+                op,
+                format!("axis {axis} out of range for rank {}", self.rank()),
+                &[&self.0],
+            )
         })
     }
     /// Splits the shape around `axis` into (outer, axis_len, inner).
@@ -53,7 +57,11 @@ impl Shape {
     pub fn as_matrix(&self, op: &'static str) -> Result<(usize, usize)> {
         match self.0.as_slice() {
             [r, c] => Ok((*r, *c)),
-            _ => Err(Error::invalid(op, format!("expected a rank-2 tensor, got rank {}", self.rank()), &[&self.0])),
+            _ => Err(Error::invalid(
+                op,
+                format!("expected a rank-2 tensor, got rank {}", self.rank()),
+                &[&self.0],
+            )),
         }
     }
 }
@@ -81,7 +89,11 @@ impl From<usize> for Shape {
 
 /// numpy-style broadcast of two shapes; returns the output dims and, for each
 /// operand, its strides over the output (0 where it is broadcast).
-pub fn broadcast_strides(op: &'static str, lhs: &Shape, rhs: &Shape) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
+pub fn broadcast_strides(
+    op: &'static str,
+    lhs: &Shape,
+    rhs: &Shape,
+) -> Result<(Vec<usize>, Vec<usize>, Vec<usize>)> {
     let rank = lhs.rank().max(rhs.rank());
     let pad = |s: &Shape| -> Vec<usize> {
         let mut d = vec![1; rank - s.rank()];
@@ -101,7 +113,9 @@ pub fn broadcast_strides(op: &'static str, lhs: &Shape, rhs: &Shape) -> Result<(
     }
     let strides_for = |d: &[usize]| -> Vec<usize> {
         let base = Shape::new(d.to_vec()).strides();
-        (0..rank).map(|i| if d[i] == 1 && out[i] != 1 { 0 } else { base[i] }).collect()
+        (0..rank)
+            .map(|i| if d[i] == 1 && out[i] != 1 { 0 } else { base[i] })
+            .collect()
     };
     let ls = strides_for(&l);
     let rs = strides_for(&r);

@@ -14,20 +14,67 @@ use std::collections::HashMap;
 /// What an op saved for its backward rule.
 enum Op<T: Element, B: Backend<T>> {
     Leaf,
-    MatMul { a: Tensor<T, B>, b: Tensor<T, B>, ta: bool, tb: bool },
-    Binary { op: BinaryOp, a: Tensor<T, B>, b: Tensor<T, B> },
-    Unary { op: UnaryOp, x: Tensor<T, B>, y: Tensor<T, B> },
-    Sum { in_shape: Shape, axis: Option<usize> },
-    Reshape { in_shape: Shape },
-    BroadcastTo { in_shape: Shape },
-    Narrow { in_shape: Shape, axis: usize, start: usize },
-    Concat { axis: usize, sizes: Vec<usize> },
-    GatherRows { idx: Indices<T, B>, rows: usize },
-    Conv2d { cols: Tensor<T, B>, w: Tensor<T, B>, g: Conv2dGeometry },
-    MaxPool2d { argmax: Indices<T, B>, g: Pool2dGeometry, in_dims: Vec<usize> },
-    AvgPool2d { g: Pool2dGeometry, in_dims: Vec<usize> },
-    Softmax { y: Tensor<T, B>, log: bool },
-    CrossEntropy { probs: Tensor<T, B>, labels: Indices<T, B> },
+    MatMul {
+        a: Tensor<T, B>,
+        b: Tensor<T, B>,
+        ta: bool,
+        tb: bool,
+    },
+    Binary {
+        op: BinaryOp,
+        a: Tensor<T, B>,
+        b: Tensor<T, B>,
+    },
+    Unary {
+        op: UnaryOp,
+        x: Tensor<T, B>,
+        y: Tensor<T, B>,
+    },
+    Sum {
+        in_shape: Shape,
+        axis: Option<usize>,
+    },
+    Reshape {
+        in_shape: Shape,
+    },
+    BroadcastTo {
+        in_shape: Shape,
+    },
+    Narrow {
+        in_shape: Shape,
+        axis: usize,
+        start: usize,
+    },
+    Concat {
+        axis: usize,
+        sizes: Vec<usize>,
+    },
+    GatherRows {
+        idx: Indices<T, B>,
+        rows: usize,
+    },
+    Conv2d {
+        cols: Tensor<T, B>,
+        w: Tensor<T, B>,
+        g: Conv2dGeometry,
+    },
+    MaxPool2d {
+        argmax: Indices<T, B>,
+        g: Pool2dGeometry,
+        in_dims: Vec<usize>,
+    },
+    AvgPool2d {
+        g: Pool2dGeometry,
+        in_dims: Vec<usize>,
+    },
+    Softmax {
+        y: Tensor<T, B>,
+        log: bool,
+    },
+    CrossEntropy {
+        probs: Tensor<T, B>,
+        labels: Indices<T, B>,
+    },
     /// Already spent by a backward pass.
     Done,
 }
@@ -58,7 +105,11 @@ pub struct Var<'t, T: Element, B: Backend<T>> {
 
 impl<T: Element, B: Backend<T>> Clone for Var<'_, T, B> {
     fn clone(&self) -> Self {
-        Var { tape: self.tape, node: self.node, value: self.value.clone() }
+        Var {
+            tape: self.tape,
+            node: self.node,
+            value: self.value.clone(),
+        }
     }
 }
 
@@ -84,12 +135,22 @@ impl<T: Element, B: Backend<T>> Gradients<T, B> {
 
 impl<T: Element, B: Backend<T>> Tape<T, B> {
     pub fn new(backend: &B) -> Self {
-        Tape { backend: backend.clone(), grad_enabled: true, nodes: RefCell::new(Vec::new()), spent: Cell::new(0) }
+        Tape {
+            backend: backend.clone(),
+            grad_enabled: true,
+            nodes: RefCell::new(Vec::new()),
+            spent: Cell::new(0),
+        }
     }
 
     /// A tape that records nothing: inference.
     pub fn no_grad(backend: &B) -> Self {
-        Tape { backend: backend.clone(), grad_enabled: false, nodes: RefCell::new(Vec::new()), spent: Cell::new(0) }
+        Tape {
+            backend: backend.clone(),
+            grad_enabled: false,
+            nodes: RefCell::new(Vec::new()),
+            spent: Cell::new(0),
+        }
     }
 
     pub fn backend(&self) -> &B {
@@ -109,12 +170,20 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
     /// A leaf whose gradient `backward` will return (a parameter, or an input under test).
     pub fn var(&self, value: Tensor<T, B>) -> Var<'_, T, B> {
         let node = self.push(Op::Leaf, vec![]);
-        Var { tape: self, node, value }
+        Var {
+            tape: self,
+            node,
+            value,
+        }
     }
 
     /// A value with no gradient (data, labels, detached features).
     pub fn constant(&self, value: Tensor<T, B>) -> Var<'_, T, B> {
-        Var { tape: self, node: None, value }
+        Var {
+            tape: self,
+            node: None,
+            value,
+        }
     }
 
     fn push(&self, op: Op<T, B>, inputs: Vec<Option<usize>>) -> Option<usize> {
@@ -127,13 +196,22 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
     }
 
     /// Records an op whose output is `value`, if any input is tracked.
-    fn record<'t>(&'t self, value: Tensor<T, B>, inputs: &[Option<usize>], op: impl FnOnce() -> Op<T, B>) -> Var<'t, T, B> {
+    fn record<'t>(
+        &'t self,
+        value: Tensor<T, B>,
+        inputs: &[Option<usize>],
+        op: impl FnOnce() -> Op<T, B>,
+    ) -> Var<'t, T, B> {
         let node = if self.grad_enabled && inputs.iter().any(|i| i.is_some()) {
             self.push(op(), inputs.to_vec())
         } else {
             None
         };
-        Var { tape: self, node, value }
+        Var {
+            tape: self,
+            node,
+            value,
+        }
     }
 
     /// Reverse pass from a one-element `loss`. Spends the tape: saved values are
@@ -147,14 +225,21 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
             return Err(Error::Autodiff("the loss belongs to another tape".into()));
         }
         if loss.value.elem_count() != 1 {
-            return Err(Error::Autodiff(format!("backward needs a one-element loss, got shape {:?}", loss.value.dims())));
+            return Err(Error::Autodiff(format!(
+                "backward needs a one-element loss, got shape {:?}",
+                loss.value.dims()
+            )));
         }
         let Some(root) = loss.node else {
-            return Err(Error::Autodiff("the loss does not depend on any tracked variable".into()));
+            return Err(Error::Autodiff(
+                "the loss does not depend on any tracked variable".into(),
+            ));
         };
         let base = self.spent.get();
         if root < base {
-            return Err(Error::Autodiff("backward called twice: this graph was spent by an earlier backward".into()));
+            return Err(Error::Autodiff(
+                "backward called twice: this graph was spent by an earlier backward".into(),
+            ));
         }
         let mut nodes = self.nodes.borrow_mut();
         let result = self.walk(&mut nodes, base, root - base, loss);
@@ -163,12 +248,24 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
         result
     }
 
-    fn walk(&self, nodes: &mut [Node<T, B>], base: usize, root: usize, loss: &Var<'_, T, B>) -> Result<Gradients<T, B>> {
+    fn walk(
+        &self,
+        nodes: &mut [Node<T, B>],
+        base: usize,
+        root: usize,
+        loss: &Var<'_, T, B>,
+    ) -> Result<Gradients<T, B>> {
         let mut grads: Vec<Option<Tensor<T, B>>> = (0..nodes.len()).map(|_| None).collect();
-        grads[root] = Some(Tensor::full(&self.backend, T::one(), loss.value.shape().clone())?);
+        grads[root] = Some(Tensor::full(
+            &self.backend,
+            T::one(),
+            loss.value.shape().clone(),
+        )?);
         let mut leaves = HashMap::new();
         for id in (0..=root).rev() {
-            let Some(grad) = grads[id].take() else { continue };
+            let Some(grad) = grads[id].take() else {
+                continue;
+            };
             let node = &mut nodes[id];
             let op = std::mem::replace(&mut node.op, Op::Done);
             let needs: Vec<bool> = node.inputs.iter().map(|i| i.is_some()).collect();
@@ -177,11 +274,17 @@ impl<T: Element, B: Backend<T>> Tape<T, B> {
                     leaves.insert(base + id, grad);
                     continue;
                 }
-                Op::Done => return Err(Error::Autodiff("backward called twice on the same tape".into())),
+                Op::Done => {
+                    return Err(Error::Autodiff(
+                        "backward called twice on the same tape".into(),
+                    ))
+                }
                 op => backward_rule(op, &grad, &needs)?,
             };
             for (input, g) in node.inputs.iter().zip(input_grads) {
-                let (Some(i), Some(g)) = (input, g) else { continue };
+                let (Some(i), Some(g)) = (input, g) else {
+                    continue;
+                };
                 let i = i.checked_sub(base).ok_or_else(|| {
                     Error::Autodiff("the graph uses a var spent by an earlier backward; create it again on this step".into())
                 })?;
@@ -204,17 +307,33 @@ fn backward_rule<T: Element, B: Backend<T>>(
         Op::MatMul { a, b, ta, tb } => ops::matmul::matmul_backward(&a, &b, ta, tb, grad, needs)?,
         Op::Binary { op, a, b } => ops::binary::binary_backward(op, &a, &b, grad, needs)?,
         Op::Unary { op, x, y } => vec![Some(ops::unary::unary_backward(op, &x, &y, grad)?)],
-        Op::Sum { in_shape, axis } => vec![Some(ops::reduce::sum_axis_backward(&in_shape, axis, grad)?)],
+        Op::Sum { in_shape, axis } => {
+            vec![Some(ops::reduce::sum_axis_backward(&in_shape, axis, grad)?)]
+        }
         Op::Reshape { in_shape } => vec![Some(grad.reshape(in_shape)?)],
         Op::BroadcastTo { in_shape } => vec![Some(grad.sum_to_shape(&in_shape)?)],
-        Op::Narrow { in_shape, axis, start } => vec![Some(ops::layout::narrow_backward(&in_shape, axis, start, grad)?)],
+        Op::Narrow {
+            in_shape,
+            axis,
+            start,
+        } => vec![Some(ops::layout::narrow_backward(
+            &in_shape, axis, start, grad,
+        )?)],
         Op::Concat { axis, sizes } => ops::layout::concat_backward(axis, &sizes, grad, needs)?,
-        Op::GatherRows { idx, rows } => vec![Some(ops::gather::gather_rows_backward(&idx, rows, grad)?)],
+        Op::GatherRows { idx, rows } => {
+            vec![Some(ops::gather::gather_rows_backward(&idx, rows, grad)?)]
+        }
         Op::Conv2d { cols, w, g } => ops::conv::conv2d_backward(&cols, &w, &g, grad, needs)?,
-        Op::MaxPool2d { argmax, g, in_dims } => vec![Some(ops::pool::max_pool2d_backward(&argmax, &g, &in_dims, grad)?)],
-        Op::AvgPool2d { g, in_dims } => vec![Some(ops::pool::avg_pool2d_backward(&g, &in_dims, grad)?)],
+        Op::MaxPool2d { argmax, g, in_dims } => vec![Some(ops::pool::max_pool2d_backward(
+            &argmax, &g, &in_dims, grad,
+        )?)],
+        Op::AvgPool2d { g, in_dims } => {
+            vec![Some(ops::pool::avg_pool2d_backward(&g, &in_dims, grad)?)]
+        }
         Op::Softmax { y, log } => vec![Some(ops::softmax::softmax_backward(&y, log, grad)?)],
-        Op::CrossEntropy { probs, labels } => vec![Some(ops::softmax::cross_entropy_backward(&probs, &labels, grad)?)],
+        Op::CrossEntropy { probs, labels } => vec![Some(ops::softmax::cross_entropy_backward(
+            &probs, &labels, grad,
+        )?)],
         Op::Leaf | Op::Done => unreachable!("handled by the caller"),
     })
 }
@@ -244,7 +363,11 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
         if std::ptr::eq(self.tape, other.tape) {
             Ok(())
         } else {
-            Err(Error::invalid(op, "operands belong to different tapes", &[self.dims(), other.dims()]))
+            Err(Error::invalid(
+                op,
+                "operands belong to different tapes",
+                &[self.dims(), other.dims()],
+            ))
         }
     }
 
@@ -265,7 +388,11 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
     pub fn binary(&self, op: BinaryOp, rhs: &Self) -> Result<Self> {
         self.same_tape(ops::binary::op_name(op), rhs)?;
         let v = self.value.binary(op, &rhs.value)?;
-        Ok(self.tape.record(v, &[self.node, rhs.node], || Op::Binary { op, a: self.value.clone(), b: rhs.value.clone() }))
+        Ok(self.tape.record(v, &[self.node, rhs.node], || Op::Binary {
+            op,
+            a: self.value.clone(),
+            b: rhs.value.clone(),
+        }))
     }
     pub fn add(&self, rhs: &Self) -> Result<Self> {
         self.binary(BinaryOp::Add, rhs)
@@ -282,13 +409,20 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
 
     pub fn unary(&self, op: UnaryOp) -> Result<Self> {
         let y = self.value.unary(op)?;
-        Ok(self.tape.record(y.clone(), &[self.node], || Op::Unary { op, x: self.value.clone(), y }))
+        Ok(self.tape.record(y.clone(), &[self.node], || Op::Unary {
+            op,
+            x: self.value.clone(),
+            y,
+        }))
     }
     crate::ops::unary::unary_shorthands!();
 
     pub fn sum_all(&self) -> Result<Self> {
         let v = self.value.sum_all()?;
-        Ok(self.tape.record(v, &[self.node], || Op::Sum { in_shape: self.value.shape().clone(), axis: None }))
+        Ok(self.tape.record(v, &[self.node], || Op::Sum {
+            in_shape: self.value.shape().clone(),
+            axis: None,
+        }))
     }
     pub fn mean_all(&self) -> Result<Self> {
         let n = self.value.elem_count().max(1);
@@ -296,7 +430,10 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
     }
     pub fn sum_axis(&self, axis: usize, keepdim: bool) -> Result<Self> {
         let v = self.value.sum_axis(axis, keepdim)?;
-        Ok(self.tape.record(v, &[self.node], || Op::Sum { in_shape: self.value.shape().clone(), axis: Some(axis) }))
+        Ok(self.tape.record(v, &[self.node], || Op::Sum {
+            in_shape: self.value.shape().clone(),
+            axis: Some(axis),
+        }))
     }
     pub fn mean_axis(&self, axis: usize, keepdim: bool) -> Result<Self> {
         let len = self.value.shape().dim("mean_axis", axis)?;
@@ -305,33 +442,51 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
 
     pub fn reshape(&self, shape: impl Into<Shape>) -> Result<Self> {
         let v = self.value.reshape(shape)?;
-        Ok(self.tape.record(v, &[self.node], || Op::Reshape { in_shape: self.value.shape().clone() }))
+        Ok(self.tape.record(v, &[self.node], || Op::Reshape {
+            in_shape: self.value.shape().clone(),
+        }))
     }
     pub fn flatten(&self) -> Result<Self> {
         let v = self.value.flatten()?;
-        Ok(self.tape.record(v, &[self.node], || Op::Reshape { in_shape: self.value.shape().clone() }))
+        Ok(self.tape.record(v, &[self.node], || Op::Reshape {
+            in_shape: self.value.shape().clone(),
+        }))
     }
     pub fn broadcast_to(&self, shape: &Shape) -> Result<Self> {
         let v = self.value.broadcast_to(shape)?;
-        Ok(self.tape.record(v, &[self.node], || Op::BroadcastTo { in_shape: self.value.shape().clone() }))
+        Ok(self.tape.record(v, &[self.node], || Op::BroadcastTo {
+            in_shape: self.value.shape().clone(),
+        }))
     }
     pub fn narrow(&self, axis: usize, start: usize, len: usize) -> Result<Self> {
         let v = self.value.narrow(axis, start, len)?;
-        Ok(self.tape.record(v, &[self.node], || Op::Narrow { in_shape: self.value.shape().clone(), axis, start }))
+        Ok(self.tape.record(v, &[self.node], || Op::Narrow {
+            in_shape: self.value.shape().clone(),
+            axis,
+            start,
+        }))
     }
     pub fn concat(parts: &[&Self], axis: usize) -> Result<Self> {
-        let first = parts.first().ok_or_else(|| Error::invalid("concat", "no tensors to concatenate", &[]))?;
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::invalid("concat", "no tensors to concatenate", &[]))?;
         for p in parts {
             first.same_tape("concat", p)?;
         }
         let values: Vec<&Tensor<T, B>> = parts.iter().map(|p| &p.value).collect();
         let v = Tensor::concat(&values, axis)?;
         let inputs: Vec<Option<usize>> = parts.iter().map(|p| p.node).collect();
-        Ok(first.tape.record(v, &inputs, || Op::Concat { axis, sizes: parts.iter().map(|p| p.dims()[axis]).collect() }))
+        Ok(first.tape.record(v, &inputs, || Op::Concat {
+            axis,
+            sizes: parts.iter().map(|p| p.dims()[axis]).collect(),
+        }))
     }
     pub fn gather_rows(&self, idx: &Indices<T, B>) -> Result<Self> {
         let v = self.value.gather_rows(idx)?;
-        Ok(self.tape.record(v, &[self.node], || Op::GatherRows { idx: idx.clone(), rows: self.dims()[0] }))
+        Ok(self.tape.record(v, &[self.node], || Op::GatherRows {
+            idx: idx.clone(),
+            rows: self.dims()[0],
+        }))
     }
 
     /// 2-D convolution of this NCHW input with an `[oc, c, kh, kw]` weight (no bias).
@@ -339,43 +494,76 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
         self.same_tape("conv2d", w)?;
         let out = self.value.conv2d_full(&w.value, stride, pad)?;
         let (cols, g) = (out.cols, out.geometry);
-        Ok(self.tape.record(out.out, &[self.node, w.node], || Op::Conv2d { cols, w: w.value.clone(), g }))
+        Ok(self
+            .tape
+            .record(out.out, &[self.node, w.node], || Op::Conv2d {
+                cols,
+                w: w.value.clone(),
+                g,
+            }))
     }
     pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Self> {
         let (v, argmax, g) = self.value.max_pool2d_full(k, stride)?;
-        Ok(self.tape.record(v, &[self.node], || Op::MaxPool2d { argmax, g, in_dims: self.dims().to_vec() }))
+        Ok(self.tape.record(v, &[self.node], || Op::MaxPool2d {
+            argmax,
+            g,
+            in_dims: self.dims().to_vec(),
+        }))
     }
     pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Self> {
         let (v, g) = self.value.avg_pool2d_full(k, k, stride)?;
-        Ok(self.tape.record(v, &[self.node], || Op::AvgPool2d { g, in_dims: self.dims().to_vec() }))
+        Ok(self.tape.record(v, &[self.node], || Op::AvgPool2d {
+            g,
+            in_dims: self.dims().to_vec(),
+        }))
     }
     pub fn global_avg_pool2d(&self) -> Result<Self> {
         let d = self.dims();
         if d.len() != 4 {
-            return Err(Error::invalid("global_avg_pool2d", "expected input [n, c, h, w]", &[d]));
+            return Err(Error::invalid(
+                "global_avg_pool2d",
+                "expected input [n, c, h, w]",
+                &[d],
+            ));
         }
         let (v, g) = self.value.avg_pool2d_full(d[2], d[3], 1)?;
-        Ok(self.tape.record(v, &[self.node], || Op::AvgPool2d { g, in_dims: d.to_vec() }))
+        Ok(self.tape.record(v, &[self.node], || Op::AvgPool2d {
+            g,
+            in_dims: d.to_vec(),
+        }))
     }
 
     pub fn softmax(&self) -> Result<Self> {
         let y = self.value.softmax()?;
-        Ok(self.tape.record(y.clone(), &[self.node], || Op::Softmax { y, log: false }))
+        Ok(self
+            .tape
+            .record(y.clone(), &[self.node], || Op::Softmax { y, log: false }))
     }
     pub fn log_softmax(&self) -> Result<Self> {
         let y = self.value.log_softmax()?;
-        Ok(self.tape.record(y.clone(), &[self.node], || Op::Softmax { y, log: true }))
+        Ok(self
+            .tape
+            .record(y.clone(), &[self.node], || Op::Softmax { y, log: true }))
     }
     /// Fused mean cross-entropy of logits against integer labels.
     pub fn cross_entropy(&self, labels: &Indices<T, B>) -> Result<Self> {
         let (loss, probs) = self.value.cross_entropy_full(labels)?;
-        Ok(self.tape.record(loss, &[self.node], || Op::CrossEntropy { probs, labels: labels.clone() }))
+        Ok(self.tape.record(loss, &[self.node], || Op::CrossEntropy {
+            probs,
+            labels: labels.clone(),
+        }))
     }
     /// Entropy of the softmax of each row: `[rows, classes] -> [rows]`.
     pub fn entropy(&self) -> Result<Self> {
         let last = match self.dims().last() {
             Some(&classes) if classes > 0 => self.value.rank() - 1,
-            _ => return Err(Error::invalid("entropy", "expected [rows, classes] with at least one class", &[self.dims()])),
+            _ => {
+                return Err(Error::invalid(
+                    "entropy",
+                    "expected [rows, classes] with at least one class",
+                    &[self.dims()],
+                ))
+            }
         };
         let ls = self.log_softmax()?;
         ls.exp()?.mul(&ls)?.sum_axis(last, false)?.neg()

@@ -15,20 +15,34 @@ pub struct Tensor<T: Element, B: Backend<T>> {
 
 impl<T: Element, B: Backend<T>> Clone for Tensor<T, B> {
     fn clone(&self) -> Self {
-        Tensor { storage: self.storage.clone(), shape: self.shape.clone(), backend: self.backend.clone() }
+        Tensor {
+            storage: self.storage.clone(),
+            shape: self.shape.clone(),
+            backend: self.backend.clone(),
+        }
     }
 }
 
 impl<T: Element, B: Backend<T>> fmt::Debug for Tensor<T, B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Tensor<{:?}, {}>{:?}", T::DTYPE, self.backend.name(), self.shape.dims())
+        write!(
+            f,
+            "Tensor<{:?}, {}>{:?}",
+            T::DTYPE,
+            self.backend.name(),
+            self.shape.dims()
+        )
     }
 }
 
 impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// Wraps a storage produced by a backend kernel. The caller guarantees its length.
     pub fn from_storage(backend: &B, storage: B::Storage, shape: impl Into<Shape>) -> Self {
-        Tensor { storage: Arc::new(storage), shape: shape.into(), backend: backend.clone() }
+        Tensor {
+            storage: Arc::new(storage),
+            shape: shape.into(),
+            backend: backend.clone(),
+        }
     }
 
     pub fn from_slice(backend: &B, data: &[T], shape: impl Into<Shape>) -> Result<Self> {
@@ -37,11 +51,18 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         if data.len() != count {
             return Err(Error::invalid(
                 "from_slice",
-                format!("{} values do not fill the shape ({count} elements)", data.len()),
+                format!(
+                    "{} values do not fill the shape ({count} elements)",
+                    data.len()
+                ),
                 &[shape.dims()],
             ));
         }
-        Ok(Self::from_storage(backend, backend.from_slice(data)?, shape))
+        Ok(Self::from_storage(
+            backend,
+            backend.from_slice(data)?,
+            shape,
+        ))
     }
 
     pub fn zeros(backend: &B, shape: impl Into<Shape>) -> Result<Self> {
@@ -92,7 +113,8 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     fn contiguous_copy(&self) -> Result<B::Storage> {
         let n = self.elem_count();
         let mut dst = self.backend.zeros(n)?;
-        self.backend.copy_strided(&mut dst, 0, &[1], &self.storage, 0, &[1], &[n])?;
+        self.backend
+            .copy_strided(&mut dst, 0, &[1], &self.storage, 0, &[1], &[n])?;
         Ok(dst)
     }
 
@@ -119,12 +141,20 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         if shape.checked_elem_count("reshape").ok() != Some(self.elem_count()) {
             return Err(Error::shape_mismatch("reshape", self.dims(), shape.dims()));
         }
-        Ok(Tensor { storage: self.storage.clone(), shape, backend: self.backend.clone() })
+        Ok(Tensor {
+            storage: self.storage.clone(),
+            shape,
+            backend: self.backend.clone(),
+        })
     }
 
     /// Same elements as an independent buffer.
     pub fn deep_clone(&self) -> Result<Self> {
-        Ok(Self::from_storage(&self.backend, self.contiguous_copy()?, self.shape.clone()))
+        Ok(Self::from_storage(
+            &self.backend,
+            self.contiguous_copy()?,
+            self.shape.clone(),
+        ))
     }
 }
 
@@ -138,24 +168,40 @@ pub struct Indices<T: Element, B: Backend<T>> {
 
 impl<T: Element, B: Backend<T>> Clone for Indices<T, B> {
     fn clone(&self) -> Self {
-        Indices { idx: self.idx.clone(), len: self.len, max: self.max }
+        Indices {
+            idx: self.idx.clone(),
+            len: self.len,
+            max: self.max,
+        }
     }
 }
 
 impl<T: Element, B: Backend<T>> Indices<T, B> {
     pub fn new(backend: &B, idx: &[u32]) -> Result<Self> {
-        Ok(Indices { idx: Arc::new(backend.index_from_slice(idx)?), len: idx.len(), max: idx.iter().copied().max() })
+        Ok(Indices {
+            idx: Arc::new(backend.index_from_slice(idx)?),
+            len: idx.len(),
+            max: idx.iter().copied().max(),
+        })
     }
     pub fn from_usize(backend: &B, idx: &[usize]) -> Result<Self> {
         let v: Vec<u32> = idx
             .iter()
-            .map(|&i| u32::try_from(i).map_err(|_| Error::invalid("indices", format!("index {i} does not fit in u32"), &[])))
+            .map(|&i| {
+                u32::try_from(i).map_err(|_| {
+                    Error::invalid("indices", format!("index {i} does not fit in u32"), &[])
+                })
+            })
             .collect::<Result<_>>()?;
         Self::new(backend, &v)
     }
     /// Wraps indices produced on the backend (e.g. pooling argmax); no host maximum is known.
     pub fn from_raw(idx: B::Index, len: usize) -> Self {
-        Indices { idx: Arc::new(idx), len, max: None }
+        Indices {
+            idx: Arc::new(idx),
+            len,
+            max: None,
+        }
     }
     pub fn len(&self) -> usize {
         self.len

@@ -22,27 +22,57 @@ const FORMAT_KEY: &str = "format";
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("checkpoint {path}: {op} failed: {source}")]
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("checkpoint {path}: not a valid safetensors file: {msg}")]
     Malformed { path: PathBuf, msg: String },
     #[error("checkpoint {path}: format is {found:?}, expected {FORMAT:?} (not written by mla?)")]
-    Format { path: PathBuf, found: Option<String> },
+    Format {
+        path: PathBuf,
+        found: Option<String>,
+    },
     #[error("checkpoint {path}: tensor `{name}` has dtype {dtype}, expected F32")]
-    Dtype { path: PathBuf, name: String, dtype: String },
+    Dtype {
+        path: PathBuf,
+        name: String,
+        dtype: String,
+    },
     #[error("checkpoint {path}: missing tensor `{name}`")]
     Missing { path: PathBuf, name: String },
     #[error("checkpoint {path}: tensor `{name}` has shape {found:?}, expected {expected:?}")]
-    Shape { path: PathBuf, name: String, found: Vec<usize>, expected: Vec<usize> },
-    #[error("checkpoint {path}: unexpected tensors {names:?} (written by a different model or method?)")]
+    Shape {
+        path: PathBuf,
+        name: String,
+        found: Vec<usize>,
+        expected: Vec<usize>,
+    },
+    #[error(
+        "checkpoint {path}: unexpected tensors {names:?} (written by a different model or method?)"
+    )]
     Unexpected { path: PathBuf, names: Vec<String> },
     #[error("checkpoint {path}: metadata `{key}` is missing")]
     MissingMeta { path: PathBuf, key: String },
     #[error("checkpoint {path}: metadata `{key}` is not valid: {msg}")]
-    BadMeta { path: PathBuf, key: String, msg: String },
+    BadMeta {
+        path: PathBuf,
+        key: String,
+        msg: String,
+    },
     #[error("checkpoint: tensor `{name}` has {len} values but shape {shape:?} holds {expected}")]
-    Length { name: String, len: usize, shape: Vec<usize>, expected: usize },
+    Length {
+        name: String,
+        len: usize,
+        shape: Vec<usize>,
+        expected: usize,
+    },
     #[error("checkpoint: reading tensor `{name}` from the backend failed: {source}")]
-    Backend { name: String, source: mla_core::Error },
+    Backend {
+        name: String,
+        source: mla_core::Error,
+    },
 }
 
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
@@ -99,20 +129,37 @@ impl Checkpoint {
         &self.path
     }
 
-    pub fn insert(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Result<()> {
+    pub fn insert(
+        &mut self,
+        name: impl Into<String>,
+        shape: Vec<usize>,
+        data: Vec<f32>,
+    ) -> Result<()> {
         let name = name.into();
         let expected: usize = shape.iter().product();
         if expected != data.len() {
-            return Err(CheckpointError::Length { name, len: data.len(), shape, expected });
+            return Err(CheckpointError::Length {
+                name,
+                len: data.len(),
+                shape,
+                expected,
+            });
         }
         self.tensors.insert(name, StoredTensor { shape, data });
         Ok(())
     }
 
     /// Reads a backend tensor to the host and stores it.
-    pub fn insert_tensor<B: Backend<f32>>(&mut self, name: impl Into<String>, t: &Tensor<f32, B>) -> Result<()> {
+    pub fn insert_tensor<B: Backend<f32>>(
+        &mut self,
+        name: impl Into<String>,
+        t: &Tensor<f32, B>,
+    ) -> Result<()> {
         let name = name.into();
-        let data = t.to_vec().map_err(|source| CheckpointError::Backend { name: name.clone(), source })?;
+        let data = t.to_vec().map_err(|source| CheckpointError::Backend {
+            name: name.clone(),
+            source,
+        })?;
         self.insert(name, t.dims().to_vec(), data)
     }
 
@@ -135,7 +182,10 @@ impl Checkpoint {
     pub fn get(&self, name: &str) -> Result<&StoredTensor> {
         self.tensors
             .get(name)
-            .ok_or_else(|| CheckpointError::Missing { path: self.path.clone(), name: name.to_string() })
+            .ok_or_else(|| CheckpointError::Missing {
+                path: self.path.clone(),
+                name: name.to_string(),
+            })
     }
 
     /// The tensor `name`, checked to have exactly `shape`.
@@ -156,17 +206,27 @@ impl Checkpoint {
     /// checkpoint loaded as MLA): silently ignoring weights hides mistakes.
     pub fn reject_unknown<'a>(&self, known: impl IntoIterator<Item = &'a str>) -> Result<()> {
         let known: std::collections::HashSet<&str> = known.into_iter().collect();
-        let names: Vec<String> = self.names().filter(|n| !known.contains(n)).map(str::to_string).collect();
+        let names: Vec<String> = self
+            .names()
+            .filter(|n| !known.contains(n))
+            .map(str::to_string)
+            .collect();
         if names.is_empty() {
             Ok(())
         } else {
-            Err(CheckpointError::Unexpected { path: self.path.clone(), names })
+            Err(CheckpointError::Unexpected {
+                path: self.path.clone(),
+                names,
+            })
         }
     }
 
     pub fn set_json<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
-        let s = serde_json::to_string(value)
-            .map_err(|e| CheckpointError::BadMeta { path: self.path.clone(), key: key.to_string(), msg: e.to_string() })?;
+        let s = serde_json::to_string(value).map_err(|e| CheckpointError::BadMeta {
+            path: self.path.clone(),
+            key: key.to_string(),
+            msg: e.to_string(),
+        })?;
         self.meta.insert(key.to_string(), s);
         Ok(())
     }
@@ -175,9 +235,15 @@ impl Checkpoint {
         let s = self
             .meta
             .get(key)
-            .ok_or_else(|| CheckpointError::MissingMeta { path: self.path.clone(), key: key.to_string() })?;
-        serde_json::from_str(s)
-            .map_err(|e| CheckpointError::BadMeta { path: self.path.clone(), key: key.to_string(), msg: e.to_string() })
+            .ok_or_else(|| CheckpointError::MissingMeta {
+                path: self.path.clone(),
+                key: key.to_string(),
+            })?;
+        serde_json::from_str(s).map_err(|e| CheckpointError::BadMeta {
+            path: self.path.clone(),
+            key: key.to_string(),
+            msg: e.to_string(),
+        })
     }
 
     pub fn has_json(&self, key: &str) -> bool {
@@ -191,36 +257,67 @@ impl Checkpoint {
             .iter()
             .map(|(name, t)| {
                 let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
-                (name.as_str(), F32View { shape: &t.shape, bytes })
+                (
+                    name.as_str(),
+                    F32View {
+                        shape: &t.shape,
+                        bytes,
+                    },
+                )
             })
             .collect();
-        let mut meta: HashMap<String, String> = self.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut meta: HashMap<String, String> = self
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
-        safetensors::tensor::serialize(views, Some(meta))
-            .map_err(|e| CheckpointError::Malformed { path: self.path.clone(), msg: e.to_string() })
+        safetensors::tensor::serialize(views, Some(meta)).map_err(|e| CheckpointError::Malformed {
+            path: self.path.clone(),
+            msg: e.to_string(),
+        })
     }
 
     /// Parses safetensors bytes; `path` is only used in error messages.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
-        let malformed = |msg: String| CheckpointError::Malformed { path: path.to_path_buf(), msg };
-        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| malformed(e.to_string()))?;
+        let malformed = |msg: String| CheckpointError::Malformed {
+            path: path.to_path_buf(),
+            msg,
+        };
+        let (_, header) =
+            SafeTensors::read_metadata(bytes).map_err(|e| malformed(e.to_string()))?;
         let st = SafeTensors::deserialize(bytes).map_err(|e| malformed(e.to_string()))?;
-        let mut meta: BTreeMap<String, String> =
-            header.metadata().as_ref().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        let mut meta: BTreeMap<String, String> = header
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
         match meta.remove(FORMAT_KEY) {
             Some(f) if f == FORMAT => {}
-            found => return Err(CheckpointError::Format { path: path.to_path_buf(), found }),
+            found => {
+                return Err(CheckpointError::Format {
+                    path: path.to_path_buf(),
+                    found,
+                })
+            }
         }
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
             tensors.insert(name.to_string(), stored_from_view(name, &view, path)?);
         }
-        Ok(Checkpoint { path: path.to_path_buf(), tensors, meta })
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            tensors,
+            meta,
+        })
     }
 
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes =
-            std::fs::read(path).map_err(|source| CheckpointError::Io { path: path.to_path_buf(), op: "read", source })?;
+        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            op: "read",
+            source,
+        })?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -239,14 +336,27 @@ fn stored_from_view(name: &str, view: &TensorView<'_>, path: &Path) -> Result<St
             dtype: format!("{:?}", view.dtype()),
         });
     }
-    let data = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok(StoredTensor { shape: view.shape().to_vec(), data })
+    let data = view
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Ok(StoredTensor {
+        shape: view.shape().to_vec(),
+        data,
+    })
 }
 
 /// Temp file next to `path`, fsync, rename, fsync the directory. On any
 /// failure the temp file is removed and `path` is left as it was.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io = |op: &'static str| move |source| CheckpointError::Io { path: path.to_path_buf(), op, source };
+    let io = |op: &'static str| {
+        move |source| CheckpointError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
+    };
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
@@ -256,7 +366,10 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .ok_or_else(|| CheckpointError::Io {
             path: path.to_path_buf(),
             op: "write",
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "the path has no file name"),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path has no file name",
+            ),
         })?
         .to_string_lossy()
         .into_owned();

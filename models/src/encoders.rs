@@ -62,7 +62,14 @@ pub fn parse_encoder_spec(spec: &str, modalities: &[&str]) -> Result<Vec<Encoder
     const WHAT: &str = "encoder spec";
     let trimmed = spec.trim();
     if trimmed.is_empty() {
-        return Err(ModelError::bad_spec(WHAT, spec, format!("empty; expected one of {} or MODALITY=ENCODER,...", EncoderKind::NAMES.join("|"))));
+        return Err(ModelError::bad_spec(
+            WHAT,
+            spec,
+            format!(
+                "empty; expected one of {} or MODALITY=ENCODER,...",
+                EncoderKind::NAMES.join("|")
+            ),
+        ));
     }
     if !trimmed.contains('=') {
         let kind: EncoderKind = trimmed.parse()?;
@@ -72,30 +79,60 @@ pub fn parse_encoder_spec(spec: &str, modalities: &[&str]) -> Result<Vec<Encoder
     for item in trimmed.split(',') {
         let item = item.trim();
         let Some((name, enc)) = item.split_once('=') else {
-            return Err(ModelError::bad_spec(WHAT, spec, format!("'{item}' is not MODALITY=ENCODER")));
+            return Err(ModelError::bad_spec(
+                WHAT,
+                spec,
+                format!("'{item}' is not MODALITY=ENCODER"),
+            ));
         };
         let name = name.trim();
-        let idx = modalities.iter().position(|m| *m == name).ok_or_else(|| ModelError::unknown("modality", name, modalities))?;
+        let idx = modalities
+            .iter()
+            .position(|m| *m == name)
+            .ok_or_else(|| ModelError::unknown("modality", name, modalities))?;
         if chosen[idx].is_some() {
-            return Err(ModelError::bad_spec(WHAT, spec, format!("modality '{name}' given more than once")));
+            return Err(ModelError::bad_spec(
+                WHAT,
+                spec,
+                format!("modality '{name}' given more than once"),
+            ));
         }
         chosen[idx] = Some(enc.parse()?);
     }
-    let missing: Vec<&str> = modalities.iter().zip(&chosen).filter(|(_, c)| c.is_none()).map(|(m, _)| *m).collect();
+    let missing: Vec<&str> = modalities
+        .iter()
+        .zip(&chosen)
+        .filter(|(_, c)| c.is_none())
+        .map(|(m, _)| *m)
+        .collect();
     if !missing.is_empty() {
         return Err(ModelError::bad_spec(
             WHAT,
             spec,
-            format!("no encoder for modality {} (name every modality, or give one encoder for all)", missing.join(", ")),
+            format!(
+                "no encoder for modality {} (name every modality, or give one encoder for all)",
+                missing.join(", ")
+            ),
         ));
     }
-    Ok(chosen.into_iter().map(|c| c.expect("checked above")).collect())
+    Ok(chosen
+        .into_iter()
+        .map(|c| c.expect("checked above"))
+        .collect())
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Net {
-    Mlp { fc1: Linear, fc2: Linear },
-    Cnn { conv1: Conv2d, conv2: Conv2d, pool: MaxPool2d, fc: Linear },
+    Mlp {
+        fc1: Linear,
+        fc2: Linear,
+    },
+    Cnn {
+        conv1: Conv2d,
+        conv2: Conv2d,
+        pool: MaxPool2d,
+        fc: Linear,
+    },
 }
 
 /// One modality's encoder: input `[batch, ...input_shape]` -> features `[batch, s]`.
@@ -111,17 +148,26 @@ pub struct Encoder {
 impl Encoder {
     /// Builds the architecture for one modality's input shape (per sample,
     /// without the batch axis). `cnn` needs `[C, H, W]` with H, W >= 4 (two 2x2 poolings).
-    pub fn new(modality: &str, kind: EncoderKind, input_shape: &[usize], feature_size: usize) -> Result<Self> {
+    pub fn new(
+        modality: &str,
+        kind: EncoderKind,
+        input_shape: &[usize],
+        feature_size: usize,
+    ) -> Result<Self> {
         let bad = |why: String| ModelError::BadInput {
             what: format!("{kind} encoder for modality '{modality}'"),
             why,
             shape: input_shape.to_vec(),
         };
         if feature_size == 0 {
-            return Err(ModelError::Config(format!("feature size must be positive (modality '{modality}')")));
+            return Err(ModelError::Config(format!(
+                "feature size must be positive (modality '{modality}')"
+            )));
         }
         if input_shape.is_empty() || input_shape.contains(&0) {
-            return Err(bad("input shape must have at least one axis and no empty axis".into()));
+            return Err(bad(
+                "input shape must have at least one axis and no empty axis".into(),
+            ));
         }
         let prefix = Self::prefix_for(modality);
         let net = match kind {
@@ -140,19 +186,39 @@ impl Encoder {
                     )));
                 };
                 let conv1 = Conv2d::new(format!("{prefix}conv1"), c, CNN_CHANNELS[0], 3, 1, 1);
-                let conv2 = Conv2d::new(format!("{prefix}conv2"), CNN_CHANNELS[0], CNN_CHANNELS[1], 3, 1, 1);
+                let conv2 = Conv2d::new(
+                    format!("{prefix}conv2"),
+                    CNN_CHANNELS[0],
+                    CNN_CHANNELS[1],
+                    3,
+                    1,
+                    1,
+                );
                 let pool = MaxPool2d::new(2, 2);
                 let out = conv1
                     .output_hw(h, w)
                     .and_then(|(h, w)| pool.output_hw(h, w))
                     .and_then(|(h, w)| conv2.output_hw(h, w))
                     .and_then(|(h, w)| pool.output_hw(h, w))
-                    .ok_or_else(|| bad("height and width must be at least 4 (two 2x2 max-poolings)".into()))?;
+                    .ok_or_else(|| {
+                        bad("height and width must be at least 4 (two 2x2 max-poolings)".into())
+                    })?;
                 let flat = CNN_CHANNELS[1] * out.0 * out.1;
-                Net::Cnn { conv1, conv2, pool, fc: Linear::new(format!("{prefix}fc"), flat, feature_size) }
+                Net::Cnn {
+                    conv1,
+                    conv2,
+                    pool,
+                    fc: Linear::new(format!("{prefix}fc"), flat, feature_size),
+                }
             }
         };
-        Ok(Encoder { modality: modality.to_string(), kind, input_shape: input_shape.to_vec(), feature_size, net })
+        Ok(Encoder {
+            modality: modality.to_string(),
+            kind,
+            input_shape: input_shape.to_vec(),
+            feature_size,
+            net,
+        })
     }
 
     /// `encoder.<modality>.`: every parameter of this encoder starts with it.
@@ -187,19 +253,33 @@ impl Encoder {
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
         match &self.net {
             Net::Mlp { fc1, fc2 } => [fc1.param_shapes(), fc2.param_shapes()].concat(),
-            Net::Cnn { conv1, conv2, fc, .. } => [conv1.param_shapes(), conv2.param_shapes(), fc.param_shapes()].concat(),
+            Net::Cnn {
+                conv1, conv2, fc, ..
+            } => [
+                conv1.param_shapes(),
+                conv2.param_shapes(),
+                fc.param_shapes(),
+            ]
+            .concat(),
         }
     }
 
     /// Creates this encoder's parameters (every layer is followed by a ReLU).
-    pub fn init<T: Element, B: Backend<T>>(&self, store: &mut ParamStore<B, T>, scheme: InitScheme, seed: u64) -> Result<()> {
+    pub fn init<T: Element, B: Backend<T>>(
+        &self,
+        store: &mut ParamStore<B, T>,
+        scheme: InitScheme,
+        seed: u64,
+    ) -> Result<()> {
         let act = Activation::Relu;
         match &self.net {
             Net::Mlp { fc1, fc2 } => {
                 fc1.init(store, scheme, act, seed)?;
                 fc2.init(store, scheme, act, seed)
             }
-            Net::Cnn { conv1, conv2, fc, .. } => {
+            Net::Cnn {
+                conv1, conv2, fc, ..
+            } => {
                 conv1.init(store, scheme, act, seed)?;
                 conv2.init(store, scheme, act, seed)?;
                 fc.init(store, scheme, act, seed)
@@ -208,7 +288,11 @@ impl Encoder {
     }
 
     /// `[batch, ...input_shape] -> [batch, s]`.
-    pub fn forward<'t, T: Element, B: Backend<T>>(&self, p: &TrackedParams<'t, B, T>, x: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+    pub fn forward<'t, T: Element, B: Backend<T>>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        x: &Var<'t, T, B>,
+    ) -> Result<Var<'t, T, B>> {
         let d = x.dims();
         if d.len() != self.input_shape.len() + 1 || d[1..] != self.input_shape[..] {
             return Err(ModelError::BadInput {
@@ -223,7 +307,12 @@ impl Encoder {
                 let h = layers::relu(&fc1.forward(p, &h)?)?;
                 layers::relu(&fc2.forward(p, &h)?)
             }
-            Net::Cnn { conv1, conv2, pool, fc } => {
+            Net::Cnn {
+                conv1,
+                conv2,
+                pool,
+                fc,
+            } => {
                 let h = pool.forward(&layers::relu(&conv1.forward(p, x)?)?)?;
                 let h = pool.forward(&layers::relu(&conv2.forward(p, &h)?)?)?;
                 let h = layers::flatten(&h)?;
@@ -234,5 +323,8 @@ impl Encoder {
 }
 
 fn dims_list(d: &[usize]) -> String {
-    d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+    d.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -12,11 +12,19 @@ pub enum ModelError {
 
     /// A name (encoder, modality, optimizer, HGM mode, fusion...) that is not one of the valid ones.
     #[error("unknown {what} '{name}' (valid: {valid})")]
-    UnknownName { what: &'static str, name: String, valid: String },
+    UnknownName {
+        what: &'static str,
+        name: String,
+        valid: String,
+    },
 
     /// A malformed specification string (`--encoder image=cnn,audio=mlp`, ...).
     #[error("invalid {what} '{spec}': {why}")]
-    BadSpec { what: &'static str, spec: String, why: String },
+    BadSpec {
+        what: &'static str,
+        spec: String,
+        why: String,
+    },
 
     /// A model, optimizer or HGM configuration that cannot work.
     #[error("invalid configuration: {0}")]
@@ -24,7 +32,11 @@ pub enum ModelError {
 
     /// An input whose shape does not fit the layer or encoder it is fed to.
     #[error("{what}: {why} (got shape {shape:?})")]
-    BadInput { what: String, why: String, shape: Vec<usize> },
+    BadInput {
+        what: String,
+        why: String,
+        shape: Vec<usize>,
+    },
 
     /// A parameter name that is not in the store.
     #[error("no parameter named '{name}' ({context})")]
@@ -32,7 +44,12 @@ pub enum ModelError {
 
     /// A tensor whose shape does not match the parameter or state entry it is meant for.
     #[error("{what} '{name}': expected shape {expected:?}, got {got:?}")]
-    ShapeMismatch { what: &'static str, name: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        what: &'static str,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
 
     /// Checkpoint state (optimizer, HGM) that does not fit the current configuration.
     #[error("cannot load {what} state: {why}")]
@@ -45,12 +62,23 @@ pub enum ModelError {
 
 impl ModelError {
     pub(crate) fn unknown(what: &'static str, name: &str, valid: &[&str]) -> Self {
-        ModelError::UnknownName { what, name: name.to_string(), valid: valid.join(", ") }
+        ModelError::UnknownName {
+            what,
+            name: name.to_string(),
+            valid: valid.join(", "),
+        }
     }
     pub(crate) fn bad_spec(what: &'static str, spec: &str, why: impl Into<String>) -> Self {
-        ModelError::BadSpec { what, spec: spec.to_string(), why: why.into() }
+        ModelError::BadSpec {
+            what,
+            spec: spec.to_string(),
+            why: why.into(),
+        }
     }
     pub(crate) fn state(what: &'static str, why: impl Into<String>) -> Self {
-        ModelError::State { what, why: why.into() }
+        ModelError::State {
+            what,
+            why: why.into(),
+        }
     }
 }

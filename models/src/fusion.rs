@@ -104,11 +104,18 @@ pub fn entropy<T: Element>(z: &[T]) -> f64 {
 /// Fuses a batch of `batch` samples from per-modality logits (one entry per
 /// modality, in a fixed order; the weights' columns follow it). Every sample
 /// must have at least one modality; logits must be finite.
-pub fn fuse<T: Element>(kind: FusionKind, batch: usize, num_classes: usize, inputs: &[ModalityLogits<'_, T>]) -> Result<Fused<T>> {
+pub fn fuse<T: Element>(
+    kind: FusionKind,
+    batch: usize,
+    num_classes: usize,
+    inputs: &[ModalityLogits<'_, T>],
+) -> Result<Fused<T>> {
     let c = num_classes;
     let nm = inputs.len();
     if c == 0 {
-        return Err(ModelError::Fusion("number of classes must be positive".into()));
+        return Err(ModelError::Fusion(
+            "number of classes must be positive".into(),
+        ));
     }
     // row[i * nm + m] = row of modality m for sample i, if present.
     let mut row: Vec<Option<usize>> = vec![None; batch * nm];
@@ -121,14 +128,21 @@ pub fn fuse<T: Element>(kind: FusionKind, batch: usize, num_classes: usize, inpu
             )));
         }
         if let Some(k) = inp.logits.iter().position(|v| !v.as_f64().is_finite()) {
-            return Err(ModelError::Fusion(format!("modality {m}: non-finite logit for sample {}", inp.positions[k / c])));
+            return Err(ModelError::Fusion(format!(
+                "modality {m}: non-finite logit for sample {}",
+                inp.positions[k / c]
+            )));
         }
         for (k, &pos) in inp.positions.iter().enumerate() {
             if pos >= batch {
-                return Err(ModelError::Fusion(format!("modality {m}: position {pos} outside the batch of {batch}")));
+                return Err(ModelError::Fusion(format!(
+                    "modality {m}: position {pos} outside the batch of {batch}"
+                )));
             }
             if row[pos * nm + m].replace(k).is_some() {
-                return Err(ModelError::Fusion(format!("modality {m}: sample {pos} given twice")));
+                return Err(ModelError::Fusion(format!(
+                    "modality {m}: sample {pos} given twice"
+                )));
             }
         }
     }
@@ -141,7 +155,9 @@ pub fn fuse<T: Element>(kind: FusionKind, batch: usize, num_classes: usize, inpu
             .filter_map(|m| row[i * nm + m].map(|k| (m, &inputs[m].logits[k * c..(k + 1) * c])))
             .collect();
         if present.is_empty() {
-            return Err(ModelError::Fusion(format!("sample {i} has no modality present")));
+            return Err(ModelError::Fusion(format!(
+                "sample {i} has no modality present"
+            )));
         }
         // Softmax of -entropy over the present modalities (shifted by the max for stability).
         for &(m, z) in &present {
@@ -150,7 +166,9 @@ pub fn fuse<T: Element>(kind: FusionKind, batch: usize, num_classes: usize, inpu
                 FusionKind::Mean => 0.0,
             };
         }
-        let top = present.iter().fold(f64::NEG_INFINITY, |a, &(m, _)| a.max(score[m]));
+        let top = present
+            .iter()
+            .fold(f64::NEG_INFINITY, |a, &(m, _)| a.max(score[m]));
         let total: f64 = present.iter().map(|&(m, _)| (score[m] - top).exp()).sum();
         acc.iter_mut().for_each(|a| *a = 0.0);
         for &(m, z) in &present {
@@ -164,7 +182,13 @@ pub fn fuse<T: Element>(kind: FusionKind, batch: usize, num_classes: usize, inpu
             *o = T::lit(a);
         }
     }
-    Ok(Fused { batch, num_classes: c, num_modalities: nm, logits, weights })
+    Ok(Fused {
+        batch,
+        num_classes: c,
+        num_modalities: nm,
+        logits,
+        weights,
+    })
 }
 
 /// [`fuse`] from backend tensors (`[n_m, classes]` each, with positions):
@@ -185,14 +209,24 @@ pub fn fuse_tensors<T: Element, B: Backend<T>>(
             )));
         }
         if *classes.get_or_insert(d[1]) != d[1] {
-            return Err(ModelError::Fusion(format!("modality {m}: {} classes, other modalities {}", d[1], classes.unwrap_or(0))));
+            return Err(ModelError::Fusion(format!(
+                "modality {m}: {} classes, other modalities {}",
+                d[1],
+                classes.unwrap_or(0)
+            )));
         }
         host.push(t.to_vec()?);
     }
     let Some(c) = classes else {
         return Err(ModelError::Fusion("no modality given".into()));
     };
-    let views: Vec<ModalityLogits<'_, T>> =
-        host.iter().zip(inputs).map(|(l, (_, pos))| ModalityLogits { logits: l.as_slice(), positions: pos }).collect();
+    let views: Vec<ModalityLogits<'_, T>> = host
+        .iter()
+        .zip(inputs)
+        .map(|(l, (_, pos))| ModalityLogits {
+            logits: l.as_slice(),
+            positions: pos,
+        })
+        .collect();
     fuse(kind, batch, c, &views)
 }

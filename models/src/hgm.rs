@@ -103,13 +103,23 @@ where
 
 impl<T: Element, B: Backend<T>> Hgm<B, T> {
     /// `P_0 = I` (`s x s`) for each matrix the mode needs. `alpha > 0`.
-    pub fn new(backend: &B, mode: HgmMode, alpha: f64, feature_size: usize, modalities: &[&str]) -> Result<Self> {
+    pub fn new(
+        backend: &B,
+        mode: HgmMode,
+        alpha: f64,
+        feature_size: usize,
+        modalities: &[&str],
+    ) -> Result<Self> {
         check_alpha(alpha)?;
         if feature_size == 0 {
-            return Err(ModelError::Config("HGM: feature size must be positive".into()));
+            return Err(ModelError::Config(
+                "HGM: feature size must be positive".into(),
+            ));
         }
         if modalities.is_empty() {
-            return Err(ModelError::Config("HGM: needs at least one modality".into()));
+            return Err(ModelError::Config(
+                "HGM: needs at least one modality".into(),
+            ));
         }
         let count = match mode {
             HgmMode::None => 0,
@@ -121,7 +131,9 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         for i in 0..s {
             eye[i * s + i] = T::one();
         }
-        let p = (0..count).map(|_| Tensor::from_slice(backend, &eye, [s, s])).collect::<mla_core::Result<Vec<_>>>()?;
+        let p = (0..count)
+            .map(|_| Tensor::from_slice(backend, &eye, [s, s]))
+            .collect::<mla_core::Result<Vec<_>>>()?;
         Ok(Hgm {
             mode,
             alpha,
@@ -161,17 +173,25 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
     }
 
     fn index(&self, modality: &str) -> Result<usize> {
-        self.modalities.iter().position(|m| m == modality).ok_or_else(|| {
-            let valid: Vec<&str> = self.modalities.iter().map(|s| s.as_str()).collect();
-            ModelError::unknown("modality", modality, &valid)
-        })
+        self.modalities
+            .iter()
+            .position(|m| m == modality)
+            .ok_or_else(|| {
+                let valid: Vec<&str> = self.modalities.iter().map(|s| s.as_str()).collect();
+                ModelError::unknown("modality", modality, &valid)
+            })
     }
 
     /// HGM for one MLA step of `modality`: replaces the `head.weight` entry of
     /// `grads` by its projection and updates P from `features` (`[batch, s]`,
     /// the step's encoder output; only its values are used). Other entries,
     /// `head.bias` included, are left as they are. A no-op under `none`.
-    pub fn apply(&mut self, modality: &str, features: &Tensor<T, B>, grads: &mut [(String, Tensor<T, B>)]) -> Result<()> {
+    pub fn apply(
+        &mut self,
+        modality: &str,
+        features: &Tensor<T, B>,
+        grads: &mut [(String, Tensor<T, B>)],
+    ) -> Result<()> {
         self.index(modality)?;
         if self.mode == HgmMode::None {
             return Ok(());
@@ -186,7 +206,12 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
 
     /// The lower-level step: returns `grad_w P_{t-1}` (`grad_w` is `[C, s]`)
     /// and updates P as [`Hgm::apply`] does. Under `none` returns `grad_w` unchanged.
-    pub fn project(&mut self, modality: &str, features: &Tensor<T, B>, grad_w: &Tensor<T, B>) -> Result<Tensor<T, B>> {
+    pub fn project(
+        &mut self,
+        modality: &str,
+        features: &Tensor<T, B>,
+        grad_w: &Tensor<T, B>,
+    ) -> Result<Tensor<T, B>> {
         let m = self.index(modality)?;
         if self.mode == HgmMode::None {
             return Ok(grad_w.clone());
@@ -213,9 +238,20 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         let r = features.mean_axis(0, false)?;
         let projected = match self.mode {
             HgmMode::Owm => {
-                let out = backend.rls_project(self.p[0].storage_mut()?, r.storage(), Some(grad_w.storage()), c, s, self.alpha)?;
+                let out = backend.rls_project(
+                    self.p[0].storage_mut()?,
+                    r.storage(),
+                    Some(grad_w.storage()),
+                    c,
+                    s,
+                    self.alpha,
+                )?;
                 let out = out.ok_or_else(|| {
-                    ModelError::Core(mla_core::Error::backend("rls_project", backend.name(), "returned no projected gradient"))
+                    ModelError::Core(mla_core::Error::backend(
+                        "rls_project",
+                        backend.name(),
+                        "returned no projected gradient",
+                    ))
                 })?;
                 Tensor::from_storage(&backend, out, [c, s])
             }
@@ -224,7 +260,14 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
                 let projected = grad_w.matmul(&self.p[m])?;
                 for (k, p) in self.p.iter_mut().enumerate() {
                     if k != m {
-                        backend.rls_project(p.storage_mut()?, r.storage(), None, c, s, self.alpha)?;
+                        backend.rls_project(
+                            p.storage_mut()?,
+                            r.storage(),
+                            None,
+                            c,
+                            s,
+                            self.alpha,
+                        )?;
                     }
                 }
                 projected
@@ -237,13 +280,26 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         Ok(projected)
     }
 
-    fn record_fraction(&mut self, m: usize, before: &Tensor<T, B>, after: &Tensor<T, B>) -> Result<()> {
+    fn record_fraction(
+        &mut self,
+        m: usize,
+        before: &Tensor<T, B>,
+        after: &Tensor<T, B>,
+    ) -> Result<()> {
         let num = after.sqr()?.sum_all()?;
         let den = before.sqr()?.sum_all()?.affine(1.0, TINY)?;
         let frac = num.div(&den)?.sqrt()?;
         self.fractions[m] = Some(match self.fractions[m].take() {
-            None => FractionAcc { sum: frac.clone(), last: frac, steps: 1 },
-            Some(acc) => FractionAcc { sum: acc.sum.add(&frac)?, last: frac, steps: acc.steps + 1 },
+            None => FractionAcc {
+                sum: frac.clone(),
+                last: frac,
+                steps: 1,
+            },
+            Some(acc) => FractionAcc {
+                sum: acc.sum.add(&frac)?,
+                last: frac,
+                steps: acc.steps + 1,
+            },
         });
         Ok(())
     }
@@ -285,7 +341,8 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         }
         sd.scalars.push(("hgm.mode".into(), self.mode.code()));
         sd.scalars.push(("hgm.alpha".into(), self.alpha));
-        sd.scalars.push(("hgm.feature_size".into(), self.feature_size as f64));
+        sd.scalars
+            .push(("hgm.feature_size".into(), self.feature_size as f64));
         sd
     }
 
@@ -293,32 +350,62 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
     /// P matrices and alpha are taken from the state. On error nothing changes.
     pub fn load_state(&mut self, state: &StateDict<B, T>) -> Result<()> {
         const WHAT: &str = "HGM";
-        let scalar = |k: &str| state.scalar(k).ok_or_else(|| ModelError::state(WHAT, format!("scalar '{k}' is missing")));
+        let scalar = |k: &str| {
+            state
+                .scalar(k)
+                .ok_or_else(|| ModelError::state(WHAT, format!("scalar '{k}' is missing")))
+        };
         let mode = scalar("hgm.mode")?;
         if mode != self.mode.code() {
             let found = HgmMode::NAMES.get(mode as usize).copied().unwrap_or("?");
-            return Err(ModelError::state(WHAT, format!("checkpoint has mode '{found}', this run uses '{}'", self.mode)));
+            return Err(ModelError::state(
+                WHAT,
+                format!(
+                    "checkpoint has mode '{found}', this run uses '{}'",
+                    self.mode
+                ),
+            ));
         }
         let s = scalar("hgm.feature_size")?;
         if s != self.feature_size as f64 {
-            return Err(ModelError::state(WHAT, format!("checkpoint has feature size {s}, this model {}", self.feature_size)));
+            return Err(ModelError::state(
+                WHAT,
+                format!(
+                    "checkpoint has feature size {s}, this model {}",
+                    self.feature_size
+                ),
+            ));
         }
         let alpha = scalar("hgm.alpha")?;
         check_alpha(alpha).map_err(|e| ModelError::state(WHAT, e.to_string()))?;
         let names: Vec<String> = match self.mode {
             HgmMode::None => vec![],
             HgmMode::Owm => vec!["hgm.p".into()],
-            HgmMode::Cross => self.modalities.iter().map(|m| format!("hgm.p.{m}")).collect(),
+            HgmMode::Cross => self
+                .modalities
+                .iter()
+                .map(|m| format!("hgm.p.{m}"))
+                .collect(),
         };
         if let Some((k, _)) = state.tensors.iter().find(|(k, _)| !names.contains(k)) {
-            return Err(ModelError::state(WHAT, format!("unexpected tensor '{k}' for mode '{}'", self.mode)));
+            return Err(ModelError::state(
+                WHAT,
+                format!("unexpected tensor '{k}' for mode '{}'", self.mode),
+            ));
         }
         let mut p = Vec::with_capacity(names.len());
         for n in &names {
-            let t = state.tensor(n).ok_or_else(|| ModelError::state(WHAT, format!("tensor '{n}' is missing")))?;
+            let t = state
+                .tensor(n)
+                .ok_or_else(|| ModelError::state(WHAT, format!("tensor '{n}' is missing")))?;
             let want = [self.feature_size, self.feature_size];
             if t.dims() != want {
-                return Err(ModelError::ShapeMismatch { what: "HGM state", name: n.clone(), expected: want.to_vec(), got: t.dims().to_vec() });
+                return Err(ModelError::ShapeMismatch {
+                    what: "HGM state",
+                    name: n.clone(),
+                    expected: want.to_vec(),
+                    got: t.dims().to_vec(),
+                });
             }
             p.push(t.clone());
         }
@@ -332,6 +419,8 @@ fn check_alpha(alpha: f64) -> Result<()> {
     if alpha.is_finite() && alpha > 0.0 {
         Ok(())
     } else {
-        Err(ModelError::Config(format!("HGM alpha must be positive and finite, got {alpha}")))
+        Err(ModelError::Config(format!(
+            "HGM alpha must be positive and finite, got {alpha}"
+        )))
     }
 }

@@ -63,9 +63,16 @@ pub fn param_rng(seed: u64, name: &str) -> Rng {
 }
 
 /// A tensor of `U(-bound, bound)` values.
-pub fn uniform<T: Element, B: Backend<T>>(backend: &B, shape: &[usize], bound: f64, rng: &mut Rng) -> Result<Tensor<T, B>> {
+pub fn uniform<T: Element, B: Backend<T>>(
+    backend: &B,
+    shape: &[usize],
+    bound: f64,
+    rng: &mut Rng,
+) -> Result<Tensor<T, B>> {
     let n: usize = shape.iter().product();
-    let data: Vec<T> = (0..n).map(|_| T::lit(bound * (2.0 * rng.uniform() - 1.0))).collect();
+    let data: Vec<T> = (0..n)
+        .map(|_| T::lit(bound * (2.0 * rng.uniform() - 1.0)))
+        .collect();
     Ok(Tensor::from_slice(backend, &data, shape.to_vec())?)
 }
 
@@ -82,7 +89,9 @@ pub fn weight<T: Element, B: Backend<T>>(
     let bound = match (scheme, act) {
         (InitScheme::Torch, _) => 1.0 / (fan_in.max(1) as f64).sqrt(),
         (InitScheme::KaimingXavier, Activation::Relu) => (6.0 / fan_in.max(1) as f64).sqrt(),
-        (InitScheme::KaimingXavier, Activation::Linear) => (6.0 / (fan_in + fan_out).max(1) as f64).sqrt(),
+        (InitScheme::KaimingXavier, Activation::Linear) => {
+            (6.0 / (fan_in + fan_out).max(1) as f64).sqrt()
+        }
     };
     uniform(backend, shape, bound, &mut param_rng(seed, name))
 }
@@ -97,7 +106,12 @@ pub fn bias<T: Element, B: Backend<T>>(
     name: &str,
 ) -> Result<Tensor<T, B>> {
     match scheme {
-        InitScheme::Torch => uniform(backend, &[len], 1.0 / (fan_in.max(1) as f64).sqrt(), &mut param_rng(seed, name)),
+        InitScheme::Torch => uniform(
+            backend,
+            &[len],
+            1.0 / (fan_in.max(1) as f64).sqrt(),
+            &mut param_rng(seed, name),
+        ),
         InitScheme::KaimingXavier => Ok(Tensor::zeros(backend, [len])?),
     }
 }

@@ -25,7 +25,12 @@ pub fn argmax(row: &[f32]) -> usize {
 /// `-log softmax(row)[label]` in f64, stable.
 pub fn cross_entropy_row(row: &[f32], label: usize) -> f64 {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-    let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+    let lse = max
+        + row
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln();
     lse - row[label] as f64
 }
 
@@ -66,7 +71,11 @@ pub struct GapAccumulator {
 
 impl GapAccumulator {
     pub fn new(modalities: usize, dim: usize) -> Self {
-        GapAccumulator { dim, sums: vec![vec![0.0; dim]; modalities], counts: vec![0; modalities] }
+        GapAccumulator {
+            dim,
+            sums: vec![vec![0.0; dim]; modalities],
+            counts: vec![0; modalities],
+        }
     }
 
     /// Adds rows of `dim` features (row-major) of modality `m`. Zero rows
@@ -76,7 +85,11 @@ impl GapAccumulator {
             return;
         }
         for row in features.chunks_exact(self.dim) {
-            let norm = row.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
+            let norm = row
+                .iter()
+                .map(|&v| (v as f64) * (v as f64))
+                .sum::<f64>()
+                .sqrt();
             if norm == 0.0 || !norm.is_finite() {
                 continue;
             }
@@ -101,7 +114,11 @@ impl GapAccumulator {
         let mut pairs = 0usize;
         for i in 0..centroids.len() {
             for j in i + 1..centroids.len() {
-                let d2: f64 = centroids[i].iter().zip(&centroids[j]).map(|(a, b)| (a - b) * (a - b)).sum();
+                let d2: f64 = centroids[i]
+                    .iter()
+                    .zip(&centroids[j])
+                    .map(|(a, b)| (a - b) * (a - b))
+                    .sum();
                 total += d2.sqrt();
                 pairs += 1;
             }

@@ -48,8 +48,20 @@ pub struct ModelSpec {
 
 impl ModelSpec {
     /// A spec with the default feature size (128) and PyTorch-default initialisation.
-    pub fn new(modalities: Vec<(String, Vec<usize>)>, encoders: Vec<EncoderKind>, num_classes: usize, head: HeadKind) -> Self {
-        ModelSpec { modalities, encoders, feature_size: DEFAULT_FEATURE_SIZE, num_classes, head, init: InitScheme::default() }
+    pub fn new(
+        modalities: Vec<(String, Vec<usize>)>,
+        encoders: Vec<EncoderKind>,
+        num_classes: usize,
+        head: HeadKind,
+    ) -> Self {
+        ModelSpec {
+            modalities,
+            encoders,
+            feature_size: DEFAULT_FEATURE_SIZE,
+            num_classes,
+            head,
+            init: InitScheme::default(),
+        }
     }
 
     pub fn modality_names(&self) -> Vec<&str> {
@@ -70,10 +82,17 @@ impl ModelSpec {
             return cfg("a model needs at least one modality".into());
         }
         if self.encoders.len() != self.modalities.len() {
-            return cfg(format!("{} encoders given for {} modalities", self.encoders.len(), self.modalities.len()));
+            return cfg(format!(
+                "{} encoders given for {} modalities",
+                self.encoders.len(),
+                self.modalities.len()
+            ));
         }
         if self.head == HeadKind::Single && self.modalities.len() != 1 {
-            return cfg(format!("a single-modality (unimodal) model takes exactly one modality, got {}", self.modalities.len()));
+            return cfg(format!(
+                "a single-modality (unimodal) model takes exactly one modality, got {}",
+                self.modalities.len()
+            ));
         }
         if self.num_classes == 0 {
             return cfg("number of classes must be positive".into());
@@ -82,9 +101,14 @@ impl ModelSpec {
             return cfg("feature size must be positive".into());
         }
         for (i, (name, _)) in self.modalities.iter().enumerate() {
-            let ok = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            let ok = !name.is_empty()
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
             if !ok {
-                return cfg(format!("modality name '{name}' must be non-empty letters, digits, '_' or '-'"));
+                return cfg(format!(
+                    "modality name '{name}' must be non-empty letters, digits, '_' or '-'"
+                ));
             }
             if self.modalities[..i].iter().any(|(n, _)| n == name) {
                 return cfg(format!("modality '{name}' listed twice"));
@@ -122,7 +146,12 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
             e.init(&mut params, spec.init, seed)?;
         }
         head.init(&mut params, spec.init, Activation::Linear, seed)?;
-        Ok(Model { spec, encoders, head, params })
+        Ok(Model {
+            spec,
+            encoders,
+            head,
+            params,
+        })
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -153,12 +182,19 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
     /// Swaps in another set of parameters (a snapshot or a checkpoint) with the
     /// same names and shapes.
     pub fn set_params(&mut self, params: ParamStore<B, T>) -> Result<()> {
-        let named = params.iter().map(|(n, t)| (n.to_string(), t.clone())).collect();
+        let named = params
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.clone()))
+            .collect();
         self.params.load_named(named)
     }
 
     /// Puts the parameters on a tape (see [`ParamStore::track`]).
-    pub fn track<'t>(&self, tape: &'t Tape<T, B>, trainable: impl Fn(&str) -> bool) -> TrackedParams<'t, B, T> {
+    pub fn track<'t>(
+        &self,
+        tape: &'t Tape<T, B>,
+        trainable: impl Fn(&str) -> bool,
+    ) -> TrackedParams<'t, B, T> {
         self.params.track(tape, trainable)
     }
 
@@ -174,21 +210,36 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
     }
 
     /// `phi_m(x)`: `[batch, ...input_shape] -> [batch, s]`.
-    pub fn features<'t>(&self, p: &TrackedParams<'t, B, T>, modality: &str, x: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+    pub fn features<'t>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        modality: &str,
+        x: &Var<'t, T, B>,
+    ) -> Result<Var<'t, T, B>> {
         self.encoder(modality)?.forward(p, x)
     }
 
     /// The head on its input: `[batch, s]` (shared, single) or `[batch, M*s]` (concat).
-    pub fn head_logits<'t>(&self, p: &TrackedParams<'t, B, T>, h: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+    pub fn head_logits<'t>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        h: &Var<'t, T, B>,
+    ) -> Result<Var<'t, T, B>> {
         self.head.forward(p, h)
     }
 
     /// Joint model: the head on the concatenation of every modality's
     /// `[batch, s]` features, in spec order. For samples missing a modality,
     /// pass zero features there (see [`scatter_rows`]).
-    pub fn joint_logits<'t>(&self, p: &TrackedParams<'t, B, T>, feats: &[&Var<'t, T, B>]) -> Result<Var<'t, T, B>> {
+    pub fn joint_logits<'t>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        feats: &[&Var<'t, T, B>],
+    ) -> Result<Var<'t, T, B>> {
         if self.spec.head != HeadKind::Concat {
-            return Err(ModelError::Config("joint_logits needs the concatenation head (joint model)".into()));
+            return Err(ModelError::Config(
+                "joint_logits needs the concatenation head (joint model)".into(),
+            ));
         }
         if feats.len() != self.encoders.len() {
             return Err(ModelError::Config(format!(
@@ -204,7 +255,12 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
     /// Logits of one modality alone, from its `[batch, s]` features: the
     /// shared (or single) head, or for the joint model that modality's slice
     /// of the fusion layer plus the bias.
-    pub fn modality_logits<'t>(&self, p: &TrackedParams<'t, B, T>, modality: &str, h: &Var<'t, T, B>) -> Result<Var<'t, T, B>> {
+    pub fn modality_logits<'t>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        modality: &str,
+        h: &Var<'t, T, B>,
+    ) -> Result<Var<'t, T, B>> {
         let m = self.modality_index(modality)?;
         match self.spec.head {
             HeadKind::Shared | HeadKind::Single => self.head.forward(p, h),
@@ -227,7 +283,11 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
 /// Places the rows of `h` (`[n, ...]`, the samples where a modality is present)
 /// at `positions` in a `[batch, ...]` result whose other rows are zero
 /// (differentiable: the gradient flows back to the present rows only).
-pub fn scatter_rows<'t, T: Element, B: Backend<T>>(h: &Var<'t, T, B>, positions: &[usize], batch: usize) -> Result<Var<'t, T, B>> {
+pub fn scatter_rows<'t, T: Element, B: Backend<T>>(
+    h: &Var<'t, T, B>,
+    positions: &[usize],
+    batch: usize,
+) -> Result<Var<'t, T, B>> {
     let d = h.dims();
     if d.is_empty() || d[0] != positions.len() {
         return Err(ModelError::BadInput {
@@ -240,7 +300,9 @@ pub fn scatter_rows<'t, T: Element, B: Backend<T>>(h: &Var<'t, T, B>, positions:
     let mut src = vec![n; batch];
     for (k, &pos) in positions.iter().enumerate() {
         if pos >= batch || src[pos] != n {
-            return Err(ModelError::Config(format!("scatter_rows: position {pos} out of range or repeated (batch {batch})")));
+            return Err(ModelError::Config(format!(
+                "scatter_rows: position {pos} out of range or repeated (batch {batch})"
+            )));
         }
         src[pos] = k;
     }

@@ -86,10 +86,16 @@ impl OptimConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(ModelError::Config(format!("optimizer {}: {m}", self.kind)));
         if !(self.lr.is_finite() && self.lr > 0.0) {
-            return bad(format!("learning rate must be positive and finite, got {}", self.lr));
+            return bad(format!(
+                "learning rate must be positive and finite, got {}",
+                self.lr
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return bad(format!("weight decay must be >= 0, got {}", self.weight_decay));
+            return bad(format!(
+                "weight decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         match self.kind {
             OptimizerKind::Sgd => {
@@ -115,7 +121,12 @@ impl OptimConfig {
     }
 
     fn sgd(&self) -> SgdConfig {
-        SgdConfig { lr: self.lr, momentum: self.momentum, weight_decay: self.weight_decay, nesterov: self.nesterov }
+        SgdConfig {
+            lr: self.lr,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            nesterov: self.nesterov,
+        }
     }
 
     fn adam(&self) -> AdamConfig {
@@ -135,7 +146,11 @@ enum Slot<T: Element, B: Backend<T>> {
     /// Velocity (SGD with momentum > 0).
     Sgd { velocity: Tensor<T, B> },
     /// First and second moments and the number of steps this parameter took.
-    Adam { m: Tensor<T, B>, v: Tensor<T, B>, step: u64 },
+    Adam {
+        m: Tensor<T, B>,
+        v: Tensor<T, B>,
+        step: u64,
+    },
 }
 
 const VELOCITY: &str = "optim.velocity.";
@@ -155,7 +170,10 @@ where
 impl<T: Element, B: Backend<T>> Optimizer<B, T> {
     pub fn new(cfg: OptimConfig) -> Result<Self> {
         cfg.validate()?;
-        Ok(Optimizer { cfg, slots: BTreeMap::new() })
+        Ok(Optimizer {
+            cfg,
+            slots: BTreeMap::new(),
+        })
     }
 
     pub fn config(&self) -> &OptimConfig {
@@ -181,12 +199,17 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
     /// One step on the parameters named in `grads` (and only those). Checks
     /// every name and shape before touching anything, so an error leaves
     /// parameters and state as they were.
-    pub fn step(&mut self, params: &mut ParamStore<B, T>, grads: &[(String, Tensor<T, B>)]) -> Result<()> {
+    pub fn step(
+        &mut self,
+        params: &mut ParamStore<B, T>,
+        grads: &[(String, Tensor<T, B>)],
+    ) -> Result<()> {
         let mut seen = BTreeSet::new();
         for (name, g) in grads {
             let p = params.get(name).map_err(|_| ModelError::MissingParam {
                 name: name.clone(),
-                context: "optimizer step: gradient given for a parameter the model does not have".into(),
+                context: "optimizer step: gradient given for a parameter the model does not have"
+                    .into(),
             })?;
             if p.dims() != g.dims() {
                 return Err(ModelError::ShapeMismatch {
@@ -197,7 +220,9 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
                 });
             }
             if !seen.insert(name.as_str()) {
-                return Err(ModelError::Config(format!("optimizer step: two gradients for parameter '{name}'")));
+                return Err(ModelError::Config(format!(
+                    "optimizer step: two gradients for parameter '{name}'"
+                )));
             }
         }
         for (name, g) in grads {
@@ -212,12 +237,19 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
                     } else {
                         let slot = match self.slots.entry(name.clone()) {
                             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                            std::collections::btree_map::Entry::Vacant(e) => {
-                                e.insert(Slot::Sgd { velocity: Tensor::zeros(&backend, dims)? })
-                            }
+                            std::collections::btree_map::Entry::Vacant(e) => e.insert(Slot::Sgd {
+                                velocity: Tensor::zeros(&backend, dims)?,
+                            }),
                         };
-                        let Slot::Sgd { velocity } = slot else { unreachable!("SGD optimizer holds SGD state") };
-                        backend.sgd_step(p.storage_mut()?, g.storage(), Some(velocity.storage_mut()?), &cfg)?;
+                        let Slot::Sgd { velocity } = slot else {
+                            unreachable!("SGD optimizer holds SGD state")
+                        };
+                        backend.sgd_step(
+                            p.storage_mut()?,
+                            g.storage(),
+                            Some(velocity.storage_mut()?),
+                            &cfg,
+                        )?;
                     }
                 }
                 OptimizerKind::Adam | OptimizerKind::AdamW => {
@@ -230,9 +262,18 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
                             step: 0,
                         }),
                     };
-                    let Slot::Adam { m, v, step } = slot else { unreachable!("Adam optimizer holds Adam state") };
+                    let Slot::Adam { m, v, step } = slot else {
+                        unreachable!("Adam optimizer holds Adam state")
+                    };
                     *step += 1;
-                    backend.adam_step(p.storage_mut()?, g.storage(), m.storage_mut()?, v.storage_mut()?, &cfg, *step)?;
+                    backend.adam_step(
+                        p.storage_mut()?,
+                        g.storage(),
+                        m.storage_mut()?,
+                        v.storage_mut()?,
+                        &cfg,
+                        *step,
+                    )?;
                 }
             }
         }
@@ -246,11 +287,14 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
         let mut sd = StateDict::default();
         for (name, slot) in &self.slots {
             match slot {
-                Slot::Sgd { velocity } => sd.tensors.push((format!("{VELOCITY}{name}"), velocity.clone())),
+                Slot::Sgd { velocity } => sd
+                    .tensors
+                    .push((format!("{VELOCITY}{name}"), velocity.clone())),
                 Slot::Adam { m, v, step } => {
                     sd.tensors.push((format!("{ADAM_M}{name}"), m.clone()));
                     sd.tensors.push((format!("{ADAM_V}{name}"), v.clone()));
-                    sd.scalars.push((format!("{ADAM_STEP}{name}"), *step as f64));
+                    sd.scalars
+                        .push((format!("{ADAM_STEP}{name}"), *step as f64));
                 }
             }
         }
@@ -263,9 +307,12 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
     pub fn load_state(&mut self, params: &ParamStore<B, T>, state: &StateDict<B, T>) -> Result<()> {
         const WHAT: &str = "optimizer";
         let check_shape = |entry: &str, param: &str, t: &Tensor<T, B>| -> Result<()> {
-            let p = params
-                .get(param)
-                .map_err(|_| ModelError::state(WHAT, format!("'{entry}' refers to an unknown parameter '{param}'")))?;
+            let p = params.get(param).map_err(|_| {
+                ModelError::state(
+                    WHAT,
+                    format!("'{entry}' refers to an unknown parameter '{param}'"),
+                )
+            })?;
             if p.dims() != t.dims() {
                 return Err(ModelError::ShapeMismatch {
                     what: "optimizer state",
@@ -280,17 +327,31 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
         match self.cfg.kind {
             OptimizerKind::Sgd => {
                 if let Some((k, _)) = state.scalars.first() {
-                    return Err(ModelError::state(WHAT, format!("'{k}' is Adam state but the optimizer is SGD")));
+                    return Err(ModelError::state(
+                        WHAT,
+                        format!("'{k}' is Adam state but the optimizer is SGD"),
+                    ));
                 }
                 for (k, t) in &state.tensors {
                     let Some(param) = k.strip_prefix(VELOCITY) else {
-                        return Err(ModelError::state(WHAT, format!("'{k}' is not SGD state (expected {VELOCITY}<param>)")));
+                        return Err(ModelError::state(
+                            WHAT,
+                            format!("'{k}' is not SGD state (expected {VELOCITY}<param>)"),
+                        ));
                     };
                     if self.cfg.momentum == 0.0 {
-                        return Err(ModelError::state(WHAT, format!("'{k}' is a velocity but momentum is 0")));
+                        return Err(ModelError::state(
+                            WHAT,
+                            format!("'{k}' is a velocity but momentum is 0"),
+                        ));
                     }
                     check_shape(k, param, t)?;
-                    slots.insert(param.to_string(), Slot::Sgd { velocity: t.clone() });
+                    slots.insert(
+                        param.to_string(),
+                        Slot::Sgd {
+                            velocity: t.clone(),
+                        },
+                    );
                 }
             }
             OptimizerKind::Adam | OptimizerKind::AdamW => {
@@ -302,7 +363,10 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
                     } else if let Some(p) = k.strip_prefix(ADAM_V) {
                         (&mut vs, p)
                     } else {
-                        return Err(ModelError::state(WHAT, format!("'{k}' is not {} state", self.cfg.kind)));
+                        return Err(ModelError::state(
+                            WHAT,
+                            format!("'{k}' is not {} state", self.cfg.kind),
+                        ));
                     };
                     check_shape(k, param, t)?;
                     map.insert(param.to_string(), t.clone());
@@ -313,22 +377,35 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
                     let Some(param) = k.strip_prefix(ADAM_STEP) else {
                         return Err(ModelError::state(WHAT, format!("unexpected scalar '{k}'")));
                     };
-                    if !(s.is_finite() && s >= 1.0 && s.fract() == 0.0 && s <= (1u64 << 53) as f64) {
-                        return Err(ModelError::state(WHAT, format!("'{k}' = {s} is not a step count")));
+                    if !(s.is_finite() && s >= 1.0 && s.fract() == 0.0 && s <= (1u64 << 53) as f64)
+                    {
+                        return Err(ModelError::state(
+                            WHAT,
+                            format!("'{k}' = {s} is not a step count"),
+                        ));
                     }
                     steps.insert(param.to_string(), s as u64);
                 }
                 for (param, m) in ms {
-                    let v = vs
-                        .remove(&param)
-                        .ok_or_else(|| ModelError::state(WHAT, format!("'{ADAM_M}{param}' has no matching '{ADAM_V}{param}'")))?;
-                    let step = steps
-                        .remove(&param)
-                        .ok_or_else(|| ModelError::state(WHAT, format!("'{ADAM_M}{param}' has no step count '{ADAM_STEP}{param}'")))?;
+                    let v = vs.remove(&param).ok_or_else(|| {
+                        ModelError::state(
+                            WHAT,
+                            format!("'{ADAM_M}{param}' has no matching '{ADAM_V}{param}'"),
+                        )
+                    })?;
+                    let step = steps.remove(&param).ok_or_else(|| {
+                        ModelError::state(
+                            WHAT,
+                            format!("'{ADAM_M}{param}' has no step count '{ADAM_STEP}{param}'"),
+                        )
+                    })?;
                     slots.insert(param, Slot::Adam { m, v, step });
                 }
                 if let Some(p) = vs.keys().next().or(steps.keys().next()) {
-                    return Err(ModelError::state(WHAT, format!("state of '{p}' is incomplete (needs m, v and step)")));
+                    return Err(ModelError::state(
+                        WHAT,
+                        format!("state of '{p}' is incomplete (needs m, v and step)"),
+                    ));
                 }
             }
         }

@@ -25,13 +25,18 @@ where
 
 impl<T: Element, B: Backend<T>> std::fmt::Debug for ParamStore<B, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_map().entries(self.params.iter().map(|(k, v)| (k, v.dims()))).finish()
+        f.debug_map()
+            .entries(self.params.iter().map(|(k, v)| (k, v.dims())))
+            .finish()
     }
 }
 
 impl<T: Element, B: Backend<T>> ParamStore<B, T> {
     pub fn new(backend: &B) -> Self {
-        ParamStore { backend: backend.clone(), params: BTreeMap::new() }
+        ParamStore {
+            backend: backend.clone(),
+            params: BTreeMap::new(),
+        }
     }
 
     pub fn backend(&self) -> &B {
@@ -42,7 +47,9 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
     pub fn insert(&mut self, name: impl Into<String>, value: Tensor<T, B>) -> Result<()> {
         let name = name.into();
         if self.params.contains_key(&name) {
-            return Err(ModelError::Config(format!("parameter '{name}' defined twice")));
+            return Err(ModelError::Config(format!(
+                "parameter '{name}' defined twice"
+            )));
         }
         self.params.insert(name, value);
         Ok(())
@@ -50,7 +57,10 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
 
     /// Replaces the value of an existing parameter; the shape must stay the same.
     pub fn set(&mut self, name: &str, value: Tensor<T, B>) -> Result<()> {
-        let slot = self.params.get_mut(name).ok_or_else(|| missing(name, "set"))?;
+        let slot = self
+            .params
+            .get_mut(name)
+            .ok_or_else(|| missing(name, "set"))?;
         if slot.dims() != value.dims() {
             return Err(ModelError::ShapeMismatch {
                 what: "parameter",
@@ -68,7 +78,9 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
     }
 
     pub fn get_mut(&mut self, name: &str) -> Result<&mut Tensor<T, B>> {
-        self.params.get_mut(name).ok_or_else(|| missing(name, "get_mut"))
+        self.params
+            .get_mut(name)
+            .ok_or_else(|| missing(name, "get_mut"))
     }
 
     pub fn contains(&self, name: &str) -> bool {
@@ -95,7 +107,10 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
 
     /// Names starting with `prefix` (e.g. `encoder.audio.`), sorted.
     pub fn names_with_prefix<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.params.keys().filter(move |k| k.starts_with(prefix)).map(|k| k.as_str())
+        self.params
+            .keys()
+            .filter(move |k| k.starts_with(prefix))
+            .map(|k| k.as_str())
     }
 
     /// Total number of scalar parameters.
@@ -111,15 +126,24 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
             if !self.params.contains_key(&name) {
                 return Err(ModelError::state(
                     "parameter",
-                    format!("'{name}' is not a parameter of this model (expected: {})", self.name_list()),
+                    format!(
+                        "'{name}' is not a parameter of this model (expected: {})",
+                        self.name_list()
+                    ),
                 ));
             }
             if incoming.insert(name.clone(), t).is_some() {
-                return Err(ModelError::state("parameter", format!("'{name}' given twice")));
+                return Err(ModelError::state(
+                    "parameter",
+                    format!("'{name}' given twice"),
+                ));
             }
         }
         if let Some(absent) = self.params.keys().find(|k| !incoming.contains_key(*k)) {
-            return Err(ModelError::state("parameter", format!("'{absent}' is missing")));
+            return Err(ModelError::state(
+                "parameter",
+                format!("'{absent}' is missing"),
+            ));
         }
         for (name, t) in &incoming {
             let have = &self.params[name];
@@ -148,12 +172,20 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
     /// Drop the returned value (or call [`TrackedParams::gradients`], which
     /// consumes it) before the optimizer step: while it lives it shares the
     /// parameters' storage, and an in-place update would have to copy it.
-    pub fn track<'t>(&self, tape: &'t Tape<T, B>, trainable: impl Fn(&str) -> bool) -> TrackedParams<'t, B, T> {
+    pub fn track<'t>(
+        &self,
+        tape: &'t Tape<T, B>,
+        trainable: impl Fn(&str) -> bool,
+    ) -> TrackedParams<'t, B, T> {
         let vars = self
             .params
             .iter()
             .map(|(name, t)| {
-                let v = if trainable(name) { tape.var(t.clone()) } else { tape.constant(t.clone()) };
+                let v = if trainable(name) {
+                    tape.var(t.clone())
+                } else {
+                    tape.constant(t.clone())
+                };
                 (name.clone(), v)
             })
             .collect();
@@ -162,7 +194,10 @@ impl<T: Element, B: Backend<T>> ParamStore<B, T> {
 }
 
 fn missing(name: &str, context: &str) -> ModelError {
-    ModelError::MissingParam { name: name.to_string(), context: context.to_string() }
+    ModelError::MissingParam {
+        name: name.to_string(),
+        context: context.to_string(),
+    }
 }
 
 /// The parameters of one step, as values on its tape.
@@ -176,7 +211,9 @@ where
 
 impl<'t, T: Element, B: Backend<T>> TrackedParams<'t, B, T> {
     pub fn get(&self, name: &str) -> Result<&Var<'t, T, B>> {
-        self.vars.get(name).ok_or_else(|| missing(name, "forward pass"))
+        self.vars
+            .get(name)
+            .ok_or_else(|| missing(name, "forward pass"))
     }
 
     /// Whether `name` is a tracked leaf (it will get a gradient if the loss uses it).
@@ -189,7 +226,10 @@ impl<'t, T: Element, B: Backend<T>> TrackedParams<'t, B, T> {
     /// optimizer leaves them alone). Consumes `self` to release the
     /// parameters' storage before the optimizer writes to it.
     pub fn gradients(self, mut grads: Gradients<T, B>) -> Vec<(String, Tensor<T, B>)> {
-        self.vars.into_iter().filter_map(|(name, v)| grads.remove(&v).map(|g| (name, g))).collect()
+        self.vars
+            .into_iter()
+            .filter_map(|(name, v)| grads.remove(&v).map(|g| (name, g)))
+            .collect()
     }
 }
 
@@ -206,19 +246,28 @@ where
 
 impl<T: Element, B: Backend<T>> Clone for StateDict<B, T> {
     fn clone(&self) -> Self {
-        StateDict { tensors: self.tensors.clone(), scalars: self.scalars.clone() }
+        StateDict {
+            tensors: self.tensors.clone(),
+            scalars: self.scalars.clone(),
+        }
     }
 }
 
 impl<T: Element, B: Backend<T>> Default for StateDict<B, T> {
     fn default() -> Self {
-        StateDict { tensors: Vec::new(), scalars: Vec::new() }
+        StateDict {
+            tensors: Vec::new(),
+            scalars: Vec::new(),
+        }
     }
 }
 
 impl<T: Element, B: Backend<T>> StateDict<B, T> {
     pub fn scalar(&self, name: &str) -> Option<f64> {
-        self.scalars.iter().find(|(k, _)| k == name).map(|(_, v)| *v)
+        self.scalars
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| *v)
     }
     pub fn tensor(&self, name: &str) -> Option<&Tensor<T, B>> {
         self.tensors.iter().find(|(k, _)| k == name).map(|(_, v)| v)

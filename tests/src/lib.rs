@@ -52,7 +52,10 @@ pub fn distinct(rng: &mut Rng, n: usize, gap: f64) -> Vec<f64> {
     let mut order: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut order);
     let mid = n as f64 / 2.0;
-    order.iter().map(|&i| (i as f64 - mid) * gap + 0.4 * gap * rng.uniform()).collect()
+    order
+        .iter()
+        .map(|&i| (i as f64 - mid) * gap + 0.4 * gap * rng.uniform())
+        .collect()
 }
 
 pub fn tensor(data: &[f64], dims: &[usize]) -> T64 {
@@ -68,8 +71,15 @@ pub struct Input {
 
 impl Input {
     pub fn new(data: Vec<f64>, dims: &[usize]) -> Self {
-        assert_eq!(data.len(), dims.iter().product::<usize>(), "test input does not fill its shape");
-        Input { data, dims: dims.to_vec() }
+        assert_eq!(
+            data.len(),
+            dims.iter().product::<usize>(),
+            "test input does not fill its shape"
+        );
+        Input {
+            data,
+            dims: dims.to_vec(),
+        }
     }
 }
 
@@ -84,7 +94,10 @@ where
     F: for<'t> Fn(&[V64<'t>]) -> Result<V64<'t>>,
 {
     let tape = Tape::no_grad(&Cpu);
-    let vars: Vec<V64<'_>> = inputs.iter().map(|i| tape.var(tensor(&i.data, &i.dims))).collect();
+    let vars: Vec<V64<'_>> = inputs
+        .iter()
+        .map(|i| tape.var(tensor(&i.data, &i.dims)))
+        .collect();
     let out = f(&vars).map_err(|e| format!("forward failed: {e}"))?;
     if !tape.is_empty() || vars.iter().any(|v| v.is_tracked()) || out.is_tracked() {
         return Err(format!("no-grad tape recorded {} nodes", tape.len()));
@@ -102,18 +115,29 @@ where
 {
     let cpu = Cpu;
     let tape = Tape::new(&cpu);
-    let vars: Vec<V64<'_>> = inputs.iter().map(|i| tape.var(tensor(&i.data, &i.dims))).collect();
+    let vars: Vec<V64<'_>> = inputs
+        .iter()
+        .map(|i| tape.var(tensor(&i.data, &i.dims)))
+        .collect();
     let out = f(&vars).map_err(|e| format!("forward failed: {e}"))?;
     let out_vals = out.value().to_vec().map_err(|e| e.to_string())?;
     let mut rng = Rng::derive(seed, 0x5eed);
     let weights = uniform(&mut rng, out_vals.len(), -1.0, 1.0);
     let r = tape.constant(tensor(&weights, out.dims()));
-    let loss = out.mul(&r).and_then(|p| p.sum_all()).map_err(|e| format!("loss failed: {e}"))?;
+    let loss = out
+        .mul(&r)
+        .and_then(|p| p.sum_all())
+        .map_err(|e| format!("loss failed: {e}"))?;
     let analytic_loss = loss.value().to_scalar().map_err(|e| e.to_string())?;
     if !close(analytic_loss, dot(&out_vals, &weights)) {
-        return Err(format!("sum_all gave {analytic_loss}, host sum {}", dot(&out_vals, &weights)));
+        return Err(format!(
+            "sum_all gave {analytic_loss}, host sum {}",
+            dot(&out_vals, &weights)
+        ));
     }
-    let grads = tape.backward(&loss).map_err(|e| format!("backward failed: {e}"))?;
+    let grads = tape
+        .backward(&loss)
+        .map_err(|e| format!("backward failed: {e}"))?;
 
     let plain = forward_no_grad(inputs, &f)?;
     if plain != out_vals {
@@ -121,9 +145,15 @@ where
     }
 
     for (k, (input, var)) in inputs.iter().zip(&vars).enumerate() {
-        let g = grads.get(var).ok_or_else(|| format!("no gradient for input {k}"))?;
+        let g = grads
+            .get(var)
+            .ok_or_else(|| format!("no gradient for input {k}"))?;
         if g.dims() != input.dims.as_slice() {
-            return Err(format!("input {k}: gradient shape {:?} != input shape {:?}", g.dims(), input.dims));
+            return Err(format!(
+                "input {k}: gradient shape {:?} != input shape {:?}",
+                g.dims(),
+                input.dims
+            ));
         }
         let g = g.to_vec().map_err(|e| e.to_string())?;
         for (j, &tape_grad) in g.iter().enumerate() {

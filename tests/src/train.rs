@@ -11,7 +11,9 @@ pub type V32<'t> = Var<'t, f32, Cpu>;
 /// Uniform init in `±sqrt(3 / fan_in)` (unit-variance pre-activations for unit inputs).
 pub fn init(rng: &mut Rng, dims: &[usize], fan_in: usize) -> T32 {
     let bound = (3.0 / fan_in as f64).sqrt();
-    let data: Vec<f32> = (0..dims.iter().product()).map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32).collect();
+    let data: Vec<f32> = (0..dims.iter().product())
+        .map(|_| ((2.0 * rng.uniform() - 1.0) * bound) as f32)
+        .collect();
     T32::from_slice(&Cpu, &data, dims.to_vec()).expect("init shape")
 }
 
@@ -27,12 +29,20 @@ where
         let vars: Vec<V32<'_>> = params.iter().map(|p| tape.var(p.clone())).collect();
         let loss = loss_fn(&tape, &vars)?;
         let mut grads = tape.backward(&loss)?;
-        let g: Vec<T32> = vars.iter().map(|v| grads.remove(v).expect("every parameter is used")).collect();
+        let g: Vec<T32> = vars
+            .iter()
+            .map(|v| grads.remove(v).expect("every parameter is used"))
+            .collect();
         (loss.value().to_scalar()?, g)
     };
     // The tape and its vars are gone, so each parameter's storage is unshared
     // again and is updated in place without a copy.
-    let cfg = SgdConfig { lr, momentum: 0.0, weight_decay: 0.0, nesterov: false };
+    let cfg = SgdConfig {
+        lr,
+        momentum: 0.0,
+        weight_decay: 0.0,
+        nesterov: false,
+    };
     for (p, g) in params.iter_mut().zip(&grads) {
         Cpu.sgd_step(p.storage_mut()?, g.storage(), None, &cfg)?;
     }
@@ -60,12 +70,19 @@ pub fn rings(rng: &mut Rng, n: usize) -> (T32, Vec<u32>) {
     let mut labels = Vec::with_capacity(n);
     for i in 0..n {
         let label = (i % 2) as u32;
-        let r = if label == 0 { 0.5 * rng.uniform().sqrt() } else { 0.9 + 0.4 * rng.uniform() };
+        let r = if label == 0 {
+            0.5 * rng.uniform().sqrt()
+        } else {
+            0.9 + 0.4 * rng.uniform()
+        };
         let a = 2.0 * std::f64::consts::PI * rng.uniform();
         xs.extend([(r * a.cos()) as f32, (r * a.sin()) as f32]);
         labels.push(label);
     }
-    (T32::from_slice(&Cpu, &xs, [n, 2]).expect("rings shape"), labels)
+    (
+        T32::from_slice(&Cpu, &xs, [n, 2]).expect("rings shape"),
+        labels,
+    )
 }
 
 /// `n` single-channel `size x size` images, each holding one bar of length
@@ -83,7 +100,10 @@ pub fn bars(rng: &mut Rng, n: usize, size: usize) -> (T32, Vec<u32>) {
         }
         labels.push(label);
     }
-    (T32::from_slice(&Cpu, &img, [n, 1, size, size]).expect("bars shape"), labels)
+    (
+        T32::from_slice(&Cpu, &img, [n, 1, size, size]).expect("bars shape"),
+        labels,
+    )
 }
 
 /// `input -> hidden (tanh) -> classes`: `[w1, b1, w2, b2]`.
@@ -97,7 +117,11 @@ pub fn mlp_params(rng: &mut Rng, input: usize, hidden: usize, classes: usize) ->
 }
 
 pub fn mlp_logits<'t>(p: &[V32<'t>], x: &V32<'t>) -> Result<V32<'t>> {
-    x.matmul(&p[0])?.add(&p[1])?.tanh()?.matmul(&p[2])?.add(&p[3])
+    x.matmul(&p[0])?
+        .add(&p[1])?
+        .tanh()?
+        .matmul(&p[2])?
+        .add(&p[3])
 }
 
 /// For `size x size` single-channel images: conv 3x3 (pad 1) to `channels`,
@@ -114,7 +138,12 @@ pub fn convnet_params(rng: &mut Rng, size: usize, channels: usize, classes: usiz
 }
 
 pub fn convnet_logits<'t>(p: &[V32<'t>], x: &V32<'t>) -> Result<V32<'t>> {
-    let h = x.conv2d(&p[0], 1, 1)?.add(&p[1])?.relu()?.max_pool2d(2, 2)?.flatten()?;
+    let h = x
+        .conv2d(&p[0], 1, 1)?
+        .add(&p[1])?
+        .relu()?
+        .max_pool2d(2, 2)?
+        .flatten()?;
     h.matmul_t(&p[2], false, true)?.add(&p[3])
 }
 

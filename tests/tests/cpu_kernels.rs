@@ -37,7 +37,15 @@ fn values(seed: u64, len: usize) -> Vec<f32> {
 
 /// Reference `op(A) op(B)` in f64, plus `sum |a b|` per element for the tolerance.
 #[allow(clippy::too_many_arguments)]
-fn naive_gemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: bool) -> (Vec<f64>, Vec<f64>) {
+fn naive_gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    ta: bool,
+    b: &[f32],
+    tb: bool,
+) -> (Vec<f64>, Vec<f64>) {
     let mut c = vec![0.0; m * n];
     let mut mag = vec![0.0; m * n];
     for i in 0..m {
@@ -56,7 +64,13 @@ fn naive_gemm(m: usize, n: usize, k: usize, a: &[f32], ta: bool, b: &[f32], tb: 
     (c, mag)
 }
 
-fn assert_close(what: &str, got: &[f32], want: &[f64], mag: &[f64], k: usize) -> Result<(), TestCaseError> {
+fn assert_close(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    mag: &[f64],
+    k: usize,
+) -> Result<(), TestCaseError> {
     prop_assert_eq!(got.len(), want.len(), "{}: length", what);
     let eps = f32::EPSILON as f64;
     for (i, ((&g, &w), &s)) in got.iter().zip(want).zip(mag).enumerate() {
@@ -76,7 +90,17 @@ fn assert_close(what: &str, got: &[f32], want: &[f64], mag: &[f64], k: usize) ->
 
 fn dims(max: usize) -> impl Strategy<Value = usize> {
     // Bias towards the awkward sizes: 1, vector widths and one off them.
-    prop_oneof![Just(1usize), Just(7), Just(8), Just(9), Just(15), Just(16), Just(17), Just(33), 1..=max]
+    prop_oneof![
+        Just(1usize),
+        Just(7),
+        Just(8),
+        Just(9),
+        Just(15),
+        Just(16),
+        Just(17),
+        Just(33),
+        1..=max
+    ]
 }
 
 proptest! {
@@ -180,7 +204,16 @@ fn concurrent_threaded_gemms_match_naive() {
     let a = values(21, m * k);
     let b = values(22, k * n);
     let (want, mag) = naive_gemm(m, n, k, &a, false, &b, false);
-    let cfg = GemmConfig { batch: 1, m, n, k, trans_a: false, trans_b: false, stride_a: m * k, stride_b: k * n };
+    let cfg = GemmConfig {
+        batch: 1,
+        m,
+        n,
+        k,
+        trans_a: false,
+        trans_b: false,
+        stride_a: m * k,
+        stride_b: k * n,
+    };
     std::thread::scope(|s| {
         for t in 0..4 {
             let (a, b, want, mag, cfg) = (&a, &b, &want, &mag, &cfg);
@@ -188,7 +221,8 @@ fn concurrent_threaded_gemms_match_naive() {
                 for rep in 0..25 {
                     let mut c = vec![f32::NAN; m * n];
                     kernels::gemm_batch(mla_cpu::active_isa(), cfg, a, b, &mut c);
-                    assert_close(&format!("thread {t} repetition {rep}"), &c, want, mag, k).unwrap();
+                    assert_close(&format!("thread {t} repetition {rep}"), &c, want, mag, k)
+                        .unwrap();
                 }
             });
         }
@@ -219,13 +253,29 @@ fn blocked_and_threaded_gemm_matches_naive() {
                 let (sa, sb) = (if shared { 0 } else { m * k }, k * n);
                 let a = values(11, (batch - 1) * sa + m * k);
                 let b = values(12, (batch - 1) * sb + k * n);
-                let cfg = GemmConfig { batch, m, n, k, trans_a: ta, trans_b: tb, stride_a: sa, stride_b: sb };
+                let cfg = GemmConfig {
+                    batch,
+                    m,
+                    n,
+                    k,
+                    trans_a: ta,
+                    trans_b: tb,
+                    stride_a: sa,
+                    stride_b: sb,
+                };
                 for isa in isas() {
                     let mut c = vec![f32::NAN; batch * m * n];
                     kernels::gemm_batch(isa, &cfg, &a, &b, &mut c);
                     for i in 0..batch {
                         let (want, mag) = naive_gemm(m, n, k, &a[i * sa..], ta, &b[i * sb..], tb);
-                        assert_close(&format!("{isa:?} {cfg:?} item {i}"), &c[i * m * n..(i + 1) * m * n], &want, &mag, k).unwrap();
+                        assert_close(
+                            &format!("{isa:?} {cfg:?} item {i}"),
+                            &c[i * m * n..(i + 1) * m * n],
+                            &want,
+                            &mag,
+                            k,
+                        )
+                        .unwrap();
                     }
                 }
             }
@@ -240,18 +290,49 @@ fn large_gemm_matches_naive() {
     let a = values(21, m * k);
     let b = values(22, k * n);
     for (ta, tb) in [(false, false), (true, true)] {
-        let cfg = GemmConfig { batch: 1, m, n, k, trans_a: ta, trans_b: tb, stride_a: 0, stride_b: 0 };
+        let cfg = GemmConfig {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+            stride_a: 0,
+            stride_b: 0,
+        };
         let c = Backend::<f32>::gemm(&Cpu, &cfg, &a, &b).unwrap();
         let (want, mag) = naive_gemm(m, n, k, &a, ta, &b, tb);
         assert_close(&format!("{cfg:?}"), &c, &want, &mag, k).unwrap();
     }
 }
 
-fn backend_gemm_case(batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: bool, sa0: bool, sb0: bool, seed: u64) {
-    let (sa, sb) = (if sa0 { 0 } else { m * k + 3 }, if sb0 { 0 } else { k * n + 1 });
+fn backend_gemm_case(
+    batch: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    ta: bool,
+    tb: bool,
+    sa0: bool,
+    sb0: bool,
+    seed: u64,
+) {
+    let (sa, sb) = (
+        if sa0 { 0 } else { m * k + 3 },
+        if sb0 { 0 } else { k * n + 1 },
+    );
     let a = values(seed, batch.saturating_sub(1) * sa + m * k);
     let b = values(seed ^ 9, batch.saturating_sub(1) * sb + k * n);
-    let cfg = GemmConfig { batch, m, n, k, trans_a: ta, trans_b: tb, stride_a: sa, stride_b: sb };
+    let cfg = GemmConfig {
+        batch,
+        m,
+        n,
+        k,
+        trans_a: ta,
+        trans_b: tb,
+        stride_a: sa,
+        stride_b: sb,
+    };
     let c32 = Backend::<f32>::gemm(&Cpu, &cfg, &a, &b).unwrap();
     let a64: Vec<f64> = a.iter().map(|&v| v as f64).collect();
     let b64: Vec<f64> = b.iter().map(|&v| v as f64).collect();
@@ -260,9 +341,19 @@ fn backend_gemm_case(batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: b
     for i in 0..batch {
         let (want, mag) = naive_gemm(m, n, k, &a[i * sa..], ta, &b[i * sb..], tb);
         let r = i * m * n..(i + 1) * m * n;
-        assert_close(&format!("Backend<f32>::gemm {cfg:?} item {i}"), &c32[r.clone()], &want, &mag, k).unwrap();
+        assert_close(
+            &format!("Backend<f32>::gemm {cfg:?} item {i}"),
+            &c32[r.clone()],
+            &want,
+            &mag,
+            k,
+        )
+        .unwrap();
         for (j, (&g, &w)) in c64[r].iter().zip(&want).enumerate() {
-            assert!((g - w).abs() <= 1e-12 * (1.0 + mag[j]), "Backend<f64>::gemm {cfg:?} item {i} elem {j}: {g} vs {w}");
+            assert!(
+                (g - w).abs() <= 1e-12 * (1.0 + mag[j]),
+                "Backend<f64>::gemm {cfg:?} item {i} elem {j}: {g} vs {w}"
+            );
         }
     }
 }
@@ -270,7 +361,16 @@ fn backend_gemm_case(batch: usize, m: usize, n: usize, k: usize, ta: bool, tb: b
 #[test]
 fn backend_gemm_on_every_isa_all_transposes_and_strides() {
     let _guard = OVERRIDE.lock().unwrap_or_else(|e| e.into_inner());
-    let shapes: &[(usize, usize, usize, usize)] = &[(1, 1, 1, 1), (2, 3, 1, 5), (3, 17, 9, 33), (4, 64, 10, 128), (2, 1, 40, 31), (3, 40, 1, 31), (1, 64, 256, 784), (0, 4, 5, 6)];
+    let shapes: &[(usize, usize, usize, usize)] = &[
+        (1, 1, 1, 1),
+        (2, 3, 1, 5),
+        (3, 17, 9, 33),
+        (4, 64, 10, 128),
+        (2, 1, 40, 31),
+        (3, 40, 1, 31),
+        (1, 64, 256, 784),
+        (0, 4, 5, 6),
+    ];
     for isa in isas() {
         set_isa_override(Some(isa)).unwrap();
         for (s, &(batch, m, n, k)) in shapes.iter().enumerate() {
@@ -288,7 +388,16 @@ fn backend_gemm_on_every_isa_all_transposes_and_strides() {
 
 #[test]
 fn backend_gemm_rejects_short_buffers() {
-    let cfg = GemmConfig { batch: 2, m: 2, n: 2, k: 2, trans_a: false, trans_b: false, stride_a: 4, stride_b: 4 };
+    let cfg = GemmConfig {
+        batch: 2,
+        m: 2,
+        n: 2,
+        k: 2,
+        trans_a: false,
+        trans_b: false,
+        stride_a: 4,
+        stride_b: 4,
+    };
     let err = Backend::<f32>::gemm(&Cpu, &cfg, &vec![0.0; 7], &vec![0.0; 8]).unwrap_err();
     assert_eq!(err.op(), Some("gemm"));
 }
@@ -304,25 +413,44 @@ fn rls_project_matches_naive_on_every_isa() {
             let mut p = vec![0.0f32; s * s];
             for i in 0..s {
                 for j in 0..s {
-                    p[i * s + j] = 0.1 * v[i.min(j) * s + i.max(j)] / s as f32 + if i == j { 1.0 } else { 0.0 };
+                    p[i * s + j] = 0.1 * v[i.min(j) * s + i.max(j)] / s as f32
+                        + if i == j { 1.0 } else { 0.0 };
                 }
             }
             let r = values(7, s);
             let g = values(8, c * s);
             let alpha = 0.5;
             let p0 = p.clone();
-            let projected = Backend::<f32>::rls_project(&Cpu, &mut p, &r, Some(&g), c, s, alpha).unwrap().unwrap();
+            let projected = Backend::<f32>::rls_project(&Cpu, &mut p, &r, Some(&g), c, s, alpha)
+                .unwrap()
+                .unwrap();
             // Reference in f64.
             let (want_proj, mag) = naive_gemm(c, s, s, &g, false, &p0, false);
-            assert_close(&format!("{isa:?} rls projection c={c} s={s}"), &projected, &want_proj, &mag, s).unwrap();
-            let u: Vec<f64> = (0..s).map(|i| (0..s).map(|j| p0[i * s + j] as f64 * r[j] as f64).sum()).collect();
+            assert_close(
+                &format!("{isa:?} rls projection c={c} s={s}"),
+                &projected,
+                &want_proj,
+                &mag,
+                s,
+            )
+            .unwrap();
+            let u: Vec<f64> = (0..s)
+                .map(|i| (0..s).map(|j| p0[i * s + j] as f64 * r[j] as f64).sum())
+                .collect();
             let d = alpha + (0..s).map(|i| r[i] as f64 * u[i]).sum::<f64>();
             for i in 0..s {
                 for j in 0..s {
                     let want = p0[i * s + j] as f64 - u[i] * u[j] / d;
                     let got = p[i * s + j] as f64;
-                    assert!((got - want).abs() <= 1e-5 * (1.0 + want.abs()), "{isa:?} s={s} P[{i},{j}] = {got}, want {want}");
-                    assert_eq!(p[i * s + j].to_bits(), p[j * s + i].to_bits(), "{isa:?} P lost symmetry at ({i}, {j})");
+                    assert!(
+                        (got - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                        "{isa:?} s={s} P[{i},{j}] = {got}, want {want}"
+                    );
+                    assert_eq!(
+                        p[i * s + j].to_bits(),
+                        p[j * s + i].to_bits(),
+                        "{isa:?} P lost symmetry at ({i}, {j})"
+                    );
                 }
             }
             let none = Backend::<f32>::rls_project(&Cpu, &mut p, &r, None, c, s, alpha).unwrap();
@@ -354,19 +482,47 @@ fn isa_override_refuses_what_the_cpu_lacks() {
 
 use mla_core::{BinaryOp, Conv2dGeometry};
 
-fn geometry(n: usize, c: usize, h: usize, w: usize, k: (usize, usize), stride: usize, pad: usize) -> Option<Conv2dGeometry> {
+fn geometry(
+    n: usize,
+    c: usize,
+    h: usize,
+    w: usize,
+    k: (usize, usize),
+    stride: usize,
+    pad: usize,
+) -> Option<Conv2dGeometry> {
     let (kh, kw) = k;
     if h + 2 * pad < kh || w + 2 * pad < kw {
         return None;
     }
-    Some(Conv2dGeometry { n, c, h, w, kh, kw, stride, pad, oh: (h + 2 * pad - kh) / stride + 1, ow: (w + 2 * pad - kw) / stride + 1 })
+    Some(Conv2dGeometry {
+        n,
+        c,
+        h,
+        w,
+        kh,
+        kw,
+        stride,
+        pad,
+        oh: (h + 2 * pad - kh) / stride + 1,
+        ow: (w + 2 * pad - kw) / stride + 1,
+    })
 }
 
 /// Input index feeding column entry (n, c, ki, kj, oy, ox), if inside the image.
-fn source(g: &Conv2dGeometry, n: usize, c: usize, ki: usize, kj: usize, oy: usize, ox: usize) -> Option<usize> {
+fn source(
+    g: &Conv2dGeometry,
+    n: usize,
+    c: usize,
+    ki: usize,
+    kj: usize,
+    oy: usize,
+    ox: usize,
+) -> Option<usize> {
     let iy = (oy * g.stride + ki) as isize - g.pad as isize;
     let ix = (ox * g.stride + kj) as isize - g.pad as isize;
-    (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w).then(|| ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize)
+    (iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w)
+        .then(|| ((n * g.c + c) * g.h + iy as usize) * g.w + ix as usize)
 }
 
 fn for_each_entry(g: &Conv2dGeometry, mut f: impl FnMut(usize, Option<usize>)) {
@@ -377,7 +533,10 @@ fn for_each_entry(g: &Conv2dGeometry, mut f: impl FnMut(usize, Option<usize>)) {
                 for kj in 0..g.kw {
                     for oy in 0..g.oh {
                         for ox in 0..g.ow {
-                            let col = n * ckk * ohw + ((c * g.kh + ki) * g.kw + kj) * ohw + oy * g.ow + ox;
+                            let col = n * ckk * ohw
+                                + ((c * g.kh + ki) * g.kw + kj) * ohw
+                                + oy * g.ow
+                                + ox;
                             f(col, source(g, n, c, ki, kj, oy, ox));
                         }
                     }
@@ -482,7 +641,11 @@ fn long_sums_are_accurate() {
     let x = values(77, 300_001);
     let out = Backend::<f32>::sum_axis(&Cpu, &x, 1, x.len(), 1).unwrap();
     let want: f64 = x.iter().map(|&v| v as f64).sum();
-    assert!((out[0] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()), "{} vs {want}", out[0]);
+    assert!(
+        (out[0] as f64 - want).abs() <= 1e-6 * (1.0 + want.abs()),
+        "{} vs {want}",
+        out[0]
+    );
 }
 
 // ---- pooling against naive loops (ties and NaN included) ----
@@ -553,7 +716,10 @@ proptest! {
 
 #[test]
 fn thread_count_errors_are_values() {
-    assert_eq!(mla_cpu::set_num_threads(0).unwrap_err().op(), Some("set_num_threads"));
+    assert_eq!(
+        mla_cpu::set_num_threads(0).unwrap_err().op(),
+        Some("set_num_threads")
+    );
     // Once any parallel work has run, the global pool exists and cannot be resized.
     let x = values(1, 1 << 17);
     Backend::<f32>::unary(&Cpu, mla_core::UnaryOp::Relu, &x).unwrap();

@@ -18,7 +18,12 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 
 fn runner(cases: u32) -> TestRunner {
     // Shrinking is bounded so a failing case is reported in seconds.
-    TestRunner::new(Config { cases, failure_persistence: None, max_shrink_iters: 300, ..Config::default() })
+    TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        max_shrink_iters: 300,
+        ..Config::default()
+    })
 }
 
 fn close<T: CudaFloat>(

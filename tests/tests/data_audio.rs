@@ -35,7 +35,10 @@ fn idx_errors_name_the_problem() {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (vec![0, 0], "too short"),
         ([&[1u8, 0], &good[2..]].concat(), "not an IDX file"),
-        ([&good[..2], &[0x0d], &good[3..]].concat(), "not unsigned byte"),
+        (
+            [&good[..2], &[0x0d], &good[3..]].concat(),
+            "not unsigned byte",
+        ),
         (good[..good.len() - 1].to_vec(), "need 6 bytes"),
         ([good.as_slice(), &[9]].concat(), "found 7"),
         (vec![0, 0, 8, 3, 0, 0, 0, 1], "inside the header"),
@@ -43,7 +46,10 @@ fn idx_errors_name_the_problem() {
     for (bytes, needle) in cases {
         let err = parse_idx(&bytes, p).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, DataError::Idx { .. }) && msg.contains(needle) && msg.contains("x-idx"), "{msg}");
+        assert!(
+            matches!(err, DataError::Idx { .. }) && msg.contains(needle) && msg.contains("x-idx"),
+            "{msg}"
+        );
     }
     let dir = TempDir::new("idxgz");
     let mut gz = gzip(&good);
@@ -52,7 +58,10 @@ fn idx_errors_name_the_problem() {
     std::fs::write(dir.join("t.gz"), gz).unwrap();
     let msg = read_idx(&dir.join("t.gz")).unwrap_err().to_string();
     assert!(msg.contains("gzip"), "{msg}");
-    assert!(matches!(read_idx(&dir.join("absent.gz")), Err(DataError::MissingFile { .. })));
+    assert!(matches!(
+        read_idx(&dir.join("absent.gz")),
+        Err(DataError::MissingFile { .. })
+    ));
 }
 
 #[test]
@@ -61,7 +70,12 @@ fn wav_parses_pcm16_with_extra_chunks() {
     let w = parse_wav(&wav_bytes(8000, &samples), Path::new("x.wav")).unwrap();
     assert_eq!(w.sample_rate, 8000);
     assert_eq!(w.samples, samples);
-    assert_eq!(parse_wav(&encode_wav(8000, &samples), Path::new("x.wav")).unwrap().samples, samples);
+    assert_eq!(
+        parse_wav(&encode_wav(8000, &samples), Path::new("x.wav"))
+            .unwrap()
+            .samples,
+        samples
+    );
 }
 
 #[test]
@@ -85,7 +99,10 @@ fn wav_rejects_other_formats() {
     for (bytes, needle) in cases {
         let err = parse_wav(&bytes, Path::new("bad.wav")).unwrap_err();
         let msg = err.to_string();
-        assert!(matches!(err, DataError::Wav { .. }) && msg.contains(needle) && msg.contains("bad.wav"), "{needle}: {msg}");
+        assert!(
+            matches!(err, DataError::Wav { .. }) && msg.contains(needle) && msg.contains("bad.wav"),
+            "{needle}: {msg}"
+        );
     }
 }
 
@@ -104,12 +121,24 @@ proptest! {
 #[test]
 fn fsdd_listing_orders_by_digit_speaker_integer_index() {
     let dir = TempDir::new("fsdd");
-    for name in ["1_bob_10.wav", "1_bob_2.wav", "0_zed_5.wav", "1_amy_7.wav", "README.md"] {
+    for name in [
+        "1_bob_10.wav",
+        "1_bob_2.wav",
+        "0_zed_5.wav",
+        "1_amy_7.wav",
+        "README.md",
+    ] {
         std::fs::write(dir.join(name), encode_wav(8000, &[0; 10])).unwrap();
     }
     let recs = list_fsdd(dir.path()).unwrap();
-    let got: Vec<(u8, &str, u32)> = recs.iter().map(|r| (r.digit, r.speaker.as_str(), r.index)).collect();
-    assert_eq!(got, vec![(0, "zed", 5), (1, "amy", 7), (1, "bob", 2), (1, "bob", 10)]);
+    let got: Vec<(u8, &str, u32)> = recs
+        .iter()
+        .map(|r| (r.digit, r.speaker.as_str(), r.index))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(0, "zed", 5), (1, "amy", 7), (1, "bob", 2), (1, "bob", 10)]
+    );
     std::fs::write(dir.join("one_bob_1.wav"), b"").unwrap();
     let msg = list_fsdd(dir.path()).unwrap_err().to_string();
     assert!(msg.contains("one_bob_1.wav"), "{msg}");
@@ -127,7 +156,9 @@ fn pairing_respects_digit_and_split_speakers() {
     }
     let recs = list_fsdd(dir.path()).unwrap();
     let labels: Vec<u8> = (0..6000).map(|i| ((i * 7) % 10) as u8).collect();
-    let splits: Vec<Split> = (0..6000).map(|i| [Split::Train, Split::Validation, Split::Test][i % 3]).collect();
+    let splits: Vec<Split> = (0..6000)
+        .map(|i| [Split::Train, Split::Validation, Split::Test][i % 3])
+        .collect();
     let idx = pair_audio(&labels, &splits, &recs, 4).unwrap();
     let mut used = vec![0usize; recs.len()];
     for i in 0..6000 {
@@ -138,15 +169,27 @@ fn pairing_respects_digit_and_split_speakers() {
             Split::Validation => &["yweweler"],
             Split::Test => &["theo"],
         };
-        assert!(allowed.contains(&r.speaker.as_str()), "sample {i} ({}) paired with {}", splits[i], r.speaker);
+        assert!(
+            allowed.contains(&r.speaker.as_str()),
+            "sample {i} ({}) paired with {}",
+            splits[i],
+            r.speaker
+        );
         used[idx[i] as usize] += 1;
     }
     // 2000 train samples over 120 train recordings: every one gets drawn.
-    assert!(recs.iter().zip(&used).all(|(r, &u)| u > 0 || r.speaker == "theo" || r.speaker == "yweweler"));
+    assert!(recs
+        .iter()
+        .zip(&used)
+        .all(|(r, &u)| u > 0 || r.speaker == "theo" || r.speaker == "yweweler"));
     assert_eq!(idx, pair_audio(&labels, &splits, &recs, 4).unwrap());
     assert_ne!(idx, pair_audio(&labels, &splits, &recs, 5).unwrap());
     // A digit with no recording for a split's speakers is an error, not a panic.
-    let only_train: Vec<_> = recs.iter().filter(|r| r.speaker != "theo").cloned().collect();
+    let only_train: Vec<_> = recs
+        .iter()
+        .filter(|r| r.speaker != "theo")
+        .cloned()
+        .collect();
     assert!(pair_audio(&labels, &splits, &only_train, 4).is_err());
 }
 
@@ -156,7 +199,11 @@ fn mel_filterbank_matches_golden() {
     let (shape, golden) = read_npy_f64(raw.join("golden/mel_filterbank.npy")).unwrap();
     assert_eq!(shape, vec![40, 129]);
     let fb = mel_filterbank(40, 256, 8000.0, 0.0, 4000.0);
-    let worst = fb.iter().zip(&golden).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+    let worst = fb
+        .iter()
+        .zip(&golden)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
     assert!(worst < 1e-9, "max |difference| {worst}");
 }
 
@@ -174,7 +221,11 @@ fn log_mel_matches_golden() {
         let wav = read_wav(&raw.join("fsdd").join(name.trim())).unwrap();
         let ours = lm.compute(&wav.samples);
         assert_eq!(ours.len(), per);
-        let worst = ours.iter().zip(&golden[i * per..(i + 1) * per]).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        let worst = ours
+            .iter()
+            .zip(&golden[i * per..(i + 1) * per])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f64::max);
         eprintln!("{name}: max abs log-mel difference {worst:.3e}");
         // f64 throughout (the reference is f64 NumPy); the stored f32 rows are checked elsewhere.
         assert!(worst < 1e-9, "{name}: max |difference| {worst}");

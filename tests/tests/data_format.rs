@@ -42,7 +42,10 @@ fn valid_dataset_reads_back() {
     assert_eq!(ds.manifest()["recipe"]["made_by"], "test");
     for i in 0..N {
         assert_eq!(ds.label(i), LABELS[i] as usize);
-        assert_eq!(ds.split_of(i).to_string(), ["train", "validation", "test"][SPLIT[i] as usize]);
+        assert_eq!(
+            ds.split_of(i).to_string(),
+            ["train", "validation", "test"][SPLIT[i] as usize]
+        );
         let a = ds.row(0, i).unwrap();
         if A_INDEX[i] < 0 {
             assert!(a.is_none());
@@ -50,13 +53,22 @@ fn valid_dataset_reads_back() {
             let r = A_INDEX[i] as usize;
             assert_eq!(a.unwrap(), &a_rows()[r * 6..(r + 1) * 6]);
         }
-        assert_eq!(ds.row(1, i).unwrap().unwrap(), &b_rows()[i * 5..(i + 1) * 5]);
+        assert_eq!(
+            ds.row(1, i).unwrap().unwrap(),
+            &b_rows()[i * 5..(i + 1) * 5]
+        );
     }
     assert_eq!(ds.indices(Split::Train), vec![0, 1, 4]);
     assert_eq!(ds.indices(Split::Validation), vec![2]);
     assert_eq!(ds.indices(Split::Test), vec![3, 5]);
-    assert!(matches!(ds.row(0, N), Err(DataError::SampleOutOfRange { .. })));
-    assert!(matches!(ds.row(2, 0), Err(DataError::ModalityOutOfRange { .. })));
+    assert!(matches!(
+        ds.row(0, N),
+        Err(DataError::SampleOutOfRange { .. })
+    ));
+    assert!(matches!(
+        ds.row(2, 0),
+        Err(DataError::ModalityOutOfRange { .. })
+    ));
 }
 
 #[test]
@@ -90,13 +102,22 @@ fn version_2_header_accepted() {
 fn missing_files() {
     let dir = fixture();
     std::fs::remove_file(dir.join("b.npy")).unwrap();
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::MissingFile { .. }));
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::MissingFile { .. }
+    ));
     let dir = fixture();
     std::fs::remove_file(dir.join("dataset.json")).unwrap();
-    assert!(matches!(open_err(&dir, "dataset.json"), DataError::MissingFile { .. }));
+    assert!(matches!(
+        open_err(&dir, "dataset.json"),
+        DataError::MissingFile { .. }
+    ));
     let dir = fixture();
     std::fs::remove_file(dir.join("a_index.npy")).unwrap();
-    assert!(matches!(open_err(&dir, "a_index.npy"), DataError::MissingFile { .. }));
+    assert!(matches!(
+        open_err(&dir, "a_index.npy"),
+        DataError::MissingFile { .. }
+    ));
 }
 
 #[test]
@@ -104,33 +125,51 @@ fn unreadable_files() {
     let dir = fixture();
     std::fs::remove_file(dir.join("labels.npy")).unwrap();
     std::fs::create_dir(dir.join("labels.npy")).unwrap();
-    assert!(matches!(open_err(&dir, "labels.npy"), DataError::Io { .. } | DataError::NpyHeader { .. }));
+    assert!(matches!(
+        open_err(&dir, "labels.npy"),
+        DataError::Io { .. } | DataError::NpyHeader { .. }
+    ));
     let dir = fixture();
     std::fs::remove_file(dir.join("dataset.json")).unwrap();
     std::fs::create_dir(dir.join("dataset.json")).unwrap();
-    assert!(matches!(open_err(&dir, "dataset.json"), DataError::Io { .. }));
+    assert!(matches!(
+        open_err(&dir, "dataset.json"),
+        DataError::Io { .. }
+    ));
 }
 
 #[test]
 fn bad_manifests() {
     let dir = fixture();
     std::fs::write(dir.join("dataset.json"), b"{\"format\": \"mla-dataset/1\",").unwrap();
-    assert!(matches!(open_err(&dir, "dataset.json"), DataError::ManifestJson { .. }));
+    assert!(matches!(
+        open_err(&dir, "dataset.json"),
+        DataError::ManifestJson { .. }
+    ));
 
     let mut m = manifest();
     m["format"] = json!("mla-dataset/2");
     write_manifest(dir.path(), &m);
-    assert!(matches!(open_err(&dir, "dataset.json"), DataError::UnknownFormat { .. }));
+    assert!(matches!(
+        open_err(&dir, "dataset.json"),
+        DataError::UnknownFormat { .. }
+    ));
     m.as_object_mut().unwrap().remove("format");
     write_manifest(dir.path(), &m);
-    assert!(matches!(open_err(&dir, "dataset.json"), DataError::UnknownFormat { .. }));
+    assert!(matches!(
+        open_err(&dir, "dataset.json"),
+        DataError::UnknownFormat { .. }
+    ));
 
     for (field, value) in [
         ("num_classes", json!(0)),
         ("num_classes", json!("3")),
         ("class_names", json!(["x"])),
         ("modalities", json!([])),
-        ("modalities", json!([{"name": "a", "data": "a.npy", "index": "a_index.npy"}, {"name": "a", "data": "b.npy"}])),
+        (
+            "modalities",
+            json!([{"name": "a", "data": "a.npy", "index": "a_index.npy"}, {"name": "a", "data": "b.npy"}]),
+        ),
         ("modalities", json!([{"data": "b.npy"}])),
         ("labels", json!(7)),
     ] {
@@ -154,7 +193,10 @@ fn paths_may_not_leave_the_directory() {
         let mut m = manifest();
         m["modalities"][1]["data"] = json!(bad);
         write_manifest(dir.path(), &m);
-        assert!(matches!(open_err(&dir, "dataset.json"), DataError::PathEscapes { .. }));
+        assert!(matches!(
+            open_err(&dir, "dataset.json"),
+            DataError::PathEscapes { .. }
+        ));
     }
     // Subdirectories inside DIR are fine.
     std::fs::create_dir(dir.join("sub")).unwrap();
@@ -200,13 +242,27 @@ fn unparseable_headers() {
 fn wrong_dtype() {
     let dir = fixture();
     write_npy(dir.join("labels.npy"), &[N], &LABELS.map(|x| x as f32)).unwrap();
-    assert!(matches!(open_err(&dir, "labels.npy"), DataError::NpyDtype { .. }));
+    assert!(matches!(
+        open_err(&dir, "labels.npy"),
+        DataError::NpyDtype { .. }
+    ));
     let dir = fixture();
-    write_npy(dir.join("b.npy"), &[N, 5], &b_rows().iter().map(|&x| x as f64).collect::<Vec<_>>()).unwrap();
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::NpyDtype { .. }));
+    write_npy(
+        dir.join("b.npy"),
+        &[N, 5],
+        &b_rows().iter().map(|&x| x as f64).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::NpyDtype { .. }
+    ));
     let dir = fixture();
     write_raw_npy(&dir.join("split.npy"), "<i4", false, &[N], &[0u8; 4 * N]);
-    assert!(matches!(open_err(&dir, "split.npy"), DataError::NpyDtype { .. }));
+    assert!(matches!(
+        open_err(&dir, "split.npy"),
+        DataError::NpyDtype { .. }
+    ));
 }
 
 #[test]
@@ -214,33 +270,69 @@ fn big_endian_rejected() {
     let dir = fixture();
     let be: Vec<u8> = b_rows().iter().flat_map(|x| x.to_be_bytes()).collect();
     write_raw_npy(&dir.join("b.npy"), ">f4", false, &[N, 5], &be);
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::NpyByteOrder { .. }));
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::NpyByteOrder { .. }
+    ));
     let dir = fixture();
     let be: Vec<u8> = LABELS.iter().flat_map(|x| x.to_be_bytes()).collect();
     write_raw_npy(&dir.join("labels.npy"), ">i8", false, &[N], &be);
-    assert!(matches!(open_err(&dir, "labels.npy"), DataError::NpyByteOrder { .. }));
+    assert!(matches!(
+        open_err(&dir, "labels.npy"),
+        DataError::NpyByteOrder { .. }
+    ));
 }
 
 #[test]
 fn fortran_order_rejected() {
     let dir = fixture();
-    write_raw_npy(&dir.join("b.npy"), "<f4", true, &[N, 5], &f32_bytes(&b_rows()));
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::NpyFortranOrder { .. }));
+    write_raw_npy(
+        &dir.join("b.npy"),
+        "<f4",
+        true,
+        &[N, 5],
+        &f32_bytes(&b_rows()),
+    );
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::NpyFortranOrder { .. }
+    ));
 }
 
 #[test]
 fn truncated_data() {
     let dir = fixture();
     let bytes = f32_bytes(&b_rows());
-    write_raw_npy(&dir.join("b.npy"), "<f4", false, &[N, 5], &bytes[..bytes.len() - 1]);
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::NpyTruncated { .. }));
+    write_raw_npy(
+        &dir.join("b.npy"),
+        "<f4",
+        false,
+        &[N, 5],
+        &bytes[..bytes.len() - 1],
+    );
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::NpyTruncated { .. }
+    ));
     let dir = fixture();
-    write_raw_npy(&dir.join("a_index.npy"), "<i8", false, &[N], &i64_bytes(&A_INDEX)[..8]);
-    assert!(matches!(open_err(&dir, "a_index.npy"), DataError::NpyTruncated { .. }));
+    write_raw_npy(
+        &dir.join("a_index.npy"),
+        "<i8",
+        false,
+        &[N],
+        &i64_bytes(&A_INDEX)[..8],
+    );
+    assert!(matches!(
+        open_err(&dir, "a_index.npy"),
+        DataError::NpyTruncated { .. }
+    ));
     // A header promising an absurd amount of data is "truncated", not an overflow panic.
     let dir = fixture();
     write_raw_npy(&dir.join("b.npy"), "<f4", false, &[usize::MAX / 2, 3], &[]);
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::NpyTruncated { .. } | DataError::NpyHeader { .. }));
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::NpyTruncated { .. } | DataError::NpyHeader { .. }
+    ));
 }
 
 #[test]
@@ -251,7 +343,9 @@ fn labels_out_of_range() {
         labels[4] = bad;
         write_npy(dir.join("labels.npy"), &[N], &labels).unwrap();
         match open_err(&dir, "labels.npy") {
-            DataError::LabelOutOfRange { sample, value, .. } => assert_eq!((sample, value), (4, bad)),
+            DataError::LabelOutOfRange { sample, value, .. } => {
+                assert_eq!((sample, value), (4, bad))
+            }
             e => panic!("{e}"),
         }
     }
@@ -263,7 +357,14 @@ fn split_values_checked() {
     let mut split = SPLIT;
     split[1] = 3;
     write_npy(dir.join("split.npy"), &[N], &split).unwrap();
-    assert!(matches!(open_err(&dir, "split.npy"), DataError::InvalidSplit { sample: 1, value: 3, .. }));
+    assert!(matches!(
+        open_err(&dir, "split.npy"),
+        DataError::InvalidSplit {
+            sample: 1,
+            value: 3,
+            ..
+        }
+    ));
 }
 
 #[test]
@@ -274,7 +375,12 @@ fn index_out_of_range() {
         idx[3] = bad;
         write_npy(dir.join("a_index.npy"), &[N], &idx).unwrap();
         match open_err(&dir, "a_index.npy") {
-            DataError::IndexOutOfRange { sample, value, rows, .. } => assert_eq!((sample, value, rows), (3, bad, 4)),
+            DataError::IndexOutOfRange {
+                sample,
+                value,
+                rows,
+                ..
+            } => assert_eq!((sample, value, rows), (3, bad, 4)),
             e => panic!("{e}"),
         }
     }
@@ -284,18 +390,35 @@ fn index_out_of_range() {
 fn length_mismatches() {
     let dir = fixture();
     write_npy(dir.join("split.npy"), &[N - 1], &SPLIT[..N - 1]).unwrap();
-    assert!(matches!(open_err(&dir, "split.npy"), DataError::LengthMismatch { .. }));
+    assert!(matches!(
+        open_err(&dir, "split.npy"),
+        DataError::LengthMismatch { .. }
+    ));
     let dir = fixture();
-    write_npy(dir.join("a_index.npy"), &[N + 1], &[A_INDEX.as_slice(), &[0]].concat()).unwrap();
-    assert!(matches!(open_err(&dir, "a_index.npy"), DataError::LengthMismatch { .. }));
+    write_npy(
+        dir.join("a_index.npy"),
+        &[N + 1],
+        &[A_INDEX.as_slice(), &[0]].concat(),
+    )
+    .unwrap();
+    assert!(matches!(
+        open_err(&dir, "a_index.npy"),
+        DataError::LengthMismatch { .. }
+    ));
     // Without an index file the data file must have one row per sample.
     let dir = fixture();
     write_npy(dir.join("b.npy"), &[N - 1, 5], &b_rows()[..(N - 1) * 5]).unwrap();
-    assert!(matches!(open_err(&dir, "b.npy"), DataError::LengthMismatch { .. }));
+    assert!(matches!(
+        open_err(&dir, "b.npy"),
+        DataError::LengthMismatch { .. }
+    ));
     // Labels must be a vector.
     let dir = fixture();
     write_npy(dir.join("labels.npy"), &[2, 3], &LABELS).unwrap();
-    assert!(matches!(open_err(&dir, "labels.npy"), DataError::NpyShape { .. }));
+    assert!(matches!(
+        open_err(&dir, "labels.npy"),
+        DataError::NpyShape { .. }
+    ));
 }
 
 #[test]
@@ -329,7 +452,12 @@ fn non_finite_values_rejected_on_read() {
         let err = ds.row(0, 3).expect_err("non-finite row read");
         assert!(err.to_string().contains("a.npy"), "{err}");
         match err {
-            DataError::NonFinite { sample, row, element, .. } => assert_eq!((sample, row, element), (3, 1, 4)),
+            DataError::NonFinite {
+                sample,
+                row,
+                element,
+                ..
+            } => assert_eq!((sample, row, element), (3, 1, 4)),
             e => panic!("{e}"),
         }
     }
@@ -352,7 +480,10 @@ fn misaligned_data_is_copied_not_misread() {
     std::fs::write(dir.join("b.npy"), bytes).unwrap();
     let ds = Dataset::open(dir.path()).unwrap();
     for i in 0..N {
-        assert_eq!(ds.row(1, i).unwrap().unwrap(), &b_rows()[i * 5..(i + 1) * 5]);
+        assert_eq!(
+            ds.row(1, i).unwrap().unwrap(),
+            &b_rows()[i * 5..(i + 1) * 5]
+        );
     }
 }
 
@@ -366,7 +497,9 @@ fn json_value() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|x| json!(x)),
-        any::<f64>().prop_filter("finite", |x| x.is_finite()).prop_map(|x| json!(x)),
+        any::<f64>()
+            .prop_filter("finite", |x| x.is_finite())
+            .prop_map(|x| json!(x)),
         "[a-z./_0-9-]{0,12}".prop_map(Value::String),
         Just(json!("mla-dataset/1")),
         Just(json!("a.npy")),

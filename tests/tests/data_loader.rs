@@ -17,7 +17,9 @@ fn dataset(n: usize, poison: Option<usize>) -> (TempDir, Arc<Dataset>) {
     let dir = TempDir::new("loader");
     let labels: Vec<i64> = (0..n as i64).map(|i| (i * 7) % 4).collect();
     let split: Vec<u8> = (0..n).map(|i| (i % 5 == 4) as u8).collect();
-    let img_index: Vec<i64> = (0..n as i64).map(|i| if i % 3 == 2 { -1 } else { i / 3 * 2 + i % 3 }).collect();
+    let img_index: Vec<i64> = (0..n as i64)
+        .map(|i| if i % 3 == 2 { -1 } else { i / 3 * 2 + i % 3 })
+        .collect();
     let rows = img_index.iter().max().map_or(0, |&m| m + 1) as usize;
     let img: Vec<f32> = (0..rows * 3).map(|i| i as f32).collect();
     let mut vec: Vec<f32> = (0..n * 4).map(|i| -(i as f32)).collect();
@@ -77,11 +79,16 @@ fn batches_hold_the_right_data() {
         }
         for (m, mb) in b.modalities.iter().enumerate() {
             let row_len = [3, 4][m];
-            let expect: Vec<usize> = (0..b.len()).filter(|&p| ds.row(m, b.samples[p]).unwrap().is_some()).collect();
+            let expect: Vec<usize> = (0..b.len())
+                .filter(|&p| ds.row(m, b.samples[p]).unwrap().is_some())
+                .collect();
             assert_eq!(mb.present, expect, "modality {m}");
             assert_eq!(mb.data.len(), mb.present.len() * row_len);
             for (k, &p) in mb.present.iter().enumerate() {
-                assert_eq!(&mb.data[k * row_len..(k + 1) * row_len], ds.row(m, b.samples[p]).unwrap().unwrap());
+                assert_eq!(
+                    &mb.data[k * row_len..(k + 1) * row_len],
+                    ds.row(m, b.samples[p]).unwrap().unwrap()
+                );
             }
         }
         // Every third sample lacks "img": the batch must say so.
@@ -99,7 +106,11 @@ fn shuffling_is_seeded_and_changes_every_epoch() {
     let all: Vec<usize> = (0..200).collect();
     let e0 = epoch(&ds, &all, 16, Some(9), 0);
     let e1 = epoch(&ds, &all, 16, Some(9), 1);
-    assert_eq!(e0, epoch(&ds, &all, 16, Some(9), 0), "same seed and epoch must give the same order");
+    assert_eq!(
+        e0,
+        epoch(&ds, &all, 16, Some(9), 0),
+        "same seed and epoch must give the same order"
+    );
     assert_ne!(e0, e1, "epochs must be reshuffled");
     assert_ne!(e0, epoch(&ds, &all, 16, Some(10), 0), "seeds must matter");
     assert_ne!(e0, all, "shuffled order equals the input order");
@@ -131,7 +142,11 @@ fn errors_surface_and_end_the_epoch() {
     let (_dir, ds) = dataset(40, Some(13));
     let all: Vec<usize> = (0..40).collect();
     let results: Vec<_> = Loader::new(ds.clone(), all, 5, None, 0).unwrap().collect();
-    assert_eq!(results.len(), 3, "batches 0 and 1 succeed, batch 2 (samples 10..15) fails, then stop");
+    assert_eq!(
+        results.len(),
+        3,
+        "batches 0 and 1 succeed, batch 2 (samples 10..15) fails, then stop"
+    );
     assert!(results[..2].iter().all(Result::is_ok));
     match &results[2] {
         Err(DataError::NonFinite { sample, .. }) => assert_eq!(*sample, 13),
@@ -142,8 +157,14 @@ fn errors_surface_and_end_the_epoch() {
 #[test]
 fn bad_arguments_rejected() {
     let (_dir, ds) = dataset(10, None);
-    assert!(matches!(Loader::new(ds.clone(), vec![0, 1], 0, None, 0), Err(DataError::InvalidArgument(_))));
-    assert!(matches!(Loader::new(ds.clone(), vec![0, 10], 4, None, 0), Err(DataError::SampleOutOfRange { .. })));
+    assert!(matches!(
+        Loader::new(ds.clone(), vec![0, 1], 0, None, 0),
+        Err(DataError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        Loader::new(ds.clone(), vec![0, 10], 4, None, 0),
+        Err(DataError::SampleOutOfRange { .. })
+    ));
     let empty = Loader::new(ds, vec![], 4, Some(1), 0).unwrap();
     assert_eq!(empty.num_batches(), 0);
     assert_eq!(empty.count(), 0);
@@ -154,7 +175,10 @@ fn seeded_subsets() {
     let pool: Vec<usize> = (0..1000).map(|i| i * 3 + 1).collect();
     let a = seeded_subset(&pool, 100, 5);
     assert_eq!(a.len(), 100);
-    assert!(a.windows(2).all(|w| w[0] < w[1]), "subset must be ascending and distinct");
+    assert!(
+        a.windows(2).all(|w| w[0] < w[1]),
+        "subset must be ascending and distinct"
+    );
     let set: HashSet<usize> = pool.iter().copied().collect();
     assert!(a.iter().all(|x| set.contains(x)));
     assert_eq!(a, seeded_subset(&pool, 100, 5));

@@ -27,9 +27,15 @@ fn expect<V: Debug>(r: Result<V>, op: &str, shapes: &[&[usize]]) {
     };
     assert_eq!(err.op(), Some(op), "wrong op in: {err}");
     let msg = err.to_string();
-    assert!(msg.starts_with(&format!("{op}:")), "message does not lead with the op: {msg}");
+    assert!(
+        msg.starts_with(&format!("{op}:")),
+        "message does not lead with the op: {msg}"
+    );
     for s in shapes {
-        assert!(msg.contains(&format!("{s:?}")), "message lacks shape {s:?}: {msg}");
+        assert!(
+            msg.contains(&format!("{s:?}")),
+            "message lacks shape {s:?}: {msg}"
+        );
     }
 }
 
@@ -38,7 +44,10 @@ fn expect_autodiff<V>(r: Result<V>, needle: &str) {
     match r {
         Ok(_) => panic!("expected an autodiff error mentioning {needle:?}"),
         Err(e @ Error::Autodiff(_)) => {
-            assert!(e.to_string().contains(needle), "autodiff error {e} lacks {needle:?}");
+            assert!(
+                e.to_string().contains(needle),
+                "autodiff error {e} lacks {needle:?}"
+            );
             assert_eq!(e.op(), None);
         }
         Err(e) => panic!("expected Error::Autodiff, got {e}"),
@@ -49,11 +58,31 @@ fn expect_autodiff<V>(r: Result<V>, needle: &str) {
 fn matmul_mismatches_name_both_shapes() {
     let tape = Tape::new(&Cpu);
     let v = |d: &[usize]| tape.var(t(d));
-    expect(v(&[2, 3]).matmul(&v(&[4, 5])), "matmul", &[&[2, 3], &[4, 5]]);
-    expect(v(&[3, 2]).matmul_t(&v(&[4, 5]), true, false), "matmul", &[&[3, 2], &[4, 5]]);
-    expect(v(&[2, 3]).matmul_t(&v(&[5, 4]), false, true), "matmul", &[&[2, 3], &[5, 4]]);
-    expect(v(&[3, 2]).matmul_t(&v(&[3, 2]), true, true), "matmul", &[&[3, 2]]);
-    expect(v(&[2, 3, 4]).matmul(&v(&[4, 5])), "matmul", &[&[2, 3, 4], &[4, 5]]);
+    expect(
+        v(&[2, 3]).matmul(&v(&[4, 5])),
+        "matmul",
+        &[&[2, 3], &[4, 5]],
+    );
+    expect(
+        v(&[3, 2]).matmul_t(&v(&[4, 5]), true, false),
+        "matmul",
+        &[&[3, 2], &[4, 5]],
+    );
+    expect(
+        v(&[2, 3]).matmul_t(&v(&[5, 4]), false, true),
+        "matmul",
+        &[&[2, 3], &[5, 4]],
+    );
+    expect(
+        v(&[3, 2]).matmul_t(&v(&[3, 2]), true, true),
+        "matmul",
+        &[&[3, 2]],
+    );
+    expect(
+        v(&[2, 3, 4]).matmul(&v(&[4, 5])),
+        "matmul",
+        &[&[2, 3, 4], &[4, 5]],
+    );
     expect(v(&[4]).matmul(&v(&[4, 5])), "matmul", &[&[4], &[4, 5]]);
     expect(t(&[2, 3]).matmul(&t(&[2, 3])), "matmul", &[&[2, 3]]);
     expect(t(&[2, 3, 1]).t(), "transpose", &[&[2, 3, 1]]);
@@ -69,7 +98,11 @@ fn binary_mismatches_name_op_and_shapes() {
     expect(a.div(&b), "div", &[&[2, 3], &[4]]);
     let c = tape.constant(t(&[3, 2]));
     expect(c.add(&a), "add", &[&[3, 2], &[2, 3]]);
-    expect(t(&[2, 1, 3]).mul(&t(&[4, 2])), "mul", &[&[2, 1, 3], &[4, 2]]);
+    expect(
+        t(&[2, 1, 3]).mul(&t(&[4, 2])),
+        "mul",
+        &[&[2, 1, 3], &[4, 2]],
+    );
 }
 
 #[test]
@@ -81,7 +114,11 @@ fn operands_from_different_tapes_are_rejected_by_the_op() {
     expect(a.div(&b), "div", &[&[2, 2]]);
     expect(Var::concat(&[&a, &b], 0), "concat", &[&[2, 2]]);
     let (x, w) = (t1.var(t(&[1, 1, 3, 3])), t2.var(t(&[1, 1, 2, 2])));
-    expect(x.conv2d(&w, 1, 0), "conv2d", &[&[1, 1, 3, 3], &[1, 1, 2, 2]]);
+    expect(
+        x.conv2d(&w, 1, 0),
+        "conv2d",
+        &[&[1, 1, 3, 3], &[1, 1, 2, 2]],
+    );
 }
 
 #[test]
@@ -105,9 +142,21 @@ fn layout_ops_reject_bad_arguments() {
     expect(x.narrow(2, 0, 1), "narrow", &[&[2, 3]]);
     expect(x.narrow(0, usize::MAX, 2), "narrow", &[&[2, 3]]);
     expect(x.narrow(0, 1, usize::MAX), "narrow", &[&[2, 3]]);
-    expect(x.broadcast_to(&Shape::new([3, 3])), "broadcast_to", &[&[2, 3], &[3, 3]]);
-    expect(x.broadcast_to(&Shape::new([3])), "broadcast_to", &[&[2, 3], &[3]]);
-    expect(x.broadcast_to(&Shape::new([2, 3, 2])), "broadcast_to", &[&[2, 3], &[2, 3, 2]]);
+    expect(
+        x.broadcast_to(&Shape::new([3, 3])),
+        "broadcast_to",
+        &[&[2, 3], &[3, 3]],
+    );
+    expect(
+        x.broadcast_to(&Shape::new([3])),
+        "broadcast_to",
+        &[&[2, 3], &[3]],
+    );
+    expect(
+        x.broadcast_to(&Shape::new([2, 3, 2])),
+        "broadcast_to",
+        &[&[2, 3], &[2, 3, 2]],
+    );
 
     let y = tape.var(t(&[2, 4]));
     expect(Var::concat(&[&x, &y], 0), "concat", &[&[2, 3], &[2, 4]]);
@@ -122,9 +171,17 @@ fn layout_ops_reject_bad_arguments() {
 fn gather_rows_rejects_out_of_range_indices() {
     let tape = Tape::new(&Cpu);
     let x = tape.var(t(&[3, 2]));
-    expect(x.gather_rows(&idx(&[0, 3])), "gather_rows", &[&[3, 2], &[2]]);
+    expect(
+        x.gather_rows(&idx(&[0, 3])),
+        "gather_rows",
+        &[&[3, 2], &[2]],
+    );
     expect(x.gather_rows(&idx(&[u32::MAX])), "gather_rows", &[&[3, 2]]);
-    expect(tape.var(t(&[])).gather_rows(&idx(&[0])), "gather_rows", &[&[]]);
+    expect(
+        tape.var(t(&[])).gather_rows(&idx(&[0])),
+        "gather_rows",
+        &[&[]],
+    );
 }
 
 #[test]
@@ -132,18 +189,58 @@ fn conv2d_rejects_bad_geometry() {
     let tape = Tape::new(&Cpu);
     let v = |d: &[usize]| tape.var(t(d));
     let x = v(&[1, 2, 5, 5]);
-    expect(x.conv2d(&v(&[3, 3, 3, 3]), 1, 0), "conv2d", &[&[1, 2, 5, 5], &[3, 3, 3, 3]]);
-    expect(v(&[2, 5, 5]).conv2d(&v(&[3, 2, 3, 3]), 1, 0), "conv2d", &[&[2, 5, 5], &[3, 2, 3, 3]]);
-    expect(x.conv2d(&v(&[3, 2, 3]), 1, 0), "conv2d", &[&[1, 2, 5, 5], &[3, 2, 3]]);
-    expect(x.conv2d(&v(&[3, 2, 3, 3]), 0, 0), "conv2d", &[&[1, 2, 5, 5], &[3, 2, 3, 3]]);
-    expect(x.conv2d(&v(&[3, 2, 6, 3]), 1, 0), "conv2d", &[&[1, 2, 5, 5], &[3, 2, 6, 3]]);
-    expect(x.conv2d(&v(&[3, 2, 3, 8]), 1, 1), "conv2d", &[&[1, 2, 5, 5], &[3, 2, 3, 8]]);
-    expect(x.conv2d(&v(&[0, 2, 3, 3]), 1, 0), "conv2d", &[&[1, 2, 5, 5], &[0, 2, 3, 3]]);
-    expect(x.conv2d(&v(&[3, 2, 0, 3]), 1, 0), "conv2d", &[&[1, 2, 5, 5], &[3, 2, 0, 3]]);
+    expect(
+        x.conv2d(&v(&[3, 3, 3, 3]), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 3, 3, 3]],
+    );
+    expect(
+        v(&[2, 5, 5]).conv2d(&v(&[3, 2, 3, 3]), 1, 0),
+        "conv2d",
+        &[&[2, 5, 5], &[3, 2, 3, 3]],
+    );
+    expect(
+        x.conv2d(&v(&[3, 2, 3]), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 3]],
+    );
+    expect(
+        x.conv2d(&v(&[3, 2, 3, 3]), 0, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 3, 3]],
+    );
+    expect(
+        x.conv2d(&v(&[3, 2, 6, 3]), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 6, 3]],
+    );
+    expect(
+        x.conv2d(&v(&[3, 2, 3, 8]), 1, 1),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 3, 8]],
+    );
+    expect(
+        x.conv2d(&v(&[0, 2, 3, 3]), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[0, 2, 3, 3]],
+    );
+    expect(
+        x.conv2d(&v(&[3, 2, 0, 3]), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 0, 3]],
+    );
     // Padding so large the output size overflows must be an error, not a wrap-around.
-    expect(x.conv2d(&v(&[3, 2, 3, 3]), 1, usize::MAX / 2), "conv2d", &[&[1, 2, 5, 5]]);
+    expect(
+        x.conv2d(&v(&[3, 2, 3, 3]), 1, usize::MAX / 2),
+        "conv2d",
+        &[&[1, 2, 5, 5]],
+    );
     // An input without channels has nothing to convolve.
-    expect(v(&[1, 0, 5, 5]).conv2d(&v(&[3, 0, 3, 3]), 1, 0), "conv2d", &[&[1, 0, 5, 5], &[3, 0, 3, 3]]);
+    expect(
+        v(&[1, 0, 5, 5]).conv2d(&v(&[3, 0, 3, 3]), 1, 0),
+        "conv2d",
+        &[&[1, 0, 5, 5], &[3, 0, 3, 3]],
+    );
 }
 
 #[test]
@@ -153,13 +250,29 @@ fn pools_reject_bad_geometry() {
     expect(x.max_pool2d(4, 1), "max_pool2d", &[&[1, 2, 4, 3]]);
     expect(x.max_pool2d(0, 1), "max_pool2d", &[&[1, 2, 4, 3]]);
     expect(x.max_pool2d(2, 0), "max_pool2d", &[&[1, 2, 4, 3]]);
-    expect(tape.var(t(&[2, 4, 3])).max_pool2d(2, 2), "max_pool2d", &[&[2, 4, 3]]);
+    expect(
+        tape.var(t(&[2, 4, 3])).max_pool2d(2, 2),
+        "max_pool2d",
+        &[&[2, 4, 3]],
+    );
     expect(x.avg_pool2d(4, 1), "avg_pool2d", &[&[1, 2, 4, 3]]);
     expect(x.avg_pool2d(0, 1), "avg_pool2d", &[&[1, 2, 4, 3]]);
     expect(x.avg_pool2d(2, 0), "avg_pool2d", &[&[1, 2, 4, 3]]);
-    expect(tape.var(t(&[4, 3])).avg_pool2d(2, 2), "avg_pool2d", &[&[4, 3]]);
-    expect(tape.var(t(&[4, 3])).global_avg_pool2d(), "global_avg_pool2d", &[&[4, 3]]);
-    expect(t(&[4, 3]).global_avg_pool2d(), "global_avg_pool2d", &[&[4, 3]]);
+    expect(
+        tape.var(t(&[4, 3])).avg_pool2d(2, 2),
+        "avg_pool2d",
+        &[&[4, 3]],
+    );
+    expect(
+        tape.var(t(&[4, 3])).global_avg_pool2d(),
+        "global_avg_pool2d",
+        &[&[4, 3]],
+    );
+    expect(
+        t(&[4, 3]).global_avg_pool2d(),
+        "global_avg_pool2d",
+        &[&[4, 3]],
+    );
 }
 
 #[test]
@@ -168,27 +281,63 @@ fn softmax_family_rejects_bad_inputs() {
     expect(tape.var(t(&[])).softmax(), "softmax", &[&[]]);
     expect(tape.var(t(&[2, 0])).softmax(), "softmax", &[&[2, 0]]);
     expect(tape.var(t(&[])).log_softmax(), "log_softmax", &[&[]]);
-    expect(tape.var(t(&[3, 0])).log_softmax(), "log_softmax", &[&[3, 0]]);
+    expect(
+        tape.var(t(&[3, 0])).log_softmax(),
+        "log_softmax",
+        &[&[3, 0]],
+    );
     expect(tape.var(t(&[])).entropy(), "entropy", &[&[]]);
     expect(tape.var(t(&[2, 0])).entropy(), "entropy", &[&[2, 0]]);
 
     let logits = tape.var(t(&[3, 4]));
-    expect(logits.cross_entropy(&idx(&[0, 1])), "cross_entropy", &[&[3, 4], &[2]]);
-    expect(logits.cross_entropy(&idx(&[0, 1, 4])), "cross_entropy", &[&[3, 4]]);
-    expect(tape.var(t(&[3, 4, 1])).cross_entropy(&idx(&[0, 1, 2])), "cross_entropy", &[&[3, 4, 1]]);
-    expect(tape.var(t(&[4])).cross_entropy(&idx(&[0])), "cross_entropy", &[&[4]]);
-    expect(tape.var(t(&[0, 4])).cross_entropy(&idx(&[])), "cross_entropy", &[&[0, 4]]);
-    expect(tape.var(t(&[2, 0])).cross_entropy(&idx(&[0, 0])), "cross_entropy", &[&[2, 0]]);
+    expect(
+        logits.cross_entropy(&idx(&[0, 1])),
+        "cross_entropy",
+        &[&[3, 4], &[2]],
+    );
+    expect(
+        logits.cross_entropy(&idx(&[0, 1, 4])),
+        "cross_entropy",
+        &[&[3, 4]],
+    );
+    expect(
+        tape.var(t(&[3, 4, 1])).cross_entropy(&idx(&[0, 1, 2])),
+        "cross_entropy",
+        &[&[3, 4, 1]],
+    );
+    expect(
+        tape.var(t(&[4])).cross_entropy(&idx(&[0])),
+        "cross_entropy",
+        &[&[4]],
+    );
+    expect(
+        tape.var(t(&[0, 4])).cross_entropy(&idx(&[])),
+        "cross_entropy",
+        &[&[0, 4]],
+    );
+    expect(
+        tape.var(t(&[2, 0])).cross_entropy(&idx(&[0, 0])),
+        "cross_entropy",
+        &[&[2, 0]],
+    );
 }
 
 #[test]
 fn constructors_reject_bad_arguments() {
-    expect(T32::from_slice(&Cpu, &[1.0, 2.0, 3.0], [2, 2]), "from_slice", &[&[2, 2]]);
+    expect(
+        T32::from_slice(&Cpu, &[1.0, 2.0, 3.0], [2, 2]),
+        "from_slice",
+        &[&[2, 2]],
+    );
     expect(t(&[2]).to_scalar(), "to_scalar", &[&[2]]);
     expect(t(&[0]).to_scalar(), "to_scalar", &[&[0]]);
     if usize::BITS > 32 {
         let too_big = u32::MAX as usize + 1;
-        expect(Indices::<f32, Cpu>::from_usize(&Cpu, &[too_big]).map(|i| i.len()), "indices", &[]);
+        expect(
+            Indices::<f32, Cpu>::from_usize(&Cpu, &[too_big]).map(|i| i.len()),
+            "indices",
+            &[],
+        );
     }
 }
 
@@ -226,7 +375,10 @@ fn spent_tape_never_aliases_old_and_new_vars() {
     let loss2 = y.scale(3.0).unwrap().sum_all().unwrap();
     let g2 = tape.backward(&loss2).unwrap();
     assert_eq!(g2.get(&y).unwrap().to_vec().unwrap(), vec![3.0, 3.0, 3.0]);
-    assert!(g2.get(&x).is_none(), "a spent var must not pick up a new var's gradient");
+    assert!(
+        g2.get(&x).is_none(),
+        "a spent var must not pick up a new var's gradient"
+    );
 
     let z = tape.var(t(&[2]));
     let mixed = x.mul(&z).unwrap().sum_all().unwrap();
@@ -253,15 +405,33 @@ fn empty_tensors_do_not_panic() {
     let tape = Tape::new(&Cpu);
     let x = tape.var(t(&[2, 0]));
     assert_eq!(x.sum_axis(0, false).unwrap().dims(), &[0]);
-    assert_eq!(x.sum_axis(1, true).unwrap().value().to_vec().unwrap(), vec![0.0, 0.0]);
+    assert_eq!(
+        x.sum_axis(1, true).unwrap().value().to_vec().unwrap(),
+        vec![0.0, 0.0]
+    );
     assert_eq!(x.sum_all().unwrap().value().to_scalar().unwrap(), 0.0);
     assert_eq!(x.relu().unwrap().dims(), &[2, 0]);
     assert_eq!(x.add(&tape.var(t(&[0]))).unwrap().dims(), &[2, 0]);
-    assert_eq!(tape.var(t(&[2, 3, 0])).sum_axis(1, false).unwrap().dims(), &[2, 0]);
-    assert_eq!(tape.var(t(&[0, 3])).matmul(&tape.var(t(&[3, 2]))).unwrap().dims(), &[0, 2]);
-    assert_eq!(tape.var(t(&[0, 3])).narrow(1, 1, 2).unwrap().dims(), &[0, 2]);
+    assert_eq!(
+        tape.var(t(&[2, 3, 0])).sum_axis(1, false).unwrap().dims(),
+        &[2, 0]
+    );
+    assert_eq!(
+        tape.var(t(&[0, 3]))
+            .matmul(&tape.var(t(&[3, 2])))
+            .unwrap()
+            .dims(),
+        &[0, 2]
+    );
+    assert_eq!(
+        tape.var(t(&[0, 3])).narrow(1, 1, 2).unwrap().dims(),
+        &[0, 2]
+    );
     let loss = x.sum_all().unwrap();
-    assert_eq!(tape.backward(&loss).unwrap().get(&x).unwrap().dims(), &[2, 0]);
+    assert_eq!(
+        tape.backward(&loss).unwrap().get(&x).unwrap().dims(),
+        &[2, 0]
+    );
 }
 
 /// An empty batch flows through the model ops and back: outputs and gradients
@@ -277,10 +447,18 @@ fn empty_batches_flow_through_forward_and_backward() {
     assert_eq!(p.dims(), &[0, 3, 1, 1]);
     let logits = p.flatten().unwrap().log_softmax().unwrap();
     assert_eq!(logits.dims(), &[0, 3]);
-    let loss = logits.sum_all().unwrap().add(&w.sum_all().unwrap()).unwrap();
+    let loss = logits
+        .sum_all()
+        .unwrap()
+        .add(&w.sum_all().unwrap())
+        .unwrap();
     let g = tape.backward(&loss).unwrap();
     assert_eq!(g.get(&x).unwrap().dims(), &[0, 2, 5, 5]);
-    assert_eq!(g.get(&w).unwrap().to_vec().unwrap(), vec![1.0; 54], "only the direct sum reaches w");
+    assert_eq!(
+        g.get(&w).unwrap().to_vec().unwrap(),
+        vec![1.0; 54],
+        "only the direct sum reaches w"
+    );
 
     let tape = Tape::new(&Cpu);
     let rows = tape.var(t(&[3, 2]));
@@ -290,7 +468,14 @@ fn empty_batches_flow_through_forward_and_backward() {
     let picked = empty_rows.gather_rows(&idx(&[2, 0])).unwrap();
     assert_eq!(picked.dims(), &[2, 0]);
     let loss = picked.sum_all().unwrap();
-    assert_eq!(tape.backward(&loss).unwrap().get(&empty_rows).unwrap().dims(), &[3, 0]);
+    assert_eq!(
+        tape.backward(&loss)
+            .unwrap()
+            .get(&empty_rows)
+            .unwrap()
+            .dims(),
+        &[3, 0]
+    );
 }
 
 /// Shapes whose element count overflows `usize` must be rejected, not wrapped
@@ -304,8 +489,20 @@ fn shapes_whose_size_overflows_are_rejected() {
     expect(T32::full(&Cpu, 1.0, huge), "full", &[&huge]);
     // (2^63 + 3) * 2 wraps around to exactly 6, the element count of [2, 3].
     let wraps_to_six = [(1usize << 63) + 3, 2];
-    expect(t(&[2, 3]).reshape(wraps_to_six), "reshape", &[&[2, 3], &wraps_to_six]);
+    expect(
+        t(&[2, 3]).reshape(wraps_to_six),
+        "reshape",
+        &[&[2, 3], &wraps_to_six],
+    );
     let tape = Tape::new(&Cpu);
-    expect(tape.var(t(&[2, 3])).reshape(wraps_to_six), "reshape", &[&[2, 3], &wraps_to_six]);
-    expect(t(&[1]).broadcast_to(&Shape::new(huge)), "broadcast_to", &[&[1], &huge]);
+    expect(
+        tape.var(t(&[2, 3])).reshape(wraps_to_six),
+        "reshape",
+        &[&[2, 3], &wraps_to_six],
+    );
+    expect(
+        t(&[1]).broadcast_to(&Shape::new(huge)),
+        "broadcast_to",
+        &[&[1], &huge],
+    );
 }

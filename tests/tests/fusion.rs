@@ -33,20 +33,37 @@ impl Batch {
             .iter()
             .map(|p| {
                 let scale = 0.1 + 4.0 * rng.uniform();
-                (0..p.len() * classes).map(|_| scale * rng.normal()).collect()
+                (0..p.len() * classes)
+                    .map(|_| scale * rng.normal())
+                    .collect()
             })
             .collect();
-        Batch { batch, classes, positions, logits }
+        Batch {
+            batch,
+            classes,
+            positions,
+            logits,
+        }
     }
 
     fn inputs(&self) -> Vec<ModalityLogits<'_, f64>> {
-        self.logits.iter().zip(&self.positions).map(|(l, p)| ModalityLogits { logits: l, positions: p }).collect()
+        self.logits
+            .iter()
+            .zip(&self.positions)
+            .map(|(l, p)| ModalityLogits {
+                logits: l,
+                positions: p,
+            })
+            .collect()
     }
 
     /// Logits of modality m for sample i, if present.
     fn row(&self, m: usize, i: usize) -> Option<&[f64]> {
         let c = self.classes;
-        self.positions[m].iter().position(|&p| p == i).map(|k| &self.logits[m][k * c..(k + 1) * c])
+        self.positions[m]
+            .iter()
+            .position(|&p| p == i)
+            .map(|k| &self.logits[m][k * c..(k + 1) * c])
     }
 }
 
@@ -61,7 +78,16 @@ fn reference(b: &Batch, kind: FusionKind, i: usize) -> (Vec<f64>, Vec<f64>) {
     let present: Vec<usize> = (0..nm).filter(|&m| b.row(m, i).is_some()).collect();
     let e: Vec<f64> = present.iter().map(|&m| ent(b.row(m, i).unwrap())).collect();
     let emax = e.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let raw: Vec<f64> = e.iter().map(|&em| if kind == FusionKind::Entropy { (emax - em).exp() } else { 1.0 }).collect();
+    let raw: Vec<f64> = e
+        .iter()
+        .map(|&em| {
+            if kind == FusionKind::Entropy {
+                (emax - em).exp()
+            } else {
+                1.0
+            }
+        })
+        .collect();
     let total: f64 = raw.iter().sum();
     let mut w = vec![0.0; nm];
     let mut z = vec![0.0; b.classes];
@@ -75,7 +101,10 @@ fn reference(b: &Batch, kind: FusionKind, i: usize) -> (Vec<f64>, Vec<f64>) {
 }
 
 fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
-    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= tol * (1.0 + y.abs()))
 }
 
 proptest! {
@@ -191,15 +220,43 @@ fn confident_modality_outweighs_uniform_one_per_sample() {
         FusionKind::Entropy,
         2,
         4,
-        &[ModalityLogits { logits: &m0, positions: &pos }, ModalityLogits { logits: &m1, positions: &pos }],
+        &[
+            ModalityLogits {
+                logits: &m0,
+                positions: &pos,
+            },
+            ModalityLogits {
+                logits: &m1,
+                positions: &pos,
+            },
+        ],
     )
     .unwrap();
-    assert!(f.weights_row(0)[0] > 0.75 && f.weights_row(1)[1] > 0.75, "{:?}", f.weights);
+    assert!(
+        f.weights_row(0)[0] > 0.75 && f.weights_row(1)[1] > 0.75,
+        "{:?}",
+        f.weights
+    );
     assert_eq!(f.predictions(), vec![2, 0]);
     assert!((entropy(&[0.3f64, 0.3, 0.3, 0.3]) - 4f64.ln()).abs() < 1e-12);
     assert!(entropy(&[0.0f64, 0.0, 30.0]) < 1e-10);
     // Mean fusion ignores confidence.
-    let f = fuse(FusionKind::Mean, 2, 4, &[ModalityLogits { logits: &m0, positions: &pos }, ModalityLogits { logits: &m1, positions: &pos }]).unwrap();
+    let f = fuse(
+        FusionKind::Mean,
+        2,
+        4,
+        &[
+            ModalityLogits {
+                logits: &m0,
+                positions: &pos,
+            },
+            ModalityLogits {
+                logits: &m1,
+                positions: &pos,
+            },
+        ],
+    )
+    .unwrap();
     assert_eq!(f.weights, vec![0.5; 4]);
 }
 
@@ -208,20 +265,38 @@ fn tensors_and_errors() {
     let z0 = Tensor::<f32, Cpu>::from_slice(&Cpu, &[1.0, 2.0, 3.0, 0.5, 0.5, 0.5], [2, 3]).unwrap();
     let z1 = Tensor::<f32, Cpu>::from_slice(&Cpu, &[4.0, 0.0, 0.0], [1, 3]).unwrap();
     let f = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0, 2]), (&z1, &[1])]).unwrap();
-    assert_eq!(f.row(1), &[4.0, 0.0, 0.0], "a sample with one modality keeps its logits");
+    assert_eq!(
+        f.row(1),
+        &[4.0, 0.0, 0.0],
+        "a sample with one modality keeps its logits"
+    );
     assert_eq!(f.weights_row(2), &[1.0, 0.0]);
-    let err = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0, 1])]).unwrap_err().to_string();
+    let err = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0, 1])])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("sample 2 has no modality present"), "{err}");
-    let err = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0])]).unwrap_err().to_string();
+    let err = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0])])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("for 1 samples"), "{err}");
-    let err = fuse_tensors(FusionKind::Entropy, 2, &[(&z0, &[0, 2])]).unwrap_err().to_string();
+    let err = fuse_tensors(FusionKind::Entropy, 2, &[(&z0, &[0, 2])])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("position 2 outside the batch of 2"), "{err}");
-    let err = fuse_tensors(FusionKind::Entropy, 2, &[(&z0, &[1, 1])]).unwrap_err().to_string();
+    let err = fuse_tensors(FusionKind::Entropy, 2, &[(&z0, &[1, 1])])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("sample 1 given twice"), "{err}");
     let bad = Tensor::<f32, Cpu>::from_slice(&Cpu, &[f32::NAN, 0.0, 0.0], [1, 3]).unwrap();
-    let err = fuse_tensors(FusionKind::Mean, 1, &[(&bad, &[0])]).unwrap_err().to_string();
+    let err = fuse_tensors(FusionKind::Mean, 1, &[(&bad, &[0])])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("non-finite logit for sample 0"), "{err}");
     let four = Tensor::<f32, Cpu>::from_slice(&Cpu, &[0.0; 4], [1, 4]).unwrap();
     assert!(fuse_tensors(FusionKind::Mean, 1, &[(&z1, &[0]), (&four, &[0])]).is_err());
-    assert!("max".parse::<FusionKind>().unwrap_err().to_string().contains("entropy, mean"));
+    assert!("max"
+        .parse::<FusionKind>()
+        .unwrap_err()
+        .to_string()
+        .contains("entropy, mean"));
 }

@@ -6,7 +6,10 @@ use mla_tests::{check_gradients, distinct, uniform, Input};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 24, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
@@ -78,7 +81,10 @@ fn conv_block_chain() {
         let h = v[0].conv2d(&v[1], 1, 1)?.add(&v[2])?;
         // Guard the check itself: a pre-activation within 1e-3 of 0 would make the
         // finite difference straddle relu's kink.
-        assert!(h.value().to_vec()?.iter().all(|x| x.abs() > 1e-3), "seed puts a relu input on its kink");
+        assert!(
+            h.value().to_vec()?.iter().all(|x| x.abs() > 1e-3),
+            "seed puts a relu input on its kink"
+        );
         let p = h.relu()?.max_pool2d(2, 2)?.flatten()?;
         p.matmul_t(&v[3], false, true)
     })

@@ -7,7 +7,10 @@ use mla_tests::{away_from_zero, check_gradients, uniform, Input, V64};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 24, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    }
 }
 
 fn dims_strategy(max_rank: usize) -> impl Strategy<Value = Vec<usize>> {
@@ -19,7 +22,11 @@ fn operands(rng: &mut Rng, op: BinaryOp, a_dims: &[usize], b_dims: &[usize]) -> 
     let na: usize = a_dims.iter().product();
     let nb: usize = b_dims.iter().product();
     let a = uniform(rng, na, -2.0, 2.0);
-    let b = if op == BinaryOp::Div { away_from_zero(rng, nb, 0.5, 2.0) } else { uniform(rng, nb, -2.0, 2.0) };
+    let b = if op == BinaryOp::Div {
+        away_from_zero(rng, nb, 0.5, 2.0)
+    } else {
+        uniform(rng, nb, -2.0, 2.0)
+    };
     vec![Input::new(a, a_dims), Input::new(b, b_dims)]
 }
 

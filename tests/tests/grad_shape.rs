@@ -8,7 +8,10 @@ use mla_tests::{check_gradients, uniform, Input};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 24, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 24,
+        ..ProptestConfig::default()
+    }
 }
 
 fn random_input(seed: u64, dims: &[usize]) -> Input {

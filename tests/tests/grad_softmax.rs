@@ -8,7 +8,10 @@ use mla_tests::{check_gradients, uniform, Input};
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {
-    ProptestConfig { cases: 32, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases: 32,
+        ..ProptestConfig::default()
+    }
 }
 
 fn fail(what: String) -> impl FnOnce(String) -> TestCaseError {
@@ -54,7 +57,11 @@ fn cross_entropy_value_matches_reference() {
     let logits = uniform(&mut rng, rows * classes, -30.0, 30.0);
     let labels: Vec<u32> = (0..rows as u32).map(|r| r % classes as u32).collect();
     let idx = Indices::<f64, Cpu>::new(&Cpu, &labels).unwrap();
-    let loss = mla_tests::tensor(&logits, &[rows, classes]).cross_entropy(&idx).unwrap().to_scalar().unwrap();
+    let loss = mla_tests::tensor(&logits, &[rows, classes])
+        .cross_entropy(&idx)
+        .unwrap()
+        .to_scalar()
+        .unwrap();
     let mut want = 0.0;
     for r in 0..rows {
         let row = &logits[r * classes..(r + 1) * classes];
@@ -72,12 +79,22 @@ fn entropy_value_matches_reference() {
     let mut rng = Rng::new(4);
     let x = uniform(&mut rng, 12, -3.0, 3.0);
     let tape = mla_core::Tape::no_grad(&Cpu);
-    let e = tape.constant(mla_tests::tensor(&x, &[3, 4])).entropy().unwrap().value().to_vec().unwrap();
+    let e = tape
+        .constant(mla_tests::tensor(&x, &[3, 4]))
+        .entropy()
+        .unwrap()
+        .value()
+        .to_vec()
+        .unwrap();
     assert_eq!(e.len(), 3);
     for r in 0..3 {
         let row = &x[r * 4..(r + 1) * 4];
         let z: f64 = row.iter().map(|v| v.exp()).sum();
-        let want: f64 = -row.iter().map(|v| v.exp() / z).map(|p| p * p.ln()).sum::<f64>();
+        let want: f64 = -row
+            .iter()
+            .map(|v| v.exp() / z)
+            .map(|p| p * p.ln())
+            .sum::<f64>();
         assert!(mla_tests::close(e[r], want), "row {r}: {} vs {want}", e[r]);
     }
 }

@@ -10,8 +10,14 @@ use mla_tests::{distinct, tensor, uniform, V64};
 /// intermediate values it wants compared.
 fn forward<'t>(tape: &'t Tape<f64, Cpu>, seed: u64) -> Vec<V64<'t>> {
     let mut rng = Rng::new(seed);
-    let x = tape.var(tensor(&distinct(&mut rng, 2 * 2 * 6 * 6, 0.05), &[2, 2, 6, 6]));
-    let w = tape.var(tensor(&uniform(&mut rng, 3 * 2 * 3 * 3, -1.0, 1.0), &[3, 2, 3, 3]));
+    let x = tape.var(tensor(
+        &distinct(&mut rng, 2 * 2 * 6 * 6, 0.05),
+        &[2, 2, 6, 6],
+    ));
+    let w = tape.var(tensor(
+        &uniform(&mut rng, 3 * 2 * 3 * 3, -1.0, 1.0),
+        &[3, 2, 3, 3],
+    ));
     let fc = tape.var(tensor(&uniform(&mut rng, 27 * 4, -1.0, 1.0), &[27, 4]));
     let labels = Indices::new(&Cpu, &[1, 3]).unwrap();
     let h = x.conv2d(&w, 1, 1).unwrap().relu().unwrap();
@@ -21,11 +27,27 @@ fn forward<'t>(tape: &'t Tape<f64, Cpu>, seed: u64) -> Vec<V64<'t>> {
     let f = m.add(&a).unwrap().flatten().unwrap();
     let logits = f.matmul(&fc).unwrap().tanh().unwrap();
     let both = Var::concat(&[&logits, &g], 1).unwrap();
-    let picked = both.gather_rows(&Indices::new(&Cpu, &[1, 0, 1]).unwrap()).unwrap().narrow(1, 1, 4).unwrap();
+    let picked = both
+        .gather_rows(&Indices::new(&Cpu, &[1, 0, 1]).unwrap())
+        .unwrap()
+        .narrow(1, 1, 4)
+        .unwrap();
     let ce = logits.cross_entropy(&labels).unwrap();
     let ent = logits.entropy().unwrap().mean_all().unwrap();
-    let sm = picked.softmax().unwrap().sqr().unwrap().sum_axis(0, false).unwrap();
-    let loss = ce.add(&ent).unwrap().add(&sm.mean_axis(0, true).unwrap()).unwrap().exp().unwrap();
+    let sm = picked
+        .softmax()
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_axis(0, false)
+        .unwrap();
+    let loss = ce
+        .add(&ent)
+        .unwrap()
+        .add(&sm.mean_axis(0, true).unwrap())
+        .unwrap()
+        .exp()
+        .unwrap();
     vec![h, m, a, g, logits, both, picked, ce, ent, sm, loss]
 }
 
@@ -43,7 +65,11 @@ fn no_grad_tape_records_nothing_and_matches_forward() {
     assert!(values.iter().all(|v| !v.is_tracked()));
     for (i, (a, b)) in recorded.iter().zip(&values).enumerate() {
         assert_eq!(a.dims(), b.dims(), "value {i}");
-        assert_eq!(a.value().to_vec().unwrap(), b.value().to_vec().unwrap(), "value {i} differs between tapes");
+        assert_eq!(
+            a.value().to_vec().unwrap(),
+            b.value().to_vec().unwrap(),
+            "value {i} differs between tapes"
+        );
     }
 }
 
@@ -65,7 +91,11 @@ fn constants_and_detached_values_record_nothing() {
     let g = tape.backward(&z).unwrap();
     let got = g.get(&x).unwrap().to_vec().unwrap();
     for (gv, xv) in got.iter().zip([0.5f64, 1.5]) {
-        assert!(mla_tests::close(*gv, (xv * xv).exp()), "{gv} vs {}", (xv * xv).exp());
+        assert!(
+            mla_tests::close(*gv, (xv * xv).exp()),
+            "{gv} vs {}",
+            (xv * xv).exp()
+        );
     }
     assert!(g.get(&d).is_none());
 }

@@ -36,7 +36,9 @@ fn matmul(g: &[f64], p: &[f64], c: usize, s: usize) -> Vec<f64> {
 }
 
 fn matvec(p: &[f64], r: &[f64], s: usize) -> Vec<f64> {
-    (0..s).map(|i| (0..s).map(|j| p[i * s + j] * r[j]).sum()).collect()
+    (0..s)
+        .map(|i| (0..s).map(|j| p[i * s + j] * r[j]).sum())
+        .collect()
 }
 
 fn norm(v: &[f64]) -> f64 {
@@ -66,9 +68,14 @@ fn max_asymmetry(p: &[f64], s: usize) -> f64 {
 
 /// Eigenvalues of the symmetric part of `p` by cyclic Jacobi rotations.
 fn eigenvalues(p: &[f64], s: usize) -> Vec<f64> {
-    let mut a: Vec<f64> = (0..s * s).map(|k| 0.5 * (p[k] + p[(k % s) * s + k / s])).collect();
+    let mut a: Vec<f64> = (0..s * s)
+        .map(|k| 0.5 * (p[k] + p[(k % s) * s + k / s]))
+        .collect();
     for _sweep in 0..100 {
-        let off: f64 = (0..s).flat_map(|i| (0..s).filter(move |&j| j != i).map(move |j| (i, j))).map(|(i, j)| a[i * s + j].powi(2)).sum();
+        let off: f64 = (0..s)
+            .flat_map(|i| (0..s).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * s + j].powi(2))
+            .sum();
         if off < 1e-30 {
             break;
         }
@@ -108,7 +115,13 @@ fn jacobi_reference_is_right() {
     let (c, s) = (0.6f64, 0.8f64);
     let q = [c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0];
     let d = [0.25, 0.5, 1.0];
-    let m: Vec<f64> = (0..9).map(|k| (0..3).map(|l| q[(k / 3) * 3 + l] * d[l] * q[(k % 3) * 3 + l]).sum()).collect();
+    let m: Vec<f64> = (0..9)
+        .map(|k| {
+            (0..3)
+                .map(|l| q[(k / 3) * 3 + l] * d[l] * q[(k % 3) * 3 + l])
+                .sum()
+        })
+        .collect();
     let mut e = eigenvalues(&m, 3);
     e.sort_by(f64::total_cmp);
     for (a, b) in e.iter().zip(d) {
@@ -117,13 +130,24 @@ fn jacobi_reference_is_right() {
 }
 
 /// One owm step through the public API; returns (projected gradient, r) on the host.
-fn owm_step<T: CpuFloat>(hgm: &mut Hgm<Cpu, T>, feats: &[f64], b: usize, g: &[f64], c: usize, s: usize) -> Vec<f64> {
-    let out = hgm.project("m", &tensor::<T>(feats, &[b, s]), &tensor::<T>(g, &[c, s])).unwrap();
+fn owm_step<T: CpuFloat>(
+    hgm: &mut Hgm<Cpu, T>,
+    feats: &[f64],
+    b: usize,
+    g: &[f64],
+    c: usize,
+    s: usize,
+) -> Vec<f64> {
+    let out = hgm
+        .project("m", &tensor::<T>(feats, &[b, s]), &tensor::<T>(g, &[c, s]))
+        .unwrap();
     host(&out)
 }
 
 fn batch_mean(feats: &[f64], b: usize, s: usize) -> Vec<f64> {
-    (0..s).map(|j| (0..b).map(|i| feats[i * s + j]).sum::<f64>() / b as f64).collect()
+    (0..s)
+        .map(|j| (0..b).map(|i| feats[i * s + j]).sum::<f64>() / b as f64)
+        .collect()
 }
 
 proptest! {
@@ -225,11 +249,16 @@ fn owm_f32_stays_symmetric_psd_over_10000_updates() {
             let feats: Vec<f64> = (0..b * s)
                 .map(|k| {
                     let j = k % s;
-                    let base = if j < 8 { 2.0 + (step as f64 * 0.001 + j as f64).sin() } else { 0.0 };
+                    let base = if j < 8 {
+                        2.0 + (step as f64 * 0.001 + j as f64).sin()
+                    } else {
+                        0.0
+                    };
                     (base + 0.3 * rng.normal()).max(0.0)
                 })
                 .collect();
-            hgm.project("m", &tensor::<f32>(&feats, &[b, s]), &g).unwrap();
+            hgm.project("m", &tensor::<f32>(&feats, &[b, s]), &g)
+                .unwrap();
         }
         let p = host(hgm.projector("m").unwrap().unwrap());
         assert!(p.iter().all(|x| x.is_finite()));
@@ -238,7 +267,10 @@ fn owm_f32_stays_symmetric_psd_over_10000_updates() {
         // The CPU kernel (the reference for the others) keeps P exactly symmetric.
         assert_eq!(asym, 0.0, "alpha {alpha}: P drifted from exact symmetry");
         for e in eigenvalues(&p, s) {
-            assert!((-1e-4..=1.0 + 1e-4).contains(&e), "alpha {alpha}: eigenvalue {e}");
+            assert!(
+                (-1e-4..=1.0 + 1e-4).contains(&e),
+                "alpha {alpha}: eigenvalue {e}"
+            );
         }
     }
 }
@@ -252,18 +284,39 @@ fn cross_never_restricts_a_modality_by_its_own_features() {
     let mut rng = Rng::new(11);
     let mods = ["a", "b", "c"];
     let mut hgm: Hgm<Cpu, f64> = Hgm::new(&Cpu, HgmMode::Cross, alpha, s, &mods).unwrap();
-    let eye: Vec<f64> = (0..s * s).map(|k| if k % (s + 1) == 0 { 1.0 } else { 0.0 }).collect();
+    let eye: Vec<f64> = (0..s * s)
+        .map(|k| if k % (s + 1) == 0 { 1.0 } else { 0.0 })
+        .collect();
     let mut reference = [eye.clone(), eye.clone(), eye];
     // a lives on dims 0..4, b and c on dims 4..8.
     let support = |m: usize, j: usize| if m == 0 { j < 4 } else { j >= 4 };
     for step in 0..60 {
         let m = [0, 1, 0, 2][step % 4];
-        let feats: Vec<f64> = (0..2 * s).map(|k| if support(m, k % s) { rng.normal().abs() + 0.5 } else { 0.0 }).collect();
+        let feats: Vec<f64> = (0..2 * s)
+            .map(|k| {
+                if support(m, k % s) {
+                    rng.normal().abs() + 0.5
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let g = gaussian(&mut rng, c * s, 1.0);
-        let out = host(&hgm.project(mods[m], &tensor::<f64>(&feats, &[2, s]), &tensor::<f64>(&g, &[c, s])).unwrap());
+        let out = host(
+            &hgm.project(
+                mods[m],
+                &tensor::<f64>(&feats, &[2, s]),
+                &tensor::<f64>(&g, &[c, s]),
+            )
+            .unwrap(),
+        );
         let want = matmul(&g, &reference[m], c, s);
         for (x, w) in out.iter().zip(&want) {
-            assert!((x - w).abs() <= 1e-9 * (1.0 + w.abs()), "step {step}: projection of {} differs from G P_m", mods[m]);
+            assert!(
+                (x - w).abs() <= 1e-9 * (1.0 + w.abs()),
+                "step {step}: projection of {} differs from G P_m",
+                mods[m]
+            );
         }
         let r = batch_mean(&feats, 2, s);
         for (k, p) in reference.iter_mut().enumerate() {
@@ -272,18 +325,47 @@ fn cross_never_restricts_a_modality_by_its_own_features() {
             }
         }
         // A gradient of a on a's own directions passes bit-exactly; b's gets squeezed by a's features.
-        let own: Vec<f64> = (0..c * s).map(|k| if support(0, k % s) { 1.0 + k as f64 } else { 0.0 }).collect();
+        let own: Vec<f64> = (0..c * s)
+            .map(|k| {
+                if support(0, k % s) {
+                    1.0 + k as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
         let pa = host(hgm.projector("a").unwrap().unwrap());
-        assert_eq!(matmul(&own, &pa, c, s), own, "step {step}: a restricted along its own features");
+        assert_eq!(
+            matmul(&own, &pa, c, s),
+            own,
+            "step {step}: a restricted along its own features"
+        );
     }
-    let own_a: Vec<f64> = (0..c * s).map(|k| if k % s < 4 { 1.0 } else { 0.0 }).collect();
+    let own_a: Vec<f64> = (0..c * s)
+        .map(|k| if k % s < 4 { 1.0 } else { 0.0 })
+        .collect();
     let pb = host(hgm.projector("b").unwrap().unwrap());
-    assert!(norm(&matmul(&own_a, &pb, c, s)) < 0.05 * norm(&own_a), "b should be restricted along a's features");
+    assert!(
+        norm(&matmul(&own_a, &pb, c, s)) < 0.05 * norm(&own_a),
+        "b should be restricted along a's features"
+    );
     // Under owm the same features would restrict a by its own directions.
     let mut owm: Hgm<Cpu, f64> = Hgm::new(&Cpu, HgmMode::Owm, alpha, s, &mods).unwrap();
     let fa: Vec<f64> = (0..s).map(|j| if j < 4 { 1.0 } else { 0.0 }).collect();
-    owm.project("a", &tensor::<f64>(&fa, &[1, s]), &tensor::<f64>(&own_a, &[c, s])).unwrap();
-    let after = host(&owm.project("a", &tensor::<f64>(&fa, &[1, s]), &tensor::<f64>(&own_a, &[c, s])).unwrap());
+    owm.project(
+        "a",
+        &tensor::<f64>(&fa, &[1, s]),
+        &tensor::<f64>(&own_a, &[c, s]),
+    )
+    .unwrap();
+    let after = host(
+        &owm.project(
+            "a",
+            &tensor::<f64>(&fa, &[1, s]),
+            &tensor::<f64>(&own_a, &[c, s]),
+        )
+        .unwrap(),
+    );
     assert!(norm(&after) < 0.01 * norm(&own_a));
 }
 
@@ -298,18 +380,39 @@ fn bias_is_not_projected_and_none_is_a_no_op() {
             let b = gaussian(&mut rng, c, 1.0);
             let enc = gaussian(&mut rng, 10, 1.0);
             let mut grads = vec![
-                ("encoder.x.fc.weight".to_string(), tensor::<f32>(&enc, &[2, 5])),
+                (
+                    "encoder.x.fc.weight".to_string(),
+                    tensor::<f32>(&enc, &[2, 5]),
+                ),
                 ("head.bias".to_string(), tensor::<f32>(&b, &[c])),
                 ("head.weight".to_string(), tensor::<f32>(&w, &[c, s])),
             ];
-            let feats = tensor::<f32>(&gaussian(&mut rng, 3 * s, 1.0).iter().map(|x| x.abs()).collect::<Vec<_>>(), &[3, s]);
+            let feats = tensor::<f32>(
+                &gaussian(&mut rng, 3 * s, 1.0)
+                    .iter()
+                    .map(|x| x.abs())
+                    .collect::<Vec<_>>(),
+                &[3, s],
+            );
             let m = ["x", "y"][step % 2];
             hgm.apply(m, &feats, &mut grads).unwrap();
-            assert_eq!(host(&grads[0].1), host(&tensor::<f32>(&enc, &[2, 5])), "{mode}: encoder gradient changed");
-            assert_eq!(host(&grads[1].1), host(&tensor::<f32>(&b, &[c])), "{mode}: bias gradient changed");
+            assert_eq!(
+                host(&grads[0].1),
+                host(&tensor::<f32>(&enc, &[2, 5])),
+                "{mode}: encoder gradient changed"
+            );
+            assert_eq!(
+                host(&grads[1].1),
+                host(&tensor::<f32>(&b, &[c])),
+                "{mode}: bias gradient changed"
+            );
             let changed = host(&grads[2].1) != host(&tensor::<f32>(&w, &[c, s]));
             // None never changes W; owm changes it from the 2nd step; cross once the other modality has stepped.
-            assert_eq!(changed, mode != HgmMode::None && step >= 1, "{mode} step {step}");
+            assert_eq!(
+                changed,
+                mode != HgmMode::None && step >= 1,
+                "{mode} step {step}"
+            );
         }
     }
     // Errors name the problem.
@@ -319,11 +422,22 @@ fn bias_is_not_projected_and_none_is_a_no_op() {
     assert!(err.contains("head.weight"), "{err}");
     let err = hgm.apply("z", &feats, &mut []).unwrap_err().to_string();
     assert!(err.contains("unknown modality 'z'"), "{err}");
-    let err = hgm.project("x", &tensor::<f32>(&[1.0; 5], &[1, 5]), &tensor::<f32>(&vec![0.0; 3 * s], &[3, s])).unwrap_err().to_string();
+    let err = hgm
+        .project(
+            "x",
+            &tensor::<f32>(&[1.0; 5], &[1, 5]),
+            &tensor::<f32>(&vec![0.0; 3 * s], &[3, s]),
+        )
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("features must be [batch >= 1, 6]"), "{err}");
     assert!(Hgm::<Cpu, f32>::new(&Cpu, HgmMode::Owm, 0.0, s, &["x"]).is_err());
     assert!(Hgm::<Cpu, f32>::new(&Cpu, HgmMode::Owm, f64::NAN, s, &["x"]).is_err());
-    assert!("projection".parse::<HgmMode>().unwrap_err().to_string().contains("none, owm, cross"));
+    assert!("projection"
+        .parse::<HgmMode>()
+        .unwrap_err()
+        .to_string()
+        .contains("none, owm, cross"));
 }
 
 #[test]
@@ -335,16 +449,30 @@ fn surviving_fraction_is_reported_per_modality() {
     for step in 0..6 {
         let m = step % 2;
         let g = gaussian(&mut rng, c * s, 1.0);
-        let out = host(&hgm.project(["x", "y"][m], &tensor::<f64>(&gaussian(&mut rng, s, 1.0), &[1, s]), &tensor::<f64>(&g, &[c, s])).unwrap());
+        let out = host(
+            &hgm.project(
+                ["x", "y"][m],
+                &tensor::<f64>(&gaussian(&mut rng, s, 1.0), &[1, s]),
+                &tensor::<f64>(&g, &[c, s]),
+            )
+            .unwrap(),
+        );
         want[m].push(norm(&out) / norm(&g));
     }
     let stats = hgm.fraction_stats().unwrap();
     assert_eq!(stats.len(), 2);
     for (st, w) in stats.iter().zip(&want) {
         let mean = w.iter().sum::<f64>() / w.len() as f64;
-        assert!((st.mean - mean).abs() < 1e-12 && (st.last - w[w.len() - 1]).abs() < 1e-12 && st.steps == 3);
+        assert!(
+            (st.mean - mean).abs() < 1e-12
+                && (st.last - w[w.len() - 1]).abs() < 1e-12
+                && st.steps == 3
+        );
     }
-    assert!(want[0][0] == 1.0 && want[1][0] < 1.0, "first step projects with P_0 = I");
+    assert!(
+        want[0][0] == 1.0 && want[1][0] < 1.0,
+        "first step projects with P_0 = I"
+    );
     hgm.reset_fractions();
     assert!(hgm.fraction_stats().unwrap().is_empty());
 }
@@ -357,13 +485,23 @@ fn state_round_trip_continues_identically() {
         let mut a: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s, &["x", "y"]).unwrap();
         let mut inputs = Vec::new();
         for _ in 0..20 {
-            inputs.push((gaussian(&mut rng, 2 * s, 1.0), gaussian(&mut rng, c * s, 1.0)));
+            inputs.push((
+                gaussian(&mut rng, 2 * s, 1.0),
+                gaussian(&mut rng, c * s, 1.0),
+            ));
         }
         let run = |h: &mut Hgm<Cpu, f32>, range: std::ops::Range<usize>| -> Vec<Vec<f64>> {
             range
                 .map(|i| {
                     let (f, g) = &inputs[i];
-                    host(&h.project(["x", "y"][i % 2], &tensor::<f32>(f, &[2, s]), &tensor::<f32>(g, &[c, s])).unwrap())
+                    host(
+                        &h.project(
+                            ["x", "y"][i % 2],
+                            &tensor::<f32>(f, &[2, s]),
+                            &tensor::<f32>(g, &[c, s]),
+                        )
+                        .unwrap(),
+                    )
                 })
                 .collect()
         };
@@ -372,13 +510,28 @@ fn state_round_trip_continues_identically() {
         let mut b: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 99.0, s, &["x", "y"]).unwrap();
         b.load_state(&state).unwrap();
         assert_eq!(b.alpha(), 0.3);
-        assert_eq!(run(&mut a, 10..20), run(&mut b, 10..20), "{mode}: resumed HGM diverged");
+        assert_eq!(
+            run(&mut a, 10..20),
+            run(&mut b, 10..20),
+            "{mode}: resumed HGM diverged"
+        );
         // Mismatched mode / size are refused with the reason.
-        let other = if mode == HgmMode::Owm { HgmMode::Cross } else { HgmMode::Owm };
+        let other = if mode == HgmMode::Owm {
+            HgmMode::Cross
+        } else {
+            HgmMode::Owm
+        };
         let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, other, 0.3, s, &["x", "y"]).unwrap();
         let err = wrong.load_state(&state).unwrap_err().to_string();
-        assert!(err.contains(&format!("checkpoint has mode '{mode}'")), "{err}");
+        assert!(
+            err.contains(&format!("checkpoint has mode '{mode}'")),
+            "{err}"
+        );
         let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s + 1, &["x", "y"]).unwrap();
-        assert!(wrong.load_state(&state).unwrap_err().to_string().contains("feature size"));
+        assert!(wrong
+            .load_state(&state)
+            .unwrap_err()
+            .to_string()
+            .contains("feature size"));
     }
 }

@@ -63,10 +63,18 @@ fn resident_memory_stays_flat_over_2000_steps() {
     // Keeping even 1% of it per step over 1800 steps would exceed the slack,
     // so this test can see a leak of a tape or of any saved activation.
     let im2col_bytes = BATCH * 9 * SIZE * SIZE * 4;
-    assert!(1800 * im2col_bytes / 100 > SLACK_BYTES, "test too insensitive for its slack");
+    assert!(
+        1800 * im2col_bytes / 100 > SLACK_BYTES,
+        "test too insensitive for its slack"
+    );
 
     let limit = rss_at_200 + rss_at_200 / 20 + SLACK_BYTES;
-    eprintln!("VmRSS after 200 steps: {} kB, after 2000: {} kB (limit {} kB)", rss_at_200 / 1024, rss_at_2000 / 1024, limit / 1024);
+    eprintln!(
+        "VmRSS after 200 steps: {} kB, after 2000: {} kB (limit {} kB)",
+        rss_at_200 / 1024,
+        rss_at_2000 / 1024,
+        limit / 1024
+    );
     assert!(
         rss_at_2000 <= limit,
         "resident memory grew from {} kB (step 200) to {} kB (step 2000), limit {} kB",

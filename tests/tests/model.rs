@@ -12,7 +12,10 @@ use proptest::prelude::*;
 
 fn avmnist_spec(enc: EncoderKind, head: HeadKind) -> ModelSpec {
     ModelSpec::new(
-        vec![("image".into(), vec![1, 28, 28]), ("audio".into(), vec![1, 40, 63])],
+        vec![
+            ("image".into(), vec![1, 28, 28]),
+            ("audio".into(), vec![1, 40, 63]),
+        ],
         vec![enc, enc],
         10,
         head,
@@ -28,7 +31,8 @@ fn random<T: mla_cpu::CpuFloat>(shape: &[usize], seed: u64) -> Tensor<T, Cpu> {
 
 #[test]
 fn cnn_encoders_on_avmnist_shapes() {
-    let model: Model<Cpu> = Model::new(&Cpu, avmnist_spec(EncoderKind::Cnn, HeadKind::Shared), 0).unwrap();
+    let model: Model<Cpu> =
+        Model::new(&Cpu, avmnist_spec(EncoderKind::Cnn, HeadKind::Shared), 0).unwrap();
     assert_eq!(model.encoder("image").unwrap().flatten_size(), 3136);
     assert_eq!(model.encoder("audio").unwrap().flatten_size(), 9600);
     let tape = Tape::no_grad(&Cpu);
@@ -37,7 +41,10 @@ fn cnn_encoders_on_avmnist_shapes() {
         let x = tape.constant(random(&shape, 1));
         let h = model.features(&p, m, &x).unwrap();
         assert_eq!(h.dims(), &[2, 128]);
-        assert!(h.value().to_vec().unwrap().iter().all(|&v| v >= 0.0), "features end with a ReLU");
+        assert!(
+            h.value().to_vec().unwrap().iter().all(|&v| v >= 0.0),
+            "features end with a ReLU"
+        );
         let z = model.head_logits(&p, &h).unwrap();
         assert_eq!(z.dims(), &[2, 10]);
     }
@@ -62,60 +69,129 @@ fn cnn_encoders_on_avmnist_shapes() {
             "head.weight",
         ]
     );
-    assert_eq!(model.params().get("encoder.audio.fc.weight").unwrap().dims(), &[128, 9600]);
-    assert_eq!(model.params().get("encoder.image.conv2.weight").unwrap().dims(), &[64, 32, 3, 3]);
+    assert_eq!(
+        model
+            .params()
+            .get("encoder.audio.fc.weight")
+            .unwrap()
+            .dims(),
+        &[128, 9600]
+    );
+    assert_eq!(
+        model
+            .params()
+            .get("encoder.image.conv2.weight")
+            .unwrap()
+            .dims(),
+        &[64, 32, 3, 3]
+    );
     assert_eq!(model.params().get(HEAD_WEIGHT).unwrap().dims(), &[10, 128]);
 }
 
 #[test]
 fn mlp_accepts_any_shape_and_checks_it() {
     for shape in [vec![7], vec![3, 5], vec![1, 40, 63], vec![2, 3, 4, 5]] {
-        let spec = ModelSpec { feature_size: 16, ..ModelSpec::new(vec![("x".into(), shape.clone())], vec![EncoderKind::Mlp], 4, HeadKind::Single) };
+        let spec = ModelSpec {
+            feature_size: 16,
+            ..ModelSpec::new(
+                vec![("x".into(), shape.clone())],
+                vec![EncoderKind::Mlp],
+                4,
+                HeadKind::Single,
+            )
+        };
         let model: Model<Cpu> = Model::new(&Cpu, spec, 3).unwrap();
         let tape = Tape::no_grad(&Cpu);
         let p = model.track(&tape, |_| true);
         let mut xs = vec![5];
         xs.extend(&shape);
-        let h = model.features(&p, "x", &tape.constant(random(&xs, 2))).unwrap();
+        let h = model
+            .features(&p, "x", &tape.constant(random(&xs, 2)))
+            .unwrap();
         assert_eq!(h.dims(), &[5, 16]);
         // A batch of the wrong per-sample shape is refused with the expected shape named.
         let mut wrong = xs.clone();
         *wrong.last_mut().unwrap() += 1;
-        let err = model.features(&p, "x", &tape.constant(random(&wrong, 2))).unwrap_err().to_string();
-        assert!(err.contains("mlp encoder for modality 'x'") && err.contains("expected input [batch,"), "{err}");
+        let err = model
+            .features(&p, "x", &tape.constant(random(&wrong, 2)))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("mlp encoder for modality 'x'") && err.contains("expected input [batch,"),
+            "{err}"
+        );
     }
 }
 
 #[test]
 fn cnn_rejects_bad_input_shapes_clearly() {
-    let err = Encoder::new("audio", EncoderKind::Cnn, &[40, 63], 128).unwrap_err().to_string();
-    assert!(err.contains("cnn encoder for modality 'audio'") && err.contains("[channels, height, width]"), "{err}");
-    let err = Encoder::new("tiny", EncoderKind::Cnn, &[1, 3, 9], 128).unwrap_err().to_string();
+    let err = Encoder::new("audio", EncoderKind::Cnn, &[40, 63], 128)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cnn encoder for modality 'audio'")
+            && err.contains("[channels, height, width]"),
+        "{err}"
+    );
+    let err = Encoder::new("tiny", EncoderKind::Cnn, &[1, 3, 9], 128)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("at least 4"), "{err}");
     // Smallest accepted plane, odd sizes rounded down: 5x7 -> 2x3 -> 1x1.
     let e = Encoder::new("ok", EncoderKind::Cnn, &[2, 5, 7], 8).unwrap();
     assert_eq!(e.flatten_size(), 64);
-    let model: Model<Cpu> = Model::new(&Cpu, avmnist_spec(EncoderKind::Cnn, HeadKind::Shared), 0).unwrap();
+    let model: Model<Cpu> =
+        Model::new(&Cpu, avmnist_spec(EncoderKind::Cnn, HeadKind::Shared), 0).unwrap();
     let tape = Tape::no_grad(&Cpu);
     let p = model.track(&tape, |_| false);
-    let err = model.features(&p, "image", &tape.constant(random(&[2, 28, 28], 1))).unwrap_err().to_string();
-    assert!(err.contains("expected input [batch, 1, 28, 28]") && err.contains("[2, 28, 28]"), "{err}");
-    let err = model.features(&p, "video", &tape.constant(random(&[2, 1, 28, 28], 1))).unwrap_err().to_string();
-    assert!(err.contains("unknown modality 'video'") && err.contains("image, audio"), "{err}");
+    let err = model
+        .features(&p, "image", &tape.constant(random(&[2, 28, 28], 1)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected input [batch, 1, 28, 28]") && err.contains("[2, 28, 28]"),
+        "{err}"
+    );
+    let err = model
+        .features(&p, "video", &tape.constant(random(&[2, 1, 28, 28], 1)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unknown modality 'video'") && err.contains("image, audio"),
+        "{err}"
+    );
 }
 
 #[test]
 fn encoder_spec_parser() {
     let mods = ["image", "audio"];
-    assert_eq!(parse_encoder_spec("mlp", &mods).unwrap(), vec![EncoderKind::Mlp; 2]);
-    assert_eq!(parse_encoder_spec(" CNN ", &mods).unwrap(), vec![EncoderKind::Cnn; 2]);
-    assert_eq!(parse_encoder_spec("audio=mlp, image=cnn", &mods).unwrap(), vec![EncoderKind::Cnn, EncoderKind::Mlp]);
+    assert_eq!(
+        parse_encoder_spec("mlp", &mods).unwrap(),
+        vec![EncoderKind::Mlp; 2]
+    );
+    assert_eq!(
+        parse_encoder_spec(" CNN ", &mods).unwrap(),
+        vec![EncoderKind::Cnn; 2]
+    );
+    assert_eq!(
+        parse_encoder_spec("audio=mlp, image=cnn", &mods).unwrap(),
+        vec![EncoderKind::Cnn, EncoderKind::Mlp]
+    );
     let cases: [(&str, &[&str]); 7] = [
         ("rnn", &["unknown encoder 'rnn'", "mlp, cnn"]),
-        ("image=cnn,audio=lstm", &["unknown encoder 'lstm'", "mlp, cnn"]),
-        ("image=cnn,video=mlp", &["unknown modality 'video'", "image, audio"]),
+        (
+            "image=cnn,audio=lstm",
+            &["unknown encoder 'lstm'", "mlp, cnn"],
+        ),
+        (
+            "image=cnn,video=mlp",
+            &["unknown modality 'video'", "image, audio"],
+        ),
         ("image=cnn", &["no encoder for modality audio"]),
-        ("image=cnn,image=mlp,audio=cnn", &["'image' given more than once"]),
+        (
+            "image=cnn,image=mlp,audio=cnn",
+            &["'image' given more than once"],
+        ),
         ("image=cnn,audio", &["'audio' is not MODALITY=ENCODER"]),
         ("  ", &["empty"]),
     ];
@@ -125,23 +201,41 @@ fn encoder_spec_parser() {
             assert!(err.contains(n), "spec {spec:?}: {err:?} lacks {n:?}");
         }
     }
-    assert!(matches!("gru".parse::<EncoderKind>(), Err(ModelError::UnknownName { .. })));
+    assert!(matches!(
+        "gru".parse::<EncoderKind>(),
+        Err(ModelError::UnknownName { .. })
+    ));
 }
 
 #[test]
 fn model_spec_errors() {
     let mut s = avmnist_spec(EncoderKind::Mlp, HeadKind::Single);
-    let err = Model::<Cpu>::new(&Cpu, s.clone(), 0).err().unwrap().to_string();
+    let err = Model::<Cpu>::new(&Cpu, s.clone(), 0)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("exactly one modality"), "{err}");
     s.head = HeadKind::Shared;
     s.encoders.pop();
-    assert!(Model::<Cpu>::new(&Cpu, s.clone(), 0).err().unwrap().to_string().contains("1 encoders given for 2 modalities"));
+    assert!(Model::<Cpu>::new(&Cpu, s.clone(), 0)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("1 encoders given for 2 modalities"));
     let mut s = avmnist_spec(EncoderKind::Mlp, HeadKind::Shared);
     s.modalities[1].0 = "image".into();
-    assert!(Model::<Cpu>::new(&Cpu, s, 0).err().unwrap().to_string().contains("listed twice"));
+    assert!(Model::<Cpu>::new(&Cpu, s, 0)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("listed twice"));
     let mut s = avmnist_spec(EncoderKind::Mlp, HeadKind::Shared);
     s.modalities[1].0 = "a.b".into();
-    assert!(Model::<Cpu>::new(&Cpu, s, 0).err().unwrap().to_string().contains("'a.b'"));
+    assert!(Model::<Cpu>::new(&Cpu, s, 0)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("'a.b'"));
 }
 
 #[test]
@@ -152,33 +246,81 @@ fn init_is_seeded_and_within_torch_bounds() {
     let c: Model<Cpu> = Model::new(&Cpu, spec.clone(), 43).unwrap();
     for (name, t) in a.params().iter() {
         let va = t.to_vec().unwrap();
-        assert_eq!(va, b.params().get(name).unwrap().to_vec().unwrap(), "{name} differs for the same seed");
-        assert_ne!(va, c.params().get(name).unwrap().to_vec().unwrap(), "{name} equal for different seeds");
+        assert_eq!(
+            va,
+            b.params().get(name).unwrap().to_vec().unwrap(),
+            "{name} differs for the same seed"
+        );
+        assert_ne!(
+            va,
+            c.params().get(name).unwrap().to_vec().unwrap(),
+            "{name} equal for different seeds"
+        );
         // Torch default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias.
-        let wshape = a.params().get(&name.replace(".bias", ".weight")).unwrap().dims().to_vec();
+        let wshape = a
+            .params()
+            .get(&name.replace(".bias", ".weight"))
+            .unwrap()
+            .dims()
+            .to_vec();
         let fan_in: usize = wshape[1..].iter().product();
         let bound = 1.0 / (fan_in as f32).sqrt();
-        assert!(va.iter().all(|v| v.abs() <= bound), "{name} outside +-{bound}");
+        assert!(
+            va.iter().all(|v| v.abs() <= bound),
+            "{name} outside +-{bound}"
+        );
         let max = va.iter().fold(0f32, |m, v| m.max(v.abs()));
         assert!(max > 0.5 * bound, "{name} does not fill its range");
     }
     // Adding a modality leaves the others' initial values alone (per-name streams).
-    let one = ModelSpec::new(vec![("image".into(), vec![1, 28, 28])], vec![EncoderKind::Cnn], 10, HeadKind::Shared);
+    let one = ModelSpec::new(
+        vec![("image".into(), vec![1, 28, 28])],
+        vec![EncoderKind::Cnn],
+        10,
+        HeadKind::Shared,
+    );
     let d: Model<Cpu> = Model::new(&Cpu, one, 42).unwrap();
     for (name, t) in d.params().iter() {
-        assert_eq!(t.to_vec().unwrap(), a.params().get(name).unwrap().to_vec().unwrap(), "{name}");
+        assert_eq!(
+            t.to_vec().unwrap(),
+            a.params().get(name).unwrap().to_vec().unwrap(),
+            "{name}"
+        );
     }
     // Kaiming / Xavier scheme: zero biases, ReLU-gain bounds.
-    let k: Model<Cpu> = Model::new(&Cpu, ModelSpec { init: InitScheme::KaimingXavier, ..spec }, 1).unwrap();
-    assert!(k.params().get(HEAD_BIAS).unwrap().to_vec().unwrap().iter().all(|&v| v == 0.0));
-    let w = k.params().get("encoder.image.fc.weight").unwrap().to_vec().unwrap();
+    let k: Model<Cpu> = Model::new(
+        &Cpu,
+        ModelSpec {
+            init: InitScheme::KaimingXavier,
+            ..spec
+        },
+        1,
+    )
+    .unwrap();
+    assert!(k
+        .params()
+        .get(HEAD_BIAS)
+        .unwrap()
+        .to_vec()
+        .unwrap()
+        .iter()
+        .all(|&v| v == 0.0));
+    let w = k
+        .params()
+        .get("encoder.image.fc.weight")
+        .unwrap()
+        .to_vec()
+        .unwrap();
     let bound = (6.0f32 / 3136.0).sqrt();
     assert!(w.iter().all(|v| v.abs() <= bound) && w.iter().any(|v| v.abs() > 0.9 * bound));
 }
 
 #[test]
 fn training_tape_tracks_only_the_active_modality_and_head() {
-    let spec = ModelSpec { feature_size: 8, ..avmnist_spec(EncoderKind::Mlp, HeadKind::Shared) };
+    let spec = ModelSpec {
+        feature_size: 8,
+        ..avmnist_spec(EncoderKind::Mlp, HeadKind::Shared)
+    };
     let model: Model<Cpu> = Model::new(&Cpu, spec, 0).unwrap();
     let tape = Tape::new(&Cpu);
     let p = model.track(&tape, Model::<Cpu>::step_trainable("audio"));
@@ -186,10 +328,24 @@ fn training_tape_tracks_only_the_active_modality_and_head() {
     assert!(!p.is_tracked("encoder.image.fc1.weight"));
     let x = tape.constant(random(&[3, 1, 40, 63], 5));
     let h = model.features(&p, "audio", &x).unwrap();
-    let loss = model.head_logits(&p, &h).unwrap().cross_entropy(&Indices::new(&Cpu, &[1, 2, 3]).unwrap()).unwrap();
+    let loss = model
+        .head_logits(&p, &h)
+        .unwrap()
+        .cross_entropy(&Indices::new(&Cpu, &[1, 2, 3]).unwrap())
+        .unwrap();
     let g = p.gradients(tape.backward(&loss).unwrap());
     let names: Vec<&str> = g.iter().map(|(n, _)| n.as_str()).collect();
-    assert_eq!(names, ["encoder.audio.fc1.bias", "encoder.audio.fc1.weight", "encoder.audio.fc2.bias", "encoder.audio.fc2.weight", "head.bias", "head.weight"]);
+    assert_eq!(
+        names,
+        [
+            "encoder.audio.fc1.bias",
+            "encoder.audio.fc1.weight",
+            "encoder.audio.fc2.bias",
+            "encoder.audio.fc2.weight",
+            "head.bias",
+            "head.weight"
+        ]
+    );
     for (n, t) in &g {
         assert_eq!(t.dims(), model.params().get(n).unwrap().dims());
     }
@@ -198,7 +354,12 @@ fn training_tape_tracks_only_the_active_modality_and_head() {
 /// Loss of a small two-modality model (f64) as a function of its parameters.
 type NamedGrads = Vec<(String, Tensor<f64, Cpu>)>;
 
-fn small_loss(model: &Model<Cpu, f64>, xs: &[Tensor<f64, Cpu>; 2], y: &Indices<f64, Cpu>, grads: bool) -> (f64, NamedGrads) {
+fn small_loss(
+    model: &Model<Cpu, f64>,
+    xs: &[Tensor<f64, Cpu>; 2],
+    y: &Indices<f64, Cpu>,
+    grads: bool,
+) -> (f64, NamedGrads) {
     let tape = Tape::new(&Cpu);
     let p = model.track(&tape, |_| grads);
     let mut loss = None;
@@ -230,7 +391,10 @@ fn whole_model_gradients_match_finite_differences() {
         )
     };
     let mut model: Model<Cpu, f64> = Model::new(&Cpu, spec, 9).unwrap();
-    let xs = [random::<f64>(&[2, 2, 6, 5], 11), random::<f64>(&[2, 3, 4], 12)];
+    let xs = [
+        random::<f64>(&[2, 2, 6, 5], 11),
+        random::<f64>(&[2, 3, 4], 12),
+    ];
     let y = Indices::new(&Cpu, &[2, 0]).unwrap();
     let (_, grads) = small_loss(&model, &xs, &y, true);
     assert_eq!(grads.len(), model.params().len());
@@ -245,11 +409,21 @@ fn whole_model_gradients_match_finite_differences() {
             let mut eval = |d: f64| {
                 let mut v = v0.clone();
                 v[i] += d;
-                model.params_mut().set(name, Tensor::from_slice(&Cpu, &v, base.dims().to_vec()).unwrap()).unwrap();
+                model
+                    .params_mut()
+                    .set(
+                        name,
+                        Tensor::from_slice(&Cpu, &v, base.dims().to_vec()).unwrap(),
+                    )
+                    .unwrap();
                 small_loss(&model, &xs, &y, false).0
             };
             let fd = (eval(eps) - eval(-eps)) / (2.0 * eps);
-            assert!((fd - g[i]).abs() <= 1e-6 * (1.0 + fd.abs()), "{name}[{i}]: fd {fd} vs autodiff {}", g[i]);
+            assert!(
+                (fd - g[i]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                "{name}[{i}]: fd {fd} vs autodiff {}",
+                g[i]
+            );
         }
         model.params_mut().set(name, base).unwrap();
     }
@@ -257,16 +431,38 @@ fn whole_model_gradients_match_finite_differences() {
 
 #[test]
 fn joint_slices_sum_to_the_joint_logits() {
-    let spec = ModelSpec { feature_size: 6, ..avmnist_spec(EncoderKind::Mlp, HeadKind::Concat) };
+    let spec = ModelSpec {
+        feature_size: 6,
+        ..avmnist_spec(EncoderKind::Mlp, HeadKind::Concat)
+    };
     let model: Model<Cpu, f64> = Model::new(&Cpu, spec, 1).unwrap();
     assert_eq!(model.params().get(HEAD_WEIGHT).unwrap().dims(), &[10, 12]);
     let tape = Tape::no_grad(&Cpu);
     let p = model.track(&tape, |_| false);
-    let hi = model.features(&p, "image", &tape.constant(random(&[4, 1, 28, 28], 1))).unwrap();
-    let ha = model.features(&p, "audio", &tape.constant(random(&[4, 1, 40, 63], 2))).unwrap();
-    let joint = model.joint_logits(&p, &[&hi, &ha]).unwrap().value().to_vec().unwrap();
-    let si = model.modality_logits(&p, "image", &hi).unwrap().value().to_vec().unwrap();
-    let sa = model.modality_logits(&p, "audio", &ha).unwrap().value().to_vec().unwrap();
+    let hi = model
+        .features(&p, "image", &tape.constant(random(&[4, 1, 28, 28], 1)))
+        .unwrap();
+    let ha = model
+        .features(&p, "audio", &tape.constant(random(&[4, 1, 40, 63], 2)))
+        .unwrap();
+    let joint = model
+        .joint_logits(&p, &[&hi, &ha])
+        .unwrap()
+        .value()
+        .to_vec()
+        .unwrap();
+    let si = model
+        .modality_logits(&p, "image", &hi)
+        .unwrap()
+        .value()
+        .to_vec()
+        .unwrap();
+    let sa = model
+        .modality_logits(&p, "audio", &ha)
+        .unwrap()
+        .value()
+        .to_vec()
+        .unwrap();
     let b = model.params().get(HEAD_BIAS).unwrap().to_vec().unwrap();
     for r in 0..4 {
         for c in 0..10 {
@@ -322,7 +518,12 @@ fn mla_steps_learn_a_synthetic_task() {
     let classes = 3;
     let spec = ModelSpec {
         feature_size: 16,
-        ..ModelSpec::new(vec![("a".into(), vec![1, 8, 8]), ("b".into(), vec![6])], vec![EncoderKind::Cnn, EncoderKind::Mlp], classes, HeadKind::Shared)
+        ..ModelSpec::new(
+            vec![("a".into(), vec![1, 8, 8]), ("b".into(), vec![6])],
+            vec![EncoderKind::Cnn, EncoderKind::Mlp],
+            classes,
+            HeadKind::Shared,
+        )
     };
     let mut model: Model<Cpu> = Model::new(&Cpu, spec, 0).unwrap();
     let snapshot = model.params().clone();
@@ -338,7 +539,9 @@ fn mla_steps_learn_a_synthetic_task() {
                 (if quad == y { 1.0 } else { 0.0 } + 0.5 * rng.normal()) as f32
             })
             .collect();
-        let b: Vec<f32> = (0..6).map(|j| (if j == y { 1.5 } else { 0.0 } + rng.normal()) as f32).collect();
+        let b: Vec<f32> = (0..6)
+            .map(|j| (if j == y { 1.5 } else { 0.0 } + rng.normal()) as f32)
+            .collect();
         (a, b, y as u32)
     };
     let batch = |rng: &mut Rng, n: usize| {
@@ -349,10 +552,18 @@ fn mla_steps_learn_a_synthetic_task() {
             xb.extend(b);
             ys.push(y);
         }
-        (Tensor::<f32, Cpu>::from_slice(&Cpu, &xa, [n, 1, 8, 8]).unwrap(), Tensor::<f32, Cpu>::from_slice(&Cpu, &xb, [n, 6]).unwrap(), ys)
+        (
+            Tensor::<f32, Cpu>::from_slice(&Cpu, &xa, [n, 1, 8, 8]).unwrap(),
+            Tensor::<f32, Cpu>::from_slice(&Cpu, &xb, [n, 6]).unwrap(),
+            ys,
+        )
     };
     let mut hgm: Hgm<Cpu> = Hgm::new(&Cpu, HgmMode::Owm, 10.0, 16, &["a", "b"]).unwrap();
-    let mut opt: Optimizer<Cpu> = Optimizer::new(OptimConfig { lr: 0.05, ..OptimConfig::default() }).unwrap();
+    let mut opt: Optimizer<Cpu> = Optimizer::new(OptimConfig {
+        lr: 0.05,
+        ..OptimConfig::default()
+    })
+    .unwrap();
     for _ in 0..80 {
         let (xa, xb, ys) = batch(&mut rng, 16);
         let labels = Indices::new(&Cpu, &ys).unwrap();
@@ -360,7 +571,11 @@ fn mla_steps_learn_a_synthetic_task() {
             let tape = Tape::new(&Cpu);
             let p = model.track(&tape, Model::<Cpu>::step_trainable(m));
             let h = model.features(&p, m, &tape.constant(x.clone())).unwrap();
-            let loss = model.head_logits(&p, &h).unwrap().cross_entropy(&labels).unwrap();
+            let loss = model
+                .head_logits(&p, &h)
+                .unwrap()
+                .cross_entropy(&labels)
+                .unwrap();
             let mut grads = p.gradients(tape.backward(&loss).unwrap());
             hgm.apply(m, h.value(), &mut grads).unwrap();
             opt.step(model.params_mut(), &grads).unwrap();
@@ -369,18 +584,62 @@ fn mla_steps_learn_a_synthetic_task() {
     let (xa, xb, ys) = batch(&mut rng, 300);
     let tape = Tape::no_grad(&Cpu);
     let p = model.track(&tape, |_| false);
-    let za = model.modality_logits(&p, "a", &model.features(&p, "a", &tape.constant(xa)).unwrap()).unwrap();
-    let zb = model.modality_logits(&p, "b", &model.features(&p, "b", &tape.constant(xb)).unwrap()).unwrap();
+    let za = model
+        .modality_logits(
+            &p,
+            "a",
+            &model.features(&p, "a", &tape.constant(xa)).unwrap(),
+        )
+        .unwrap();
+    let zb = model
+        .modality_logits(
+            &p,
+            "b",
+            &model.features(&p, "b", &tape.constant(xb)).unwrap(),
+        )
+        .unwrap();
     let all: Vec<usize> = (0..300).collect();
-    let acc = |pred: Vec<usize>| pred.iter().zip(&ys).filter(|(p, y)| **p == **y as usize).count() as f64 / 300.0;
-    let fused = fuse_tensors(FusionKind::Entropy, 300, &[(za.value(), &all), (zb.value(), &all)]).unwrap();
-    let alone = |z: &mla_core::Var<'_, f32, Cpu>| acc(fuse_tensors(FusionKind::Mean, 300, &[(z.value(), &all)]).unwrap().predictions());
+    let acc = |pred: Vec<usize>| {
+        pred.iter()
+            .zip(&ys)
+            .filter(|(p, y)| **p == **y as usize)
+            .count() as f64
+            / 300.0
+    };
+    let fused = fuse_tensors(
+        FusionKind::Entropy,
+        300,
+        &[(za.value(), &all), (zb.value(), &all)],
+    )
+    .unwrap();
+    let alone = |z: &mla_core::Var<'_, f32, Cpu>| {
+        acc(fuse_tensors(FusionKind::Mean, 300, &[(z.value(), &all)])
+            .unwrap()
+            .predictions())
+    };
     let (fa, ia, ib) = (acc(fused.predictions()), alone(&za), alone(&zb));
-    eprintln!("fused {fa}, a {ia}, b {ib}, fractions {:?}", hgm.fraction_stats().unwrap());
-    assert!(fa > 0.85 && ia > 0.6 && ib > 0.6, "fused {fa}, a {ia}, b {ib}");
+    eprintln!(
+        "fused {fa}, a {ia}, b {ib}, fractions {:?}",
+        hgm.fraction_stats().unwrap()
+    );
+    assert!(
+        fa > 0.85 && ia > 0.6 && ib > 0.6,
+        "fused {fa}, a {ia}, b {ib}"
+    );
     let stats = hgm.fraction_stats().unwrap();
-    assert!(stats.iter().all(|s| s.steps == 80 && s.mean > 0.0 && s.mean < 1.0), "{stats:?}");
+    assert!(
+        stats
+            .iter()
+            .all(|s| s.steps == 80 && s.mean > 0.0 && s.mean < 1.0),
+        "{stats:?}"
+    );
     let after: Vec<Vec<f32>> = snapshot.iter().map(|(_, t)| t.to_vec().unwrap()).collect();
-    assert_eq!(before, after, "a snapshot changed when the live parameters were stepped");
-    assert_ne!(model.params().get(HEAD_WEIGHT).unwrap().to_vec().unwrap(), snapshot.get(HEAD_WEIGHT).unwrap().to_vec().unwrap());
+    assert_eq!(
+        before, after,
+        "a snapshot changed when the live parameters were stepped"
+    );
+    assert_ne!(
+        model.params().get(HEAD_WEIGHT).unwrap().to_vec().unwrap(),
+        snapshot.get(HEAD_WEIGHT).unwrap().to_vec().unwrap()
+    );
 }

@@ -47,7 +47,11 @@ fn ref_step(cfg: &OptimConfig, p: &mut [f64], g: &[f64], st: &mut RefSlot) {
                 Some(b) => (0..n).map(|i| cfg.momentum * b[i] + d[i]).collect(),
             };
             for i in 0..n {
-                let step = if cfg.nesterov { d[i] + cfg.momentum * buf[i] } else { buf[i] };
+                let step = if cfg.nesterov {
+                    d[i] + cfg.momentum * buf[i]
+                } else {
+                    buf[i]
+                };
                 p[i] -= cfg.lr * step;
             }
             st.buf = Some(buf);
@@ -82,10 +86,30 @@ fn configs() -> Vec<OptimConfig> {
     let base = OptimConfig::default();
     vec![
         base,
-        OptimConfig { momentum: 0.0, ..base },
-        OptimConfig { nesterov: true, weight_decay: 0.01, lr: 0.05, ..base },
-        OptimConfig { kind: OptimizerKind::Adam, lr: 1e-2, weight_decay: 0.01, ..base },
-        OptimConfig { kind: OptimizerKind::AdamW, lr: 1e-2, weight_decay: 0.1, beta1: 0.8, beta2: 0.99, ..base },
+        OptimConfig {
+            momentum: 0.0,
+            ..base
+        },
+        OptimConfig {
+            nesterov: true,
+            weight_decay: 0.01,
+            lr: 0.05,
+            ..base
+        },
+        OptimConfig {
+            kind: OptimizerKind::Adam,
+            lr: 1e-2,
+            weight_decay: 0.01,
+            ..base
+        },
+        OptimConfig {
+            kind: OptimizerKind::AdamW,
+            lr: 1e-2,
+            weight_decay: 0.1,
+            beta1: 0.8,
+            beta2: 0.99,
+            ..base
+        },
     ]
 }
 
@@ -99,9 +123,17 @@ fn store<T: CpuFloat>(init: &[Vec<f64>]) -> ParamStore<Cpu, T> {
 
 /// Alternating MLA-style steps: each step updates one encoder plus the head.
 /// Runs the optimizer and the reference side by side; returns the optimizer.
-fn run<T: CpuFloat>(cfg: OptimConfig, seed: u64, steps: usize, tol: f64) -> (Optimizer<Cpu, T>, ParamStore<Cpu, T>) {
+fn run<T: CpuFloat>(
+    cfg: OptimConfig,
+    seed: u64,
+    steps: usize,
+    tol: f64,
+) -> (Optimizer<Cpu, T>, ParamStore<Cpu, T>) {
     let mut rng = Rng::new(seed);
-    let init: Vec<Vec<f64>> = SHAPES.iter().map(|s| gaussian(&mut rng, s.iter().product())).collect();
+    let init: Vec<Vec<f64>> = SHAPES
+        .iter()
+        .map(|s| gaussian(&mut rng, s.iter().product()))
+        .collect();
     let mut params = store::<T>(&init);
     let mut opt = Optimizer::<Cpu, T>::new(cfg).unwrap();
     let mut ref_p = init.clone();
@@ -117,11 +149,20 @@ fn run<T: CpuFloat>(cfg: OptimConfig, seed: u64, steps: usize, tol: f64) -> (Opt
         let inactive = 1 - step % 2;
         let before = host(params.get(NAMES[inactive]).unwrap());
         opt.step(&mut params, &grads).unwrap();
-        assert_eq!(host(params.get(NAMES[inactive]).unwrap()), before, "inactive parameter moved");
+        assert_eq!(
+            host(params.get(NAMES[inactive]).unwrap()),
+            before,
+            "inactive parameter moved"
+        );
         for k in 0..3 {
             let got = host(params.get(NAMES[k]).unwrap());
             for (a, b) in got.iter().zip(&ref_p[k]) {
-                assert!((a - b).abs() <= tol * (1.0 + b.abs()), "{:?} step {step} {}: {a} vs reference {b}", cfg.kind, NAMES[k]);
+                assert!(
+                    (a - b).abs() <= tol * (1.0 + b.abs()),
+                    "{:?} step {step} {}: {a} vs reference {b}",
+                    cfg.kind,
+                    NAMES[k]
+                );
             }
         }
     }
@@ -146,20 +187,36 @@ fn inactive_parameters_get_no_state_and_no_step_count() {
             OptimizerKind::Sgd if cfg.momentum == 0.0 => assert!(names.is_empty()),
             OptimizerKind::Sgd => assert_eq!(names.len(), 3),
             _ => {
-                assert_eq!((opt.param_steps(NAMES[0]), opt.param_steps(NAMES[1]), opt.param_steps(NAMES[2])), (3, 2, 5));
+                assert_eq!(
+                    (
+                        opt.param_steps(NAMES[0]),
+                        opt.param_steps(NAMES[1]),
+                        opt.param_steps(NAMES[2])
+                    ),
+                    (3, 2, 5)
+                );
             }
         }
         // A parameter never given a gradient has no state at all.
         let mut rng = Rng::new(4);
-        let init: Vec<Vec<f64>> = SHAPES.iter().map(|s| gaussian(&mut rng, s.iter().product())).collect();
+        let init: Vec<Vec<f64>> = SHAPES
+            .iter()
+            .map(|s| gaussian(&mut rng, s.iter().product()))
+            .collect();
         let mut params = store::<f64>(&init);
         let mut opt = Optimizer::<Cpu, f64>::new(cfg).unwrap();
         for _ in 0..3 {
-            let g = vec![(NAMES[0].to_string(), tensor::<f64>(&gaussian(&mut rng, 6), SHAPES[0]))];
+            let g = vec![(
+                NAMES[0].to_string(),
+                tensor::<f64>(&gaussian(&mut rng, 6), SHAPES[0]),
+            )];
             opt.step(&mut params, &g).unwrap();
         }
         let st = opt.state();
-        assert!(st.tensors.iter().all(|(n, _)| n.ends_with(NAMES[0])), "{cfg:?}");
+        assert!(
+            st.tensors.iter().all(|(n, _)| n.ends_with(NAMES[0])),
+            "{cfg:?}"
+        );
         assert!(st.scalars.iter().all(|(n, _)| n.ends_with(NAMES[0])));
         assert_eq!(host(params.get(NAMES[1]).unwrap()), init[1]);
         assert_eq!(opt.param_steps(NAMES[1]), 0);
@@ -207,38 +264,97 @@ proptest! {
 #[test]
 fn bad_steps_and_bad_state_are_refused_without_side_effects() {
     let mut rng = Rng::new(8);
-    let init: Vec<Vec<f64>> = SHAPES.iter().map(|s| gaussian(&mut rng, s.iter().product())).collect();
+    let init: Vec<Vec<f64>> = SHAPES
+        .iter()
+        .map(|s| gaussian(&mut rng, s.iter().product()))
+        .collect();
     let mut params = store::<f32>(&init);
     let mut opt = Optimizer::<Cpu, f32>::new(OptimConfig::default()).unwrap();
     let good = (NAMES[0].to_string(), tensor::<f32>(&[1.0; 6], SHAPES[0]));
     let cases = [
-        (vec![good.clone(), ("encoder.c.w".to_string(), tensor::<f32>(&[1.0], &[1]))], "no parameter named 'encoder.c.w'"),
-        (vec![good.clone(), (NAMES[1].to_string(), tensor::<f32>(&[1.0; 3], &[3]))], "expected shape [4], got [3]"),
-        (vec![good.clone(), good.clone()], "two gradients for parameter 'encoder.a.w'"),
+        (
+            vec![
+                good.clone(),
+                ("encoder.c.w".to_string(), tensor::<f32>(&[1.0], &[1])),
+            ],
+            "no parameter named 'encoder.c.w'",
+        ),
+        (
+            vec![
+                good.clone(),
+                (NAMES[1].to_string(), tensor::<f32>(&[1.0; 3], &[3])),
+            ],
+            "expected shape [4], got [3]",
+        ),
+        (
+            vec![good.clone(), good.clone()],
+            "two gradients for parameter 'encoder.a.w'",
+        ),
     ];
     for (grads, needle) in cases {
         let err = opt.step(&mut params, &grads).unwrap_err().to_string();
         assert!(err.contains(needle), "{err}");
-        assert_eq!(host(params.get(NAMES[0]).unwrap()), host(&tensor::<f32>(&init[0], SHAPES[0])), "a refused step moved a parameter");
+        assert_eq!(
+            host(params.get(NAMES[0]).unwrap()),
+            host(&tensor::<f32>(&init[0], SHAPES[0])),
+            "a refused step moved a parameter"
+        );
         assert!(opt.state().tensors.is_empty());
     }
     opt.step(&mut params, std::slice::from_ref(&good)).unwrap();
     let sgd_state = opt.state();
-    let mut adam = Optimizer::<Cpu, f32>::new(OptimConfig { kind: OptimizerKind::Adam, ..OptimConfig::default() }).unwrap();
-    let err = adam.load_state(&params, &sgd_state).unwrap_err().to_string();
+    let mut adam = Optimizer::<Cpu, f32>::new(OptimConfig {
+        kind: OptimizerKind::Adam,
+        ..OptimConfig::default()
+    })
+    .unwrap();
+    let err = adam
+        .load_state(&params, &sgd_state)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("is not adam state"), "{err}");
     adam.step(&mut params, &[good]).unwrap();
     let mut adam_state = adam.state();
-    let err = opt.load_state(&params, &adam_state).unwrap_err().to_string();
+    let err = opt
+        .load_state(&params, &adam_state)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("optimizer is SGD"), "{err}");
     adam_state.scalars.clear();
-    let mut fresh = Optimizer::<Cpu, f32>::new(OptimConfig { kind: OptimizerKind::Adam, ..OptimConfig::default() }).unwrap();
-    assert!(fresh.load_state(&params, &adam_state).unwrap_err().to_string().contains("no step count"));
+    let mut fresh = Optimizer::<Cpu, f32>::new(OptimConfig {
+        kind: OptimizerKind::Adam,
+        ..OptimConfig::default()
+    })
+    .unwrap();
+    assert!(fresh
+        .load_state(&params, &adam_state)
+        .unwrap_err()
+        .to_string()
+        .contains("no step count"));
     let mut other = ParamStore::<Cpu, f32>::new(&Cpu);
-    other.insert(NAMES[0], tensor::<f32>(&[0.0; 6], &[6])).unwrap();
-    assert!(opt.load_state(&other, &sgd_state).unwrap_err().to_string().contains("expected shape [6], got [3, 2]"));
+    other
+        .insert(NAMES[0], tensor::<f32>(&[0.0; 6], &[6]))
+        .unwrap();
+    assert!(opt
+        .load_state(&other, &sgd_state)
+        .unwrap_err()
+        .to_string()
+        .contains("expected shape [6], got [3, 2]"));
     // Configuration errors.
-    assert!(Optimizer::<Cpu, f32>::new(OptimConfig { lr: -1.0, ..OptimConfig::default() }).is_err());
-    assert!(Optimizer::<Cpu, f32>::new(OptimConfig { momentum: 0.0, nesterov: true, ..OptimConfig::default() }).is_err());
-    assert!("rmsprop".parse::<OptimizerKind>().unwrap_err().to_string().contains("sgd, adam, adamw"));
+    assert!(Optimizer::<Cpu, f32>::new(OptimConfig {
+        lr: -1.0,
+        ..OptimConfig::default()
+    })
+    .is_err());
+    assert!(Optimizer::<Cpu, f32>::new(OptimConfig {
+        momentum: 0.0,
+        nesterov: true,
+        ..OptimConfig::default()
+    })
+    .is_err());
+    assert!("rmsprop"
+        .parse::<OptimizerKind>()
+        .unwrap_err()
+        .to_string()
+        .contains("sgd, adam, adamw"));
 }

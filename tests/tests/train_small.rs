@@ -5,7 +5,9 @@
 use mla_core::Tape;
 use mla_cpu::Cpu;
 use mla_models::rng::Rng;
-use mla_tests::train::{accuracy, bars, convnet_logits, convnet_params, labels, mlp_logits, mlp_params, rings, sgd_step};
+use mla_tests::train::{
+    accuracy, bars, convnet_logits, convnet_params, labels, mlp_logits, mlp_params, rings, sgd_step,
+};
 
 // Step budgets with margin: at these seeds the MLP is at 100% from step ~110
 // and the conv net from step ~140 (other seeds: 80..290), so small changes in
@@ -21,7 +23,10 @@ fn mlp_separates_concentric_rings() {
     let mut params = mlp_params(&mut rng, 2, 16, 2);
     let mut losses = Vec::new();
     for _ in 0..STEPS_MLP {
-        let loss = sgd_step(&mut params, 0.5, |tape, p| mlp_logits(p, &tape.constant(x.clone()))?.cross_entropy(&idx)).unwrap();
+        let loss = sgd_step(&mut params, 0.5, |tape, p| {
+            mlp_logits(p, &tape.constant(x.clone()))?.cross_entropy(&idx)
+        })
+        .unwrap();
         assert!(loss.is_finite(), "loss diverged: {loss}");
         losses.push(loss);
     }
@@ -29,8 +34,19 @@ fn mlp_separates_concentric_rings() {
     let p: Vec<_> = params.iter().map(|t| tape.var(t.clone())).collect();
     let logits = mlp_logits(&p, &tape.constant(x.clone())).unwrap();
     let acc = accuracy(logits.value(), &y).unwrap();
-    assert_eq!(acc, 1.0, "training accuracy {acc} after {STEPS_MLP} steps (loss {} -> {})", losses[0], losses.last().unwrap());
-    assert!(losses.last().unwrap() < &(0.2 * losses[0]), "loss {} -> {}", losses[0], losses.last().unwrap());
+    assert_eq!(
+        acc,
+        1.0,
+        "training accuracy {acc} after {STEPS_MLP} steps (loss {} -> {})",
+        losses[0],
+        losses.last().unwrap()
+    );
+    assert!(
+        losses.last().unwrap() < &(0.2 * losses[0]),
+        "loss {} -> {}",
+        losses[0],
+        losses.last().unwrap()
+    );
 }
 
 #[test]
@@ -42,7 +58,10 @@ fn convnet_tells_horizontal_from_vertical_bars() {
     let mut params = convnet_params(&mut rng, size, 4, 2);
     let mut losses = Vec::new();
     for _ in 0..STEPS_CONV {
-        let loss = sgd_step(&mut params, 0.1, |tape, p| convnet_logits(p, &tape.constant(x.clone()))?.cross_entropy(&idx)).unwrap();
+        let loss = sgd_step(&mut params, 0.1, |tape, p| {
+            convnet_logits(p, &tape.constant(x.clone()))?.cross_entropy(&idx)
+        })
+        .unwrap();
         assert!(loss.is_finite(), "loss diverged: {loss}");
         losses.push(loss);
     }
@@ -50,8 +69,19 @@ fn convnet_tells_horizontal_from_vertical_bars() {
     let p: Vec<_> = params.iter().map(|t| tape.var(t.clone())).collect();
     let logits = convnet_logits(&p, &tape.constant(x.clone())).unwrap();
     let acc = accuracy(logits.value(), &y).unwrap();
-    assert_eq!(acc, 1.0, "training accuracy {acc} after {STEPS_CONV} steps (loss {} -> {})", losses[0], losses.last().unwrap());
-    assert!(losses.last().unwrap() < &(0.2 * losses[0]), "loss {} -> {}", losses[0], losses.last().unwrap());
+    assert_eq!(
+        acc,
+        1.0,
+        "training accuracy {acc} after {STEPS_CONV} steps (loss {} -> {})",
+        losses[0],
+        losses.last().unwrap()
+    );
+    assert!(
+        losses.last().unwrap() < &(0.2 * losses[0]),
+        "loss {} -> {}",
+        losses[0],
+        losses.last().unwrap()
+    );
 }
 
 /// Same seed, same run: the losses match bit for bit.
@@ -63,7 +93,12 @@ fn training_is_deterministic() {
         let idx = labels(&y);
         let mut params = convnet_params(&mut rng, 8, 3, 2);
         (0..20)
-            .map(|_| sgd_step(&mut params, 0.1, |tape, p| convnet_logits(p, &tape.constant(x.clone()))?.cross_entropy(&idx)).unwrap())
+            .map(|_| {
+                sgd_step(&mut params, 0.1, |tape, p| {
+                    convnet_logits(p, &tape.constant(x.clone()))?.cross_entropy(&idx)
+                })
+                .unwrap()
+            })
             .collect::<Vec<f32>>()
     };
     assert_eq!(run(), run());

@@ -9,7 +9,9 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset, Split};
-use mla_models::trainer::{eval, load_model, run_dir, EvalOptions, Method, Silent, TrainConfig, Trainer};
+use mla_models::trainer::{
+    eval, load_model, run_dir, EvalOptions, Method, Silent, TrainConfig, Trainer,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use trainer_common::TempDir;
@@ -22,7 +24,10 @@ fn raw() -> Option<PathBuf> {
     if p.join("mnist").is_dir() && p.join("fsdd").is_dir() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: raw AV-MNIST not found at {} (set MLA_AVMNIST_RAW)", p.display());
+        eprintln!(
+            "SKIPPED: raw AV-MNIST not found at {} (set MLA_AVMNIST_RAW)",
+            p.display()
+        );
         None
     }
 }
@@ -42,20 +47,40 @@ fn mla_on_real_avmnist_subset_is_far_above_chance() {
         ..TrainConfig::default()
     };
     let run = tmp.join("run");
-    let mut t = Trainer::new(Cpu, ds.clone(), cfg).unwrap().with_run_dir(&run).unwrap();
+    let mut t = Trainer::new(Cpu, ds.clone(), cfg)
+        .unwrap()
+        .with_run_dir(&run)
+        .unwrap();
     let s = t.run(&mut Silent).unwrap();
     eprintln!("{}", serde_json::to_string_pretty(&s).unwrap());
     // Chance is 0.10 on ten balanced digits; the test speaker is unseen in training.
     // (The same run scored fused 0.89, image 0.88, audio 0.41 on 1,000 test samples.)
-    assert!(s.test.fused_accuracy > 0.7, "fused {}", s.test.fused_accuracy);
+    assert!(
+        s.test.fused_accuracy > 0.7,
+        "fused {}",
+        s.test.fused_accuracy
+    );
     assert!(s.test.modality_accuracy.get("image").unwrap() > 0.7);
     assert!(s.test.modality_accuracy.get("audio").unwrap() > 0.25);
     assert_eq!(s.test.samples, 500);
-    assert!(t.eval_samples(Split::Test).iter().all(|&i| ds.split_of(i) == Split::Test));
+    assert!(t
+        .eval_samples(Split::Test)
+        .iter()
+        .all(|&i| ds.split_of(i) == Split::Test));
 
     let ckpt = Checkpoint::load(&run.join(run_dir::BEST)).unwrap();
     let (model, layout, cfg) = load_model(&Cpu, &ds, &ckpt).unwrap();
-    let m = eval::evaluate(&model, &cfg, &layout, &ds, t.eval_samples(Split::Test), &EvalOptions { gap: true, ..Default::default() })
-        .unwrap();
+    let m = eval::evaluate(
+        &model,
+        &cfg,
+        &layout,
+        &ds,
+        t.eval_samples(Split::Test),
+        &EvalOptions {
+            gap: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(m, s.test);
 }

@@ -14,8 +14,10 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn listing(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -29,7 +31,12 @@ fn round_trip_keeps_tensors_and_json_exactly() {
     let dir = scratch("roundtrip");
     let path = dir.join("best.safetensors");
     let cpu = Cpu;
-    let w = Tensor::<f32, Cpu>::from_slice(&cpu, &[1.5, -0.0, f32::MIN_POSITIVE, 3e38, 7.0, -2.25], [2, 3]).unwrap();
+    let w = Tensor::<f32, Cpu>::from_slice(
+        &cpu,
+        &[1.5, -0.0, f32::MIN_POSITIVE, 3e38, 7.0, -2.25],
+        [2, 3],
+    )
+    .unwrap();
     let mut c = Checkpoint::new();
     c.insert_tensor("head.weight", &w).unwrap();
     c.insert("hgm.p", vec![], vec![0.125]).unwrap();
@@ -43,7 +50,10 @@ fn round_trip_keeps_tensors_and_json_exactly() {
     let orig: Vec<u32> = w.to_vec().unwrap().iter().map(|v| v.to_bits()).collect();
     assert_eq!(bits, orig);
     assert_eq!(back.get("hgm.p").unwrap().data, vec![0.125]);
-    assert_eq!(back.json::<serde_json::Value>("state").unwrap(), state(3, 0.9751));
+    assert_eq!(
+        back.json::<serde_json::Value>("state").unwrap(),
+        state(3, 0.9751)
+    );
     let up = t.to_tensor(&cpu).unwrap();
     assert_eq!(up.dims(), &[2, 3]);
 }
@@ -54,12 +64,20 @@ fn saving_replaces_the_old_file_and_leaves_no_temp_file() {
     let path = dir.join("last.safetensors");
     for epoch in 0..3u32 {
         let mut c = Checkpoint::new();
-        c.insert("x", vec![epoch as usize + 1], vec![epoch as f32; epoch as usize + 1]).unwrap();
+        c.insert(
+            "x",
+            vec![epoch as usize + 1],
+            vec![epoch as f32; epoch as usize + 1],
+        )
+        .unwrap();
         c.set_json("state", &state(epoch, 0.0)).unwrap();
         c.save(&path).unwrap();
         assert_eq!(listing(&dir), vec!["last.safetensors"]);
         let back = Checkpoint::load(&path).unwrap();
-        assert_eq!(back.json::<serde_json::Value>("state").unwrap()["epoch"], epoch);
+        assert_eq!(
+            back.json::<serde_json::Value>("state").unwrap()["epoch"],
+            epoch
+        );
         assert_eq!(back.get("x").unwrap().shape, vec![epoch as usize + 1]);
     }
 }
@@ -75,7 +93,10 @@ fn failed_write_leaves_destination_untouched_and_no_temp() {
     std::fs::create_dir(&blocker).unwrap();
     std::fs::write(blocker.join("keep"), b"x").unwrap();
     let err = write_atomic(&blocker, b"new").unwrap_err();
-    assert!(matches!(err, CheckpointError::Io { op: "rename", .. }), "{err}");
+    assert!(
+        matches!(err, CheckpointError::Io { op: "rename", .. }),
+        "{err}"
+    );
     assert_eq!(listing(&dir), vec!["blocker", "ckpt.safetensors"]);
     assert_eq!(std::fs::read(&path).unwrap(), b"old contents");
     // A missing directory is a clear error, not a panic.
@@ -88,29 +109,53 @@ fn validation_names_the_tensor_and_the_problem() {
     let dir = scratch("validate");
     let path = dir.join("c.safetensors");
     let mut c = Checkpoint::new();
-    c.insert("encoder.image.fc.weight", vec![4, 2], vec![0.0; 8]).unwrap();
+    c.insert("encoder.image.fc.weight", vec![4, 2], vec![0.0; 8])
+        .unwrap();
     c.save(&path).unwrap();
     let back = Checkpoint::load(&path).unwrap();
 
-    let e = back.get_shaped("encoder.image.fc.weight", &[2, 4]).unwrap_err().to_string();
-    assert!(e.contains("encoder.image.fc.weight") && e.contains("[4, 2]") && e.contains("[2, 4]"), "{e}");
+    let e = back
+        .get_shaped("encoder.image.fc.weight", &[2, 4])
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("encoder.image.fc.weight") && e.contains("[4, 2]") && e.contains("[2, 4]"),
+        "{e}"
+    );
     let e = back.get("head.weight").unwrap_err().to_string();
-    assert!(e.contains("missing tensor `head.weight`") && e.contains("c.safetensors"), "{e}");
-    let e = back.reject_unknown(["head.weight"]).unwrap_err().to_string();
+    assert!(
+        e.contains("missing tensor `head.weight`") && e.contains("c.safetensors"),
+        "{e}"
+    );
+    let e = back
+        .reject_unknown(["head.weight"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("encoder.image.fc.weight"), "{e}");
     back.reject_unknown(["encoder.image.fc.weight"]).unwrap();
-    let e = back.json::<serde_json::Value>("state").unwrap_err().to_string();
+    let e = back
+        .json::<serde_json::Value>("state")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`state` is missing"), "{e}");
 
-    let e = Checkpoint::new().insert("w", vec![3], vec![1.0]).unwrap_err().to_string();
+    let e = Checkpoint::new()
+        .insert("w", vec![3], vec![1.0])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("`w`") && e.contains("[3]"), "{e}");
 }
 
 #[test]
 fn foreign_and_broken_files_are_rejected() {
     let dir = scratch("foreign");
-    let e = Checkpoint::load(&dir.join("absent.safetensors")).unwrap_err().to_string();
-    assert!(e.contains("absent.safetensors") && e.contains("read"), "{e}");
+    let e = Checkpoint::load(&dir.join("absent.safetensors"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("absent.safetensors") && e.contains("read"),
+        "{e}"
+    );
 
     // A valid safetensors file without our format marker.
     let path = dir.join("foreign.safetensors");

@@ -8,13 +8,21 @@ use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
 use mla_models::trainer::{
-    eval, load_model, run_dir, EvalOptions, HgmMode, Method, OptimizerKind, Silent, TrainConfig, TrainError, Trainer,
+    eval, load_model, run_dir, EvalOptions, HgmMode, Method, OptimizerKind, Silent, TrainConfig,
+    TrainError, Trainer,
 };
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, TempDir};
 
 fn cfg(method: Method) -> TrainConfig {
-    TrainConfig { method, epochs: 3, batch_size: 32, eval_batch_size: 64, lr: 0.02, ..TrainConfig::default() }
+    TrainConfig {
+        method,
+        epochs: 3,
+        batch_size: 32,
+        eval_batch_size: 64,
+        lr: 0.02,
+        ..TrainConfig::default()
+    }
 }
 
 fn open(dir: &TempDir) -> Arc<Dataset> {
@@ -30,9 +38,19 @@ fn mla_learns_both_modalities_and_reports_every_metric() {
     assert!((1..=3).contains(&s.best_epoch));
     // Chance is 0.25 on 4 balanced classes.
     assert!(s.test.fused_accuracy > 0.9, "{s:?}");
-    assert!(s.test.modality_accuracy.get("image").unwrap() > 0.9, "{s:?}");
-    assert!(s.test.modality_accuracy.get("audio").unwrap() > 0.5, "{s:?}");
-    let fa = s.test.fusion_accuracy.as_ref().expect("MLA reports both fusions");
+    assert!(
+        s.test.modality_accuracy.get("image").unwrap() > 0.9,
+        "{s:?}"
+    );
+    assert!(
+        s.test.modality_accuracy.get("audio").unwrap() > 0.5,
+        "{s:?}"
+    );
+    let fa = s
+        .test
+        .fusion_accuracy
+        .as_ref()
+        .expect("MLA reports both fusions");
     assert!(fa.get("entropy").is_some() && fa.get("mean").is_some());
     assert_eq!(fa.get("entropy").unwrap(), s.test.fused_accuracy);
     let gap = s.test.modality_gap.expect("gap on test");
@@ -40,14 +58,26 @@ fn mla_learns_both_modalities_and_reports_every_metric() {
     assert_eq!(s.test.samples, 96);
     // HGM ran every step and kept part of the head gradient.
     assert_eq!(s.hgm_surviving_fraction.len(), 3);
-    assert!(s.hgm_surviving_fraction.iter().all(|&f| f > 0.0 && f <= 1.0 + 1e-6), "{:?}", s.hgm_surviving_fraction);
+    assert!(
+        s.hgm_surviving_fraction
+            .iter()
+            .all(|&f| f > 0.0 && f <= 1.0 + 1e-6),
+        "{:?}",
+        s.hgm_surviving_fraction
+    );
     let h = &t.state().history;
     assert_eq!(h.len(), 3);
     assert!(h[2].train_loss < h[0].train_loss, "{h:?}");
     let by_mod = h[0].train_loss_by_modality.as_ref().unwrap();
     assert!(by_mod.get("image").is_some() && by_mod.get("audio").is_some());
     // The reported best is the epoch with the highest validation accuracy (first on ties).
-    let best = h.iter().fold(&h[0], |b, r| if r.val.fused_accuracy > b.val.fused_accuracy { r } else { b });
+    let best = h.iter().fold(&h[0], |b, r| {
+        if r.val.fused_accuracy > b.val.fused_accuracy {
+            r
+        } else {
+            b
+        }
+    });
     assert_eq!(best.epoch, s.best_epoch);
     assert_eq!(best.val, s.val);
 }
@@ -59,14 +89,29 @@ fn same_seed_same_metrics_bit_for_bit() {
     let run = || {
         let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Mla)).unwrap();
         let s = t.run(&mut Silent).unwrap();
-        (t.state().history.iter().map(|r| r.without_timing()).collect::<Vec<_>>(), s.test)
+        (
+            t.state()
+                .history
+                .iter()
+                .map(|r| r.without_timing())
+                .collect::<Vec<_>>(),
+            s.test,
+        )
     };
     let (a, ta) = run();
     let (b, tb) = run();
     assert_eq!(a, b);
     assert_eq!(ta, tb);
     // A different seed gives a different run (the seed is really used).
-    let mut t = Trainer::new(Cpu, ds, TrainConfig { seed: 1, ..cfg(Method::Mla) }).unwrap();
+    let mut t = Trainer::new(
+        Cpu,
+        ds,
+        TrainConfig {
+            seed: 1,
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap();
     t.run(&mut Silent).unwrap();
     assert_ne!(t.state().history[0].train_loss, a[0].train_loss);
 }
@@ -76,23 +121,55 @@ fn resume_equals_an_uninterrupted_run() {
     let data = synthetic("resume", &Synthetic::default());
     let ds = open(&data);
     let runs = TempDir::new("resume-runs");
-    for (hgm, optimizer) in [(HgmMode::Owm, OptimizerKind::Sgd), (HgmMode::Cross, OptimizerKind::Sgd), (HgmMode::None, OptimizerKind::Adamw)] {
-        let lr = if optimizer == OptimizerKind::Sgd { 0.02 } else { 1e-3 };
-        let c = TrainConfig { hgm, optimizer, lr, epochs: 4, ..cfg(Method::Mla) };
+    for (hgm, optimizer) in [
+        (HgmMode::Owm, OptimizerKind::Sgd),
+        (HgmMode::Cross, OptimizerKind::Sgd),
+        (HgmMode::None, OptimizerKind::Adamw),
+    ] {
+        let lr = if optimizer == OptimizerKind::Sgd {
+            0.02
+        } else {
+            1e-3
+        };
+        let c = TrainConfig {
+            hgm,
+            optimizer,
+            lr,
+            epochs: 4,
+            ..cfg(Method::Mla)
+        };
         let full_dir = runs.join(&format!("full-{hgm}"));
-        let mut full = Trainer::new(Cpu, ds.clone(), c.clone()).unwrap().with_run_dir(&full_dir).unwrap();
+        let mut full = Trainer::new(Cpu, ds.clone(), c.clone())
+            .unwrap()
+            .with_run_dir(&full_dir)
+            .unwrap();
         let full_summary = full.run(&mut Silent).unwrap();
 
         let part_dir = runs.join(&format!("part-{hgm}"));
-        let mut part =
-            Trainer::new(Cpu, ds.clone(), TrainConfig { epochs: 2, ..c.clone() }).unwrap().with_run_dir(&part_dir).unwrap();
+        let mut part = Trainer::new(
+            Cpu,
+            ds.clone(),
+            TrainConfig {
+                epochs: 2,
+                ..c.clone()
+            },
+        )
+        .unwrap()
+        .with_run_dir(&part_dir)
+        .unwrap();
         part.run(&mut Silent).unwrap();
         drop(part);
         let mut resumed = Trainer::resume(Cpu, ds.clone(), &part_dir, Some(4)).unwrap();
         assert_eq!(resumed.state().epochs_done, 2);
         let resumed_summary = resumed.run(&mut Silent).unwrap();
 
-        let strip = |t: &Trainer<Cpu>| t.state().history.iter().map(|r| r.without_timing()).collect::<Vec<_>>();
+        let strip = |t: &Trainer<Cpu>| {
+            t.state()
+                .history
+                .iter()
+                .map(|r| r.without_timing())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(strip(&resumed), strip(&full), "hgm {hgm}");
         assert_eq!(resumed_summary.test, full_summary.test);
         assert_eq!(resumed_summary.val, full_summary.val);
@@ -103,28 +180,48 @@ fn resume_equals_an_uninterrupted_run() {
         let a = Checkpoint::load(&part_dir.join(run_dir::BEST)).unwrap();
         let b = Checkpoint::load(&full_dir.join(run_dir::BEST)).unwrap();
         assert_eq!(a.get("head.weight").unwrap(), b.get("head.weight").unwrap());
-        let summary: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(part_dir.join(run_dir::SUMMARY)).unwrap()).unwrap();
+        let summary: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(part_dir.join(run_dir::SUMMARY)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(summary["epochs"], 4);
     }
 }
 
 #[test]
 fn joint_handles_a_missing_modality() {
-    let spec = Synthetic { audio_missing_every: 3, ..Synthetic::default() };
+    let spec = Synthetic {
+        audio_missing_every: 3,
+        ..Synthetic::default()
+    };
     let data = synthetic("joint-missing", &spec);
     let ds = open(&data);
-    let audio_test = ds.indices(Split::Test).iter().filter(|&&s| ds.has(1, s)).count();
+    let audio_test = ds
+        .indices(Split::Test)
+        .iter()
+        .filter(|&&s| ds.has(1, s))
+        .count();
     assert!(audio_test < 96 && audio_test > 0);
     let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Joint)).unwrap();
     let s = t.run(&mut Silent).unwrap();
     assert!(s.test.fused_accuracy > 0.8, "{s:?}");
     assert_eq!(s.test.samples, 96);
     assert!(s.test.fusion_accuracy.is_none());
-    assert!(s.test.modality_accuracy.get("image").is_some() && s.test.modality_accuracy.get("audio").is_some());
+    assert!(
+        s.test.modality_accuracy.get("image").is_some()
+            && s.test.modality_accuracy.get("audio").is_some()
+    );
     assert!(s.hgm_surviving_fraction.is_empty());
     // Audio-only accuracy is measured on the samples having audio.
-    let only_audio = t.evaluate(Split::Test, &EvalOptions { drop: vec!["image".into()], ..Default::default() }).unwrap();
+    let only_audio = t
+        .evaluate(
+            Split::Test,
+            &EvalOptions {
+                drop: vec!["image".into()],
+                ..Default::default()
+            },
+        )
+        .unwrap();
     assert_eq!(only_audio.samples as usize, audio_test);
     assert_eq!(only_audio.modality_accuracy.get("image"), None);
 
@@ -136,17 +233,31 @@ fn joint_handles_a_missing_modality() {
 
 #[test]
 fn unimodal_trains_one_modality_on_the_samples_having_it() {
-    let spec = Synthetic { audio_missing_every: 4, ..Synthetic::default() };
+    let spec = Synthetic {
+        audio_missing_every: 4,
+        ..Synthetic::default()
+    };
     let data = synthetic("unimodal", &spec);
     let ds = open(&data);
-    let c = TrainConfig { modality: Some("audio".into()), epochs: 4, ..cfg(Method::Unimodal) };
+    let c = TrainConfig {
+        modality: Some("audio".into()),
+        epochs: 4,
+        ..cfg(Method::Unimodal)
+    };
     let mut t = Trainer::new(Cpu, ds.clone(), c).unwrap();
-    let with_audio = ds.indices(Split::Train).iter().filter(|&&s| ds.has(1, s)).count();
+    let with_audio = ds
+        .indices(Split::Train)
+        .iter()
+        .filter(|&&s| ds.has(1, s))
+        .count();
     assert_eq!(t.train_samples().len(), with_audio);
     assert_eq!(t.modalities(), &["audio".to_string()]);
     let s = t.run(&mut Silent).unwrap();
     assert_eq!(s.test.modality_accuracy.0.len(), 1);
-    assert_eq!(s.test.modality_accuracy.get("audio").unwrap(), s.test.fused_accuracy);
+    assert_eq!(
+        s.test.modality_accuracy.get("audio").unwrap(),
+        s.test.fused_accuracy
+    );
     assert!(s.test.fused_accuracy > 0.4, "{s:?}");
     assert!(t.model().params().names().all(|n| !n.contains("image")));
 }
@@ -155,17 +266,56 @@ fn unimodal_trains_one_modality_on_the_samples_having_it() {
 fn train_limit_takes_a_seeded_subset() {
     let data = synthetic("limit", &Synthetic::default());
     let ds = open(&data);
-    let a = Trainer::new(Cpu, ds.clone(), TrainConfig { train_limit: Some(50), ..cfg(Method::Mla) }).unwrap();
-    let b = Trainer::new(Cpu, ds.clone(), TrainConfig { train_limit: Some(50), ..cfg(Method::Mla) }).unwrap();
-    let c = Trainer::new(Cpu, ds.clone(), TrainConfig { train_limit: Some(50), seed: 3, ..cfg(Method::Mla) }).unwrap();
+    let a = Trainer::new(
+        Cpu,
+        ds.clone(),
+        TrainConfig {
+            train_limit: Some(50),
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap();
+    let b = Trainer::new(
+        Cpu,
+        ds.clone(),
+        TrainConfig {
+            train_limit: Some(50),
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap();
+    let c = Trainer::new(
+        Cpu,
+        ds.clone(),
+        TrainConfig {
+            train_limit: Some(50),
+            seed: 3,
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap();
     assert_eq!(a.train_samples().len(), 50);
     assert_eq!(a.train_samples(), b.train_samples());
     assert_ne!(a.train_samples(), c.train_samples());
-    assert!(a.train_samples().iter().all(|&s| ds.split_of(s) == Split::Train));
-    let e = Trainer::new(Cpu, ds.clone(), TrainConfig { eval_limit: Some(20), ..cfg(Method::Mla) }).unwrap();
+    assert!(a
+        .train_samples()
+        .iter()
+        .all(|&s| ds.split_of(s) == Split::Train));
+    let e = Trainer::new(
+        Cpu,
+        ds.clone(),
+        TrainConfig {
+            eval_limit: Some(20),
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap();
     for split in [Split::Validation, Split::Test] {
         assert_eq!(e.eval_samples(split).len(), 20);
-        assert!(e.eval_samples(split).iter().all(|&s| ds.split_of(s) == split));
+        assert!(e
+            .eval_samples(split)
+            .iter()
+            .all(|&s| ds.split_of(s) == split));
     }
 }
 
@@ -175,25 +325,74 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
     let ds = open(&data);
     let runs = TempDir::new("eval-runs");
     let dir = runs.join("run");
-    let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Mla)).unwrap().with_run_dir(&dir).unwrap();
+    let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Mla))
+        .unwrap()
+        .with_run_dir(&dir)
+        .unwrap();
     let s = t.run(&mut Silent).unwrap();
     let ckpt = Checkpoint::load(&dir.join(run_dir::BEST)).unwrap();
     let (model, layout, c) = load_model(&Cpu, &ds, &ckpt).unwrap();
     let test = ds.indices(Split::Test);
-    let m = eval::evaluate(&model, &c, &layout, &ds, &test, &EvalOptions { gap: true, ..Default::default() }).unwrap();
+    let m = eval::evaluate(
+        &model,
+        &c,
+        &layout,
+        &ds,
+        &test,
+        &EvalOptions {
+            gap: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert_eq!(m, s.test);
-    for f in ["config.json", "metrics.jsonl", "summary.json", "best.safetensors", "last.safetensors"] {
+    for f in [
+        "config.json",
+        "metrics.jsonl",
+        "summary.json",
+        "best.safetensors",
+        "last.safetensors",
+    ] {
         assert!(dir.join(f).is_file(), "{f}");
     }
     // Dropping a modality at test time: fused accuracy is that of the other one.
-    let no_audio = eval::evaluate(&model, &c, &layout, &ds, &test, &EvalOptions { drop: vec!["audio".into()], ..Default::default() }).unwrap();
-    assert_eq!(no_audio.fused_accuracy, s.test.modality_accuracy.get("image").unwrap());
-    let e = eval::evaluate(&model, &c, &layout, &ds, &test, &EvalOptions { drop: vec!["smell".into()], ..Default::default() })
-        .unwrap_err()
-        .to_string();
+    let no_audio = eval::evaluate(
+        &model,
+        &c,
+        &layout,
+        &ds,
+        &test,
+        &EvalOptions {
+            drop: vec!["audio".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        no_audio.fused_accuracy,
+        s.test.modality_accuracy.get("image").unwrap()
+    );
+    let e = eval::evaluate(
+        &model,
+        &c,
+        &layout,
+        &ds,
+        &test,
+        &EvalOptions {
+            drop: vec!["smell".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
     // A run directory is never silently overwritten.
-    let e = Trainer::new(Cpu, ds, cfg(Method::Mla)).unwrap().with_run_dir(&dir).err().unwrap().to_string();
+    let e = Trainer::new(Cpu, ds, cfg(Method::Mla))
+        .unwrap()
+        .with_run_dir(&dir)
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("--resume"), "{e}");
 }
 
@@ -201,21 +400,40 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
 fn bad_configurations_are_clear_errors() {
     let data = synthetic("errors", &Synthetic::default());
     let ds = open(&data);
-    let err = |c: TrainConfig| Trainer::new(Cpu, ds.clone(), c).err().expect("must fail").to_string();
+    let err = |c: TrainConfig| {
+        Trainer::new(Cpu, ds.clone(), c)
+            .err()
+            .expect("must fail")
+            .to_string()
+    };
     let e = err(cfg(Method::Unimodal));
     assert!(e.contains("--modality"), "{e}");
-    let e = err(TrainConfig { modality: Some("smell".into()), ..cfg(Method::Unimodal) });
+    let e = err(TrainConfig {
+        modality: Some("smell".into()),
+        ..cfg(Method::Unimodal)
+    });
     assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
-    let e = err(TrainConfig { encoder: "transformer".into(), ..cfg(Method::Mla) });
+    let e = err(TrainConfig {
+        encoder: "transformer".into(),
+        ..cfg(Method::Mla)
+    });
     assert!(e.contains("transformer"), "{e}");
-    let e = err(TrainConfig { encoder: "image=cnn,smell=mlp".into(), ..cfg(Method::Mla) });
+    let e = err(TrainConfig {
+        encoder: "image=cnn,smell=mlp".into(),
+        ..cfg(Method::Mla)
+    });
     assert!(e.contains("smell"), "{e}");
 }
 
 #[test]
 fn diverging_training_stops_naming_epoch_and_step() {
     let data = synthetic("nan", &Synthetic::default());
-    let c = TrainConfig { lr: 1e9, momentum: 0.0, hgm: HgmMode::None, ..cfg(Method::Mla) };
+    let c = TrainConfig {
+        lr: 1e9,
+        momentum: 0.0,
+        hgm: HgmMode::None,
+        ..cfg(Method::Mla)
+    };
     let mut t = Trainer::new(Cpu, open(&data), c).unwrap();
     match t.run(&mut Silent) {
         Err(e @ TrainError::NonFinite { .. }) => {

@@ -14,9 +14,17 @@ use std::ops::Range;
 #[inline]
 fn valid_range(out: usize, k: usize, stride: usize, pad: usize, size: usize) -> Range<usize> {
     // o * stride + k >= pad  <=>  o >= ceil((pad - k) / stride)
-    let lo = if k >= pad { 0 } else { (pad - k).div_ceil(stride) };
+    let lo = if k >= pad {
+        0
+    } else {
+        (pad - k).div_ceil(stride)
+    };
     // o * stride + k - pad < size  <=>  o * stride < size + pad - k
-    let hi = if size + pad <= k { 0 } else { (size + pad - k).div_ceil(stride) };
+    let hi = if size + pad <= k {
+        0
+    } else {
+        (size + pad - k).div_ceil(stride)
+    };
     lo.min(out)..hi.min(out).max(lo.min(out))
 }
 
@@ -58,7 +66,10 @@ pub(crate) fn im2col<T: CpuFloat>(x: &[T], g: &Conv2dGeometry) -> Vec<T> {
                                 d.write(s);
                             }
                         } else {
-                            for (d, &s) in dst[cols.clone()].iter_mut().zip(src[ix0..].iter().step_by(g.stride)) {
+                            for (d, &s) in dst[cols.clone()]
+                                .iter_mut()
+                                .zip(src[ix0..].iter().step_by(g.stride))
+                            {
                                 d.write(s);
                             }
                         }
@@ -68,7 +79,13 @@ pub(crate) fn im2col<T: CpuFloat>(x: &[T], g: &Conv2dGeometry) -> Vec<T> {
         }
     };
     // SAFETY: each sample's block is fully written by `fill` (zeros outside the valid ranges).
-    unsafe { uninit_vec(g.n * per_sample, |cols| cols.par_chunks_mut(per_sample).enumerate().for_each(|(n, out)| fill(n, out))) }
+    unsafe {
+        uninit_vec(g.n * per_sample, |cols| {
+            cols.par_chunks_mut(per_sample)
+                .enumerate()
+                .for_each(|(n, out)| fill(n, out))
+        })
+    }
 }
 
 pub(crate) fn col2im<T: CpuFloat>(cols: &[T], g: &Conv2dGeometry) -> Vec<T> {
@@ -114,5 +131,11 @@ pub(crate) fn col2im<T: CpuFloat>(cols: &[T], g: &Conv2dGeometry) -> Vec<T> {
         }
     };
     // SAFETY: each sample's block is fully written: every plane is zeroed, then accumulated.
-    unsafe { uninit_vec(g.n * per_sample, |x| x.par_chunks_mut(per_sample).enumerate().for_each(|(n, img)| fill(n, img))) }
+    unsafe {
+        uninit_vec(g.n * per_sample, |x| {
+            x.par_chunks_mut(per_sample)
+                .enumerate()
+                .for_each(|(n, img)| fill(n, img))
+        })
+    }
 }

@@ -12,11 +12,13 @@ fn map1<T: CpuFloat>(x: &[T], f: impl Fn(T) -> T + Sync) -> Vec<T> {
     // SAFETY: every chunk of `out` is written element by element below.
     unsafe {
         uninit_vec(x.len(), |out| {
-            out.par_chunks_mut(PAR_CHUNK).zip(x.par_chunks(PAR_CHUNK)).for_each(|(o, x)| {
-                for (o, &x) in o.iter_mut().zip(x) {
-                    o.write(f(x));
-                }
-            })
+            out.par_chunks_mut(PAR_CHUNK)
+                .zip(x.par_chunks(PAR_CHUNK))
+                .for_each(|(o, x)| {
+                    for (o, &x) in o.iter_mut().zip(x) {
+                        o.write(f(x));
+                    }
+                })
         })
     }
 }
@@ -27,12 +29,19 @@ fn map3<T: CpuFloat>(a: &[T], b: &[T], c: &[T], f: impl Fn(T, T, T) -> T + Sync)
     // SAFETY: every chunk of `out` is written element by element below.
     unsafe {
         uninit_vec(len, |out| {
-            out.par_chunks_mut(PAR_CHUNK).enumerate().for_each(|(ci, o)| {
-                let r = ci * PAR_CHUNK..ci * PAR_CHUNK + o.len();
-                for (((o, &a), &b), &c) in o.iter_mut().zip(&a[r.clone()]).zip(&b[r.clone()]).zip(&c[r]) {
-                    o.write(f(a, b, c));
-                }
-            })
+            out.par_chunks_mut(PAR_CHUNK)
+                .enumerate()
+                .for_each(|(ci, o)| {
+                    let r = ci * PAR_CHUNK..ci * PAR_CHUNK + o.len();
+                    for (((o, &a), &b), &c) in o
+                        .iter_mut()
+                        .zip(&a[r.clone()])
+                        .zip(&b[r.clone()])
+                        .zip(&c[r])
+                    {
+                        o.write(f(a, b, c));
+                    }
+                })
         })
     }
 }
@@ -132,7 +141,11 @@ fn binary_rows<T: CpuFloat>(
     for o in out.chunks_mut(inner) {
         match (lsi, rsi) {
             (1, 1) => {
-                for ((o, &a), &b) in o.iter_mut().zip(&lhs[lo..lo + inner]).zip(&rhs[ro..ro + inner]) {
+                for ((o, &a), &b) in o
+                    .iter_mut()
+                    .zip(&lhs[lo..lo + inner])
+                    .zip(&rhs[ro..ro + inner])
+                {
                     o.write(f(a, b));
                 }
             }
@@ -171,7 +184,14 @@ fn binary_rows<T: CpuFloat>(
     }
 }
 
-fn binary_with<T: CpuFloat>(f: impl Fn(T, T) -> T + Sync, lhs: &[T], ls: &[usize], rhs: &[T], rs: &[usize], dims: &[usize]) -> Vec<T> {
+fn binary_with<T: CpuFloat>(
+    f: impl Fn(T, T) -> T + Sync,
+    lhs: &[T],
+    ls: &[usize],
+    rhs: &[T],
+    rs: &[usize],
+    dims: &[usize],
+) -> Vec<T> {
     let total: usize = dims.iter().product();
     let (dims, ls, rs) = coalesce(dims, ls, rs);
     if total == 0 {
@@ -186,15 +206,24 @@ fn binary_with<T: CpuFloat>(f: impl Fn(T, T) -> T + Sync, lhs: &[T], ls: &[usize
     // SAFETY: the chunks cover `out` and `binary_rows` writes every element of its chunk.
     unsafe {
         uninit_vec(total, |out| {
-            out.par_chunks_mut(rows_per_task * inner).enumerate().for_each(|(c, block)| {
-                binary_rows(&f, block, c * rows_per_task, lhs, &ls, rhs, &rs, &dims);
-            })
+            out.par_chunks_mut(rows_per_task * inner)
+                .enumerate()
+                .for_each(|(c, block)| {
+                    binary_rows(&f, block, c * rows_per_task, lhs, &ls, rhs, &rs, &dims);
+                })
         })
     }
 }
 
 /// Broadcasting element-wise op: each operand is read with its own strides (0 on broadcast axes).
-pub(crate) fn binary<T: CpuFloat>(op: BinaryOp, lhs: &[T], ls: &[usize], rhs: &[T], rs: &[usize], dims: &[usize]) -> Vec<T> {
+pub(crate) fn binary<T: CpuFloat>(
+    op: BinaryOp,
+    lhs: &[T],
+    ls: &[usize],
+    rhs: &[T],
+    rs: &[usize],
+    dims: &[usize],
+) -> Vec<T> {
     match op {
         BinaryOp::Add => binary_with(|a, b| a + b, lhs, ls, rhs, rs, dims),
         BinaryOp::Sub => binary_with(|a, b| a - b, lhs, ls, rhs, rs, dims),

@@ -115,7 +115,12 @@ fn workers() -> &'static [Thread] {
         let n = rayon::current_num_threads().saturating_sub(1);
         // A worker that cannot be started just leaves the pool smaller (rayon covers the rest).
         (0..n)
-            .filter_map(|i| std::thread::Builder::new().name(format!("mla-gemm-{i}")).spawn(worker).ok())
+            .filter_map(|i| {
+                std::thread::Builder::new()
+                    .name(format!("mla-gemm-{i}"))
+                    .spawn(worker)
+                    .ok()
+            })
             .map(|h| h.thread().clone())
             .collect()
     })
@@ -136,7 +141,13 @@ pub(crate) fn run(t: usize, f: &(dyn Fn(usize) + Sync)) -> bool {
     // SAFETY (lifetime erasure): the job is unpublished and every reader gone before
     // this function returns, so no worker touches `f` after it.
     let f: *const (dyn Fn(usize) + Sync + 'static) = unsafe { std::mem::transmute(f) };
-    let job = Job { f, t, next: AtomicUsize::new(0), left: AtomicUsize::new(t), panicked: AtomicBool::new(false) };
+    let job = Job {
+        f,
+        t,
+        next: AtomicUsize::new(0),
+        left: AtomicUsize::new(t),
+        panicked: AtomicBool::new(false),
+    };
     POOL.job.store(&job as *const Job as *mut Job, SeqCst);
     POOL.epoch.fetch_add(1, SeqCst);
     if POOL.parked.load(SeqCst) > 0 {

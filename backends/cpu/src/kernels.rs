@@ -10,7 +10,10 @@ use crate::simd::Isa;
 use mla_core::GemmConfig;
 
 fn need(kernel: &str, what: &str, have: usize, want: usize) {
-    assert!(have >= want, "{kernel}: {what} has {have} elements, needs {want}");
+    assert!(
+        have >= want,
+        "{kernel}: {what} has {have} elements, needs {want}"
+    );
 }
 
 /// `y = A x` (`trans == false`, A is `m x k`, x has `k`, y has `m` elements) or
@@ -67,13 +70,33 @@ pub fn gemm_tiled(
     let av = View::new(a, if trans_a { m } else { k }, trans_a);
     let bv = View::new(b, if trans_b { k } else { n }, trans_b);
     // SAFETY: lengths checked above; `c` is a distinct &mut.
-    unsafe { tiled::gemm_st(&kern, Plan { pack_a, pack_b }, m, n, k, av, bv, c.as_mut_ptr(), n) }
+    unsafe {
+        tiled::gemm_st(
+            &kern,
+            Plan { pack_a, pack_b },
+            m,
+            n,
+            k,
+            av,
+            bv,
+            c.as_mut_ptr(),
+            n,
+        )
+    }
 }
 
 /// The backend's full f32 batched GEMM (shape dispatch, threading) with the
 /// SIMD kernels on `isa`; `c` must hold `batch * m * n` elements and is overwritten.
 pub fn gemm_batch(isa: Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c: &mut [f32]) {
-    let GemmConfig { batch, m, n, k, stride_a, stride_b, .. } = *cfg;
+    let GemmConfig {
+        batch,
+        m,
+        n,
+        k,
+        stride_a,
+        stride_b,
+        ..
+    } = *cfg;
     if batch > 0 {
         need("gemm_batch", "A", a.len(), (batch - 1) * stride_a + m * k);
         need("gemm_batch", "B", b.len(), (batch - 1) * stride_b + k * n);

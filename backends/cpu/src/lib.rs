@@ -12,17 +12,17 @@ mod elementwise;
 mod gemm;
 mod handoff;
 pub mod kernels;
-mod simd;
-mod threads;
 mod optim;
 mod pool;
 mod reduce;
 mod rls;
+mod simd;
 mod strided;
+mod threads;
 
 use mla_core::{
-    AdamConfig, Backend, BinaryOp, Conv2dGeometry, Element, Error, GemmConfig, Pool2dGeometry, Result, SgdConfig,
-    UnaryOp,
+    AdamConfig, Backend, BinaryOp, Conv2dGeometry, Element, Error, GemmConfig, Pool2dGeometry,
+    Result, SgdConfig, UnaryOp,
 };
 
 pub use alloc::{set_poison_uninit, tune_allocator};
@@ -85,7 +85,15 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         src_strides: &[usize],
         dims: &[usize],
     ) -> Result<()> {
-        strided::copy(dst, dst_offset, dst_strides, src, src_offset, src_strides, dims)
+        strided::copy(
+            dst,
+            dst_offset,
+            dst_strides,
+            src,
+            src_offset,
+            src_strides,
+            dims,
+        )
     }
 
     fn gemm(&self, cfg: &GemmConfig, a: &Vec<T>, b: &Vec<T>) -> Result<Vec<T>> {
@@ -107,7 +115,14 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         rhs_strides: &[usize],
         out_dims: &[usize],
     ) -> Result<Vec<T>> {
-        Ok(elementwise::binary(op, lhs, lhs_strides, rhs, rhs_strides, out_dims))
+        Ok(elementwise::binary(
+            op,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            out_dims,
+        ))
     }
 
     fn sum_axis(&self, x: &Vec<T>, outer: usize, len: usize, inner: usize) -> Result<Vec<T>> {
@@ -116,10 +131,23 @@ impl<T: CpuFloat> Backend<T> for Cpu {
     fn softmax(&self, x: &Vec<T>, rows: usize, cols: usize, log: bool) -> Result<Vec<T>> {
         Ok(reduce::softmax(x, rows, cols, log))
     }
-    fn softmax_backward(&self, y: &Vec<T>, grad: &Vec<T>, rows: usize, cols: usize, log: bool) -> Result<Vec<T>> {
+    fn softmax_backward(
+        &self,
+        y: &Vec<T>,
+        grad: &Vec<T>,
+        rows: usize,
+        cols: usize,
+        log: bool,
+    ) -> Result<Vec<T>> {
         Ok(reduce::softmax_backward(y, grad, rows, cols, log))
     }
-    fn cross_entropy(&self, logits: &Vec<T>, labels: &Vec<u32>, rows: usize, cols: usize) -> Result<(Vec<T>, Vec<T>)> {
+    fn cross_entropy(
+        &self,
+        logits: &Vec<T>,
+        labels: &Vec<u32>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<(Vec<T>, Vec<T>)> {
         reduce::cross_entropy(logits, labels, rows, cols)
     }
     fn cross_entropy_backward(
@@ -139,18 +167,32 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         for &i in idx {
             let i = i as usize;
             if i >= rows {
-                return Err(Error::invalid("gather_rows", format!("index {i} out of range for {rows} rows"), &[]));
+                return Err(Error::invalid(
+                    "gather_rows",
+                    format!("index {i} out of range for {rows} rows"),
+                    &[],
+                ));
             }
             out.extend_from_slice(&x[i * row_len..(i + 1) * row_len]);
         }
         Ok(out)
     }
-    fn scatter_add_rows(&self, grad: &Vec<T>, idx: &Vec<u32>, rows_out: usize, row_len: usize) -> Result<Vec<T>> {
+    fn scatter_add_rows(
+        &self,
+        grad: &Vec<T>,
+        idx: &Vec<u32>,
+        rows_out: usize,
+        row_len: usize,
+    ) -> Result<Vec<T>> {
         let mut out = vec![T::zero(); rows_out * row_len];
         for (k, &i) in idx.iter().enumerate() {
             let i = i as usize;
             if i >= rows_out {
-                return Err(Error::invalid("scatter_add_rows", format!("index {i} out of range for {rows_out} rows"), &[]));
+                return Err(Error::invalid(
+                    "scatter_add_rows",
+                    format!("index {i} out of range for {rows_out} rows"),
+                    &[],
+                ));
             }
             let dst = &mut out[i * row_len..(i + 1) * row_len];
             for (d, &g) in dst.iter_mut().zip(&grad[k * row_len..(k + 1) * row_len]) {
@@ -170,7 +212,12 @@ impl<T: CpuFloat> Backend<T> for Cpu {
     fn max_pool2d(&self, x: &Vec<T>, g: &Pool2dGeometry) -> Result<(Vec<T>, Vec<u32>)> {
         Ok(pool::max_pool2d(x, g))
     }
-    fn max_pool2d_backward(&self, grad: &Vec<T>, argmax: &Vec<u32>, g: &Pool2dGeometry) -> Result<Vec<T>> {
+    fn max_pool2d_backward(
+        &self,
+        grad: &Vec<T>,
+        argmax: &Vec<u32>,
+        g: &Pool2dGeometry,
+    ) -> Result<Vec<T>> {
         Ok(pool::max_pool2d_backward(grad, argmax, g))
     }
     fn avg_pool2d(&self, x: &Vec<T>, g: &Pool2dGeometry) -> Result<Vec<T>> {
@@ -180,7 +227,13 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         Ok(pool::avg_pool2d_backward(grad, g))
     }
 
-    fn sgd_step(&self, param: &mut Vec<T>, grad: &Vec<T>, velocity: Option<&mut Vec<T>>, cfg: &SgdConfig) -> Result<()> {
+    fn sgd_step(
+        &self,
+        param: &mut Vec<T>,
+        grad: &Vec<T>,
+        velocity: Option<&mut Vec<T>>,
+        cfg: &SgdConfig,
+    ) -> Result<()> {
         optim::sgd_step(param, grad, velocity, cfg);
         Ok(())
     }

@@ -1,8 +1,17 @@
 use crate::{el, CpuFloat};
 use mla_core::{AdamConfig, SgdConfig};
 
-pub(crate) fn sgd_step<T: CpuFloat>(param: &mut [T], grad: &[T], velocity: Option<&mut Vec<T>>, cfg: &SgdConfig) {
-    let (lr, mu, wd) = (el::<T>(cfg.lr), el::<T>(cfg.momentum), el::<T>(cfg.weight_decay));
+pub(crate) fn sgd_step<T: CpuFloat>(
+    param: &mut [T],
+    grad: &[T],
+    velocity: Option<&mut Vec<T>>,
+    cfg: &SgdConfig,
+) {
+    let (lr, mu, wd) = (
+        el::<T>(cfg.lr),
+        el::<T>(cfg.momentum),
+        el::<T>(cfg.weight_decay),
+    );
     match velocity {
         Some(v) => {
             for ((p, &g), v) in param.iter_mut().zip(grad).zip(v.iter_mut()) {
@@ -20,7 +29,14 @@ pub(crate) fn sgd_step<T: CpuFloat>(param: &mut [T], grad: &[T], velocity: Optio
     }
 }
 
-pub(crate) fn adam_step<T: CpuFloat>(param: &mut [T], grad: &[T], m: &mut [T], v: &mut [T], cfg: &AdamConfig, step: u64) {
+pub(crate) fn adam_step<T: CpuFloat>(
+    param: &mut [T],
+    grad: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    cfg: &AdamConfig,
+    step: u64,
+) {
     let (b1, b2) = (el::<T>(cfg.beta1), el::<T>(cfg.beta2));
     let bc1 = el::<T>(1.0 - cfg.beta1.powi(step as i32));
     let bc2 = el::<T>(1.0 - cfg.beta2.powi(step as i32));

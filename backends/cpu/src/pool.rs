@@ -22,14 +22,27 @@ fn beats<T: CpuFloat>(v: T, best: T) -> bool {
     v > best || (v_nan && !best_nan)
 }
 
-fn max_plane<T: CpuFloat>(src: &[T], y: &mut [MaybeUninit<T>], arg: &mut [MaybeUninit<u32>], g: &Pool2dGeometry) {
+fn max_plane<T: CpuFloat>(
+    src: &[T],
+    y: &mut [MaybeUninit<T>],
+    arg: &mut [MaybeUninit<u32>],
+    g: &Pool2dGeometry,
+) {
     let w = g.w;
     if g.kh == 2 && g.kw == 2 && g.stride == 2 {
         for oy in 0..g.oh {
             let r0 = &src[2 * oy * w..][..2 * g.ow];
             let r1 = &src[(2 * oy + 1) * w..][..2 * g.ow];
-            let (yr, ar) = (&mut y[oy * g.ow..(oy + 1) * g.ow], &mut arg[oy * g.ow..(oy + 1) * g.ow]);
-            for (ox, ((yo, ao), (p0, p1))) in yr.iter_mut().zip(ar).zip(r0.chunks_exact(2).zip(r1.chunks_exact(2))).enumerate() {
+            let (yr, ar) = (
+                &mut y[oy * g.ow..(oy + 1) * g.ow],
+                &mut arg[oy * g.ow..(oy + 1) * g.ow],
+            );
+            for (ox, ((yo, ao), (p0, p1))) in yr
+                .iter_mut()
+                .zip(ar)
+                .zip(r0.chunks_exact(2).zip(r1.chunks_exact(2)))
+                .enumerate()
+            {
                 let i0 = (2 * oy * w + 2 * ox) as u32;
                 let (mut bv, mut bi) = (p0[0], i0);
                 if beats(p0[1], bv) {
@@ -77,12 +90,17 @@ pub(crate) fn max_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> (Vec<T>, V
     let y = unsafe {
         uninit_vec(len, |y| {
             let arg = &mut arg_out.spare_capacity_mut()[..len];
-            y.par_chunks_mut(per * oplane).zip(arg.par_chunks_mut(per * oplane)).enumerate().for_each(|(t, (y, arg))| {
-                for (k, (yp, ap)) in y.chunks_mut(oplane).zip(arg.chunks_mut(oplane)).enumerate() {
-                    let p = t * per + k;
-                    max_plane(&x[p * plane..(p + 1) * plane], yp, ap, g);
-                }
-            })
+            y.par_chunks_mut(per * oplane)
+                .zip(arg.par_chunks_mut(per * oplane))
+                .enumerate()
+                .for_each(|(t, (y, arg))| {
+                    for (k, (yp, ap)) in
+                        y.chunks_mut(oplane).zip(arg.chunks_mut(oplane)).enumerate()
+                    {
+                        let p = t * per + k;
+                        max_plane(&x[p * plane..(p + 1) * plane], yp, ap, g);
+                    }
+                })
         })
     };
     // SAFETY: filled above, alongside `y`.
@@ -90,22 +108,31 @@ pub(crate) fn max_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> (Vec<T>, V
     (y, arg_out)
 }
 
-pub(crate) fn max_pool2d_backward<T: CpuFloat>(grad: &[T], arg: &[u32], g: &Pool2dGeometry) -> Vec<T> {
+pub(crate) fn max_pool2d_backward<T: CpuFloat>(
+    grad: &[T],
+    arg: &[u32],
+    g: &Pool2dGeometry,
+) -> Vec<T> {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
     let mut dx = zeroed_vec(g.planes * plane);
     if dx.is_empty() {
         return dx;
     }
     let per = planes_per_task(g);
-    dx.par_chunks_mut(per * plane).enumerate().for_each(|(t, dx)| {
-        for (k, dxp) in dx.chunks_mut(plane).enumerate() {
-            let p = t * per + k;
-            for (&i, &gv) in arg[p * oplane..(p + 1) * oplane].iter().zip(&grad[p * oplane..(p + 1) * oplane]) {
-                let d = &mut dxp[i as usize];
-                *d = *d + gv;
+    dx.par_chunks_mut(per * plane)
+        .enumerate()
+        .for_each(|(t, dx)| {
+            for (k, dxp) in dx.chunks_mut(plane).enumerate() {
+                let p = t * per + k;
+                for (&i, &gv) in arg[p * oplane..(p + 1) * oplane]
+                    .iter()
+                    .zip(&grad[p * oplane..(p + 1) * oplane])
+                {
+                    let d = &mut dxp[i as usize];
+                    *d = *d + gv;
+                }
             }
-        }
-    });
+        });
     dx
 }
 
@@ -135,11 +162,13 @@ pub(crate) fn avg_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> Vec<T> {
     // SAFETY: every output of every plane is written by `fill`.
     unsafe {
         uninit_vec(len, |y| {
-            y.par_chunks_mut(per * oplane).enumerate().for_each(|(t, y)| {
-                for (k, yp) in y.chunks_mut(oplane).enumerate() {
-                    fill(t * per + k, yp);
-                }
-            })
+            y.par_chunks_mut(per * oplane)
+                .enumerate()
+                .for_each(|(t, y)| {
+                    for (k, yp) in y.chunks_mut(oplane).enumerate() {
+                        fill(t * per + k, yp);
+                    }
+                })
         })
     }
 }
@@ -152,21 +181,23 @@ pub(crate) fn avg_pool2d_backward<T: CpuFloat>(grad: &[T], g: &Pool2dGeometry) -
         return dx;
     }
     let per = planes_per_task(g);
-    dx.par_chunks_mut(per * plane).enumerate().for_each(|(t, dx)| {
-        for (k, dxp) in dx.chunks_mut(plane).enumerate() {
-            let p = t * per + k;
-            for oy in 0..g.oh {
-                for ox in 0..g.ow {
-                    let v = grad[p * oplane + oy * g.ow + ox] * inv;
-                    let start = oy * g.stride * g.w + ox * g.stride;
-                    for ki in 0..g.kh {
-                        for d in &mut dxp[start + ki * g.w..][..g.kw] {
-                            *d = *d + v;
+    dx.par_chunks_mut(per * plane)
+        .enumerate()
+        .for_each(|(t, dx)| {
+            for (k, dxp) in dx.chunks_mut(plane).enumerate() {
+                let p = t * per + k;
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let v = grad[p * oplane + oy * g.ow + ox] * inv;
+                        let start = oy * g.stride * g.w + ox * g.stride;
+                        for ki in 0..g.kh {
+                            for d in &mut dxp[start + ki * g.w..][..g.kw] {
+                                *d = *d + v;
+                            }
                         }
                     }
                 }
             }
-        }
-    });
+        });
     dx
 }

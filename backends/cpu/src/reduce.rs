@@ -38,48 +38,65 @@ pub(crate) fn sum_axis<T: CpuFloat>(x: &[T], outer: usize, len: usize, inner: us
     }
     // Tasks own a column range of one output row; with few rows (a bias
     // gradient summed over the batch) the columns are split so all threads work.
-    let col_chunk = if outer >= 2 * rayon::current_num_threads() { inner } else { (PAR_CHUNK / len.max(1)).clamp(64, inner.max(64)) };
+    let col_chunk = if outer >= 2 * rayon::current_num_threads() {
+        inner
+    } else {
+        (PAR_CHUNK / len.max(1)).clamp(64, inner.max(64))
+    };
     out.par_chunks_mut(inner).enumerate().for_each(|(o, row)| {
-        row.par_chunks_mut(col_chunk).enumerate().for_each(|(jc, dst)| {
-            let j0 = jc * col_chunk;
-            for l in 0..len {
-                let src = &x[(o * len + l) * inner + j0..][..dst.len()];
-                for (d, &s) in dst.iter_mut().zip(src) {
-                    *d = *d + s;
+        row.par_chunks_mut(col_chunk)
+            .enumerate()
+            .for_each(|(jc, dst)| {
+                let j0 = jc * col_chunk;
+                for l in 0..len {
+                    let src = &x[(o * len + l) * inner + j0..][..dst.len()];
+                    for (d, &s) in dst.iter_mut().zip(src) {
+                        *d = *d + s;
+                    }
                 }
-            }
-        })
+            })
     });
     out
 }
 
 pub(crate) fn softmax<T: CpuFloat>(x: &[T], rows: usize, cols: usize, log: bool) -> Vec<T> {
     let mut out = vec![T::zero(); rows * cols];
-    out.par_chunks_mut(cols).zip(x.par_chunks(cols)).for_each(|(o, x)| {
-        let max = x.iter().copied().fold(T::neg_infinity(), T::max);
-        let mut sum = T::zero();
-        for (o, &v) in o.iter_mut().zip(x) {
-            *o = (v - max).exp();
-            sum = sum + *o;
-        }
-        if log {
-            let lse = sum.ln();
+    out.par_chunks_mut(cols)
+        .zip(x.par_chunks(cols))
+        .for_each(|(o, x)| {
+            let max = x.iter().copied().fold(T::neg_infinity(), T::max);
+            let mut sum = T::zero();
             for (o, &v) in o.iter_mut().zip(x) {
-                *o = v - max - lse;
+                *o = (v - max).exp();
+                sum = sum + *o;
             }
-        } else {
-            for o in o.iter_mut() {
-                *o = *o / sum;
+            if log {
+                let lse = sum.ln();
+                for (o, &v) in o.iter_mut().zip(x) {
+                    *o = v - max - lse;
+                }
+            } else {
+                for o in o.iter_mut() {
+                    *o = *o / sum;
+                }
             }
-        }
-    });
+        });
     out
 }
 
-pub(crate) fn softmax_backward<T: CpuFloat>(y: &[T], grad: &[T], rows: usize, cols: usize, log: bool) -> Vec<T> {
+pub(crate) fn softmax_backward<T: CpuFloat>(
+    y: &[T],
+    grad: &[T],
+    rows: usize,
+    cols: usize,
+    log: bool,
+) -> Vec<T> {
     let mut out = vec![T::zero(); rows * cols];
     out.par_chunks_mut(cols).enumerate().for_each(|(r, o)| {
-        let (y, g) = (&y[r * cols..(r + 1) * cols], &grad[r * cols..(r + 1) * cols]);
+        let (y, g) = (
+            &y[r * cols..(r + 1) * cols],
+            &grad[r * cols..(r + 1) * cols],
+        );
         if log {
             // d/dx log_softmax: g - softmax * sum(g)
             let gs = g.iter().fold(T::zero(), |a, &b| a + b);
@@ -96,12 +113,23 @@ pub(crate) fn softmax_backward<T: CpuFloat>(y: &[T], grad: &[T], rows: usize, co
     out
 }
 
-pub(crate) fn cross_entropy<T: CpuFloat>(logits: &[T], labels: &[u32], rows: usize, cols: usize) -> Result<(Vec<T>, Vec<T>)> {
+pub(crate) fn cross_entropy<T: CpuFloat>(
+    logits: &[T],
+    labels: &[u32],
+    rows: usize,
+    cols: usize,
+) -> Result<(Vec<T>, Vec<T>)> {
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= cols) {
-        return Err(Error::invalid("cross_entropy", format!("label {bad} out of range for {cols} classes"), &[&[rows, cols]]));
+        return Err(Error::invalid(
+            "cross_entropy",
+            format!("label {bad} out of range for {cols} classes"),
+            &[&[rows, cols]],
+        ));
     }
     let logp = softmax(logits, rows, cols, true);
-    let total: f64 = (0..rows).map(|r| -logp[r * cols + labels[r] as usize].as_f64()).sum();
+    let total: f64 = (0..rows)
+        .map(|r| -logp[r * cols + labels[r] as usize].as_f64())
+        .sum();
     let probs = logp.iter().map(|v| v.exp()).collect();
     Ok((vec![T::lit(total / rows as f64)], probs))
 }
@@ -118,7 +146,11 @@ pub(crate) fn cross_entropy_backward<T: CpuFloat>(
     for (r, &l) in labels.iter().enumerate() {
         let l = l as usize;
         if l >= cols {
-            return Err(Error::invalid("cross_entropy_backward", format!("label {l} out of range for {cols} classes"), &[&[rows, cols]]));
+            return Err(Error::invalid(
+                "cross_entropy_backward",
+                format!("label {l} out of range for {cols} classes"),
+                &[&[rows, cols]],
+            ));
         }
         out[r * cols + l] = out[r * cols + l] - scale;
     }

@@ -12,14 +12,28 @@ pub(crate) fn copy<T: Copy>(
 ) -> Result<()> {
     let rank = dims.len();
     if dst_strides.len() != rank || src_strides.len() != rank {
-        return Err(Error::invalid("copy_strided", "strides and dims differ in rank", &[dims, dst_strides, src_strides]));
+        return Err(Error::invalid(
+            "copy_strided",
+            "strides and dims differ in rank",
+            &[dims, dst_strides, src_strides],
+        ));
     }
     if dims.contains(&0) {
         return Ok(());
     }
-    let last = |off: usize, strides: &[usize]| off + dims.iter().zip(strides).map(|(d, s)| (d - 1) * s).sum::<usize>();
+    let last = |off: usize, strides: &[usize]| {
+        off + dims
+            .iter()
+            .zip(strides)
+            .map(|(d, s)| (d - 1) * s)
+            .sum::<usize>()
+    };
     if last(dst_offset, dst_strides) >= dst.len() || last(src_offset, src_strides) >= src.len() {
-        return Err(Error::invalid("copy_strided", "block reaches past the end of a buffer", &[dims, &[dst.len(), src.len()]]));
+        return Err(Error::invalid(
+            "copy_strided",
+            "block reaches past the end of a buffer",
+            &[dims, &[dst.len(), src.len()]],
+        ));
     }
     if rank == 0 {
         dst[dst_offset] = src[src_offset];
@@ -29,8 +43,18 @@ pub(crate) fn copy<T: Copy>(
     let (ds, ss) = (dst_strides[rank - 1], src_strides[rank - 1]);
     let mut idx = vec![0usize; rank - 1];
     loop {
-        let d0 = dst_offset + idx.iter().zip(dst_strides).map(|(i, s)| i * s).sum::<usize>();
-        let s0 = src_offset + idx.iter().zip(src_strides).map(|(i, s)| i * s).sum::<usize>();
+        let d0 = dst_offset
+            + idx
+                .iter()
+                .zip(dst_strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>();
+        let s0 = src_offset
+            + idx
+                .iter()
+                .zip(src_strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>();
         if ds == 1 && ss == 1 {
             dst[d0..d0 + n].copy_from_slice(&src[s0..s0 + n]);
         } else {

@@ -12,15 +12,22 @@ use mla_core::{Error, Result};
 /// threads (the two pools never run at the same time).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 {
-        return Err(Error::invalid("set_num_threads", "thread count must be at least 1", &[]));
-    }
-    rayon::ThreadPoolBuilder::new().num_threads(n).build_global().map_err(|e| {
-        Error::invalid(
+        return Err(Error::invalid(
             "set_num_threads",
-            format!("cannot size the thread pool to {n} ({e}); call it before any tensor work"),
+            "thread count must be at least 1",
             &[],
-        )
-    })?;
+        ));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| {
+            Error::invalid(
+                "set_num_threads",
+                format!("cannot size the thread pool to {n} ({e}); call it before any tensor work"),
+                &[],
+            )
+        })?;
     if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
         std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
     }

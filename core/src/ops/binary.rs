@@ -17,7 +17,9 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// Element-wise op with numpy broadcasting (bias rows, scalars, columns...).
     pub fn binary(&self, op: BinaryOp, rhs: &Self) -> Result<Self> {
         let (out, ls, rs) = broadcast_strides(op_name(op), self.shape(), rhs.shape())?;
-        let s = self.backend().binary(op, self.storage(), &ls, rhs.storage(), &rs, &out)?;
+        let s = self
+            .backend()
+            .binary(op, self.storage(), &ls, rhs.storage(), &rs, &out)?;
         Ok(Tensor::from_storage(self.backend(), s, out))
     }
     pub fn add(&self, rhs: &Self) -> Result<Self> {
@@ -74,7 +76,10 @@ pub(crate) fn binary_backward<T: Element, B: Backend<T>>(
             BinaryOp::Sub => grad.unary(UnaryOp::Neg)?,
             BinaryOp::Mul => grad.mul(a)?,
             // d(a/b)/db = -a / b^2
-            BinaryOp::Div => grad.mul(a)?.div(&b.unary(UnaryOp::Sqr)?)?.unary(UnaryOp::Neg)?,
+            BinaryOp::Div => grad
+                .mul(a)?
+                .div(&b.unary(UnaryOp::Sqr)?)?
+                .unary(UnaryOp::Neg)?,
         };
         Some(g.sum_to_shape(b.shape())?)
     } else {

@@ -11,10 +11,19 @@ pub struct Conv2dOut<T: Element, B: Backend<T>> {
 }
 
 /// Validates an NCHW input against an `[oc, c, kh, kw]` weight.
-pub fn conv2d_geometry(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Conv2dGeometry> {
+pub fn conv2d_geometry(
+    x: &[usize],
+    w: &[usize],
+    stride: usize,
+    pad: usize,
+) -> Result<Conv2dGeometry> {
     let op = "conv2d";
     let ([n, c, h, wd], [oc, wc, kh, kw]) = (x, w) else {
-        return Err(Error::invalid(op, "expected input [n, c, h, w] and weight [oc, c, kh, kw]", &[x, w]));
+        return Err(Error::invalid(
+            op,
+            "expected input [n, c, h, w] and weight [oc, c, kh, kw]",
+            &[x, w],
+        ));
     };
     if c != wc || *oc == 0 {
         return Err(Error::shape_mismatch(op, x, w));
@@ -27,10 +36,18 @@ pub fn conv2d_geometry(x: &[usize], w: &[usize], stride: usize, pad: usize) -> R
     }
     let padded = |size: usize| pad.checked_mul(2).and_then(|p| p.checked_add(size));
     let (Some(ph), Some(pw)) = (padded(*h), padded(*wd)) else {
-        return Err(Error::invalid(op, format!("padding {pad} overflows the input size"), &[x, w]));
+        return Err(Error::invalid(
+            op,
+            format!("padding {pad} overflows the input size"),
+            &[x, w],
+        ));
     };
     if ph < *kh || pw < *kw || *kh == 0 || *kw == 0 {
-        return Err(Error::invalid(op, format!("kernel larger than the padded input (pad {pad})"), &[x, w]));
+        return Err(Error::invalid(
+            op,
+            format!("kernel larger than the padded input (pad {pad})"),
+            &[x, w],
+        ));
     }
     Ok(Conv2dGeometry {
         n: *n,
@@ -53,7 +70,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         let oc = w.dims()[0];
         let (ckk, ohw) = (g.col_rows(), g.col_cols());
         let backend = self.backend();
-        let cols = Tensor::from_storage(backend, backend.im2col(self.storage(), &g)?, [g.n, ckk, ohw]);
+        let cols = Tensor::from_storage(
+            backend,
+            backend.im2col(self.storage(), &g)?,
+            [g.n, ckk, ohw],
+        );
         let cfg = GemmConfig {
             batch: g.n,
             m: oc,
@@ -66,7 +87,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         };
         let out = backend.gemm(&cfg, w.storage(), cols.storage())?;
         let out = Tensor::from_storage(backend, out, [g.n, oc, g.oh, g.ow]);
-        Ok(Conv2dOut { out, cols, geometry: g })
+        Ok(Conv2dOut {
+            out,
+            cols,
+            geometry: g,
+        })
     }
 
     pub fn conv2d(&self, w: &Self, stride: usize, pad: usize) -> Result<Self> {

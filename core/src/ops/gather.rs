@@ -8,7 +8,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     pub fn gather_rows(&self, idx: &Indices<T, B>) -> Result<Self> {
         let d = self.dims();
         if d.is_empty() {
-            return Err(Error::invalid("gather_rows", "cannot gather rows of a scalar", &[d]));
+            return Err(Error::invalid(
+                "gather_rows",
+                "cannot gather rows of a scalar",
+                &[d],
+            ));
         }
         idx.check_below("gather_rows", d[0], d)?;
         let row_len: usize = d[1..].iter().product();
@@ -19,7 +23,9 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         if idx.len() * row_len == 0 {
             return Tensor::zeros(self.backend(), dims);
         }
-        let s = self.backend().gather_rows(self.storage(), idx.storage(), row_len)?;
+        let s = self
+            .backend()
+            .gather_rows(self.storage(), idx.storage(), row_len)?;
         Ok(Tensor::from_storage(self.backend(), s, dims))
     }
 }
@@ -35,6 +41,8 @@ pub(crate) fn gather_rows_backward<T: Element, B: Backend<T>>(
     if rows * row_len == 0 {
         return Tensor::zeros(grad.backend(), dims);
     }
-    let s = grad.backend().scatter_add_rows(grad.storage(), idx.storage(), rows, row_len)?;
+    let s = grad
+        .backend()
+        .scatter_add_rows(grad.storage(), idx.storage(), rows, row_len)?;
     Ok(Tensor::from_storage(grad.backend(), s, dims))
 }

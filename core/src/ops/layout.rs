@@ -9,14 +9,30 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     pub fn broadcast_to(&self, shape: &Shape) -> Result<Self> {
         let (out, src_strides, _) = broadcast_strides("broadcast_to", self.shape(), shape)?;
         if out.as_slice() != shape.dims() {
-            return Err(Error::shape_mismatch("broadcast_to", self.dims(), shape.dims()));
+            return Err(Error::shape_mismatch(
+                "broadcast_to",
+                self.dims(),
+                shape.dims(),
+            ));
         }
         let count = shape.checked_elem_count("broadcast_to").map_err(|_| {
-            Error::invalid("broadcast_to", "target element count overflows usize", &[self.dims(), shape.dims()])
+            Error::invalid(
+                "broadcast_to",
+                "target element count overflows usize",
+                &[self.dims(), shape.dims()],
+            )
         })?;
         let mut dst = self.backend().zeros(count)?;
         if count > 0 {
-            self.backend().copy_strided(&mut dst, 0, &shape.strides(), self.storage(), 0, &src_strides, &out)?;
+            self.backend().copy_strided(
+                &mut dst,
+                0,
+                &shape.strides(),
+                self.storage(),
+                0,
+                &src_strides,
+                &out,
+            )?;
         }
         Ok(Tensor::from_storage(self.backend(), dst, shape.clone()))
     }
@@ -37,7 +53,9 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         if start.checked_add(len).filter(|&end| end <= alen).is_none() {
             return Err(Error::invalid(
                 "narrow",
-                format!("range {start}..{start}+{len} out of bounds for axis {axis} of size {alen}"),
+                format!(
+                    "range {start}..{start}+{len} out of bounds for axis {axis} of size {alen}"
+                ),
                 &[self.dims()],
             ));
         }
@@ -60,14 +78,21 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
 
     /// Concatenation along `axis`; all other axes must agree.
     pub fn concat(parts: &[&Self], axis: usize) -> Result<Self> {
-        let first = parts.first().ok_or_else(|| Error::invalid("concat", "no tensors to concatenate", &[]))?;
+        let first = parts
+            .first()
+            .ok_or_else(|| Error::invalid("concat", "no tensors to concatenate", &[]))?;
         let rank = first.rank();
         if axis >= rank {
-            return Err(Error::invalid("concat", format!("axis {axis} out of range for rank {rank}"), &[first.dims()]));
+            return Err(Error::invalid(
+                "concat",
+                format!("axis {axis} out of range for rank {rank}"),
+                &[first.dims()],
+            ));
         }
         let mut total = 0;
         for p in parts {
-            let same_rest = p.rank() == rank && (0..rank).all(|i| i == axis || p.dims()[i] == first.dims()[i]);
+            let same_rest =
+                p.rank() == rank && (0..rank).all(|i| i == axis || p.dims()[i] == first.dims()[i]);
             if !same_rest {
                 return Err(Error::shape_mismatch("concat", first.dims(), p.dims()));
             }
@@ -134,7 +159,11 @@ pub(crate) fn concat_backward<T: Element, B: Backend<T>>(
     let mut start = 0;
     let mut out = Vec::with_capacity(sizes.len());
     for (i, &len) in sizes.iter().enumerate() {
-        out.push(if needs[i] { Some(grad.narrow(axis, start, len)?) } else { None });
+        out.push(if needs[i] {
+            Some(grad.narrow(axis, start, len)?)
+        } else {
+            None
+        });
         start += len;
     }
     Ok(out)

@@ -7,14 +7,29 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// `op(self) @ op(rhs)` for rank-2 tensors, `op` transposing when asked.
     pub fn matmul_t(&self, rhs: &Self, trans_a: bool, trans_b: bool) -> Result<Self> {
         let op = "matmul";
-        let (ar, ac) = self.shape().as_matrix(op).map_err(|_| Error::shape_mismatch(op, self.dims(), rhs.dims()))?;
-        let (br, bc) = rhs.shape().as_matrix(op).map_err(|_| Error::shape_mismatch(op, self.dims(), rhs.dims()))?;
+        let (ar, ac) = self
+            .shape()
+            .as_matrix(op)
+            .map_err(|_| Error::shape_mismatch(op, self.dims(), rhs.dims()))?;
+        let (br, bc) = rhs
+            .shape()
+            .as_matrix(op)
+            .map_err(|_| Error::shape_mismatch(op, self.dims(), rhs.dims()))?;
         let (m, k) = if trans_a { (ac, ar) } else { (ar, ac) };
         let (k2, n) = if trans_b { (bc, br) } else { (br, bc) };
         if k != k2 {
             return Err(Error::shape_mismatch(op, self.dims(), rhs.dims()));
         }
-        let cfg = GemmConfig { batch: 1, m, n, k, trans_a, trans_b, stride_a: 0, stride_b: 0 };
+        let cfg = GemmConfig {
+            batch: 1,
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            stride_a: 0,
+            stride_b: 0,
+        };
         let out = self.backend().gemm(&cfg, self.storage(), rhs.storage())?;
         Ok(Tensor::from_storage(self.backend(), out, [m, n]))
     }
@@ -27,7 +42,8 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     pub fn t(&self) -> Result<Self> {
         let (r, c) = self.shape().as_matrix("transpose")?;
         let mut out = self.backend().zeros(r * c)?;
-        self.backend().copy_strided(&mut out, 0, &[r, 1], self.storage(), 0, &[1, c], &[c, r])?;
+        self.backend()
+            .copy_strided(&mut out, 0, &[r, 1], self.storage(), 0, &[1, c], &[c, r])?;
         Ok(Tensor::from_storage(self.backend(), out, [c, r]))
     }
 }
@@ -42,12 +58,20 @@ pub(crate) fn matmul_backward<T: Element, B: Backend<T>>(
     needs: &[bool],
 ) -> Result<Vec<Option<Tensor<T, B>>>> {
     let ga = if needs[0] {
-        Some(if ta { b.matmul_t(grad, tb, true)? } else { grad.matmul_t(b, false, !tb)? })
+        Some(if ta {
+            b.matmul_t(grad, tb, true)?
+        } else {
+            grad.matmul_t(b, false, !tb)?
+        })
     } else {
         None
     };
     let gb = if needs[1] {
-        Some(if tb { grad.matmul_t(a, true, ta)? } else { a.matmul_t(grad, !ta, false)? })
+        Some(if tb {
+            grad.matmul_t(a, true, ta)?
+        } else {
+            a.matmul_t(grad, !ta, false)?
+        })
     } else {
         None
     };

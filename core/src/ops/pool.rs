@@ -4,15 +4,29 @@ use crate::error::{Error, Result};
 use crate::tensor::{Indices, Tensor};
 
 /// Validates an NCHW input for a `kh x kw` pool (no padding, sizes rounded down).
-pub fn pool2d_geometry(op: &'static str, x: &[usize], kh: usize, kw: usize, stride: usize) -> Result<Pool2dGeometry> {
+pub fn pool2d_geometry(
+    op: &'static str,
+    x: &[usize],
+    kh: usize,
+    kw: usize,
+    stride: usize,
+) -> Result<Pool2dGeometry> {
     let [n, c, h, w] = x else {
         return Err(Error::invalid(op, "expected input [n, c, h, w]", &[x]));
     };
     if kh == 0 || kw == 0 || stride == 0 {
-        return Err(Error::invalid(op, format!("kernel {kh}x{kw} and stride {stride} must be positive"), &[x]));
+        return Err(Error::invalid(
+            op,
+            format!("kernel {kh}x{kw} and stride {stride} must be positive"),
+            &[x],
+        ));
     }
     if kh > *h || kw > *w {
-        return Err(Error::invalid(op, format!("kernel {kh}x{kw} larger than the input plane"), &[x]));
+        return Err(Error::invalid(
+            op,
+            format!("kernel {kh}x{kw} larger than the input plane"),
+            &[x],
+        ));
     }
     Ok(Pool2dGeometry {
         planes: n * c,
@@ -28,7 +42,11 @@ pub fn pool2d_geometry(op: &'static str, x: &[usize], kh: usize, kw: usize, stri
 
 impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// Max pooling; also returns the argmax indices its backward needs.
-    pub fn max_pool2d_full(&self, k: usize, stride: usize) -> Result<(Self, Indices<T, B>, crate::backend::Pool2dGeometry)> {
+    pub fn max_pool2d_full(
+        &self,
+        k: usize,
+        stride: usize,
+    ) -> Result<(Self, Indices<T, B>, crate::backend::Pool2dGeometry)> {
         let g = pool2d_geometry("max_pool2d", self.dims(), k, k, stride)?;
         let (y, argmax) = self.backend().max_pool2d(self.storage(), &g)?;
         let d = self.dims();
@@ -41,11 +59,19 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         Ok(self.max_pool2d_full(k, stride)?.0)
     }
 
-    pub fn avg_pool2d_full(&self, kh: usize, kw: usize, stride: usize) -> Result<(Self, Pool2dGeometry)> {
+    pub fn avg_pool2d_full(
+        &self,
+        kh: usize,
+        kw: usize,
+        stride: usize,
+    ) -> Result<(Self, Pool2dGeometry)> {
         let g = pool2d_geometry("avg_pool2d", self.dims(), kh, kw, stride)?;
         let y = self.backend().avg_pool2d(self.storage(), &g)?;
         let d = self.dims();
-        Ok((Tensor::from_storage(self.backend(), y, [d[0], d[1], g.oh, g.ow]), g))
+        Ok((
+            Tensor::from_storage(self.backend(), y, [d[0], d[1], g.oh, g.ow]),
+            g,
+        ))
     }
 
     pub fn avg_pool2d(&self, k: usize, stride: usize) -> Result<Self> {
@@ -56,7 +82,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     pub fn global_avg_pool2d(&self) -> Result<Self> {
         let d = self.dims();
         if d.len() != 4 {
-            return Err(Error::invalid("global_avg_pool2d", "expected input [n, c, h, w]", &[d]));
+            return Err(Error::invalid(
+                "global_avg_pool2d",
+                "expected input [n, c, h, w]",
+                &[d],
+            ));
         }
         Ok(self.avg_pool2d_full(d[2], d[3], 1)?.0)
     }
@@ -68,7 +98,9 @@ pub(crate) fn max_pool2d_backward<T: Element, B: Backend<T>>(
     in_dims: &[usize],
     grad: &Tensor<T, B>,
 ) -> Result<Tensor<T, B>> {
-    let s = grad.backend().max_pool2d_backward(grad.storage(), argmax.storage(), g)?;
+    let s = grad
+        .backend()
+        .max_pool2d_backward(grad.storage(), argmax.storage(), g)?;
     Ok(Tensor::from_storage(grad.backend(), s, in_dims.to_vec()))
 }
 

@@ -7,7 +7,9 @@ use crate::tensor::Tensor;
 impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// Sum of every element, as a scalar (shape `[]`).
     pub fn sum_all(&self) -> Result<Self> {
-        let s = self.backend().sum_axis(self.storage(), 1, self.elem_count(), 1)?;
+        let s = self
+            .backend()
+            .sum_axis(self.storage(), 1, self.elem_count(), 1)?;
         Ok(Tensor::from_storage(self.backend(), s, Shape::scalar()))
     }
 

@@ -7,7 +7,11 @@ use crate::tensor::{Indices, Tensor};
 fn rows_cols(op: &'static str, d: &[usize]) -> Result<(usize, usize)> {
     match d.split_last() {
         Some((&cols, lead)) if cols > 0 => Ok((lead.iter().product(), cols)),
-        _ => Err(Error::invalid(op, "expected at least one axis of positive size", &[d])),
+        _ => Err(Error::invalid(
+            op,
+            "expected at least one axis of positive size",
+            &[d],
+        )),
     }
 }
 
@@ -25,7 +29,11 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
     fn softmax_impl(&self, op: &'static str, log: bool) -> Result<Self> {
         let (rows, cols) = rows_cols(op, self.dims())?;
         let s = self.backend().softmax(self.storage(), rows, cols, log)?;
-        Ok(Tensor::from_storage(self.backend(), s, self.shape().clone()))
+        Ok(Tensor::from_storage(
+            self.backend(),
+            s,
+            self.shape().clone(),
+        ))
     }
 
     /// Mean cross-entropy of `[batch, classes]` logits against labels, fused and
@@ -37,10 +45,16 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
             return Err(Error::shape_mismatch(op, self.dims(), &[labels.len()]));
         }
         if rows == 0 || cols == 0 {
-            return Err(Error::invalid(op, "empty batch or no classes", &[self.dims()]));
+            return Err(Error::invalid(
+                op,
+                "empty batch or no classes",
+                &[self.dims()],
+            ));
         }
         labels.check_below(op, cols, self.dims())?;
-        let (loss, probs) = self.backend().cross_entropy(self.storage(), labels.storage(), rows, cols)?;
+        let (loss, probs) =
+            self.backend()
+                .cross_entropy(self.storage(), labels.storage(), rows, cols)?;
         Ok((
             Tensor::from_storage(self.backend(), loss, Shape::scalar()),
             Tensor::from_storage(self.backend(), probs, self.shape().clone()),
@@ -58,7 +72,9 @@ pub(crate) fn softmax_backward<T: Element, B: Backend<T>>(
     grad: &Tensor<T, B>,
 ) -> Result<Tensor<T, B>> {
     let (rows, cols) = rows_cols("softmax_backward", y.dims())?;
-    let s = y.backend().softmax_backward(y.storage(), grad.storage(), rows, cols, log)?;
+    let s = y
+        .backend()
+        .softmax_backward(y.storage(), grad.storage(), rows, cols, log)?;
     Ok(Tensor::from_storage(y.backend(), s, y.shape().clone()))
 }
 
@@ -68,6 +84,16 @@ pub(crate) fn cross_entropy_backward<T: Element, B: Backend<T>>(
     grad: &Tensor<T, B>,
 ) -> Result<Tensor<T, B>> {
     let (rows, cols) = probs.shape().as_matrix("cross_entropy_backward")?;
-    let s = probs.backend().cross_entropy_backward(probs.storage(), labels.storage(), grad.storage(), rows, cols)?;
-    Ok(Tensor::from_storage(probs.backend(), s, probs.shape().clone()))
+    let s = probs.backend().cross_entropy_backward(
+        probs.storage(),
+        labels.storage(),
+        grad.storage(),
+        rows,
+        cols,
+    )?;
+    Ok(Tensor::from_storage(
+        probs.backend(),
+        s,
+        probs.shape().clone(),
+    ))
 }

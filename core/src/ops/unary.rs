@@ -45,7 +45,11 @@ pub(crate) use unary_shorthands;
 impl<T: Element, B: Backend<T>> Tensor<T, B> {
     pub fn unary(&self, op: UnaryOp) -> Result<Self> {
         let s = self.backend().unary(op, self.storage())?;
-        Ok(Tensor::from_storage(self.backend(), s, self.shape().clone()))
+        Ok(Tensor::from_storage(
+            self.backend(),
+            s,
+            self.shape().clone(),
+        ))
     }
     unary_shorthands!();
 }
@@ -56,6 +60,8 @@ pub(crate) fn unary_backward<T: Element, B: Backend<T>>(
     y: &Tensor<T, B>,
     grad: &Tensor<T, B>,
 ) -> Result<Tensor<T, B>> {
-    let s = x.backend().unary_backward(op, x.storage(), y.storage(), grad.storage())?;
+    let s = x
+        .backend()
+        .unary_backward(op, x.storage(), y.storage(), grad.storage())?;
     Ok(Tensor::from_storage(x.backend(), s, x.shape().clone()))
 }

@@ -89,7 +89,10 @@ struct ManifestReader<'a> {
 
 impl ManifestReader<'_> {
     fn err(&self, problem: String) -> DataError {
-        DataError::Manifest { path: self.path.to_path_buf(), problem }
+        DataError::Manifest {
+            path: self.path.to_path_buf(),
+            problem,
+        }
     }
 
     fn string<'v>(&self, obj: &'v Value, field: &str, what: &str) -> Result<&'v str, DataError> {
@@ -105,8 +108,10 @@ impl ManifestReader<'_> {
     fn file(&self, dir: &Path, obj: &Value, field: &str, what: &str) -> Result<PathBuf, DataError> {
         let entry = self.string(obj, field, what)?;
         let rel = Path::new(entry);
-        let inside =
-            !entry.is_empty() && rel.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
+        let inside = !entry.is_empty()
+            && rel
+                .components()
+                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
         if !inside {
             return Err(DataError::PathEscapes {
                 path: self.path.to_path_buf(),
@@ -122,20 +127,39 @@ impl Dataset {
     pub fn open(dir: impl AsRef<Path>) -> Result<Dataset, DataError> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join(MANIFEST);
-        let text = std::fs::read(&manifest_path).map_err(|e| DataError::io(&manifest_path, "read", e))?;
-        let manifest: Value = serde_json::from_slice(&text)
-            .map_err(|e| DataError::ManifestJson { path: manifest_path.clone(), problem: e.to_string() })?;
-        let m = ManifestReader { path: &manifest_path };
+        let text =
+            std::fs::read(&manifest_path).map_err(|e| DataError::io(&manifest_path, "read", e))?;
+        let manifest: Value =
+            serde_json::from_slice(&text).map_err(|e| DataError::ManifestJson {
+                path: manifest_path.clone(),
+                problem: e.to_string(),
+            })?;
+        let m = ManifestReader {
+            path: &manifest_path,
+        };
         if !manifest.is_object() {
             return Err(m.err("the manifest must be a JSON object".into()));
         }
         match manifest.get("format") {
             Some(Value::String(f)) if f == FORMAT => {}
-            Some(other) => return Err(DataError::UnknownFormat { path: manifest_path, found: other.to_string() }),
-            None => return Err(DataError::UnknownFormat { path: manifest_path, found: "(field missing)".into() }),
+            Some(other) => {
+                return Err(DataError::UnknownFormat {
+                    path: manifest_path,
+                    found: other.to_string(),
+                })
+            }
+            None => {
+                return Err(DataError::UnknownFormat {
+                    path: manifest_path,
+                    found: "(field missing)".into(),
+                })
+            }
         }
         let name = match manifest.get("name") {
-            None => dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            None => dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
             Some(_) => m.string(&manifest, "name", "dataset")?.to_string(),
         };
         let num_classes = match manifest.get("num_classes").and_then(Value::as_u64) {
@@ -144,11 +168,14 @@ impl Dataset {
         };
         let class_names = match manifest.get("class_names") {
             None => (0..num_classes).map(|c| c.to_string()).collect(),
-            Some(Value::Array(a)) if a.len() == num_classes && a.iter().all(Value::is_string) => {
-                a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect()
-            }
+            Some(Value::Array(a)) if a.len() == num_classes && a.iter().all(Value::is_string) => a
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
             Some(_) => {
-                return Err(m.err(format!("field \"class_names\" must be an array of {num_classes} strings")))
+                return Err(m.err(format!(
+                    "field \"class_names\" must be an array of {num_classes} strings"
+                )))
             }
         };
 
@@ -156,9 +183,19 @@ impl Dataset {
         let labels_raw = NpyArray::open(&labels_path, DType::I64)?;
         let n = vector_len(&labels_raw)?;
         let mut labels = Vec::with_capacity(n);
-        for (i, &y) in labels_raw.as_slice::<i64>().unwrap_or_default().iter().enumerate() {
+        for (i, &y) in labels_raw
+            .as_slice::<i64>()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             if y < 0 || y as u64 >= num_classes as u64 {
-                return Err(DataError::LabelOutOfRange { path: labels_path, sample: i, value: y, num_classes });
+                return Err(DataError::LabelOutOfRange {
+                    path: labels_path,
+                    sample: i,
+                    value: y,
+                    num_classes,
+                });
             }
             labels.push(y as u32);
         }
@@ -168,8 +205,17 @@ impl Dataset {
         let split_raw = NpyArray::open(&split_path, DType::U8)?;
         check_len(&split_raw, n, &labels_path)?;
         let mut split = Vec::with_capacity(n);
-        for (i, &s) in split_raw.as_slice::<u8>().unwrap_or_default().iter().enumerate() {
-            split.push(Split::from_code(s).ok_or(DataError::InvalidSplit { path: split_path.clone(), sample: i, value: s })?);
+        for (i, &s) in split_raw
+            .as_slice::<u8>()
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
+            split.push(Split::from_code(s).ok_or(DataError::InvalidSplit {
+                path: split_path.clone(),
+                sample: i,
+                value: s,
+            })?);
         }
 
         let entries = match manifest.get("modalities") {
@@ -217,7 +263,9 @@ impl Dataset {
                     if rows != n {
                         return Err(DataError::LengthMismatch {
                             path: data_path,
-                            what: format!("without an index file, the row count of modality {mname:?}"),
+                            what: format!(
+                                "without an index file, the row count of modality {mname:?}"
+                            ),
                             found: rows,
                             reference: labels_path.display().to_string(),
                             expected: n,
@@ -230,19 +278,49 @@ impl Dataset {
                     let idx = NpyArray::open(&index_path, DType::I64)?;
                     check_len(&idx, n, &labels_path)?;
                     let values = idx.as_slice::<i64>().unwrap_or_default().to_vec();
-                    if let Some((i, &v)) = values.iter().enumerate().find(|(_, &v)| v < -1 || v >= rows as i64) {
-                        return Err(DataError::IndexOutOfRange { path: index_path, sample: i, value: v, rows });
+                    if let Some((i, &v)) = values
+                        .iter()
+                        .enumerate()
+                        .find(|(_, &v)| v < -1 || v >= rows as i64)
+                    {
+                        return Err(DataError::IndexOutOfRange {
+                            path: index_path,
+                            sample: i,
+                            value: v,
+                            rows,
+                        });
                     }
                     Some(values)
                 }
             };
             modalities.push(ModalityInfo { name: mname, shape });
-            data.push(ModalityData { data: arr, rows, row_len, index });
+            data.push(ModalityData {
+                data: arr,
+                rows,
+                row_len,
+                index,
+            });
         }
-        if let Some(i) = (0..n).find(|&i| data.iter().all(|d| d.index.as_ref().is_some_and(|x| x[i] < 0))) {
-            return Err(DataError::AllModalitiesMissing { path: manifest_path, sample: i });
+        if let Some(i) = (0..n).find(|&i| {
+            data.iter()
+                .all(|d| d.index.as_ref().is_some_and(|x| x[i] < 0))
+        }) {
+            return Err(DataError::AllModalitiesMissing {
+                path: manifest_path,
+                sample: i,
+            });
         }
-        Ok(Dataset { dir, manifest, name, num_classes, class_names, labels, split, modalities, data })
+        Ok(Dataset {
+            dir,
+            manifest,
+            name,
+            num_classes,
+            class_names,
+            labels,
+            split,
+            modalities,
+            data,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -285,7 +363,9 @@ impl Dataset {
 
     /// Sample ids of `split`, ascending.
     pub fn indices(&self, split: Split) -> Vec<usize> {
-        (0..self.len()).filter(|&i| self.split[i] == split).collect()
+        (0..self.len())
+            .filter(|&i| self.split[i] == split)
+            .collect()
     }
 
     /// Number of values in one row of `modality`.
@@ -307,9 +387,15 @@ impl Dataset {
         let d = self
             .data
             .get(modality)
-            .ok_or(DataError::ModalityOutOfRange { modality, count: self.data.len() })?;
+            .ok_or(DataError::ModalityOutOfRange {
+                modality,
+                count: self.data.len(),
+            })?;
         if sample >= self.len() {
-            return Err(DataError::SampleOutOfRange { sample, len: self.len() });
+            return Err(DataError::SampleOutOfRange {
+                sample,
+                len: self.len(),
+            });
         }
         let row = match &d.index {
             None => sample,
@@ -320,7 +406,13 @@ impl Dataset {
         let all = d.data.as_slice::<f32>().unwrap_or_default();
         let values = &all[row * d.row_len..(row + 1) * d.row_len];
         if let Some((element, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(DataError::NonFinite { path: d.data.path().to_path_buf(), sample, row, element, value });
+            return Err(DataError::NonFinite {
+                path: d.data.path().to_path_buf(),
+                sample,
+                row,
+                element,
+                value,
+            });
         }
         Ok(Some(values))
     }

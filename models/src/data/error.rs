@@ -11,7 +11,11 @@ pub enum DataError {
     MissingFile { path: PathBuf },
 
     #[error("{}: cannot {action}: {source}", path.display())]
-    Io { path: PathBuf, action: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: std::io::Error,
+    },
 
     #[error("{}: not valid JSON: {problem}", path.display())]
     ManifestJson { path: PathBuf, problem: String },
@@ -23,7 +27,11 @@ pub enum DataError {
     Manifest { path: PathBuf, problem: String },
 
     #[error("{}: {field} = {entry:?} leaves the dataset directory (use a relative path inside it)", path.display())]
-    PathEscapes { path: PathBuf, field: String, entry: String },
+    PathEscapes {
+        path: PathBuf,
+        field: String,
+        entry: String,
+    },
 
     #[error("{}: cannot parse .npy header: {problem}", path.display())]
     NpyHeader { path: PathBuf, problem: String },
@@ -32,34 +40,73 @@ pub enum DataError {
     NpyByteOrder { path: PathBuf, descr: String },
 
     #[error("{}: dtype {found:?} where {expected} is required", path.display())]
-    NpyDtype { path: PathBuf, found: String, expected: &'static str },
+    NpyDtype {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
 
     #[error("{}: Fortran (column-major) order is not supported; save the array in C order", path.display())]
     NpyFortranOrder { path: PathBuf },
 
     #[error("{}: file is shorter than its header promises: shape {shape:?} needs {needed} bytes after the header, found {found}", path.display())]
-    NpyTruncated { path: PathBuf, shape: Vec<usize>, needed: u64, found: u64 },
+    NpyTruncated {
+        path: PathBuf,
+        shape: Vec<usize>,
+        needed: u64,
+        found: u64,
+    },
 
     #[error("{}: shape {found:?}, expected {expected}", path.display())]
-    NpyShape { path: PathBuf, found: Vec<usize>, expected: String },
+    NpyShape {
+        path: PathBuf,
+        found: Vec<usize>,
+        expected: String,
+    },
 
     #[error("{}: sample {sample} has label {value}, outside [0, {num_classes})", path.display())]
-    LabelOutOfRange { path: PathBuf, sample: usize, value: i64, num_classes: usize },
+    LabelOutOfRange {
+        path: PathBuf,
+        sample: usize,
+        value: i64,
+        num_classes: usize,
+    },
 
     #[error("{}: sample {sample} has split value {value}; allowed are 0 (train), 1 (validation), 2 (test)", path.display())]
-    InvalidSplit { path: PathBuf, sample: usize, value: u8 },
+    InvalidSplit {
+        path: PathBuf,
+        sample: usize,
+        value: u8,
+    },
 
     #[error("{}: sample {sample} has index {value}, outside [-1, {rows}) (the data file has {rows} rows)", path.display())]
-    IndexOutOfRange { path: PathBuf, sample: usize, value: i64, rows: usize },
+    IndexOutOfRange {
+        path: PathBuf,
+        sample: usize,
+        value: i64,
+        rows: usize,
+    },
 
     #[error("{}: {what} has length {found}, but {reference} has {expected}", path.display())]
-    LengthMismatch { path: PathBuf, what: String, found: usize, reference: String, expected: usize },
+    LengthMismatch {
+        path: PathBuf,
+        what: String,
+        found: usize,
+        reference: String,
+        expected: usize,
+    },
 
     #[error("{}: sample {sample} has every modality missing (index -1 in all index files)", path.display())]
     AllModalitiesMissing { path: PathBuf, sample: usize },
 
     #[error("{}: non-finite value {value} in row {row} (sample {sample}), element {element}", path.display())]
-    NonFinite { path: PathBuf, sample: usize, row: usize, element: usize, value: f32 },
+    NonFinite {
+        path: PathBuf,
+        sample: usize,
+        row: usize,
+        element: usize,
+        value: f32,
+    },
 
     #[error("sample {sample} out of range: the dataset has {len} samples")]
     SampleOutOfRange { sample: usize, len: usize },
@@ -90,12 +137,20 @@ pub enum DataError {
 }
 
 impl DataError {
-    pub(crate) fn io(path: impl Into<PathBuf>, action: &'static str, source: std::io::Error) -> Self {
+    pub(crate) fn io(
+        path: impl Into<PathBuf>,
+        action: &'static str,
+        source: std::io::Error,
+    ) -> Self {
         let path = path.into();
         if source.kind() == std::io::ErrorKind::NotFound {
             DataError::MissingFile { path }
         } else {
-            DataError::Io { path, action, source }
+            DataError::Io {
+                path,
+                action,
+                source,
+            }
         }
     }
 }

@@ -58,7 +58,11 @@ pub fn make_batch(dataset: &Dataset, samples: &[usize]) -> Result<Batch, DataErr
         }
         modalities.push(ModalityBatch { present, data });
     }
-    Ok(Batch { samples: samples.to_vec(), labels, modalities })
+    Ok(Batch {
+        samples: samples.to_vec(),
+        labels,
+        modalities,
+    })
 }
 
 /// The order of one epoch: `samples` as given, or shuffled from (seed, epoch).
@@ -100,10 +104,15 @@ impl Loader {
         epoch: u64,
     ) -> Result<Loader, DataError> {
         if batch_size == 0 {
-            return Err(DataError::InvalidArgument("batch size must be at least 1".into()));
+            return Err(DataError::InvalidArgument(
+                "batch size must be at least 1".into(),
+            ));
         }
         if let Some(&s) = samples.iter().find(|&&s| s >= dataset.len()) {
-            return Err(DataError::SampleOutOfRange { sample: s, len: dataset.len() });
+            return Err(DataError::SampleOutOfRange {
+                sample: s,
+                len: dataset.len(),
+            });
         }
         let order = epoch_order(&samples, shuffle, epoch);
         let num_batches = order.len().div_ceil(batch_size);
@@ -121,7 +130,11 @@ impl Loader {
                 }
             })
             .map_err(|e| DataError::Loader(format!("cannot start the prefetch thread: {e}")))?;
-        Ok(Loader { num_batches, rx: Some(rx), worker: Some(worker) })
+        Ok(Loader {
+            num_batches,
+            rx: Some(rx),
+            worker: Some(worker),
+        })
     }
 
     pub fn num_batches(&self) -> usize {
@@ -139,7 +152,9 @@ impl Iterator for Loader {
             self.rx = None;
             if let Some(w) = self.worker.take() {
                 if w.join().is_err() {
-                    return Some(Err(DataError::Loader("the prefetch thread panicked".into())));
+                    return Some(Err(DataError::Loader(
+                        "the prefetch thread panicked".into(),
+                    )));
                 }
             }
         }

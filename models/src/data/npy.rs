@@ -81,7 +81,9 @@ pub struct NpyHeader {
 impl NpyHeader {
     /// Number of elements, or None if the product overflows.
     pub fn elem_count(&self) -> Option<usize> {
-        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 }
 
@@ -89,18 +91,30 @@ impl NpyHeader {
 /// Rejects, as distinct errors, unparseable headers, big-endian dtypes and Fortran order;
 /// the dtype itself is checked by the caller, which knows what it expects.
 pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader, DataError> {
-    let bad = |problem: String| DataError::NpyHeader { path: path.to_path_buf(), problem };
+    let bad = |problem: String| DataError::NpyHeader {
+        path: path.to_path_buf(),
+        problem,
+    };
     if bytes.len() < 10 {
-        return Err(bad(format!("file has {} bytes, too short for a .npy header", bytes.len())));
+        return Err(bad(format!(
+            "file has {} bytes, too short for a .npy header",
+            bytes.len()
+        )));
     }
     if &bytes[..6] != MAGIC {
-        return Err(bad("missing the \\x93NUMPY magic string: not a .npy file".into()));
+        return Err(bad(
+            "missing the \\x93NUMPY magic string: not a .npy file".into()
+        ));
     }
     let (major, minor) = (bytes[6], bytes[7]);
     let (len_bytes, start) = match (major, minor) {
         (1, 0) => (2, 10),
         (2, 0) => (4, 12),
-        _ => return Err(bad(format!("format version {major}.{minor} is not supported (expected 1.0 or 2.0)"))),
+        _ => {
+            return Err(bad(format!(
+                "format version {major}.{minor} is not supported (expected 1.0 or 2.0)"
+            )))
+        }
     };
     if bytes.len() < start {
         return Err(bad("file ends inside the header length field".into()));
@@ -113,17 +127,28 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader, DataError> {
     let end = start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
-        .ok_or_else(|| bad(format!("header length {header_len} runs past the end of the file ({} bytes)", bytes.len())))?;
+        .ok_or_else(|| {
+            bad(format!(
+                "header length {header_len} runs past the end of the file ({} bytes)",
+                bytes.len()
+            ))
+        })?;
     let text = std::str::from_utf8(&bytes[start..end])
         .ok()
         .filter(|t| t.is_ascii())
         .ok_or_else(|| bad("header is not ASCII text".into()))?;
 
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
     let value = p.value(0).map_err(&bad)?;
     p.skip_ws();
     if p.i != p.s.len() {
-        return Err(bad(format!("unexpected text after the header dictionary at byte {}", p.i)));
+        return Err(bad(format!(
+            "unexpected text after the header dictionary at byte {}",
+            p.i
+        )));
     }
     let PyVal::Dict(entries) = value else {
         return Err(bad("header is not a Python dictionary literal".into()));
@@ -162,12 +187,16 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader, DataError> {
     let shape = match shape {
         Some(PyVal::Tuple(items)) => {
             if items.len() > MAX_RANK {
-                return Err(bad(format!("shape has {} dimensions (at most {MAX_RANK} supported)", items.len())));
+                return Err(bad(format!(
+                    "shape has {} dimensions (at most {MAX_RANK} supported)",
+                    items.len()
+                )));
             }
             items
                 .into_iter()
                 .map(|v| match v {
-                    PyVal::Int(n) => usize::try_from(n).map_err(|_| bad(format!("dimension {n} is not a valid size"))),
+                    PyVal::Int(n) => usize::try_from(n)
+                        .map_err(|_| bad(format!("dimension {n} is not a valid size"))),
                     _ => Err(bad("'shape' holds something other than integers".into())),
                 })
                 .collect::<Result<Vec<_>, _>>()?
@@ -176,14 +205,27 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader, DataError> {
         None => return Err(bad("key 'shape' is missing".into())),
     };
     if descr.starts_with('>') && !descr.ends_with('1') {
-        return Err(DataError::NpyByteOrder { path: path.to_path_buf(), descr });
+        return Err(DataError::NpyByteOrder {
+            path: path.to_path_buf(),
+            descr,
+        });
     }
     if fortran_order && shape.iter().filter(|&&d| d > 1).count() > 1 {
-        return Err(DataError::NpyFortranOrder { path: path.to_path_buf() });
+        return Err(DataError::NpyFortranOrder {
+            path: path.to_path_buf(),
+        });
     }
-    let header = NpyHeader { descr, fortran_order, shape, data_offset: end };
+    let header = NpyHeader {
+        descr,
+        fortran_order,
+        shape,
+        data_offset: end,
+    };
     if header.elem_count().is_none() {
-        return Err(bad(format!("shape {:?} has more elements than fit in memory", header.shape)));
+        return Err(bad(format!(
+            "shape {:?} has more elements than fit in memory",
+            header.shape
+        )));
     }
     Ok(header)
 }
@@ -205,7 +247,9 @@ struct Parser<'a> {
 
 impl Parser<'_> {
     fn skip_ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r' | b'\0') {
+        while self.i < self.s.len()
+            && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r' | b'\0')
+        {
             self.i += 1;
         }
     }
@@ -221,8 +265,16 @@ impl Parser<'_> {
                 self.i += 1;
                 Ok(())
             }
-            Some(x) => Err(format!("expected '{}' at byte {}, found '{}'", c as char, self.i, x.escape_ascii())),
-            None => Err(format!("expected '{}' at byte {}, found the end of the header", c as char, self.i)),
+            Some(x) => Err(format!(
+                "expected '{}' at byte {}, found '{}'",
+                c as char,
+                self.i,
+                x.escape_ascii()
+            )),
+            None => Err(format!(
+                "expected '{}' at byte {}, found the end of the header",
+                c as char, self.i
+            )),
         }
     }
 
@@ -259,13 +311,22 @@ impl Parser<'_> {
                     if self.peek() == Some(close) {
                         self.i += 1;
                         // Lists only appear in structured dtypes, which the caller rejects.
-                        return Ok(if open == b'(' { PyVal::Tuple(items) } else { PyVal::None });
+                        return Ok(if open == b'(' {
+                            PyVal::Tuple(items)
+                        } else {
+                            PyVal::None
+                        });
                     }
                     items.push(self.value(depth + 1)?);
                     match self.peek() {
                         Some(b',') => self.i += 1,
                         Some(c) if c == close => {}
-                        _ => return Err(format!("expected ',' or '{}' at byte {}", close as char, self.i)),
+                        _ => {
+                            return Err(format!(
+                                "expected ',' or '{}' at byte {}",
+                                close as char, self.i
+                            ))
+                        }
                     }
                 }
             }
@@ -291,8 +352,11 @@ impl Parser<'_> {
                 while self.i < self.s.len() && self.s[self.i].is_ascii_digit() {
                     self.i += 1;
                 }
-                let text = std::str::from_utf8(&self.s[start..self.i]).map_err(|_| "bad integer".to_string())?;
-                let n: i128 = text.parse().map_err(|_| format!("bad integer {text:?} in header"))?;
+                let text = std::str::from_utf8(&self.s[start..self.i])
+                    .map_err(|_| "bad integer".to_string())?;
+                let n: i128 = text
+                    .parse()
+                    .map_err(|_| format!("bad integer {text:?} in header"))?;
                 // Python 2 wrote long integers with an 'L' suffix.
                 if self.s.get(self.i) == Some(&b'L') {
                     self.i += 1;
@@ -306,7 +370,11 @@ impl Parser<'_> {
                         return Ok(v.map_or(PyVal::None, PyVal::Bool));
                     }
                 }
-                Err(format!("unexpected character '{}' at byte {}", self.s[self.i].escape_ascii(), self.i))
+                Err(format!(
+                    "unexpected character '{}' at byte {}",
+                    self.s[self.i].escape_ascii(),
+                    self.i
+                ))
             }
         }
     }
@@ -361,7 +429,11 @@ pub struct NpyArray {
 
 impl std::fmt::Debug for NpyArray {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NpyArray").field("path", &self.path).field("dtype", &self.dtype).field("shape", &self.shape).finish()
+        f.debug_struct("NpyArray")
+            .field("path", &self.path)
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .finish()
     }
 }
 
@@ -371,7 +443,10 @@ impl NpyArray {
     pub fn open(path: impl AsRef<Path>, expected: DType) -> Result<NpyArray, DataError> {
         let path = path.as_ref();
         let file = File::open(path).map_err(|e| DataError::io(path, "open", e))?;
-        let len = file.metadata().map_err(|e| DataError::io(path, "read metadata of", e))?.len();
+        let len = file
+            .metadata()
+            .map_err(|e| DataError::io(path, "read metadata of", e))?
+            .len();
         if len < 10 {
             return Err(DataError::NpyHeader {
                 path: path.to_path_buf(),
@@ -388,7 +463,11 @@ impl NpyArray {
             expected: expected.name(),
         })?;
         if dtype != expected {
-            return Err(DataError::NpyDtype { path: path.to_path_buf(), found: header.descr, expected: expected.name() });
+            return Err(DataError::NpyDtype {
+                path: path.to_path_buf(),
+                found: header.descr,
+                expected: expected.name(),
+            });
         }
         let truncated = |needed: u64| DataError::NpyTruncated {
             path: path.to_path_buf(),
@@ -397,7 +476,9 @@ impl NpyArray {
             found: (map.len() - header.data_offset) as u64,
         };
         let count = header.elem_count().unwrap_or(usize::MAX);
-        let nbytes = count.checked_mul(dtype.size()).ok_or_else(|| truncated(u64::MAX))?;
+        let nbytes = count
+            .checked_mul(dtype.size())
+            .ok_or_else(|| truncated(u64::MAX))?;
         if map.len() - header.data_offset < nbytes {
             return Err(truncated(nbytes as u64));
         }
@@ -409,14 +490,21 @@ impl NpyArray {
             let src = &map[offset..offset + nbytes];
             let mut words = vec![0u64; nbytes.div_ceil(8)];
             // SAFETY: `words` has at least nbytes bytes and u8 has no alignment needs.
-            let dst = unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, nbytes) };
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, nbytes) };
             dst.copy_from_slice(src);
             if cfg!(target_endian = "big") {
                 dst.chunks_exact_mut(dtype.size()).for_each(|c| c.reverse());
             }
             Backing::Owned(words)
         };
-        Ok(NpyArray { path: path.to_path_buf(), dtype, shape: header.shape, nbytes, backing })
+        Ok(NpyArray {
+            path: path.to_path_buf(),
+            dtype,
+            shape: header.shape,
+            nbytes,
+            backing,
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -433,7 +521,9 @@ impl NpyArray {
         match &self.backing {
             Backing::Mapped { map, offset } => &map[*offset..*offset + self.nbytes],
             // SAFETY: the vector holds at least nbytes initialised bytes.
-            Backing::Owned(words) => unsafe { std::slice::from_raw_parts(words.as_ptr() as *const u8, self.nbytes) },
+            Backing::Owned(words) => unsafe {
+                std::slice::from_raw_parts(words.as_ptr() as *const u8, self.nbytes)
+            },
         }
     }
 
@@ -457,7 +547,14 @@ impl NpyArray {
 pub fn encode_header(descr: &str, fortran_order: bool, shape: &[usize]) -> Vec<u8> {
     let dims = match shape {
         [d] => format!("({d},)"),
-        _ => format!("({})", shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let order = if fortran_order { "True" } else { "False" };
     let dict = format!("{{'descr': '{descr}', 'fortran_order': {order}, 'shape': {dims}, }}");
@@ -486,7 +583,11 @@ pub fn encode_header(descr: &str, fortran_order: bool, shape: &[usize]) -> Vec<u
 }
 
 /// Writes `data` with `shape` as a C-order little-endian `.npy` file.
-pub fn write_npy<T: NpyElement>(path: impl AsRef<Path>, shape: &[usize], data: &[T]) -> Result<(), DataError> {
+pub fn write_npy<T: NpyElement>(
+    path: impl AsRef<Path>,
+    shape: &[usize],
+    data: &[T],
+) -> Result<(), DataError> {
     let path = path.as_ref();
     let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
     if count != Some(data.len()) {
@@ -499,7 +600,8 @@ pub fn write_npy<T: NpyElement>(path: impl AsRef<Path>, shape: &[usize], data: &
     let file = File::create(path).map_err(|e| DataError::io(path, "create", e))?;
     let mut w = BufWriter::with_capacity(1 << 20, file);
     let write_err = |e| DataError::io(path, "write", e);
-    w.write_all(&encode_header(T::DTYPE.descr(), false, shape)).map_err(write_err)?;
+    w.write_all(&encode_header(T::DTYPE.descr(), false, shape))
+        .map_err(write_err)?;
     let mut buf = Vec::with_capacity(1 << 16);
     for chunk in data.chunks((1 << 16) / T::DTYPE.size()) {
         buf.clear();
@@ -510,10 +612,18 @@ pub fn write_npy<T: NpyElement>(path: impl AsRef<Path>, shape: &[usize], data: &
     Ok(())
 }
 
-pub fn write_npy_f32(path: impl AsRef<Path>, shape: &[usize], data: &[f32]) -> Result<(), DataError> {
+pub fn write_npy_f32(
+    path: impl AsRef<Path>,
+    shape: &[usize],
+    data: &[f32],
+) -> Result<(), DataError> {
     write_npy(path, shape, data)
 }
-pub fn write_npy_i64(path: impl AsRef<Path>, shape: &[usize], data: &[i64]) -> Result<(), DataError> {
+pub fn write_npy_i64(
+    path: impl AsRef<Path>,
+    shape: &[usize],
+    data: &[i64],
+) -> Result<(), DataError> {
     write_npy(path, shape, data)
 }
 pub fn write_npy_u8(path: impl AsRef<Path>, shape: &[usize], data: &[u8]) -> Result<(), DataError> {
@@ -557,9 +667,15 @@ mod tests {
     #[test]
     fn big_endian_and_fortran_rejected() {
         let h = encode_header(">f4", false, &[2, 2]);
-        assert!(matches!(parse_header(&h, Path::new("x")), Err(DataError::NpyByteOrder { .. })));
+        assert!(matches!(
+            parse_header(&h, Path::new("x")),
+            Err(DataError::NpyByteOrder { .. })
+        ));
         let h = encode_header("<f4", true, &[2, 2]);
-        assert!(matches!(parse_header(&h, Path::new("x")), Err(DataError::NpyFortranOrder { .. })));
+        assert!(matches!(
+            parse_header(&h, Path::new("x")),
+            Err(DataError::NpyFortranOrder { .. })
+        ));
         // A vector is the same in both orders; numpy may mark it either way.
         let h = encode_header("<f4", true, &[5]);
         assert!(parse_header(&h, Path::new("x")).is_ok());

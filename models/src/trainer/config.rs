@@ -8,10 +8,17 @@ use std::str::FromStr;
 
 /// Parses a lower-case name from a fixed list, naming the alternatives on failure.
 fn parse_name<T: Copy>(what: &str, s: &str, table: &[(&str, T)]) -> Result<T, String> {
-    table.iter().find(|(n, _)| *n == s).map(|(_, v)| *v).ok_or_else(|| {
-        let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
-        format!("unknown {what} {s:?}; expected one of: {}", names.join(", "))
-    })
+    table
+        .iter()
+        .find(|(n, _)| *n == s)
+        .map(|(_, v)| *v)
+        .ok_or_else(|| {
+            let names: Vec<&str> = table.iter().map(|(n, _)| *n).collect();
+            format!(
+                "unknown {what} {s:?}; expected one of: {}",
+                names.join(", ")
+            )
+        })
 }
 
 macro_rules! named_enum {
@@ -170,13 +177,22 @@ impl TrainConfig {
             return Err(format!("--lr must be a positive number, got {}", self.lr));
         }
         if !(self.momentum.is_finite() && (0.0..1.0).contains(&self.momentum)) {
-            return Err(format!("--momentum must be in [0, 1), got {}", self.momentum));
+            return Err(format!(
+                "--momentum must be in [0, 1), got {}",
+                self.momentum
+            ));
         }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
-            return Err(format!("--weight-decay must be >= 0, got {}", self.weight_decay));
+            return Err(format!(
+                "--weight-decay must be >= 0, got {}",
+                self.weight_decay
+            ));
         }
         if !(self.alpha.is_finite() && self.alpha > 0.0) {
-            return Err(format!("--alpha must be a positive number, got {}", self.alpha));
+            return Err(format!(
+                "--alpha must be a positive number, got {}",
+                self.alpha
+            ));
         }
         if self.train_limit == Some(0) {
             return Err("--train-limit must be at least 1".into());
@@ -186,9 +202,10 @@ impl TrainConfig {
         }
         match (self.method, &self.modality) {
             (Method::Unimodal, None) => Err("--method unimodal needs --modality NAME".into()),
-            (Method::Mla | Method::Joint, Some(m)) => {
-                Err(format!("--modality {m} only applies to --method unimodal (got --method {})", self.method))
-            }
+            (Method::Mla | Method::Joint, Some(m)) => Err(format!(
+                "--modality {m} only applies to --method unimodal (got --method {})",
+                self.method
+            )),
             _ => Ok(()),
         }
     }
@@ -204,20 +221,35 @@ mod tests {
             assert_eq!(m.as_str().parse::<Method>().unwrap(), *m);
         }
         let e = "joint2".parse::<Method>().unwrap_err();
-        assert!(e.contains("unknown method \"joint2\"") && e.contains("mla, joint, unimodal"), "{e}");
+        assert!(
+            e.contains("unknown method \"joint2\"") && e.contains("mla, joint, unimodal"),
+            "{e}"
+        );
         assert_eq!(serde_json::to_string(&HgmMode::Cross).unwrap(), "\"cross\"");
     }
 
     #[test]
     fn validation_catches_inconsistent_flags() {
         assert!(TrainConfig::default().validate().is_ok());
-        let c = TrainConfig { method: Method::Unimodal, ..TrainConfig::default() };
+        let c = TrainConfig {
+            method: Method::Unimodal,
+            ..TrainConfig::default()
+        };
         assert!(c.validate().unwrap_err().contains("--modality"));
-        let c = TrainConfig { modality: Some("audio".into()), ..TrainConfig::default() };
+        let c = TrainConfig {
+            modality: Some("audio".into()),
+            ..TrainConfig::default()
+        };
         assert!(c.validate().unwrap_err().contains("only applies"));
-        let c = TrainConfig { alpha: 0.0, ..TrainConfig::default() };
+        let c = TrainConfig {
+            alpha: 0.0,
+            ..TrainConfig::default()
+        };
         assert!(c.validate().unwrap_err().contains("--alpha"));
-        let c = TrainConfig { lr: f64::NAN, ..TrainConfig::default() };
+        let c = TrainConfig {
+            lr: f64::NAN,
+            ..TrainConfig::default()
+        };
         assert!(c.validate().unwrap_err().contains("--lr"));
     }
 }

@@ -27,8 +27,16 @@ pub struct ModelLayout {
 }
 
 /// Builds the model `cfg` describes for `dataset` (initialised from the seed).
-pub fn build_model<B: Backend<f32>>(backend: &B, dataset: &Dataset, cfg: &TrainConfig) -> Result<(Model<B>, ModelLayout)> {
-    let all: Vec<&str> = dataset.modalities().iter().map(|m| m.name.as_str()).collect();
+pub fn build_model<B: Backend<f32>>(
+    backend: &B,
+    dataset: &Dataset,
+    cfg: &TrainConfig,
+) -> Result<(Model<B>, ModelLayout)> {
+    let all: Vec<&str> = dataset
+        .modalities()
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     let kinds = parse_encoder_spec(&cfg.encoder, &all)?;
     let chosen: Vec<usize> = match (cfg.method, &cfg.modality) {
         (Method::Unimodal, Some(m)) => vec![dataset.modality_index(m).ok_or_else(|| {
@@ -38,12 +46,19 @@ pub fn build_model<B: Backend<f32>>(backend: &B, dataset: &Dataset, cfg: &TrainC
                 all.join(", ")
             ))
         })?],
-        (Method::Unimodal, None) => return Err(TrainError::Config("--method unimodal needs --modality NAME".into())),
+        (Method::Unimodal, None) => {
+            return Err(TrainError::Config(
+                "--method unimodal needs --modality NAME".into(),
+            ))
+        }
         _ => (0..all.len()).collect(),
     };
     let layout = ModelLayout {
         modalities: chosen.iter().map(|&i| all[i].to_string()).collect(),
-        shapes: chosen.iter().map(|&i| dataset.modalities()[i].shape.clone()).collect(),
+        shapes: chosen
+            .iter()
+            .map(|&i| dataset.modalities()[i].shape.clone())
+            .collect(),
         data_index: chosen.clone(),
         num_classes: dataset.num_classes(),
     };
@@ -53,7 +68,12 @@ pub fn build_model<B: Backend<f32>>(backend: &B, dataset: &Dataset, cfg: &TrainC
         Method::Unimodal => HeadKind::Single,
     };
     let mut spec = ModelSpec::new(
-        layout.modalities.iter().cloned().zip(layout.shapes.iter().cloned()).collect(),
+        layout
+            .modalities
+            .iter()
+            .cloned()
+            .zip(layout.shapes.iter().cloned())
+            .collect(),
         chosen.iter().map(|&i| kinds[i]).collect(),
         dataset.num_classes(),
         head,
@@ -72,7 +92,10 @@ pub fn load_model<B: Backend<f32>>(
     let cfg: TrainConfig = ckpt.json(super::state::CONFIG_KEY)?;
     let saved: ModelLayout = ckpt.json(super::state::LAYOUT_KEY)?;
     let (mut model, layout) = build_model(backend, dataset, &cfg)?;
-    if saved.modalities != layout.modalities || saved.shapes != layout.shapes || saved.num_classes != layout.num_classes {
+    if saved.modalities != layout.modalities
+        || saved.shapes != layout.shapes
+        || saved.num_classes != layout.num_classes
+    {
         return Err(TrainError::Config(format!(
             "{} was trained on modalities {:?} with shapes {:?} and {} classes, but {} has {:?} with shapes {:?} and {} classes",
             ckpt.path().display(),
@@ -112,13 +135,22 @@ pub fn evaluate<B: Backend<f32>>(
     let m_count = layout.modalities.len();
     let mut dropped = vec![false; m_count];
     for d in &opts.drop {
-        let i = layout.modalities.iter().position(|m| m == d).ok_or_else(|| {
-            TrainError::Config(format!("--drop-modality {d}: the model has modalities {}", layout.modalities.join(", ")))
-        })?;
+        let i = layout
+            .modalities
+            .iter()
+            .position(|m| m == d)
+            .ok_or_else(|| {
+                TrainError::Config(format!(
+                    "--drop-modality {d}: the model has modalities {}",
+                    layout.modalities.join(", ")
+                ))
+            })?;
         dropped[i] = true;
     }
     if dropped.iter().all(|&d| d) {
-        return Err(TrainError::Config("every modality of the model is dropped: nothing left to evaluate".into()));
+        return Err(TrainError::Config(
+            "every modality of the model is dropped: nothing left to evaluate".into(),
+        ));
     }
     let backend = model.params().backend().clone();
     let classes = layout.num_classes;
@@ -129,7 +161,13 @@ pub fn evaluate<B: Backend<f32>>(
     let mut fused = Counter::default();
     let mut by_rule = [Counter::default(); 2];
     let mut gap = GapAccumulator::new(m_count, s);
-    let loader = Loader::new(dataset.clone(), samples.to_vec(), cfg.eval_batch_size, None, 0)?;
+    let loader = Loader::new(
+        dataset.clone(),
+        samples.to_vec(),
+        cfg.eval_batch_size,
+        None,
+        0,
+    )?;
     for batch in loader {
         let batch = batch?;
         let n = batch.len();
@@ -146,7 +184,12 @@ pub fn evaluate<B: Backend<f32>>(
                 continue;
             }
             let name = &layout.modalities[mi];
-            let x = tape.constant(upload(&backend, &mb.data, mb.present.len(), &layout.shapes[mi])?);
+            let x = tape.constant(upload(
+                &backend,
+                &mb.data,
+                mb.present.len(),
+                &layout.shapes[mi],
+            )?);
             let h = model.features(&p, name, &x)?;
             let z = model.modality_logits(&p, name, &h)?.into_value().to_vec()?;
             if opts.gap {
@@ -154,7 +197,10 @@ pub fn evaluate<B: Backend<f32>>(
             }
             for (k, &pos) in mb.present.iter().enumerate() {
                 rows_of[mi][pos] = Some(k);
-                per_modality[mi].add_row(&z[k * classes..(k + 1) * classes], batch.labels[pos] as usize);
+                per_modality[mi].add_row(
+                    &z[k * classes..(k + 1) * classes],
+                    batch.labels[pos] as usize,
+                );
             }
             logits_of[mi] = z;
             feats.push(Some((h, mb.present.as_slice())));
@@ -175,11 +221,16 @@ pub fn evaluate<B: Backend<f32>>(
         };
         // Samples with something left to predict from (a dropped or missing
         // modality leaves the fusion; a sample with nothing left is not scored).
-        let kept: Vec<usize> = (0..n).filter(|&pos| (0..m_count).any(|mi| rows_of[mi][pos].is_some())).collect();
+        let kept: Vec<usize> = (0..n)
+            .filter(|&pos| (0..m_count).any(|mi| rows_of[mi][pos].is_some()))
+            .collect();
         match &joint_logits {
             Some(j) => {
                 for &pos in &kept {
-                    fused.add_row(&j[pos * classes..(pos + 1) * classes], batch.labels[pos] as usize);
+                    fused.add_row(
+                        &j[pos * classes..(pos + 1) * classes],
+                        batch.labels[pos] as usize,
+                    );
                 }
             }
             None => {
@@ -199,7 +250,10 @@ pub fn evaluate<B: Backend<f32>>(
                     })
                     .collect();
                 let inputs: Vec<ModalityLogits<'_, f32>> = (0..m_count)
-                    .map(|mi| ModalityLogits { logits: &logits_of[mi], positions: &positions[mi] })
+                    .map(|mi| ModalityLogits {
+                        logits: &logits_of[mi],
+                        positions: &positions[mi],
+                    })
                     .collect();
                 for (ri, r) in rules.iter().enumerate() {
                     let f = fuse(r.to_model(), kept.len(), classes, &inputs)?;
@@ -229,7 +283,10 @@ pub fn evaluate<B: Backend<f32>>(
         fused_accuracy,
         loss: fused.mean_loss().unwrap_or(f64::NAN),
         fusion_accuracy,
-        modality_accuracy: named(&layout.modalities, per_modality.iter().map(Counter::accuracy).collect()),
+        modality_accuracy: named(
+            &layout.modalities,
+            per_modality.iter().map(Counter::accuracy).collect(),
+        ),
         modality_gap: if opts.gap { gap.gap() } else { None },
     })
 }

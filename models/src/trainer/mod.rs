@@ -47,16 +47,29 @@ pub enum TrainError {
     #[error("{0}")]
     Config(String),
     #[error("non-finite training loss ({value}) at epoch {epoch}, step {step} (modality {modality}); the run diverged: lower --lr or check the data")]
-    NonFinite { epoch: usize, step: usize, modality: String, value: f32 },
+    NonFinite {
+        epoch: usize,
+        step: usize,
+        modality: String,
+        value: f32,
+    },
     #[error("{}: cannot {op}: {source}", path.display())]
-    Io { path: PathBuf, op: &'static str, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        op: &'static str,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     RunDir(String),
 }
 
 impl TrainError {
     pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> Self {
-        TrainError::Io { path: path.to_path_buf(), op, source }
+        TrainError::Io {
+            path: path.to_path_buf(),
+            op,
+            source,
+        }
     }
 }
 
@@ -114,12 +127,19 @@ impl<B: Backend<f32>> Trainer<B> {
         let hgm = match (cfg.method, cfg.hgm) {
             (Method::Mla, mode) if mode != HgmMode::None => {
                 let names: Vec<&str> = layout.modalities.iter().map(String::as_str).collect();
-                Some(Hgm::new(&backend, mode.to_model(), cfg.alpha, cfg.feature_size, &names)?)
+                Some(Hgm::new(
+                    &backend,
+                    mode.to_model(),
+                    cfg.alpha,
+                    cfg.feature_size,
+                    &names,
+                )?)
             }
             _ => None,
         };
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
-        let split = |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
+        let split =
+            |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
         let mut train = split(Split::Train);
         let mut val = split(Split::Validation);
         let mut test = split(Split::Test);
@@ -162,7 +182,12 @@ impl<B: Backend<f32>> Trainer<B> {
 
     /// Continues the run in `dir` from its last checkpoint. `epochs`, when
     /// given, replaces the configured total (to train further).
-    pub fn resume(backend: B, dataset: Arc<Dataset>, dir: &Path, epochs: Option<usize>) -> Result<Self> {
+    pub fn resume(
+        backend: B,
+        dataset: Arc<Dataset>,
+        dir: &Path,
+        epochs: Option<usize>,
+    ) -> Result<Self> {
         let run_dir = RunDir::open(dir)?;
         let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
         let mut cfg: TrainConfig = ckpt.json(state::CONFIG_KEY)?;
@@ -180,7 +205,13 @@ impl<B: Backend<f32>> Trainer<B> {
         let rd = RunDir::create(dir)?;
         let data = self.dataset.dir();
         let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
-        rd.write_json(run_dir::CONFIG, &run_dir::RunConfig { data, config: self.cfg.clone() })?;
+        rd.write_json(
+            run_dir::CONFIG,
+            &run_dir::RunConfig {
+                data,
+                config: self.cfg.clone(),
+            },
+        )?;
         self.run_dir = Some(rd);
         Ok(self)
     }
@@ -239,7 +270,13 @@ impl<B: Backend<f32>> Trainer<B> {
         let stats = self.train_epoch(epoch, obs)?;
 
         obs.evaluating(Split::Validation);
-        let val = self.evaluate_samples(&self.val, &EvalOptions { gap: true, ..EvalOptions::default() })?;
+        let val = self.evaluate_samples(
+            &self.val,
+            &EvalOptions {
+                gap: true,
+                ..EvalOptions::default()
+            },
+        )?;
         let better = match &self.state.best_val {
             None => true,
             Some(b) => val.fused_accuracy > b.fused_accuracy,
@@ -247,7 +284,8 @@ impl<B: Backend<f32>> Trainer<B> {
         let mut record = EpochRecord {
             epoch,
             train_loss: stats.mean_loss(),
-            train_loss_by_modality: stats.loss_by_modality(&self.layout.modalities, self.cfg.method),
+            train_loss_by_modality: stats
+                .loss_by_modality(&self.layout.modalities, self.cfg.method),
             hgm_surviving_fraction: stats.surviving.as_ref().map(|(mean, _)| *mean),
             hgm_surviving_fraction_by_modality: stats.surviving.as_ref().map(|(_, by)| by.clone()),
             val: val.clone(),
@@ -255,14 +293,24 @@ impl<B: Backend<f32>> Trainer<B> {
             train_samples: stats.samples,
             train_seconds: stats.seconds,
             epoch_seconds: 0.0,
-            samples_per_second: if stats.seconds > 0.0 { stats.samples as f64 / stats.seconds } else { 0.0 },
+            samples_per_second: if stats.seconds > 0.0 {
+                stats.samples as f64 / stats.seconds
+            } else {
+                0.0
+            },
         };
         self.state.epochs_done = epoch;
         self.state.train_seconds += stats.seconds;
         self.state.train_samples += stats.samples;
         if better {
             obs.evaluating(Split::Test);
-            let test = self.evaluate_samples(&self.test, &EvalOptions { gap: true, ..EvalOptions::default() })?;
+            let test = self.evaluate_samples(
+                &self.test,
+                &EvalOptions {
+                    gap: true,
+                    ..EvalOptions::default()
+                },
+            )?;
             self.state.best_epoch = Some(epoch);
             self.state.best_val = Some(val);
             self.state.best_test = Some(test);
@@ -277,7 +325,8 @@ impl<B: Backend<f32>> Trainer<B> {
             }
             ckpt.save(&rd.file(run_dir::LAST))?;
             rd.write_metrics(&self.state.history)?;
-            if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads) {
+            if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads)
+            {
                 rd.write_summary(&s)?;
             }
         }
@@ -286,8 +335,13 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<step::EpochStats> {
-        let loader =
-            Loader::new(self.dataset.clone(), self.train.clone(), self.cfg.batch_size, Some(self.cfg.seed), epoch as u64)?;
+        let loader = Loader::new(
+            self.dataset.clone(),
+            self.train.clone(),
+            self.cfg.batch_size,
+            Some(self.cfg.seed),
+            epoch as u64,
+        )?;
         let batches = loader.num_batches();
         obs.epoch_start(epoch, self.cfg.epochs, batches, self.train.len());
         let mut stats = step::EpochStats::new(self.layout.modalities.len());
@@ -318,7 +372,12 @@ impl<B: Backend<f32>> Trainer<B> {
         Ok(stats)
     }
 
-    fn step(&mut self, batch: &crate::data::Batch, step_no: usize, pending: &mut step::Pending<B>) -> Result<()> {
+    fn step(
+        &mut self,
+        batch: &crate::data::Batch,
+        step_no: usize,
+        pending: &mut step::Pending<B>,
+    ) -> Result<()> {
         match self.cfg.method {
             Method::Mla => {
                 for mi in 0..self.layout.modalities.len() {
@@ -343,7 +402,13 @@ impl<B: Backend<f32>> Trainer<B> {
         let mut epoch = 1u64;
         let mut done = 0usize;
         while done < warmup + steps {
-            let loader = Loader::new(self.dataset.clone(), self.train.clone(), self.cfg.batch_size, Some(self.cfg.seed), epoch)?;
+            let loader = Loader::new(
+                self.dataset.clone(),
+                self.train.clone(),
+                self.cfg.batch_size,
+                Some(self.cfg.seed),
+                epoch,
+            )?;
             for batch in loader {
                 if done == warmup + steps {
                     break;
@@ -372,7 +437,14 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     fn evaluate_samples(&self, samples: &[usize], opts: &EvalOptions) -> Result<EvalMetrics> {
-        eval::evaluate(&self.model, &self.cfg, &self.layout, &self.dataset, samples, opts)
+        eval::evaluate(
+            &self.model,
+            &self.cfg,
+            &self.layout,
+            &self.dataset,
+            samples,
+            opts,
+        )
     }
 
     /// The full training state as a checkpoint (weights, optimizer, HGM,
@@ -387,11 +459,22 @@ impl<B: Backend<f32>> Trainer<B> {
 }
 
 pub(crate) fn named(names: &[String], values: Vec<Option<f64>>) -> NamedValues {
-    NamedValues(names.iter().zip(values).filter_map(|(n, v)| v.map(|v| (n.clone(), v))).collect())
+    NamedValues(
+        names
+            .iter()
+            .zip(values)
+            .filter_map(|(n, v)| v.map(|v| (n.clone(), v)))
+            .collect(),
+    )
 }
 
 /// Uploads a modality's batch rows as `[n, ...shape]`.
-pub(crate) fn upload<B: Backend<f32>>(backend: &B, data: &[f32], rows: usize, shape: &[usize]) -> Result<Tensor<f32, B>> {
+pub(crate) fn upload<B: Backend<f32>>(
+    backend: &B,
+    data: &[f32],
+    rows: usize,
+    shape: &[usize],
+) -> Result<Tensor<f32, B>> {
     let mut dims = Vec::with_capacity(shape.len() + 1);
     dims.push(rows);
     dims.extend_from_slice(shape);

@@ -37,7 +37,12 @@ impl EpochRecord {
     /// The record without its timings: what must agree bit for bit between
     /// two runs with the same seed, data, backend and threads.
     pub fn without_timing(&self) -> EpochRecord {
-        EpochRecord { train_seconds: 0.0, epoch_seconds: 0.0, samples_per_second: 0.0, ..self.clone() }
+        EpochRecord {
+            train_seconds: 0.0,
+            epoch_seconds: 0.0,
+            samples_per_second: 0.0,
+            ..self.clone()
+        }
     }
 }
 
@@ -113,7 +118,11 @@ impl Summary {
             } else {
                 0.0
             },
-            hgm_surviving_fraction: state.history.iter().filter_map(|r| r.hgm_surviving_fraction).collect(),
+            hgm_surviving_fraction: state
+                .history
+                .iter()
+                .filter_map(|r| r.hgm_surviving_fraction)
+                .collect(),
             backend: backend.to_string(),
             threads,
             train_samples_per_epoch: last.train_samples,

@@ -28,7 +28,8 @@ pub const LAST: &str = "last.safetensors";
 pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
     let path = dir.join(CONFIG);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainError::io(&path, "read", e))?;
-    serde_json::from_str(&text).map_err(|e| TrainError::RunDir(format!("{}: not a valid run config: {e}", path.display())))
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::RunDir(format!("{}: not a valid run config: {e}", path.display())))
 }
 
 #[derive(Clone, Debug)]
@@ -40,7 +41,8 @@ impl RunDir {
     /// A new run directory: created if absent; refused if it already holds a
     /// run (resuming is explicit, overwriting never happens silently).
     pub fn create(dir: &Path) -> Result<RunDir, TrainError> {
-        std::fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, "create the run directory", e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| TrainError::io(dir, "create the run directory", e))?;
         for f in [CONFIG, METRICS, LAST] {
             if dir.join(f).exists() {
                 return Err(TrainError::RunDir(format!(
@@ -50,13 +52,18 @@ impl RunDir {
                 )));
             }
         }
-        Ok(RunDir { dir: dir.to_path_buf() })
+        Ok(RunDir {
+            dir: dir.to_path_buf(),
+        })
     }
 
     /// An existing run directory, for `--resume`.
     pub fn open(dir: &Path) -> Result<RunDir, TrainError> {
         if !dir.is_dir() {
-            return Err(TrainError::RunDir(format!("{}: no such run directory", dir.display())));
+            return Err(TrainError::RunDir(format!(
+                "{}: no such run directory",
+                dir.display()
+            )));
         }
         if !dir.join(LAST).is_file() {
             return Err(TrainError::RunDir(format!(
@@ -64,7 +71,9 @@ impl RunDir {
                 dir.display()
             )));
         }
-        Ok(RunDir { dir: dir.to_path_buf() })
+        Ok(RunDir {
+            dir: dir.to_path_buf(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -82,8 +91,9 @@ impl RunDir {
 
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), TrainError> {
         let path = self.file(name);
-        let mut text = serde_json::to_string_pretty(value)
-            .map_err(|e| TrainError::RunDir(format!("{}: cannot serialise: {e}", path.display())))?;
+        let mut text = serde_json::to_string_pretty(value).map_err(|e| {
+            TrainError::RunDir(format!("{}: cannot serialise: {e}", path.display()))
+        })?;
         text.push('\n');
         write_atomic(&path, text.as_bytes())?;
         Ok(())
@@ -94,8 +104,12 @@ impl RunDir {
     pub fn write_metrics(&self, history: &[EpochRecord]) -> Result<(), TrainError> {
         let mut text = String::new();
         for r in history {
-            let line = serde_json::to_string(r)
-                .map_err(|e| TrainError::RunDir(format!("{METRICS}: cannot serialise epoch {}: {e}", r.epoch)))?;
+            let line = serde_json::to_string(r).map_err(|e| {
+                TrainError::RunDir(format!(
+                    "{METRICS}: cannot serialise epoch {}: {e}",
+                    r.epoch
+                ))
+            })?;
             text.push_str(&line);
             text.push('\n');
         }

@@ -37,10 +37,17 @@ pub(crate) fn save<B: Backend<f32>>(t: &Trainer<B>) -> Result<Checkpoint> {
     Ok(c)
 }
 
-fn put_state<B: Backend<f32>>(c: &mut Checkpoint, prefix: &str, key: &str, sd: &StateDict<B>) -> Result<()> {
+fn put_state<B: Backend<f32>>(
+    c: &mut Checkpoint,
+    prefix: &str,
+    key: &str,
+    sd: &StateDict<B>,
+) -> Result<()> {
     for (name, v) in &sd.tensors {
         if !name.starts_with(prefix) {
-            return Err(TrainError::Config(format!("state entry `{name}` does not start with `{prefix}`")));
+            return Err(TrainError::Config(format!(
+                "state entry `{name}` does not start with `{prefix}`"
+            )));
         }
         c.insert_tensor(name.clone(), v)?;
     }
@@ -49,22 +56,33 @@ fn put_state<B: Backend<f32>>(c: &mut Checkpoint, prefix: &str, key: &str, sd: &
     Ok(())
 }
 
-fn get_state<B: Backend<f32>>(c: &Checkpoint, backend: &B, prefix: &str, key: &str) -> Result<StateDict<B>> {
+fn get_state<B: Backend<f32>>(
+    c: &Checkpoint,
+    backend: &B,
+    prefix: &str,
+    key: &str,
+) -> Result<StateDict<B>> {
     let tensors = c
         .names()
         .filter(|n| n.starts_with(prefix))
         .map(|n| Ok((n.to_string(), c.get(n)?.to_tensor(backend)?)))
         .collect::<Result<Vec<_>>>()?;
     let scalars: BTreeMap<String, f64> = c.json(key)?;
-    Ok(StateDict { tensors, scalars: scalars.into_iter().collect() })
+    Ok(StateDict {
+        tensors,
+        scalars: scalars.into_iter().collect(),
+    })
 }
 
 /// Loads the model weights of `ckpt` into `model`, checking every name and
 /// shape; tensors that are neither weights nor optimizer/HGM state are an error.
 pub(crate) fn load_params<B: Backend<f32>>(model: &mut Model<B>, ckpt: &Checkpoint) -> Result<()> {
     let backend = model.params().backend().clone();
-    let wanted: Vec<(String, Vec<usize>)> =
-        model.params().iter().map(|(n, t)| (n.to_string(), t.dims().to_vec())).collect();
+    let wanted: Vec<(String, Vec<usize>)> = model
+        .params()
+        .iter()
+        .map(|(n, t)| (n.to_string(), t.dims().to_vec()))
+        .collect();
     let known: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
     let is_state = |n: &&str| n.starts_with(OPTIM_PREFIX) || n.starts_with(HGM_PREFIX);
     ckpt.reject_unknown(known.iter().copied().chain(ckpt.names().filter(is_state)))?;
@@ -93,7 +111,10 @@ pub(crate) fn restore<B: Backend<f32>>(t: &mut Trainer<B>, ckpt: &Checkpoint) ->
     match t.hgm.as_mut() {
         Some(h) => h.load_state(&get_state(ckpt, &t.backend, HGM_PREFIX, HGM_SCALARS_KEY)?)?,
         None if ckpt.names().any(|n| n.starts_with(HGM_PREFIX)) => {
-            return Err(TrainError::Config(format!("{}: holds HGM state but the run has no HGM", ckpt.path().display())))
+            return Err(TrainError::Config(format!(
+                "{}: holds HGM state but the run has no HGM",
+                ckpt.path().display()
+            )))
         }
         None => {}
     }

@@ -39,7 +39,12 @@ impl<B: Backend<f32>> Pending<B> {
 
     /// Reads the pending values, checks every loss is finite, adds them to the
     /// epoch's statistics; returns the mean loss of the flushed steps.
-    pub fn flush(&mut self, epoch: usize, modalities: &[String], stats: &mut EpochStats) -> Result<f64> {
+    pub fn flush(
+        &mut self,
+        epoch: usize,
+        modalities: &[String],
+        stats: &mut EpochStats,
+    ) -> Result<f64> {
         let mut sum = 0.0;
         let n = self.steps.len();
         for p in self.steps.drain(..) {
@@ -49,7 +54,12 @@ impl<B: Backend<f32>> Pending<B> {
                     Some(m) => modalities[m].clone(),
                     None => "all (joint)".to_string(),
                 };
-                return Err(TrainError::NonFinite { epoch, step: p.step, modality, value: loss });
+                return Err(TrainError::NonFinite {
+                    epoch,
+                    step: p.step,
+                    modality,
+                    value: loss,
+                });
             }
             sum += loss as f64;
             let slot = p.modality.unwrap_or(0);
@@ -88,14 +98,23 @@ impl EpochStats {
 
     pub fn loss_by_modality(&self, names: &[String], method: Method) -> Option<NamedValues> {
         (method == Method::Mla).then(|| {
-            let v = self.loss_sum.iter().zip(&self.loss_steps).map(|(s, &n)| (n > 0).then(|| s / n as f64)).collect();
+            let v = self
+                .loss_sum
+                .iter()
+                .zip(&self.loss_steps)
+                .map(|(s, &n)| (n > 0).then(|| s / n as f64))
+                .collect();
             named(names, v)
         })
     }
 }
 
 /// Labels of the rows at `present` (positions in the batch).
-fn labels_at<B: Backend<f32>>(backend: &B, batch: &Batch, present: &[usize]) -> Result<Indices<f32, B>> {
+fn labels_at<B: Backend<f32>>(
+    backend: &B,
+    batch: &Batch,
+    present: &[usize],
+) -> Result<Indices<f32, B>> {
     let v: Vec<u32> = present.iter().map(|&p| batch.labels[p]).collect();
     Ok(Indices::new(backend, &v)?)
 }
@@ -133,14 +152,23 @@ pub(crate) fn mla<B: Backend<f32>>(
     }
     drop(h);
     t.optim.step(t.model.params_mut(), &grads)?;
-    pending.steps.push(PendingStep { step, modality: Some(mi), loss });
+    pending.steps.push(PendingStep {
+        step,
+        modality: Some(mi),
+        loss,
+    });
     Ok(())
 }
 
 /// One joint step: every encoder on its present samples, features
 /// concatenated (zeros where a modality is missing), one head, CE on the
 /// fused logits, every parameter updated.
-pub(crate) fn joint<B: Backend<f32>>(t: &mut Trainer<B>, batch: &Batch, step: usize, pending: &mut Pending<B>) -> Result<()> {
+pub(crate) fn joint<B: Backend<f32>>(
+    t: &mut Trainer<B>,
+    batch: &Batch,
+    step: usize,
+    pending: &mut Pending<B>,
+) -> Result<()> {
     let n = batch.len();
     let s = t.cfg.feature_size;
     let inputs = t
@@ -153,7 +181,8 @@ pub(crate) fn joint<B: Backend<f32>>(t: &mut Trainer<B>, batch: &Batch, step: us
             if mb.present.is_empty() {
                 Ok(None)
             } else {
-                upload(&t.backend, &mb.data, mb.present.len(), shape).map(|x| Some((x, mb.present.as_slice())))
+                upload(&t.backend, &mb.data, mb.present.len(), shape)
+                    .map(|x| Some((x, mb.present.as_slice())))
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -182,6 +211,10 @@ pub(crate) fn joint<B: Backend<f32>>(t: &mut Trainer<B>, batch: &Batch, step: us
         (p.gradients(g), loss.into_value())
     };
     t.optim.step(t.model.params_mut(), &grads)?;
-    pending.steps.push(PendingStep { step, modality: None, loss });
+    pending.steps.push(PendingStep {
+        step,
+        modality: None,
+        loss,
+    });
     Ok(())
 }

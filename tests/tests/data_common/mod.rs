@@ -14,8 +14,12 @@ impl TempDir {
     pub fn new(tag: &str) -> TempDir {
         static COUNTER: AtomicUsize = AtomicUsize::new(0);
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-        let p = std::env::temp_dir().join(format!("mla-test-{tag}-{}-{n}-{nanos}", std::process::id()));
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let p =
+            std::env::temp_dir().join(format!("mla-test-{tag}-{}-{n}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)
     }
@@ -71,7 +75,11 @@ pub fn manifest() -> Value {
 }
 
 pub fn write_manifest(dir: &Path, m: &Value) {
-    std::fs::write(dir.join("dataset.json"), serde_json::to_vec_pretty(m).unwrap()).unwrap();
+    std::fs::write(
+        dir.join("dataset.json"),
+        serde_json::to_vec_pretty(m).unwrap(),
+    )
+    .unwrap();
 }
 
 /// Writes the valid fixture into `dir`.
@@ -101,7 +109,10 @@ pub fn avmnist_raw() -> Option<PathBuf> {
     if p.join("mnist").is_dir() && p.join("fsdd").is_dir() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: raw AV-MNIST not found at {} (set MLA_AVMNIST_RAW)", p.display());
+        eprintln!(
+            "SKIPPED: raw AV-MNIST not found at {} (set MLA_AVMNIST_RAW)",
+            p.display()
+        );
         None
     }
 }
@@ -140,7 +151,9 @@ pub fn wav_bytes(rate: u32, samples: &[i16]) -> Vec<u8> {
     body.extend_from_slice(b"abc\0"); // 3 bytes + 1 pad byte
     body.extend_from_slice(b"data");
     body.extend_from_slice(&((samples.len() * 2) as u32).to_le_bytes());
-    samples.iter().for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
+    samples
+        .iter()
+        .for_each(|s| body.extend_from_slice(&s.to_le_bytes()));
     let mut v = b"RIFF".to_vec();
     v.extend_from_slice(&(body.len() as u32).to_le_bytes());
     v.extend_from_slice(&body);

@@ -50,15 +50,47 @@ impl CpuFloat for f64 {
     fn gemm_batch(cfg: &GemmConfig, a: &[f64], b: &[f64], c: &mut [MaybeUninit<f64>]) {
         // f64 is for gradient checks: matrixmultiply alone, one item after another,
         // never inside a rayon task (see the module comment).
-        let GemmConfig { m, n, k, trans_a, trans_b, stride_a, stride_b, .. } = *cfg;
-        let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-        let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+        let GemmConfig {
+            m,
+            n,
+            k,
+            trans_a,
+            trans_b,
+            stride_a,
+            stride_b,
+            ..
+        } = *cfg;
+        let (rsa, csa) = if trans_a {
+            (1, m as isize)
+        } else {
+            (k as isize, 1)
+        };
+        let (rsb, csb) = if trans_b {
+            (1, k as isize)
+        } else {
+            (n as isize, 1)
+        };
         for (i, ci) in c.chunks_mut(m * n).enumerate() {
             let (ai, bi) = (&a[i * stride_a..], &b[i * stride_b..]);
             // SAFETY: the caller checked that each item's operands lie inside `a` and `b`;
             // with beta = 0 matrixmultiply writes C without reading it.
             unsafe {
-                matrixmultiply::dgemm(m, k, n, 1.0, ai.as_ptr(), rsa, csa, bi.as_ptr(), rsb, csb, 0.0, ci.as_mut_ptr().cast(), n as isize, 1)
+                matrixmultiply::dgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    ai.as_ptr(),
+                    rsa,
+                    csa,
+                    bi.as_ptr(),
+                    rsb,
+                    csb,
+                    0.0,
+                    ci.as_mut_ptr().cast(),
+                    n as isize,
+                    1,
+                )
             }
         }
     }
@@ -84,8 +116,22 @@ pub(crate) const LARGE_FLOPS: usize = 1 << 28;
 pub(crate) const LARGE_DIM: usize = 512;
 
 pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Vec<T>> {
-    let GemmConfig { batch, m, n, k, stride_a, stride_b, .. } = *cfg;
-    let need = |stride: usize, len: usize| if batch == 0 { 0 } else { (batch - 1) * stride + len };
+    let GemmConfig {
+        batch,
+        m,
+        n,
+        k,
+        stride_a,
+        stride_b,
+        ..
+    } = *cfg;
+    let need = |stride: usize, len: usize| {
+        if batch == 0 {
+            0
+        } else {
+            (batch - 1) * stride + len
+        }
+    };
     if a.len() < need(stride_a, m * k) || b.len() < need(stride_b, k * n) {
         return Err(Error::invalid(
             "gemm",
@@ -134,7 +180,16 @@ fn run_tasks(t: usize, f: impl Fn(usize) + Sync) {
 /// `a`/`b` describe readable `m x k` / `k x n` matrices, `c` a writable
 /// row-major `m x n` buffer (no overlap).
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, tasks: usize) {
+unsafe fn gemm_item(
+    kern: &Kernel,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: *mut f32,
+    tasks: usize,
+) {
     if n == 1 {
         // C is a column: op(A) times the vector op(B) (contiguous either way).
         if a.cs == 1 {
@@ -176,7 +231,17 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
             // Rebinding captures the whole Send wrapper, not its raw-pointer field.
             #[allow(clippy::redundant_locals)]
             let c = c;
-            tiled::gemm_st(kern, plan, m, j1 - j0, k, a, b.offset(0, j0), c.0.add(j0), n);
+            tiled::gemm_st(
+                kern,
+                plan,
+                m,
+                j1 - j0,
+                k,
+                a,
+                b.offset(0, j0),
+                c.0.add(j0),
+                n,
+            );
         });
     } else if !by_cols && row_tasks > 1 {
         let t = row_tasks;
@@ -185,7 +250,17 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
             let (i0, i1) = (q0 * kern.mr, (q1 * kern.mr).min(m));
             #[allow(clippy::redundant_locals)]
             let c = c;
-            tiled::gemm_st(kern, plan, i1 - i0, n, k, a.offset(i0, 0), b, c.0.add(i0 * n), n);
+            tiled::gemm_st(
+                kern,
+                plan,
+                i1 - i0,
+                n,
+                k,
+                a.offset(i0, 0),
+                b,
+                c.0.add(i0 * n),
+                n,
+            );
         });
     } else {
         tiled::gemm_st(kern, plan, m, n, k, a, b, c.0, n);
@@ -198,7 +273,16 @@ unsafe fn gemm_item(kern: &Kernel, m: usize, n: usize, k: usize, a: View, b: Vie
 /// `a` and `b` hold every item's operands (per `cfg`); `c` is writable for
 /// `batch * m * n` elements, which are all written (it may start uninitialised).
 pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[f32], c: *mut f32) {
-    let GemmConfig { batch, m, n, k, trans_a, trans_b, stride_a, stride_b } = *cfg;
+    let GemmConfig {
+        batch,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        stride_a,
+        stride_b,
+    } = *cfg;
     if batch == 0 || m * n == 0 {
         return;
     }
@@ -207,11 +291,36 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
     // matrixmultiply's pool only ever runs from a thread outside rayon's pool.
     let outside_rayon = rayon::current_thread_index().is_none();
     if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM && outside_rayon {
-        let (rsa, csa) = if trans_a { (1, m as isize) } else { (k as isize, 1) };
-        let (rsb, csb) = if trans_b { (1, k as isize) } else { (n as isize, 1) };
+        let (rsa, csa) = if trans_a {
+            (1, m as isize)
+        } else {
+            (k as isize, 1)
+        };
+        let (rsb, csb) = if trans_b {
+            (1, k as isize)
+        } else {
+            (n as isize, 1)
+        };
         // SAFETY: per this function's contract; beta = 0 so C is written, not read.
         // Called from the caller's thread, never inside a rayon task (see module comment).
-        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, 0.0, c, n as isize, 1) };
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                n,
+                1.0,
+                a.as_ptr(),
+                rsa,
+                csa,
+                b.as_ptr(),
+                rsb,
+                csb,
+                0.0,
+                c,
+                n as isize,
+                1,
+            )
+        };
         return;
     }
     let kern = Kernel::for_isa(isa);
@@ -230,7 +339,10 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
     } else if batch >= threads {
         // Whole items per task, several small items grouped so each task is worth the hand-off.
         let min_len = TASK_FLOPS.div_ceil(flops.max(1));
-        (0..batch).into_par_iter().with_min_len(min_len).for_each(|i| item(i, 1));
+        (0..batch)
+            .into_par_iter()
+            .with_min_len(min_len)
+            .for_each(|i| item(i, 1));
     } else {
         let tasks = (threads / batch).max(1).min(flops / TASK_FLOPS).max(1);
         (0..batch).into_par_iter().for_each(|i| item(i, tasks));

@@ -10,10 +10,23 @@
 use crate::simd::{self, Isa};
 use std::cell::RefCell;
 
-type PanelFn = unsafe fn(usize, usize, usize, *const f32, isize, isize, *const f32, usize, *mut f32, usize, bool);
+type PanelFn = unsafe fn(
+    usize,
+    usize,
+    usize,
+    *const f32,
+    isize,
+    isize,
+    *const f32,
+    usize,
+    *mut f32,
+    usize,
+    bool,
+);
 type GemvFn = unsafe fn(usize, usize, *const f32, usize, *const f32, *mut f32);
 type GerFn = unsafe fn(usize, usize, f32, *const f32, *const f32, *mut f32, usize);
-type PackedPanelFn = unsafe fn(usize, usize, usize, *const f32, *const f32, usize, *mut f32, usize, bool);
+type PackedPanelFn =
+    unsafe fn(usize, usize, usize, *const f32, *const f32, usize, *mut f32, usize, bool);
 type PackFn = unsafe fn(usize, usize, *const f32, usize, *mut f32, usize);
 
 /// The kernels of one instruction set.
@@ -93,9 +106,17 @@ impl View {
     pub(crate) fn new(data: &[f32], cols: usize, trans: bool) -> View {
         let ld = cols as isize;
         if trans {
-            View { ptr: data.as_ptr(), rs: 1, cs: ld }
+            View {
+                ptr: data.as_ptr(),
+                rs: 1,
+                cs: ld,
+            }
         } else {
-            View { ptr: data.as_ptr(), rs: ld, cs: 1 }
+            View {
+                ptr: data.as_ptr(),
+                rs: ld,
+                cs: 1,
+            }
         }
     }
 
@@ -108,7 +129,10 @@ impl View {
     #[inline]
     pub(crate) fn offset(&self, i: usize, j: usize) -> View {
         // SAFETY: callers only offset within the matrix the view describes.
-        View { ptr: unsafe { self.at(i, j) }, ..*self }
+        View {
+            ptr: unsafe { self.at(i, j) },
+            ..*self
+        }
     }
 }
 
@@ -161,7 +185,13 @@ fn ensure(buf: &mut Vec<f32>, len: usize) {
 /// Copies `kc` rows of `w <= N` values (stride `ld`) into rows of `N` (zero-padded).
 /// `N` is a constant so full rows compile to a few vector moves, not a memcpy call.
 #[inline(always)]
-unsafe fn pack_rows<const N: usize>(kc: usize, w: usize, src: *const f32, ld: isize, dst: *mut f32) {
+unsafe fn pack_rows<const N: usize>(
+    kc: usize,
+    w: usize,
+    src: *const f32,
+    ld: isize,
+    dst: *mut f32,
+) {
     if w == N {
         for p in 0..kc {
             std::ptr::copy_nonoverlapping(src.offset(p as isize * ld), dst.add(p * N), N);
@@ -185,7 +215,11 @@ unsafe fn pack_rows_dyn(n: usize, kc: usize, w: usize, src: *const f32, ld: isiz
         _ => {
             for p in 0..kc {
                 for j in 0..n {
-                    *dst.add(p * n + j) = if j < w { *src.offset(p as isize * ld + j as isize) } else { 0.0 };
+                    *dst.add(p * n + j) = if j < w {
+                        *src.offset(p as isize * ld + j as isize)
+                    } else {
+                        0.0
+                    };
                 }
             }
         }
@@ -257,7 +291,17 @@ unsafe fn pack_a(mr: usize, mc: usize, kc: usize, a: View, dst: *mut f32) {
 /// The views must describe readable `m x k` and `k x n` matrices and `c` a
 /// writable `m x n` block that overlaps neither.
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, ldc: usize) {
+pub(crate) unsafe fn gemm_st(
+    kern: &Kernel,
+    plan: Plan,
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View,
+    b: View,
+    c: *mut f32,
+    ldc: usize,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -292,7 +336,11 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                 ensure(bbuf, panels * kc * nr);
                 // Panel q: its data pointer and k-step stride.
                 // Rows of B a page or more apart: pack panels in groups (see `PACK_GROUP`).
-                let group = if b.rs.unsigned_abs() * 4 >= 4096 { PACK_GROUP } else { 1 };
+                let group = if b.rs.unsigned_abs() * 4 >= 4096 {
+                    PACK_GROUP
+                } else {
+                    1
+                };
                 let mut panel_src = |q: usize| -> (*const f32, usize) {
                     let j0 = q * nr;
                     let w = nr.min(nc - j0);
@@ -301,7 +349,13 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                     } else if b.cs == 1 && !b_in_place {
                         if q.is_multiple_of(group) {
                             let cols = (group * nr).min(nc - j0);
-                            pack_b_group(nr, kc, cols, b_blk.offset(0, j0), bbuf.as_mut_ptr().add(q * kc * nr));
+                            pack_b_group(
+                                nr,
+                                kc,
+                                cols,
+                                b_blk.offset(0, j0),
+                                bbuf.as_mut_ptr().add(q * kc * nr),
+                            );
                         }
                         (bbuf.as_ptr().add(q * kc * nr), nr)
                     } else {
@@ -334,7 +388,9 @@ pub(crate) unsafe fn gemm_st(kern: &Kernel, plan: Plan, m: usize, n: usize, k: u
                         if plan.pack_a {
                             (kern.panel_packed)(mc, w, kc, abuf.as_ptr(), bp, ldb, cp, ldc, acc);
                         } else {
-                            (kern.panel)(mc, w, kc, a_blk.ptr, a_blk.rs, a_blk.cs, bp, ldb, cp, ldc, acc);
+                            (kern.panel)(
+                                mc, w, kc, a_blk.ptr, a_blk.rs, a_blk.cs, bp, ldb, cp, ldc, acc,
+                            );
                         }
                     }
                 }

@@ -62,7 +62,14 @@ unsafe fn dot_rows<const R: usize>(k: usize, a: *const f32, lda: usize, x: *cons
 
 /// `y[i] = sum_p a[i * lda + p] * x[p]` for `i < m`, `p < k`.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn gemv_n(m: usize, k: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+pub(crate) unsafe fn gemv_n(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    x: *const f32,
+    y: *mut f32,
+) {
     let mut i = 0;
     while i + 4 <= m {
         let s = dot_rows::<4>(k, a.add(i * lda), lda, x);
@@ -79,7 +86,13 @@ pub(crate) unsafe fn gemv_n(m: usize, k: usize, a: *const f32, lda: usize, x: *c
 
 /// `y[j..j + 8*V]` = sum over rows of `x[i] * a[i, j..]`, accumulated in registers.
 #[inline(always)]
-unsafe fn axpy_cols<const V: usize>(m: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+unsafe fn axpy_cols<const V: usize>(
+    m: usize,
+    a: *const f32,
+    lda: usize,
+    x: *const f32,
+    y: *mut f32,
+) {
     let mut acc = [_mm256_setzero_ps(); V];
     for i in 0..m {
         let xi = _mm256_broadcast_ss(&*x.add(i));
@@ -95,7 +108,14 @@ unsafe fn axpy_cols<const V: usize>(m: usize, a: *const f32, lda: usize, x: *con
 
 /// `y[j] = sum_i a[i * lda + j] * x[i]` for `j < k`, `i < m` (y = A^T x).
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn gemv_t(m: usize, k: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+pub(crate) unsafe fn gemv_t(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    x: *const f32,
+    y: *mut f32,
+) {
     let mut j = 0;
     // Eight registers of columns: enough independent chains to saturate both FMA ports.
     while j + 64 <= k {
@@ -118,7 +138,15 @@ pub(crate) unsafe fn gemv_t(m: usize, k: usize, a: *const f32, lda: usize, x: *c
 /// `a[i * lda + j] += alpha * (x[i] * y[j])`. The product `x[i] * y[j]` is
 /// formed first so that `x == y` keeps a symmetric `a` exactly symmetric.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn ger(m: usize, n: usize, alpha: f32, x: *const f32, y: *const f32, a: *mut f32, lda: usize) {
+pub(crate) unsafe fn ger(
+    m: usize,
+    n: usize,
+    alpha: f32,
+    x: *const f32,
+    y: *const f32,
+    a: *mut f32,
+    lda: usize,
+) {
     let al = _mm256_set1_ps(alpha);
     for i in 0..m {
         let xi_s = *x.add(i);
@@ -128,13 +156,22 @@ pub(crate) unsafe fn ger(m: usize, n: usize, alpha: f32, x: *const f32, y: *cons
         while j + 16 <= n {
             let t0 = _mm256_mul_ps(xi, _mm256_loadu_ps(y.add(j)));
             let t1 = _mm256_mul_ps(xi, _mm256_loadu_ps(y.add(j + 8)));
-            _mm256_storeu_ps(row.add(j), _mm256_fmadd_ps(al, t0, _mm256_loadu_ps(row.add(j))));
-            _mm256_storeu_ps(row.add(j + 8), _mm256_fmadd_ps(al, t1, _mm256_loadu_ps(row.add(j + 8))));
+            _mm256_storeu_ps(
+                row.add(j),
+                _mm256_fmadd_ps(al, t0, _mm256_loadu_ps(row.add(j))),
+            );
+            _mm256_storeu_ps(
+                row.add(j + 8),
+                _mm256_fmadd_ps(al, t1, _mm256_loadu_ps(row.add(j + 8))),
+            );
             j += 16;
         }
         while j + 8 <= n {
             let t = _mm256_mul_ps(xi, _mm256_loadu_ps(y.add(j)));
-            _mm256_storeu_ps(row.add(j), _mm256_fmadd_ps(al, t, _mm256_loadu_ps(row.add(j))));
+            _mm256_storeu_ps(
+                row.add(j),
+                _mm256_fmadd_ps(al, t, _mm256_loadu_ps(row.add(j))),
+            );
             j += 8;
         }
         for q in j..n {
@@ -183,7 +220,14 @@ unsafe fn transpose8(src: *const f32, ldsrc: usize, dst: *mut f32, lds: usize) {
 /// `p < kc`, `j < w`, zero for `w <= j < nr` (`nr` a multiple of 8). Used by the
 /// AVX-512 kernels too (every AVX-512 CPU has AVX2).
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn pack_panel_t(kc: usize, w: usize, src: *const f32, ld: usize, dst: *mut f32, nr: usize) {
+pub(crate) unsafe fn pack_panel_t(
+    kc: usize,
+    w: usize,
+    src: *const f32,
+    ld: usize,
+    dst: *mut f32,
+    nr: usize,
+) {
     let full = w / 8 * 8;
     let mut p = 0;
     while p + 8 <= kc {
@@ -276,7 +320,18 @@ unsafe fn panel_impl(
 ) {
     let full = mc / MR;
     for t in 0..full {
-        tile_m::<MR>(k, a.offset(t as isize * tile_step), rsa, csa, b, ldb, c.add(t * MR * ldc), ldc, nr, acc);
+        tile_m::<MR>(
+            k,
+            a.offset(t as isize * tile_step),
+            rsa,
+            csa,
+            b,
+            ldb,
+            c.add(t * MR * ldc),
+            ldc,
+            nr,
+            acc,
+        );
     }
     let (a, c) = (a.offset(full as isize * tile_step), c.add(full * MR * ldc));
     match mc % MR {
@@ -305,12 +360,48 @@ pub(crate) unsafe fn panel(
     ldc: usize,
     acc: bool,
 ) {
-    panel_impl(mc, nr, k, a, rsa, csa, MR as isize * rsa, b, ldb, c, ldc, acc)
+    panel_impl(
+        mc,
+        nr,
+        k,
+        a,
+        rsa,
+        csa,
+        MR as isize * rsa,
+        b,
+        ldb,
+        c,
+        ldc,
+        acc,
+    )
 }
 
 /// [`panel`] for an A packed by `MR`-row tiles: the constant strides turn
 /// every A access into a fixed offset from one pointer.
 #[target_feature(enable = "avx2,fma")]
-pub(crate) unsafe fn panel_packed(mc: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
-    panel_impl(mc, nr, k, a, 1, MR as isize, (k * MR) as isize, b, ldb, c, ldc, acc)
+pub(crate) unsafe fn panel_packed(
+    mc: usize,
+    nr: usize,
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
+    panel_impl(
+        mc,
+        nr,
+        k,
+        a,
+        1,
+        MR as isize,
+        (k * MR) as isize,
+        b,
+        ldb,
+        c,
+        ldc,
+        acc,
+    )
 }

@@ -13,4 +13,3 @@ use std::arch::x86_64::*;
 
 include!("avx512_kernels.rs");
 avx512_kernels!(#[target_feature(enable = "avx512f")]);
-

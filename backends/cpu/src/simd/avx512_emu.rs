@@ -5,7 +5,12 @@
 //! `tests/tests/cpu_kernels.rs` run the real ones wherever the CPU has them).
 //! The model reads and writes only the lanes a mask selects, like the hardware.
 
-#![allow(non_camel_case_types, clippy::needless_range_loop, clippy::too_many_arguments, dead_code)]
+#![allow(
+    non_camel_case_types,
+    clippy::needless_range_loop,
+    clippy::too_many_arguments,
+    dead_code
+)]
 
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct __m512([f32; 16]);
@@ -21,7 +26,13 @@ unsafe fn _mm512_loadu_ps(p: *const f32) -> __m512 {
     __m512(std::array::from_fn(|i| *p.add(i)))
 }
 unsafe fn _mm512_maskz_loadu_ps(mask: __mmask16, p: *const f32) -> __m512 {
-    __m512(std::array::from_fn(|i| if mask >> i & 1 == 1 { *p.add(i) } else { 0.0 }))
+    __m512(std::array::from_fn(|i| {
+        if mask >> i & 1 == 1 {
+            *p.add(i)
+        } else {
+            0.0
+        }
+    }))
 }
 unsafe fn _mm512_storeu_ps(p: *mut f32, v: __m512) {
     for i in 0..16 {
@@ -57,11 +68,22 @@ mod tests {
     use crate::simd::scalar;
 
     fn emulated() -> Kernel {
-        Kernel { mr: super::MR, nr: super::NR, panel: super::panel, panel_packed: super::panel_packed, gemv_n: super::gemv_n, gemv_t: super::gemv_t, ger: super::ger, pack_bt: scalar::pack_panel_t }
+        Kernel {
+            mr: super::MR,
+            nr: super::NR,
+            panel: super::panel,
+            panel_packed: super::panel_packed,
+            gemv_n: super::gemv_n,
+            gemv_t: super::gemv_t,
+            ger: super::ger,
+            pack_bt: scalar::pack_panel_t,
+        }
     }
 
     fn values(seed: usize, len: usize) -> Vec<f32> {
-        (0..len).map(|i| (((i * 7919 + seed * 104729) % 1999) as f32 / 1999.0) * 2.0 - 1.0).collect()
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104729) % 1999) as f32 / 1999.0) * 2.0 - 1.0)
+            .collect()
     }
 
     fn close(got: f32, want: f64, mag: f64, k: usize) -> bool {
@@ -77,13 +99,30 @@ mod tests {
         for (s, &m) in SIZES.iter().enumerate() {
             for &n in &SIZES {
                 for &k in &[1usize, 5, 16, 17, 100, 400] {
-                    for (ta, tb, pack_a, pack_b) in [(false, false, false, false), (true, false, true, true), (false, true, false, true), (true, true, false, false)] {
+                    for (ta, tb, pack_a, pack_b) in [
+                        (false, false, false, false),
+                        (true, false, true, true),
+                        (false, true, false, true),
+                        (true, true, false, false),
+                    ] {
                         let a = values(s, m * k);
                         let b = values(s + 1, k * n);
                         let mut c = vec![f32::NAN; m * n];
                         let av = View::new(&a, if ta { m } else { k }, ta);
                         let bv = View::new(&b, if tb { k } else { n }, tb);
-                        unsafe { gemm_st(&kern, Plan { pack_a, pack_b }, m, n, k, av, bv, c.as_mut_ptr(), n) };
+                        unsafe {
+                            gemm_st(
+                                &kern,
+                                Plan { pack_a, pack_b },
+                                m,
+                                n,
+                                k,
+                                av,
+                                bv,
+                                c.as_mut_ptr(),
+                                n,
+                            )
+                        };
                         for i in 0..m {
                             for j in 0..n {
                                 let (mut w, mut mag) = (0.0f64, 0.0f64);
@@ -93,7 +132,11 @@ mod tests {
                                     w += x * y;
                                     mag += (x * y).abs();
                                 }
-                                assert!(close(c[i * n + j], w, mag, k), "{m}x{k}x{n} ta={ta} tb={tb} at ({i},{j}): {} vs {w}", c[i * n + j]);
+                                assert!(
+                                    close(c[i * n + j], w, mag, k),
+                                    "{m}x{k}x{n} ta={ta} tb={tb} at ({i},{j}): {} vs {w}",
+                                    c[i * n + j]
+                                );
                             }
                         }
                     }
@@ -114,7 +157,9 @@ mod tests {
                 unsafe { (kern.gemv_n)(m, k, a.as_ptr(), k, x.as_ptr(), y.as_mut_ptr()) };
                 for i in 0..m {
                     let w: f64 = (0..k).map(|p| a[i * k + p] as f64 * x[p] as f64).sum();
-                    let mag: f64 = (0..k).map(|p| (a[i * k + p] as f64 * x[p] as f64).abs()).sum();
+                    let mag: f64 = (0..k)
+                        .map(|p| (a[i * k + p] as f64 * x[p] as f64).abs())
+                        .sum();
                     assert!(close(y[i], w, mag, k), "gemv_n {m}x{k} row {i}");
                 }
                 // y = A^T x
@@ -122,7 +167,9 @@ mod tests {
                 unsafe { (kern.gemv_t)(m, k, a.as_ptr(), k, x.as_ptr(), y.as_mut_ptr()) };
                 for j in 0..k {
                     let w: f64 = (0..m).map(|i| a[i * k + j] as f64 * x[i] as f64).sum();
-                    let mag: f64 = (0..m).map(|i| (a[i * k + j] as f64 * x[i] as f64).abs()).sum();
+                    let mag: f64 = (0..m)
+                        .map(|i| (a[i * k + j] as f64 * x[i] as f64).abs())
+                        .sum();
                     assert!(close(y[j], w, mag, m), "gemv_t {m}x{k} col {j}");
                 }
                 // A += 0.5 x y^T
@@ -132,7 +179,10 @@ mod tests {
                 for i in 0..m {
                     for j in 0..k {
                         let w = a[i * k + j] as f64 + 0.5 * x[i] as f64 * yv[j] as f64;
-                        assert!(close(g[i * k + j], w, a[i * k + j].abs() as f64 + 1.0, 1), "ger {m}x{k} at ({i},{j})");
+                        assert!(
+                            close(g[i * k + j], w, a[i * k + j].abs() as f64 + 1.0, 1),
+                            "ger {m}x{k} at ({i},{j})"
+                        );
                     }
                 }
             }

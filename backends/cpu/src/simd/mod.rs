@@ -6,13 +6,13 @@
 //! forces a slower one (tests use it to run every path the machine has), and the
 //! per-call functions in [`crate::kernels`] take an [`Isa`] directly.
 
-pub(crate) mod scalar;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx512;
 #[cfg(test)]
 mod avx512_emu;
+pub(crate) mod scalar;
 
 use mla_core::{Error, Result};
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -111,7 +111,11 @@ pub fn set_isa_override(isa: Option<Isa>) -> Result<()> {
     match isa {
         Some(i) if !i.is_available() => Err(Error::invalid(
             "set_isa_override",
-            format!("{} is not supported by this CPU (best: {})", i.name(), detected().name()),
+            format!(
+                "{} is not supported by this CPU (best: {})",
+                i.name(),
+                detected().name()
+            ),
             &[],
         )),
         Some(i) => {
@@ -129,5 +133,10 @@ pub fn set_isa_override(isa: Option<Isa>) -> Result<()> {
 /// this is what keeps the `unsafe` calls into `target_feature` code sound.
 #[inline]
 pub(crate) fn check(isa: Isa) {
-    assert!(isa.is_available(), "{} kernels requested on a CPU without {}", isa.name(), isa.name());
+    assert!(
+        isa.is_available(),
+        "{} kernels requested on a CPU without {}",
+        isa.name(),
+        isa.name()
+    );
 }

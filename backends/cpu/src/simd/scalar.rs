@@ -11,7 +11,14 @@ pub(crate) const NR: usize = 8;
 /// # Safety
 /// `a` is readable for rows `0..m` of `k` elements at stride `lda`, `x` for `k`
 /// elements, `y` writable for `m` elements.
-pub(crate) unsafe fn gemv_n(m: usize, k: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+pub(crate) unsafe fn gemv_n(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    x: *const f32,
+    y: *mut f32,
+) {
     let x = std::slice::from_raw_parts(x, k);
     for i in 0..m {
         let row = std::slice::from_raw_parts(a.add(i * lda), k);
@@ -37,7 +44,14 @@ pub(crate) unsafe fn gemv_n(m: usize, k: usize, a: *const f32, lda: usize, x: *c
 /// # Safety
 /// `a` is readable for rows `0..m` of `k` elements at stride `lda`, `x` for `m`
 /// elements, `y` writable for `k` elements.
-pub(crate) unsafe fn gemv_t(m: usize, k: usize, a: *const f32, lda: usize, x: *const f32, y: *mut f32) {
+pub(crate) unsafe fn gemv_t(
+    m: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    x: *const f32,
+    y: *mut f32,
+) {
     let y = std::slice::from_raw_parts_mut(y, k);
     y.iter_mut().for_each(|v| *v = 0.0);
     for i in 0..m {
@@ -55,7 +69,15 @@ pub(crate) unsafe fn gemv_t(m: usize, k: usize, a: *const f32, lda: usize, x: *c
 /// # Safety
 /// `a` is writable for rows `0..m` of `n` elements at stride `lda`; `x`, `y`
 /// readable for `m` and `n` elements; `a` does not overlap `x` or `y`.
-pub(crate) unsafe fn ger(m: usize, n: usize, alpha: f32, x: *const f32, y: *const f32, a: *mut f32, lda: usize) {
+pub(crate) unsafe fn ger(
+    m: usize,
+    n: usize,
+    alpha: f32,
+    x: *const f32,
+    y: *const f32,
+    a: *mut f32,
+    lda: usize,
+) {
     let y = std::slice::from_raw_parts(y, n);
     for i in 0..m {
         let xi = *x.add(i);
@@ -136,7 +158,14 @@ unsafe fn tile_m<const M: usize>(
 ///
 /// # Safety
 /// `src` readable for rows `j < w` of `kc` elements at stride `ld`; `dst` writable for `kc * nr`.
-pub(crate) unsafe fn pack_panel_t(kc: usize, w: usize, src: *const f32, ld: usize, dst: *mut f32, nr: usize) {
+pub(crate) unsafe fn pack_panel_t(
+    kc: usize,
+    w: usize,
+    src: *const f32,
+    ld: usize,
+    dst: *mut f32,
+    nr: usize,
+) {
     for p in 0..kc {
         for j in 0..nr {
             *dst.add(p * nr + j) = if j < w { *src.add(j * ld + p) } else { 0.0 };
@@ -166,7 +195,19 @@ pub(crate) unsafe fn panel(
     acc: bool,
 ) {
     for i0 in (0..mc).step_by(MR) {
-        tile(MR.min(mc - i0), nr, k, a.offset(i0 as isize * rsa), rsa, csa, b, ldb, c.add(i0 * ldc), ldc, acc);
+        tile(
+            MR.min(mc - i0),
+            nr,
+            k,
+            a.offset(i0 as isize * rsa),
+            rsa,
+            csa,
+            b,
+            ldb,
+            c.add(i0 * ldc),
+            ldc,
+            acc,
+        );
     }
 }
 
@@ -175,8 +216,30 @@ pub(crate) unsafe fn panel(
 /// # Safety
 /// As for [`panel`].
 #[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn panel_packed(mc: usize, nr: usize, k: usize, a: *const f32, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+pub(crate) unsafe fn panel_packed(
+    mc: usize,
+    nr: usize,
+    k: usize,
+    a: *const f32,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    acc: bool,
+) {
     for (t, i0) in (0..mc).step_by(MR).enumerate() {
-        tile(MR.min(mc - i0), nr, k, a.add(t * k * MR), 1, MR as isize, b, ldb, c.add(i0 * ldc), ldc, acc);
+        tile(
+            MR.min(mc - i0),
+            nr,
+            k,
+            a.add(t * k * MR),
+            1,
+            MR as isize,
+            b,
+            ldb,
+            c.add(i0 * ldc),
+            ldc,
+            acc,
+        );
     }
 }

@@ -208,7 +208,11 @@ pub(crate) fn rls_project<T: CudaFloat>(
         ],
         op,
     )?;
-    let f = dev.kernel::<T>(&MODULE, if vec { "rls_update_vec" } else { "rls_update" }, op)?;
+    let f = dev.kernel::<T>(
+        &MODULE,
+        if vec { "rls_update_vec" } else { "rls_update" },
+        op,
+    )?;
     // Each block re-reads r and u for d: keep the block count near two per SM.
     let grid = s.min(2 * dev.sm_count as usize) as u32;
     dev.launch(

@@ -28,19 +28,35 @@ impl Fft {
     pub fn new(n: usize) -> Fft {
         assert!(n.is_power_of_two(), "FFT size {n} is not a power of two");
         let bits = n.trailing_zeros();
-        let bitrev = (0..n).map(|i| if bits == 0 { 0 } else { i.reverse_bits() >> (usize::BITS - bits) }).collect();
+        let bitrev = (0..n)
+            .map(|i| {
+                if bits == 0 {
+                    0
+                } else {
+                    i.reverse_bits() >> (usize::BITS - bits)
+                }
+            })
+            .collect();
         let twiddles = (0..n / 2)
             .map(|k| {
                 let a = -2.0 * PI * k as f64 / n as f64;
                 (a.cos(), a.sin())
             })
             .collect();
-        Fft { n, twiddles, bitrev }
+        Fft {
+            n,
+            twiddles,
+            bitrev,
+        }
     }
 
     /// Forward transform of (re, im), in place: X_k = sum_t x_t exp(-2 pi i k t / n).
     pub fn forward(&self, re: &mut [f64], im: &mut [f64]) {
-        assert!(re.len() == self.n && im.len() == self.n, "FFT buffers must have length {}", self.n);
+        assert!(
+            re.len() == self.n && im.len() == self.n,
+            "FFT buffers must have length {}",
+            self.n
+        );
         for i in 0..self.n {
             let j = self.bitrev[i];
             if i < j {
@@ -71,7 +87,9 @@ impl Fft {
 
 /// The periodic Hann window of length n: 0.5 - 0.5 cos(2 pi t / n).
 pub fn hann_periodic(n: usize) -> Vec<f64> {
-    (0..n).map(|t| 0.5 - 0.5 * (2.0 * PI * t as f64 / n as f64).cos()).collect()
+    (0..n)
+        .map(|t| 0.5 - 0.5 * (2.0 * PI * t as f64 / n as f64).cos())
+        .collect()
 }
 
 pub fn hz_to_mel_htk(f: f64) -> f64 {
@@ -84,11 +102,18 @@ pub fn mel_to_hz_htk(m: f64) -> f64 {
 
 /// Triangular HTK mel filterbank, unnormalised (peak 1), `[n_mels, n_fft/2 + 1]` row-major:
 /// band edges equally spaced in mel between fmin and fmax; bin k sits at k * sr / n_fft Hz.
-pub fn mel_filterbank(n_mels: usize, n_fft: usize, sample_rate: f64, fmin: f64, fmax: f64) -> Vec<f64> {
+pub fn mel_filterbank(
+    n_mels: usize,
+    n_fft: usize,
+    sample_rate: f64,
+    fmin: f64,
+    fmax: f64,
+) -> Vec<f64> {
     let n_bins = n_fft / 2 + 1;
     let (mlo, mhi) = (hz_to_mel_htk(fmin), hz_to_mel_htk(fmax));
-    let edges: Vec<f64> =
-        (0..n_mels + 2).map(|i| mel_to_hz_htk(mlo + (mhi - mlo) * i as f64 / (n_mels + 1) as f64)).collect();
+    let edges: Vec<f64> = (0..n_mels + 2)
+        .map(|i| mel_to_hz_htk(mlo + (mhi - mlo) * i as f64 / (n_mels + 1) as f64))
+        .collect();
     let mut fb = vec![0.0; n_mels * n_bins];
     for m in 0..n_mels {
         let (lo, mid, hi) = (edges[m], edges[m + 1], edges[m + 2]);
@@ -129,7 +154,12 @@ impl LogMel {
                 (lo, hi)
             })
             .collect();
-        LogMel { fft: Fft::new(N_FFT), window: hann_periodic(N_FFT), filterbank, support }
+        LogMel {
+            fft: Fft::new(N_FFT),
+            window: hann_periodic(N_FFT),
+            filterbank,
+            support,
+        }
     }
 
     /// log(mel power + 1e-6) of the first CLIP_SAMPLES samples (zero-padded), as
@@ -173,7 +203,9 @@ mod tests {
     #[test]
     fn fft_matches_naive_dft() {
         let n = 64;
-        let x: Vec<f64> = (0..n).map(|t| ((t * 37 % 11) as f64 - 5.0) * 0.3 + (t as f64 * 0.7).sin()).collect();
+        let x: Vec<f64> = (0..n)
+            .map(|t| ((t * 37 % 11) as f64 - 5.0) * 0.3 + (t as f64 * 0.7).sin())
+            .collect();
         let (mut re, mut im) = (x.clone(), vec![0.0; n]);
         Fft::new(n).forward(&mut re, &mut im);
         for k in 0..n {
@@ -183,7 +215,10 @@ mod tests {
                 sr += v * a.cos();
                 si += v * a.sin();
             }
-            assert!((sr - re[k]).abs() < 1e-9 && (si - im[k]).abs() < 1e-9, "bin {k}");
+            assert!(
+                (sr - re[k]).abs() < 1e-9 && (si - im[k]).abs() < 1e-9,
+                "bin {k}"
+            );
         }
     }
 

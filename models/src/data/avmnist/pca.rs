@@ -47,20 +47,33 @@ pub fn covariance(rows: &[f32], d: usize, mean: &[f64]) -> Result<Vec<f64>, Data
                 let (lo, hi) = (bounds[b], bounds[b + 1]);
                 let mut xc = Vec::with_capacity(m * (hi - lo));
                 for x in chunk.chunks_exact(d) {
-                    xc.extend(x[lo..hi].iter().zip(&mean[lo..hi]).map(|(&x, mu)| x as f64 - mu));
+                    xc.extend(
+                        x[lo..hi]
+                            .iter()
+                            .zip(&mean[lo..hi])
+                            .map(|(&x, mu)| x as f64 - mu),
+                    );
                 }
                 Tensor::from_slice(&Cpu, &xc, [m, hi - lo]).map_err(engine_err)
             })
             .collect::<Result<_, _>>()?;
         let parts: Vec<Vec<f64>> = pairs
             .par_iter()
-            .map(|&(i, j)| blocks[i].matmul_t(&blocks[j], true, false).and_then(|t| t.to_vec()).map_err(engine_err))
+            .map(|&(i, j)| {
+                blocks[i]
+                    .matmul_t(&blocks[j], true, false)
+                    .and_then(|t| t.to_vec())
+                    .map_err(engine_err)
+            })
             .collect::<Result<_, _>>()?;
         for (&(i, j), part) in pairs.iter().zip(&parts) {
             let w = bounds[j + 1] - bounds[j];
             for (r, prow) in part.chunks_exact(w).enumerate() {
                 let row = (bounds[i] + r) * d + bounds[j];
-                cov[row..row + w].iter_mut().zip(prow).for_each(|(c, p)| *c += p);
+                cov[row..row + w]
+                    .iter_mut()
+                    .zip(prow)
+                    .for_each(|(c, p)| *c += p);
             }
         }
     }
@@ -79,7 +92,10 @@ pub fn covariance(rows: &[f32], d: usize, mean: &[f64]) -> Result<Vec<f64>, Data
 /// `[n, n]` matrix, in the same order.
 pub fn symmetric_eigen(a: &[f64], n: usize) -> Result<(Vec<f64>, Vec<f64>), DataError> {
     if a.len() != n * n {
-        return Err(DataError::InvalidArgument(format!("eigensolver: {} values for a {n}x{n} matrix", a.len())));
+        return Err(DataError::InvalidArgument(format!(
+            "eigensolver: {} values for a {n}x{n} matrix",
+            a.len()
+        )));
     }
     if n == 0 {
         return Ok((vec![], vec![]));
@@ -136,7 +152,8 @@ fn tridiagonalize(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         // p = beta A22 v, then w = p - (beta/2)(p.v) v, A22 -= v w^T + w v^T.
         let m = n - lo;
         let block = &mut a[lo * n..];
-        let row_dot = |row: &[f64]| beta * row[lo..].iter().zip(&v).map(|(r, vi)| r * vi).sum::<f64>();
+        let row_dot =
+            |row: &[f64]| beta * row[lo..].iter().zip(&v).map(|(r, vi)| r * vi).sum::<f64>();
         let p: Vec<f64> = if m > PAR_ROWS {
             block.par_chunks(n).map(row_dot).collect()
         } else {
@@ -174,11 +191,16 @@ fn tridiagonalize(a: &mut [f64], n: usize) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
         // u = v^T Q[lo.., lo..]
         let mut u = vec![0.0; n - lo];
         for (row, &vi) in block.chunks(n).zip(v) {
-            u.iter_mut().zip(&row[lo..]).for_each(|(uj, qj)| *uj += vi * qj);
+            u.iter_mut()
+                .zip(&row[lo..])
+                .for_each(|(uj, qj)| *uj += vi * qj);
         }
         let update = |(i, row): (usize, &mut [f64])| {
             let s = beta * v[i];
-            row[lo..].iter_mut().zip(&u).for_each(|(qj, uj)| *qj -= s * uj);
+            row[lo..]
+                .iter_mut()
+                .zip(&u)
+                .for_each(|(qj, uj)| *qj -= s * uj);
         };
         if n - lo > PAR_ROWS {
             block.par_chunks_mut(n).enumerate().for_each(update);
@@ -216,7 +238,9 @@ fn tridiagonal_ql(d: &mut [f64], e: &mut [f64], z: &mut [f64], n: usize) -> Resu
             loop {
                 iter += 1;
                 if iter > 60 {
-                    return Err(DataError::Prepare(format!("eigensolver: no convergence for eigenvalue {l} of {n}")));
+                    return Err(DataError::Prepare(format!(
+                        "eigensolver: no convergence for eigenvalue {l} of {n}"
+                    )));
                 }
                 let g = d[l];
                 let mut p = (d[l + 1] - g) / (2.0 * e[l]);
@@ -286,13 +310,22 @@ impl Pca {
     /// Fits on `rows` (`n` rows of `dim` values), population covariance.
     pub fn fit(rows: &[f32], dim: usize) -> Result<Pca, DataError> {
         if dim == 0 || rows.is_empty() || !rows.len().is_multiple_of(dim) {
-            return Err(DataError::InvalidArgument(format!("PCA of {} values in rows of {dim}", rows.len())));
+            return Err(DataError::InvalidArgument(format!(
+                "PCA of {} values in rows of {dim}",
+                rows.len()
+            )));
         }
         let mean = column_mean(rows, dim);
         let cov = covariance(rows, dim, &mean)?;
         let trace = (0..dim).map(|i| cov[i * dim + i]).sum();
         let (eigenvalues, components) = symmetric_eigen(&cov, dim)?;
-        Ok(Pca { dim, mean, eigenvalues, components, trace })
+        Ok(Pca {
+            dim,
+            mean,
+            eigenvalues,
+            components,
+            trace,
+        })
     }
 
     /// The smallest k whose leading components hold at least `fraction` of the variance.
@@ -309,7 +342,10 @@ impl Pca {
 
     /// Fraction of the variance held by the first k components.
     pub fn variance_fraction(&self, k: usize) -> f64 {
-        self.eigenvalues[..k.min(self.eigenvalues.len())].iter().sum::<f64>() / self.trace
+        self.eigenvalues[..k.min(self.eigenvalues.len())]
+            .iter()
+            .sum::<f64>()
+            / self.trace
     }
 
     /// x <- x - ((x - mean) V_k) V_k^T for every row of `rows`, in f64; no clipping.
@@ -318,17 +354,30 @@ impl Pca {
         if k == 0 {
             return Ok(());
         }
-        let vk = Tensor::<f64, Cpu>::from_slice(&Cpu, &self.components[..k * d], [k, d]).map_err(engine_err)?;
+        let vk = Tensor::<f64, Cpu>::from_slice(&Cpu, &self.components[..k * d], [k, d])
+            .map_err(engine_err)?;
         for chunk in rows.chunks_mut(CHUNK_ROWS * d) {
             let m = chunk.len() / d;
             let mut xc = vec![0.0f64; chunk.len()];
-            xc.par_chunks_mut(d).zip(chunk.par_chunks(d)).for_each(|(o, x)| {
-                o.iter_mut().zip(x).zip(&self.mean).for_each(|((o, &x), mu)| *o = x as f64 - mu);
-            });
+            xc.par_chunks_mut(d)
+                .zip(chunk.par_chunks(d))
+                .for_each(|(o, x)| {
+                    o.iter_mut()
+                        .zip(x)
+                        .zip(&self.mean)
+                        .for_each(|((o, &x), mu)| *o = x as f64 - mu);
+                });
             let x = Tensor::<f64, Cpu>::from_slice(&Cpu, &xc, [m, d]).map_err(engine_err)?;
             let coords = x.matmul_t(&vk, false, true).map_err(engine_err)?;
-            let recon = coords.matmul(&vk).map_err(engine_err)?.to_vec().map_err(engine_err)?;
-            chunk.par_iter_mut().zip(recon.par_iter()).for_each(|(x, r)| *x = (*x as f64 - r) as f32);
+            let recon = coords
+                .matmul(&vk)
+                .map_err(engine_err)?
+                .to_vec()
+                .map_err(engine_err)?;
+            chunk
+                .par_iter_mut()
+                .zip(recon.par_iter())
+                .for_each(|(x, r)| *x = (*x as f64 - r) as f32);
         }
         Ok(())
     }
@@ -343,13 +392,24 @@ mod tests {
     fn covariance_matches_naive_loops() {
         let (n, d) = (CHUNK_ROWS + 37, 13);
         let mut rng = Rng::new(5);
-        let rows: Vec<f32> = (0..n * d).map(|i| (rng.normal() + (i % d) as f64 * 0.1) as f32).collect();
+        let rows: Vec<f32> = (0..n * d)
+            .map(|i| (rng.normal() + (i % d) as f64 * 0.1) as f32)
+            .collect();
         let mean = column_mean(&rows, d);
         let cov = covariance(&rows, d, &mean).unwrap();
         for a in 0..d {
             for b in 0..d {
-                let naive: f64 = (0..n).map(|r| (rows[r * d + a] as f64 - mean[a]) * (rows[r * d + b] as f64 - mean[b])).sum::<f64>() / n as f64;
-                assert!((cov[a * d + b] - naive).abs() < 1e-12, "{a},{b}: {} vs {naive}", cov[a * d + b]);
+                let naive: f64 = (0..n)
+                    .map(|r| {
+                        (rows[r * d + a] as f64 - mean[a]) * (rows[r * d + b] as f64 - mean[b])
+                    })
+                    .sum::<f64>()
+                    / n as f64;
+                assert!(
+                    (cov[a * d + b] - naive).abs() < 1e-12,
+                    "{a},{b}: {} vs {naive}",
+                    cov[a * d + b]
+                );
             }
         }
     }
@@ -360,24 +420,55 @@ mod tests {
         for n in [1, 2, 3, 7, 20, 200] {
             let mut rng = Rng::new(n as u64);
             let b: Vec<f64> = (0..n * n).map(|_| rng.normal()).collect();
-            cases.push((n, (0..n * n).map(|i| b[i] + b[(i % n) * n + i / n]).collect::<Vec<_>>()));
+            cases.push((
+                n,
+                (0..n * n)
+                    .map(|i| b[i] + b[(i % n) * n + i / n])
+                    .collect::<Vec<_>>(),
+            ));
         }
         // Already tridiagonal / diagonal with repeated eigenvalues, and a rank-2 matrix.
-        cases.push((5, (0..25).map(|i| if i % 6 == 0 { [2.0, 2.0, 1.0, 2.0, 0.0][i / 6] } else { 0.0 }).collect()));
+        cases.push((
+            5,
+            (0..25)
+                .map(|i| {
+                    if i % 6 == 0 {
+                        [2.0, 2.0, 1.0, 2.0, 0.0][i / 6]
+                    } else {
+                        0.0
+                    }
+                })
+                .collect(),
+        ));
         let u: Vec<f64> = (0..150).map(|i| (i as f64 * 0.37).sin()).collect();
-        cases.push((150, (0..150 * 150).map(|i| u[i / 150] * u[i % 150] + 0.5 * u[i / 150].powi(2) * u[i % 150].powi(2)).collect()));
+        cases.push((
+            150,
+            (0..150 * 150)
+                .map(|i| u[i / 150] * u[i % 150] + 0.5 * u[i / 150].powi(2) * u[i % 150].powi(2))
+                .collect(),
+        ));
         for (n, a) in cases {
             let (vals, vecs) = symmetric_eigen(&a, n).unwrap();
             assert!(vals.windows(2).all(|w| w[0] >= w[1]));
             for i in 0..n {
                 let vi = &vecs[i * n..(i + 1) * n];
                 for j in 0..n {
-                    let dot: f64 = vi.iter().zip(&vecs[j * n..(j + 1) * n]).map(|(x, y)| x * y).sum();
-                    assert!((dot - (i == j) as u8 as f64).abs() < 1e-10, "n={n} orthonormality {i},{j}: {dot}");
+                    let dot: f64 = vi
+                        .iter()
+                        .zip(&vecs[j * n..(j + 1) * n])
+                        .map(|(x, y)| x * y)
+                        .sum();
+                    assert!(
+                        (dot - (i == j) as u8 as f64).abs() < 1e-10,
+                        "n={n} orthonormality {i},{j}: {dot}"
+                    );
                 }
                 for r in 0..n {
                     let av: f64 = (0..n).map(|c| a[r * n + c] * vi[c]).sum();
-                    assert!((av - vals[i] * vi[r]).abs() < 1e-9 * (1.0 + vals[i].abs()), "n={n} A v = l v");
+                    assert!(
+                        (av - vals[i] * vi[r]).abs() < 1e-9 * (1.0 + vals[i].abs()),
+                        "n={n} A v = l v"
+                    );
                 }
             }
         }

@@ -45,7 +45,13 @@ pub struct AvmnistOptions {
 impl AvmnistOptions {
     /// The default recipe: seed 0, no image degradation.
     pub fn new(raw: impl Into<PathBuf>, out: impl Into<PathBuf>) -> Self {
-        AvmnistOptions { raw: raw.into(), out: out.into(), seed: 0, image_noise: 0.0, image_pca_drop: None }
+        AvmnistOptions {
+            raw: raw.into(),
+            out: out.into(),
+            seed: 0,
+            image_noise: 0.0,
+            image_pca_drop: None,
+        }
     }
 }
 
@@ -83,7 +89,10 @@ pub struct Mnist {
 }
 
 fn raw_err(path: &Path, problem: impl Into<String>) -> DataError {
-    DataError::RawSource { path: path.to_path_buf(), problem: problem.into() }
+    DataError::RawSource {
+        path: path.to_path_buf(),
+        problem: problem.into(),
+    }
 }
 
 /// `name.gz` if present, else the uncompressed `name`.
@@ -96,7 +105,10 @@ fn mnist_file(dir: &Path, name: &str) -> Result<PathBuf, DataError> {
     if plain.is_file() {
         return Ok(plain);
     }
-    Err(raw_err(dir, format!("neither {name}.gz nor {name} found (MNIST is expected here)")))
+    Err(raw_err(
+        dir,
+        format!("neither {name}.gz nor {name} found (MNIST is expected here)"),
+    ))
 }
 
 fn read_images(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -115,11 +127,22 @@ fn read_labels(path: &Path, n_images: usize) -> Result<Vec<u8>, DataError> {
     if a.dims != [n_images] {
         return Err(DataError::Idx {
             path: path.to_path_buf(),
-            problem: format!("dimensions {:?}; expected [{n_images}] labels, one per image", a.dims),
+            problem: format!(
+                "dimensions {:?}; expected [{n_images}] labels, one per image",
+                a.dims
+            ),
         });
     }
-    if let Some((i, &y)) = a.data.iter().enumerate().find(|(_, &y)| y as usize >= NUM_CLASSES) {
-        return Err(DataError::Idx { path: path.to_path_buf(), problem: format!("label {y} of item {i} is not a digit") });
+    if let Some((i, &y)) = a
+        .data
+        .iter()
+        .enumerate()
+        .find(|(_, &y)| y as usize >= NUM_CLASSES)
+    {
+        return Err(DataError::Idx {
+            path: path.to_path_buf(),
+            problem: format!("label {y} of item {i} is not a digit"),
+        });
     }
     Ok(a.data)
 }
@@ -136,13 +159,21 @@ pub fn read_mnist(dir: &Path) -> Result<Mnist, DataError> {
     let (train, test) = (train?, test?);
     let (n_train, n_test) = (train.len() / IMAGE_DIM, test.len() / IMAGE_DIM);
     if n_train <= VALIDATION_IMAGES {
-        return Err(raw_err(&paths[0], format!("{n_train} training images; more than {VALIDATION_IMAGES} are needed")));
+        return Err(raw_err(
+            &paths[0],
+            format!("{n_train} training images; more than {VALIDATION_IMAGES} are needed"),
+        ));
     }
     let mut labels = read_labels(&paths[1], n_train)?;
     labels.extend(read_labels(&paths[3], n_test)?);
     let mut images = train;
     images.extend_from_slice(&test);
-    Ok(Mnist { images, labels, n_train, n_test })
+    Ok(Mnist {
+        images,
+        labels,
+        n_train,
+        n_test,
+    })
 }
 
 fn parse_recording_name(name: &str) -> Option<(u8, String, u32)> {
@@ -152,10 +183,16 @@ fn parse_recording_name(name: &str) -> Option<(u8, String, u32)> {
     if parts.next().is_some() || digit.len() != 1 || speaker.is_empty() || index.is_empty() {
         return None;
     }
-    if !index.bytes().all(|b| b.is_ascii_digit()) || !speaker.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !index.bytes().all(|b| b.is_ascii_digit())
+        || !speaker.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         return None;
     }
-    Some((digit.parse().ok()?, speaker.to_string(), index.parse().ok()?))
+    Some((
+        digit.parse().ok()?,
+        speaker.to_string(),
+        index.parse().ok()?,
+    ))
 }
 
 /// The recordings of an FSDD folder, ordered by (digit, speaker, index as an integer).
@@ -169,15 +206,28 @@ pub fn list_fsdd(dir: &Path) -> Result<Vec<Recording>, DataError> {
             continue;
         }
         let (digit, speaker, index) = parse_recording_name(&name).ok_or_else(|| {
-            raw_err(&entry.path(), "recording name does not follow {digit}_{speaker}_{index}.wav")
+            raw_err(
+                &entry.path(),
+                "recording name does not follow {digit}_{speaker}_{index}.wav",
+            )
         })?;
-        recs.push(Recording { digit, speaker, index, path: entry.path() });
+        recs.push(Recording {
+            digit,
+            speaker,
+            index,
+            path: entry.path(),
+        });
     }
     // The path breaks ties ("1_x_01.wav" vs "1_x_1.wav") so the order never depends on
     // the directory listing.
-    recs.sort_by(|a, b| (a.digit, &a.speaker, a.index, &a.path).cmp(&(b.digit, &b.speaker, b.index, &b.path)));
+    recs.sort_by(|a, b| {
+        (a.digit, &a.speaker, a.index, &a.path).cmp(&(b.digit, &b.speaker, b.index, &b.path))
+    });
     if recs.is_empty() {
-        return Err(raw_err(dir, "no .wav recordings found (FSDD is expected here)"));
+        return Err(raw_err(
+            dir,
+            "no .wav recordings found (FSDD is expected here)",
+        ));
     }
     Ok(recs)
 }
@@ -192,7 +242,11 @@ pub fn audio_features(recs: &[Recording]) -> Result<Vec<f64>, DataError> {
             if wav.sample_rate != audio::SAMPLE_RATE {
                 return Err(DataError::Wav {
                     path: r.path.clone(),
-                    problem: format!("sample rate {} Hz; the recipe needs {} Hz", wav.sample_rate, audio::SAMPLE_RATE),
+                    problem: format!(
+                        "sample rate {} Hz; the recipe needs {} Hz",
+                        wav.sample_rate,
+                        audio::SAMPLE_RATE
+                    ),
                 });
             }
             Ok(lm.compute(&wav.samples))
@@ -203,7 +257,11 @@ pub fn audio_features(recs: &[Recording]) -> Result<Vec<f64>, DataError> {
 
 /// Scalar mean and population standard deviation over every value of the rows whose
 /// speaker is in `speakers`.
-pub fn standardisation_stats(features: &[f64], recs: &[Recording], speakers: &[&str]) -> Option<(f64, f64)> {
+pub fn standardisation_stats(
+    features: &[f64],
+    recs: &[Recording],
+    speakers: &[&str],
+) -> Option<(f64, f64)> {
     let row_len = features.len() / recs.len().max(1);
     let rows: Vec<&[f64]> = recs
         .iter()
@@ -216,7 +274,11 @@ pub fn standardisation_stats(features: &[f64], recs: &[Recording], speakers: &[&
         return None;
     }
     let mean = rows.iter().map(|r| r.iter().sum::<f64>()).sum::<f64>() / count;
-    let var = rows.iter().map(|r| r.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>()).sum::<f64>() / count;
+    let var = rows
+        .iter()
+        .map(|r| r.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>())
+        .sum::<f64>()
+        / count;
     Some((mean, var.sqrt()))
 }
 
@@ -230,7 +292,12 @@ pub fn split_speakers(split: Split) -> &'static [&'static str] {
 
 /// For each sample, a recording of its digit drawn uniformly (seeded) from its split's
 /// speakers; returns audio row indices.
-pub fn pair_audio(labels: &[u8], splits: &[Split], recs: &[Recording], seed: u64) -> Result<Vec<i64>, DataError> {
+pub fn pair_audio(
+    labels: &[u8],
+    splits: &[Split],
+    recs: &[Recording],
+    seed: u64,
+) -> Result<Vec<i64>, DataError> {
     // pools[split][digit] = rows, in row order.
     let mut pools = vec![vec![Vec::new(); NUM_CLASSES]; 3];
     for (row, r) in recs.iter().enumerate() {
@@ -292,19 +359,25 @@ fn check_output_free(out: &Path) -> Result<(), DataError> {
     match std::fs::read_dir(out) {
         Ok(mut entries) => {
             if entries.next().is_some() {
-                Err(DataError::OutputExists { path: out.to_path_buf() })
+                Err(DataError::OutputExists {
+                    path: out.to_path_buf(),
+                })
             } else {
                 Ok(())
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(DataError::OutputExists { path: out.to_path_buf() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(DataError::OutputExists {
+            path: out.to_path_buf(),
+        }),
         Err(e) => Err(DataError::io(out, "inspect", e)),
     }
 }
 
 fn sync_path(path: &Path) -> Result<(), DataError> {
-    std::fs::File::open(path).and_then(|f| f.sync_all()).map_err(|e| DataError::io(path, "sync", e))
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| DataError::io(path, "sync", e))
 }
 
 fn check_options(opts: &AvmnistOptions) -> Result<(), DataError> {
@@ -335,13 +408,19 @@ fn check_options(opts: &AvmnistOptions) -> Result<(), DataError> {
         }
     }
     if opts.out.file_name().is_none() {
-        return Err(DataError::InvalidArgument(format!("output path {} has no directory name", opts.out.display())));
+        return Err(DataError::InvalidArgument(format!(
+            "output path {} has no directory name",
+            opts.out.display()
+        )));
     }
     check_output_free(&opts.out)
 }
 
 /// Builds AV-MNIST from `opts.raw` into `opts.out`. `progress` receives one line per stage.
-pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) -> Result<PrepareReport, DataError> {
+pub fn prepare_avmnist(
+    opts: &AvmnistOptions,
+    progress: &mut dyn FnMut(&str),
+) -> Result<PrepareReport, DataError> {
     let start = Instant::now();
     check_options(opts)?;
 
@@ -359,14 +438,27 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
 
     let fsdd = opts.raw.join("fsdd");
     let recs = list_fsdd(&fsdd)?;
-    progress(&format!("computing log-mel spectrograms of {} recordings", recs.len()));
+    progress(&format!(
+        "computing log-mel spectrograms of {} recordings",
+        recs.len()
+    ));
     let features = audio_features(&recs)?;
-    let (mean, std) = standardisation_stats(&features, &recs, &TRAIN_SPEAKERS)
-        .ok_or_else(|| raw_err(&fsdd, format!("no recordings of the training speakers {TRAIN_SPEAKERS:?}")))?;
+    let (mean, std) =
+        standardisation_stats(&features, &recs, &TRAIN_SPEAKERS).ok_or_else(|| {
+            raw_err(
+                &fsdd,
+                format!("no recordings of the training speakers {TRAIN_SPEAKERS:?}"),
+            )
+        })?;
     if !(std > 0.0 && std.is_finite()) {
-        return Err(DataError::Prepare(format!("log-mel standard deviation over the training speakers is {std}")));
+        return Err(DataError::Prepare(format!(
+            "log-mel standard deviation over the training speakers is {std}"
+        )));
     }
-    let audio_rows: Vec<f32> = features.par_iter().map(|&x| ((x - mean) / std) as f32).collect();
+    let audio_rows: Vec<f32> = features
+        .par_iter()
+        .map(|&x| ((x - mean) / std) as f32)
+        .collect();
     drop(features);
 
     progress("pairing images with recordings");
@@ -375,7 +467,10 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
     progress("scaling images");
     let mut images: Vec<f32> = mnist.images.par_iter().map(|&p| p as f32 / 255.0).collect();
     if opts.image_noise > 0.0 {
-        progress(&format!("adding Gaussian pixel noise (sigma {})", opts.image_noise));
+        progress(&format!(
+            "adding Gaussian pixel noise (sigma {})",
+            opts.image_noise
+        ));
         add_image_noise(&mut images, IMAGE_DIM, opts.image_noise, opts.seed);
     }
     let mut pca_record = Value::Null;
@@ -385,7 +480,10 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
         let pca = Pca::fit(&images[..n_fit * IMAGE_DIM], IMAGE_DIM)?;
         let k = pca.components_for_fraction(frac);
         let removed = pca.variance_fraction(k);
-        progress(&format!("removing the top {k} principal components ({:.2}% of the variance)", 100.0 * removed));
+        progress(&format!(
+            "removing the top {k} principal components ({:.2}% of the variance)",
+            100.0 * removed
+        ));
         pca.remove_components(&mut images, k)?;
         pca_removed = Some((k, removed));
         pca_record = json!({
@@ -399,14 +497,24 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
         });
     }
     if let Some(i) = images.iter().position(|x| !x.is_finite()) {
-        return Err(DataError::Prepare(format!("non-finite image value at sample {}", i / IMAGE_DIM)));
+        return Err(DataError::Prepare(format!(
+            "non-finite image value at sample {}",
+            i / IMAGE_DIM
+        )));
     }
     if let Some(i) = audio_rows.iter().position(|x| !x.is_finite()) {
-        return Err(DataError::Prepare(format!("non-finite audio value in {}", recs[i / (audio_rows.len() / recs.len())].path.display())));
+        return Err(DataError::Prepare(format!(
+            "non-finite audio value in {}",
+            recs[i / (audio_rows.len() / recs.len())].path.display()
+        )));
     }
 
     let count = |s: Split| splits.iter().filter(|&&x| x == s).count();
-    let (n_train, n_val, n_test) = (count(Split::Train), count(Split::Validation), count(Split::Test));
+    let (n_train, n_val, n_test) = (
+        count(Split::Train),
+        count(Split::Validation),
+        count(Split::Test),
+    );
     let recipe = json!({
         "generator": format!("mla-models {} prepare_avmnist", env!("CARGO_PKG_VERSION")),
         "raw": opts.raw.display().to_string(),
@@ -461,12 +569,20 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
 
     // Write next to the destination, then rename: a crash leaves only a *.tmp-* folder.
     let out = &opts.out;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, "create", e))?;
-    let nonce = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
     let tmp = parent.join(format!(
         "{}.tmp-{}-{nonce:08x}",
-        out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        out.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         std::process::id()
     ));
     std::fs::create_dir(&tmp).map_err(|e| DataError::io(&tmp, "create", e))?;
@@ -474,16 +590,27 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
     progress(&format!("writing {}", out.display()));
     let labels: Vec<i64> = mnist.labels.iter().map(|&y| y as i64).collect();
     let split_codes: Vec<u8> = splits.iter().map(|s| s.code()).collect();
-    let files = ["image.npy", "audio.npy", "audio_index.npy", "labels.npy", "split.npy"];
+    let files = [
+        "image.npy",
+        "audio.npy",
+        "audio_index.npy",
+        "labels.npy",
+        "split.npy",
+    ];
     write_npy(tmp.join(files[0]), &[n, 1, IMAGE_SIDE, IMAGE_SIDE], &images)?;
-    write_npy(tmp.join(files[1]), &[recs.len(), 1, audio::N_MELS, audio::N_FRAMES], &audio_rows)?;
+    write_npy(
+        tmp.join(files[1]),
+        &[recs.len(), 1, audio::N_MELS, audio::N_FRAMES],
+        &audio_rows,
+    )?;
     write_npy(tmp.join(files[2]), &[n], &audio_index)?;
     write_npy(tmp.join(files[3]), &[n], &labels)?;
     write_npy(tmp.join(files[4]), &[n], &split_codes)?;
     for f in files {
         sync_path(&tmp.join(f))?;
     }
-    let mut text = serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Prepare(e.to_string()))?;
+    let mut text =
+        serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Prepare(e.to_string()))?;
     text.push('\n');
     let manifest_path = tmp.join(MANIFEST);
     std::fs::write(&manifest_path, text).map_err(|e| DataError::io(&manifest_path, "write", e))?;
@@ -492,9 +619,11 @@ pub fn prepare_avmnist(opts: &AvmnistOptions, progress: &mut dyn FnMut(&str)) ->
     // An empty directory at `out` (checked again now) is replaced; anything else is kept.
     check_output_free(out)?;
     if out.is_dir() {
-        std::fs::remove_dir(out).map_err(|e| DataError::io(out, "replace the empty directory", e))?;
+        std::fs::remove_dir(out)
+            .map_err(|e| DataError::io(out, "replace the empty directory", e))?;
     }
-    std::fs::rename(&tmp, out).map_err(|e| DataError::io(out, "move the prepared dataset into place", e))?;
+    std::fs::rename(&tmp, out)
+        .map_err(|e| DataError::io(out, "move the prepared dataset into place", e))?;
     guard.0 = None;
     let _ = sync_path(parent);
 
