@@ -1,7 +1,8 @@
 //! CPU and CUDA side by side: GEMM at the encoder shapes, forward + backward
 //! of the `cnn` encoder's conv stack at batch 64, the fused RLS (HGM) update,
 //! and one full MLA training step of the AV-MNIST `cnn` model at batch 64 and
-//! 512. CUDA timings synchronise the device inside the timed closure.
+//! 512. CUDA timings synchronise the device inside the timed closure, except
+//! the `cuda_device_*` RLS ids: device time between CUDA events.
 //! Without a CUDA device the CUDA half is skipped with a message.
 //!
 //! `cargo bench -p mla-benches --bench backends` (add `-- cuda` for the GPU half only).
@@ -227,6 +228,44 @@ fn rls_case<B: Backend<f32>>(
     });
 }
 
+/// Device time of the update alone (CUDA events around it, no host
+/// synchronisation inside the span). `cold`: a memset of twice the L2 size
+/// runs before each update, outside the span, so P comes from DRAM as it does
+/// in a training step, where activations pass through L2 between updates.
+fn rls_cuda_device(g: &mut BenchmarkGroup<'_, WallTime>, cuda: &Cuda, s: usize, cold: bool) {
+    let c = 10;
+    let mut rng = Rng::new(3);
+    let mut eye = vec![0.0f32; s * s];
+    for i in 0..s {
+        eye[i * s + i] = 1.0;
+    }
+    let mut p = cuda.from_slice(&eye).unwrap();
+    let r = cuda.from_slice(&random(&mut rng, s, 0.0, 1.0)).unwrap();
+    let gw = cuda
+        .from_slice(&random(&mut rng, c * s, -1.0, 1.0))
+        .unwrap();
+    let l2 = cuda.info().l2_bytes.unwrap_or(64 << 20) as usize;
+    let id = format!(
+        "cuda_device_{}/s{s}_c{c}",
+        if cold { "cold_l2" } else { "hot_l2" }
+    );
+    g.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                if cold {
+                    drop(Backend::<f32>::zeros(cuda, 2 * l2 / 4).unwrap());
+                }
+                let (_, t) = cuda
+                    .time_on_device(|| cuda.rls_project(&mut p, &r, Some(&gw), c, s, 1e6))
+                    .unwrap();
+                total += t;
+            }
+            total
+        })
+    });
+}
+
 fn rls(c: &mut Criterion) {
     let mut g = c.benchmark_group("rls_project");
     g.warm_up_time(Duration::from_millis(500))
@@ -239,6 +278,8 @@ fn rls(c: &mut Criterion) {
         rls_case(&mut g, "cpu", &Cpu, s);
         if let Some(cuda) = cuda() {
             rls_case(&mut g, "cuda", cuda, s);
+            rls_cuda_device(&mut g, cuda, s, true);
+            rls_cuda_device(&mut g, cuda, s, false);
         }
     }
     g.finish();

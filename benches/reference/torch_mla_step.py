@@ -99,8 +99,13 @@ def main():
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--method", choices=["mla", "joint"], action="append",
                     help="which steps to time (default: both)")
+    ap.add_argument("--cudnn-tf32", choices=["default", "on", "off"], default="default",
+                    help="torch.backends.cudnn.allow_tf32: PyTorch's default (on) runs convolutions "
+                         "in TF32 on tensor cores; off keeps them in full FP32 like mla")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
+    if a.cudnn_tf32 != "default":
+        torch.backends.cudnn.allow_tf32 = a.cudnn_tf32 == "on"
     dev = torch.device(a.device)
     for batch in a.batch or [64]:
         for name, make in [("mla", lambda: Mla(dev)), ("joint", lambda: Joint(dev))]:
@@ -111,6 +116,8 @@ def main():
             print(json.dumps({"framework": f"torch {torch.__version__}", "device": str(dev),
                               "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
                               "threads": a.threads, "method": name, "batch": batch,
+                              "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                              "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32,
                               "ms_per_step_median": round(ms, 3), "steps": a.steps,
                               "timed_seconds_total": round(total, 3),
                               "samples_per_second": round(batch / ms * 1e3, 1)}), flush=True)

@@ -43,17 +43,44 @@ pub fn dispatch<F: OnBackend>(choice: BackendChoice, f: F) -> CliResult<F::Outpu
         BackendChoice::Cuda => {
             let cuda = mla_cuda::Cuda::new(0)
                 .map_err(|e| format!("--backend cuda: no usable CUDA device: {e}"))?;
-            let name = format!("cuda ({})", cuda.device_name());
-            f.run(cuda, &name)
+            run_cuda(cuda, f)
         }
         // Probe once: `auto` falls back to the CPU when the driver, NVRTC,
         // cuBLAS or a device is missing, and says which it picked.
         BackendChoice::Auto => match mla_cuda::Cuda::new(0) {
-            Ok(cuda) => {
-                let name = format!("cuda ({})", cuda.device_name());
-                f.run(cuda, &name)
-            }
+            Ok(cuda) => run_cuda(cuda, f),
             Err(_) => f.run(mla_cpu::Cpu::new(), "cpu"),
         },
     }
+}
+
+fn run_cuda<F: OnBackend>(cuda: mla_cuda::Cuda, f: F) -> CliResult<F::Output> {
+    let name = format!("cuda ({})", cuda.device_name());
+    let out = f.run(cuda.clone(), &name)?;
+    // MLA_CUDA_PROFILE=1: where the device time went, by op.
+    if let Some(ops) = cuda
+        .take_profile()
+        .map_err(|e| format!("reading the CUDA profile: {e}"))?
+    {
+        let total: f64 = ops.iter().map(|o| o.seconds).sum();
+        eprintln!(
+            "device time by op (MLA_CUDA_PROFILE), {:.3} s in all:",
+            total
+        );
+        eprintln!(
+            "{:<44} {:>7} {:>10} {:>9} {:>6}",
+            "op", "calls", "total ms", "us/call", "%"
+        );
+        for o in &ops {
+            eprintln!(
+                "{:<44} {:>7} {:>10.3} {:>9.2} {:>6.1}",
+                o.op,
+                o.calls,
+                o.seconds * 1e3,
+                o.seconds * 1e6 / o.calls.max(1) as f64,
+                100.0 * o.seconds / total.max(f64::MIN_POSITIVE)
+            );
+        }
+    }
+    Ok(out)
 }

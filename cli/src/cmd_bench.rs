@@ -90,8 +90,18 @@ impl OnBackend for Args {
             ..TrainConfig::default()
         };
         let dataset = Arc::new(Dataset::open(&self.data)?);
+        let probe = backend.clone();
         let mut trainer = Trainer::new(backend, dataset, cfg)?;
-        let times = trainer.time_steps(self.warmup, self.steps)?;
+        if self.warmup > 0 {
+            trainer.time_steps(self.warmup, 0)?;
+        }
+        // MLA_CUDA_PROFILE: the per-op report covers the timed steps only
+        // (warm-up pays one-off costs: allocations, cuBLAS's kernel loading).
+        if let Some(cuda) = (&probe as &dyn std::any::Any).downcast_ref::<mla_cuda::Cuda>() {
+            cuda.take_profile()
+                .map_err(|e| format!("resetting the CUDA profile: {e}"))?;
+        }
+        let times = trainer.time_steps(0, self.steps)?;
         let total_s: f64 = times.iter().map(|(t, _)| t).sum();
         let samples: usize = times.iter().map(|(_, n)| n).sum();
         let mut ms: Vec<f64> = times.iter().map(|(t, _)| t * 1e3).collect();

@@ -6,6 +6,7 @@
 #   SKIP_BENCH=1        tests only
 #   BENCH_FILTER=rls    criterion filter for the bench (a regex on ids)
 #   BENCH_SECONDS=2     criterion measurement time per benchmark
+#   TEST_TIMEOUT=300    seconds per test binary before it is killed (a hung kernel)
 set -uo pipefail
 # The binaries: gpu-bin/ under the current directory (the repository root), or
 # the folder this script sits in when build.sh copied it there.
@@ -32,7 +33,7 @@ for t in "$BIN"/test-*; do
     name=$(basename "$t")
     echo "=== $name"
     start=$(date +%s%N)
-    "$t" --test-threads=4 --show-output >"$OUT/$name.log" 2>&1
+    timeout "${TEST_TIMEOUT:-300}" "$t" --test-threads=4 --show-output >"$OUT/$name.log" 2>&1
     rc=$?
     end=$(date +%s%N)
     grep -E '^test |test result|panicked|skipping|device:|allocator' "$OUT/$name.log" | grep -v ' ... ok$' | head -60

@@ -26,6 +26,66 @@ fn device_behaviour() {
     );
     errors_found_on_the_device_are_reported(&cuda);
     memory_stays_flat_over_steps(&cuda);
+    uploads_round_trip_through_staging(&cuda);
+    device_time_is_measured(&cuda);
+}
+
+/// Uploads go through pinned chunks that are reused once their copy is done:
+/// many sizes back to back (more than there are chunks, so chunks are waited
+/// for and regrown), the host buffer overwritten right after each upload, one
+/// upload past the staging limit (copied from pageable memory), and kernels
+/// queued in between; every buffer must hold exactly what was uploaded.
+fn uploads_round_trip_through_staging(cuda: &Cuda) {
+    let mut rng = Rng::new(11);
+    let mut sizes: Vec<usize> = (0..40)
+        .map(|i| 1 + (rng.uniform() * 300_000.0) as usize * (i % 3))
+        .collect();
+    sizes.push((64 << 20) / 4 + 3);
+    let mut host = Vec::new();
+    let mut uploaded = Vec::new();
+    for (i, &n) in sizes.iter().enumerate() {
+        let v: Vec<f32> = (0..n).map(|k| (i * 1_000_003 + k) as f32).collect();
+        let b = cuda.from_slice(&v).unwrap();
+        // A kernel on the stream between uploads.
+        let doubled =
+            Backend::<f32>::unary(cuda, mla_core::UnaryOp::Affine { mul: 2.0, add: 0.0 }, &b)
+                .unwrap();
+        let mut v = v;
+        let want = v.clone();
+        v.iter_mut().for_each(|x| *x = -1.0);
+        host.push(want);
+        uploaded.push((b, doubled));
+    }
+    for (i, ((b, doubled), want)) in uploaded.iter().zip(&host).enumerate() {
+        let got = download::<f32>(cuda, b);
+        assert!(
+            got == *want,
+            "upload {i} ({} elements) came back different",
+            want.len()
+        );
+        let d = download::<f32>(cuda, doubled);
+        assert!(
+            d.iter().zip(want).all(|(x, y)| *x == 2.0 * y),
+            "upload {i}: the kernel queued after it read different data"
+        );
+    }
+}
+
+fn device_time_is_measured(cuda: &Cuda) {
+    let x = cuda.from_slice(&vec![1.0f32; 1 << 20]).unwrap();
+    let (y, t) = cuda
+        .time_on_device(|| Backend::<f32>::unary(cuda, mla_core::UnaryOp::Exp, &x))
+        .unwrap();
+    assert!(
+        t > std::time::Duration::ZERO && t < std::time::Duration::from_secs(5),
+        "{t:?}"
+    );
+    let y = download::<f32>(cuda, &y);
+    assert!(y.iter().all(|v| (*v - std::f32::consts::E).abs() < 1e-6));
+    // Not profiling unless MLA_CUDA_PROFILE is set: no report then.
+    if std::env::var_os("MLA_CUDA_PROFILE").is_none() {
+        assert!(cuda.take_profile().unwrap().is_none());
+    }
 }
 
 fn errors_found_on_the_device_are_reported(cuda: &Cuda) {

@@ -101,6 +101,21 @@ fn rls_odd_sizes_and_many_classes() {
 }
 
 #[test]
+fn rls_vector_path_edges() {
+    let Some(cuda) = cuda() else { return };
+    // 16-byte-load path with s not a multiple of the 8 rows per block, a
+    // single partial row group, more than one pass over the vectors (c = 20),
+    // many blocks (the last-block counter), and the f64 variant (2 elements
+    // per load).
+    run::<f32>(&cuda, 2052, 10, 1.0, 4, 2e-4);
+    run::<f32>(&cuda, 4, 3, 1.0, 50, 2e-4);
+    run::<f32>(&cuda, 36, 20, 1.0, 50, 2e-4);
+    run::<f64>(&cuda, 130, 10, 1.0, 50, 1e-10);
+    // More tiles of columns than rows per block, and P (64 MiB) larger than L2.
+    run::<f32>(&cuda, 4096, 10, 1.0, 3, 2e-4);
+}
+
+#[test]
 fn rls_without_gradient_only_updates_p() {
     let Some(cuda) = cuda() else { return };
     let s = 33;

@@ -2,11 +2,13 @@
 //! the kernel cache and the buffer pool. Shared by every `Cuda` handle for
 //! the same ordinal in the process.
 
-use crate::kernels::{self, KernelModule, Loaded, MODULE_COUNT};
+use crate::kernels::{self, Kernel, KernelModule, Loaded, MODULE_COUNT};
 use crate::memory::{DeviceBuffer, Pool};
+use crate::profile::Profile;
+use crate::staging::{PinnedWord, Staging, MAX_STAGED};
 use crate::CudaFloat;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{result, sys, CudaContext, CudaFunction, CudaStream, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use mla_core::{Error, Result};
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -39,6 +41,14 @@ pub(crate) struct Device {
     pub(crate) pool: Pool,
     /// One `u32` of error bits set by kernels that meet bad indices.
     err_word: sys::CUdeviceptr,
+    /// A `u32` kept at zero between kernels: a kernel that counts its finished
+    /// blocks in it (see `rls_mv`) resets it before it exits.
+    counter: sys::CUdeviceptr,
+    /// Where `err_word` is copied at each synchronisation.
+    err_host: PinnedWord,
+    staging: Mutex<Staging>,
+    /// Per-op device time, when `MLA_CUDA_PROFILE` asks for it.
+    profile: Option<Mutex<Profile>>,
 }
 
 // SAFETY: every raw handle in here is only used with the context bound and on `stream`.
@@ -135,14 +145,17 @@ impl Device {
             ),
             l2_bytes: attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE),
         };
-        // SAFETY: a 4-byte allocation, zeroed before use, freed in Drop.
-        let err_word = unsafe {
-            let p = result::malloc_sync(4)
+        // SAFETY: two 4-byte words (error bits, block counter), zeroed before use, freed in Drop.
+        let words = unsafe {
+            let p = result::malloc_sync(8)
                 .map_err(|e| format!("cannot allocate device memory: {e:?}"))?;
-            result::memset_d8_sync(p, 0, 4)
+            result::memset_d8_sync(p, 0, 8)
                 .map_err(|e| format!("cannot clear device memory: {e:?}"))?;
             p
         };
+        let (err_word, counter) = (words, words + 4);
+        let err_host =
+            PinnedWord::new().map_err(|e| format!("cannot allocate pinned host memory: {e:?}"))?;
         let dev = Device {
             ordinal,
             name,
@@ -155,6 +168,10 @@ impl Device {
             modules: Default::default(),
             pool: Pool::new(total_mem, ctx.has_async_alloc()),
             err_word,
+            counter,
+            err_host,
+            staging: Mutex::new(Staging::new()),
+            profile: Profile::wanted().then(|| Mutex::new(Profile::default())),
             ctx,
         };
         // Compile one module now so a broken NVRTC shows up here, not in the first op.
@@ -179,7 +196,7 @@ impl Device {
         module: &KernelModule,
         name: &str,
         op: &'static str,
-    ) -> Result<&CudaFunction> {
+    ) -> Result<Kernel<'_>> {
         let loaded = self.modules[T::SLOT][module.slot].get_or_init(|| {
             kernels::compile(&self.ctx, module, T::C_TYPE, self.compute_capability)
         });
@@ -198,25 +215,58 @@ impl Device {
     /// Queues `f` on the stream.
     pub(crate) fn launch(
         &self,
-        f: &CudaFunction,
+        f: Kernel<'_>,
         grid: (u32, u32, u32),
         block: (u32, u32, u32),
         shared_bytes: u32,
         args: &mut [*mut c_void],
         op: &'static str,
     ) -> Result<()> {
-        // SAFETY: callers pass pointers to live values matching the kernel's parameter list.
-        unsafe {
-            result::launch_kernel(
-                f.cu_function(),
-                grid,
-                block,
-                shared_bytes,
-                self.stream.cu_stream(),
-                args,
-            )
+        self.profiled(f.name, || {
+            // SAFETY: callers pass pointers to live values matching the kernel's parameter list.
+            unsafe {
+                result::launch_kernel(
+                    f.function.cu_function(),
+                    grid,
+                    block,
+                    shared_bytes,
+                    self.stream.cu_stream(),
+                    args,
+                )
+            }
+            .map_err(drv(op))
+        })
+    }
+
+    /// Runs `f` (which queues work on the stream) inside a profiling span when
+    /// profiling is on.
+    pub(crate) fn profiled<R>(&self, op: &'static str, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        match &self.profile {
+            None => f(),
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .span(op, self.stream.cu_stream(), f)
+                .map_err(drv(op))?,
         }
-        .map_err(drv(op))
+    }
+
+    /// Whether `MLA_CUDA_PROFILE` is on (callers may then build detailed labels).
+    pub(crate) fn profiling(&self) -> bool {
+        self.profile.is_some()
+    }
+
+    /// Per-op device time since the last call (`None` unless `MLA_CUDA_PROFILE` is set).
+    pub(crate) fn take_profile(&self) -> Result<Option<Vec<crate::profile::OpTime>>> {
+        match &self.profile {
+            None => Ok(None),
+            Some(p) => p
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .map(Some)
+                .map_err(drv("profile")),
+        }
     }
 
     /// Uninitialised buffer of `len` elements.
@@ -241,9 +291,13 @@ impl Device {
 
     pub(crate) fn memset_zero<E>(&self, b: &DeviceBuffer<E>, op: &'static str) -> Result<()> {
         if b.num_bytes() > 0 {
-            // SAFETY: the range lies inside the buffer.
-            unsafe { result::memset_d8_async(b.ptr(), 0, b.num_bytes(), self.stream.cu_stream()) }
-                .map_err(drv(op))?;
+            self.profiled(op, || {
+                // SAFETY: the range lies inside the buffer.
+                unsafe {
+                    result::memset_d8_async(b.ptr(), 0, b.num_bytes(), self.stream.cu_stream())
+                }
+                .map_err(drv(op))
+            })?;
         }
         Ok(())
     }
@@ -254,7 +308,21 @@ impl Device {
         op: &'static str,
     ) -> Result<DeviceBuffer<E>> {
         let b = self.alloc::<E>(data.len(), op)?;
-        if !data.is_empty() {
+        let bytes = std::mem::size_of_val(data);
+        if bytes == 0 {
+            return Ok(b);
+        }
+        if bytes <= MAX_STAGED {
+            let mut staging = self.staging.lock().unwrap_or_else(|p| p.into_inner());
+            self.profiled(op, || {
+                // SAFETY: plain values viewed as bytes; `b` holds `bytes` bytes; the context is bound.
+                unsafe {
+                    let src = std::slice::from_raw_parts(data.as_ptr() as *const u8, bytes);
+                    staging.upload(b.ptr(), src, self.stream.cu_stream())
+                }
+                .map_err(drv(op))
+            })?;
+        } else {
             // SAFETY: pageable host memory is staged before this returns, so `data` may go away after.
             unsafe { result::memcpy_htod_async(b.ptr(), data, self.stream.cu_stream()) }
                 .map_err(drv(op))?;
@@ -292,24 +360,26 @@ impl Device {
             return Ok(());
         }
         let size = std::mem::size_of::<E>() as u64;
-        // SAFETY: callers check both ranges against the buffer lengths.
-        unsafe {
-            result::memcpy_dtod_async(
-                dst.ptr() + dst_off as u64 * size,
-                src.ptr() + src_off as u64 * size,
-                len * size as usize,
-                self.stream.cu_stream(),
-            )
-        }
-        .map_err(drv(op))
+        self.profiled(op, || {
+            // SAFETY: callers check both ranges against the buffer lengths.
+            unsafe {
+                result::memcpy_dtod_async(
+                    dst.ptr() + dst_off as u64 * size,
+                    src.ptr() + src_off as u64 * size,
+                    len * size as usize,
+                    self.stream.cu_stream(),
+                )
+            }
+            .map_err(drv(op))
+        })
     }
 
     /// Waits for the stream, then checks the device error word.
     pub(crate) fn synchronize(&self, op: &'static str) -> Result<()> {
+        // SAFETY: `err_word` is a live 4-byte allocation; `err_host` is read after the sync.
+        unsafe { self.err_host.fetch(self.err_word, self.stream.cu_stream()) }.map_err(drv(op))?;
         self.stream.synchronize().map_err(drv(op))?;
-        let mut word = [0u32];
-        // SAFETY: `err_word` is a live 4-byte allocation; the stream is idle.
-        unsafe { result::memcpy_dtoh_sync(&mut word, self.err_word) }.map_err(drv(op))?;
+        let word = [self.err_host.get()];
         if word[0] == 0 {
             return Ok(());
         }
@@ -338,6 +408,46 @@ impl Device {
         self.err_word
     }
 
+    /// The shared block counter (zero whenever no kernel is running).
+    pub(crate) fn counter(&self) -> sys::CUdeviceptr {
+        self.counter
+    }
+
+    /// Device time between two events recorded around the work `f` queues.
+    pub(crate) fn time<R>(
+        &self,
+        op: &'static str,
+        f: impl FnOnce() -> Result<R>,
+    ) -> Result<(R, std::time::Duration)> {
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags).map_err(drv(op))?;
+        let end = match result::event::create(flags) {
+            Ok(e) => e,
+            Err(e) => {
+                // SAFETY: created above, never recorded.
+                unsafe { result::event::destroy(start) }.ok();
+                return Err(drv(op)(e));
+            }
+        };
+        // SAFETY: both events are live until destroyed below; they are recorded on our stream.
+        let timed = unsafe {
+            (|| {
+                result::event::record(start, self.stream.cu_stream()).map_err(drv(op))?;
+                let out = f()?;
+                result::event::record(end, self.stream.cu_stream()).map_err(drv(op))?;
+                result::event::synchronize(end).map_err(drv(op))?;
+                let ms = result::event::elapsed(start, end).map_err(drv(op))?;
+                Ok((out, std::time::Duration::from_secs_f64(ms as f64 * 1e-3)))
+            })()
+        };
+        // SAFETY: no pending record refers to them once `end` completed (or recording failed).
+        unsafe {
+            result::event::destroy(start).ok();
+            result::event::destroy(end).ok();
+        }
+        timed
+    }
+
     /// Blocks for 1-D grid-stride kernels of `block` threads over `n` items.
     pub(crate) fn grid_for(&self, n: usize, block: u32) -> u32 {
         let want = n.div_ceil(block as usize).max(1);
@@ -350,9 +460,13 @@ impl Drop for Device {
         if self.ctx.bind_to_thread().is_ok() {
             let _ = self.stream.synchronize();
             self.pool.trim(self.stream.cu_stream());
-            // SAFETY: allocated in `init`, no kernel can run any more.
+            // SAFETY: allocated in `init`, no kernel or copy can run any more.
             unsafe {
                 let _ = result::free_sync(self.err_word);
+                self.staging
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .release();
             }
         }
     }

@@ -85,13 +85,23 @@ pub(crate) struct Loaded {
 }
 
 impl Loaded {
-    pub(crate) fn get(&self, module: &KernelModule, name: &str) -> Option<&CudaFunction> {
+    pub(crate) fn get(&self, module: &KernelModule, name: &str) -> Option<Kernel<'_>> {
         module
             .functions
             .iter()
             .position(|f| *f == name)
-            .map(|i| &self.functions[i])
+            .map(|i| Kernel {
+                function: &self.functions[i],
+                name: module.functions[i],
+            })
     }
+}
+
+/// A loaded kernel and its name (the profile reports time by kernel name).
+#[derive(Clone, Copy)]
+pub(crate) struct Kernel<'a> {
+    pub function: &'a CudaFunction,
+    pub name: &'static str,
 }
 
 /// NVRTC output: a CUBIN for the exact architecture, or PTX for the driver to JIT.

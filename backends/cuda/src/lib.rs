@@ -16,6 +16,8 @@ mod device;
 mod kernels;
 mod memory;
 mod ops;
+mod profile;
+mod staging;
 
 use cudarc::driver::DeviceRepr;
 use device::Device;
@@ -24,8 +26,10 @@ use mla_core::{
     SgdConfig, UnaryOp,
 };
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use memory::{DeviceBuffer, MemoryStats};
+pub use profile::OpTime;
 
 /// Element types with device kernels: `f32` (training) and `f64` (checks).
 pub trait CudaFloat: Element + DeviceRepr + private::Sealed {
@@ -194,6 +198,22 @@ impl Cuda {
             }
         }
         Ok(())
+    }
+
+    /// Runs `f` and returns the device time of the work it queued, measured
+    /// between two CUDA events on the stream (gaps between queued kernels
+    /// count; the host's own wait does not). Waits for that work to finish.
+    pub fn time_on_device<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<(R, Duration)> {
+        self.dev.enter("time_on_device")?;
+        self.dev.time("time_on_device", f)
+    }
+
+    /// Device time per op name since the last call, largest first, when the
+    /// process runs with `MLA_CUDA_PROFILE=1` (`None` otherwise). Waits for
+    /// the device.
+    pub fn take_profile(&self) -> Result<Option<Vec<OpTime>>> {
+        self.dev.enter("take_profile")?;
+        self.dev.take_profile()
     }
 
     /// Hands the allocator's cached buffers back to the driver.

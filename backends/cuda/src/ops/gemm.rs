@@ -85,25 +85,37 @@ pub(crate) fn gemm<T: CudaFloat>(
         (cublasOperation_t::CUBLAS_OP_N, ki)
     };
     let blas = dev.blas.lock().unwrap_or_else(|p| p.into_inner());
-    // SAFETY: lengths checked above; the handle runs on the device stream.
-    unsafe {
-        T::cublas_gemm(
-            *blas.handle(),
-            op_b,
-            op_a,
-            [ni, mi, ki],
-            (b.ptr(), ldb, stride_b as i64),
-            (a.ptr(), lda, stride_a as i64),
-            (c.ptr(), ni, (m * n) as i64),
-            bi,
-        )
-    }
-    .map_err(|e| {
-        Error::backend(
-            op,
-            BACKEND,
-            format!("cuBLAS gemm {batch}x[{m}x{k}]@[{k}x{n}] failed: {e:?}"),
-        )
+    let label = if dev.profiling() {
+        let t = |x: bool| if x { "^T" } else { "" };
+        crate::profile::intern(format!(
+            "gemm {batch}x[{m}x{k}]{}@[{k}x{n}]{}",
+            t(trans_a),
+            t(trans_b)
+        ))
+    } else {
+        "gemm"
+    };
+    dev.profiled(label, || {
+        // SAFETY: lengths checked above; the handle runs on the device stream.
+        unsafe {
+            T::cublas_gemm(
+                *blas.handle(),
+                op_b,
+                op_a,
+                [ni, mi, ki],
+                (b.ptr(), ldb, stride_b as i64),
+                (a.ptr(), lda, stride_a as i64),
+                (c.ptr(), ni, (m * n) as i64),
+                bi,
+            )
+        }
+        .map_err(|e| {
+            Error::backend(
+                op,
+                BACKEND,
+                format!("cuBLAS gemm {batch}x[{m}x{k}]@[{k}x{n}] failed: {e:?}"),
+            )
+        })
     })?;
     Ok(c)
 }

@@ -1,6 +1,11 @@
 //! Max / average pooling (no padding) and their backward passes. The backward
 //! kernels run one thread per input element and gather from the windows that
 //! contain it: no atomics, no zero-fill, sums in the CPU backend's order.
+//! When windows do not overlap (kernel <= stride, the usual 2x2 / stride 2),
+//! max-pool backward instead runs one thread per stride x stride cell of the
+//! input, which holds at most one window: it writes the cell (the gradient at
+//! the argmax, zeros elsewhere) with a few index divisions per cell instead of
+//! several per element.
 
 use super::{need_len, u, BLOCK};
 use crate::device::{arg, Device};
@@ -19,6 +24,8 @@ pub(crate) static MODULE: KernelModule = KernelModule {
         "max_pool_u64",
         "max_pool_backward_u32",
         "max_pool_backward_u64",
+        "max_pool_backward_tiled_u32",
+        "max_pool_backward_tiled_u64",
         "avg_pool_u32",
         "avg_pool_u64",
         "avg_pool_backward_u32",
@@ -85,6 +92,38 @@ __device__ void max_pool_backward_impl(const T* __restrict__ grad, const u32* __
         dx[i] = acc;
     }
 }
+/* kh <= stride and kw <= stride: cell (cy, cx) is input rows [cy s, cy s + s) and
+   columns [cx s, cx s + s), clipped to the input; its top-left kh x kw corner is
+   window (cy, cx) when that window exists. Cells past the last window are zeros. */
+template <typename I>
+__device__ void max_pool_backward_tiled_impl(const T* __restrict__ grad, const u32* __restrict__ arg, T* __restrict__ dx,
+                                             const PoolGeo& g, u32* err) {
+    I ow = (I)g.ow, oh = (I)g.oh, w = (I)g.w, h = (I)g.h, s = (I)g.stride, kh = (I)g.kh, kw = (I)g.kw;
+    I cw = (w + s - 1) / s, chh = (h + s - 1) / s;
+    I total = (I)g.planes * chh * cw;
+    for (I i = (I)(blockIdx.x * blockDim.x + threadIdx.x); i < total; i += (I)blockDim.x * gridDim.x) {
+        I cx = i % cw, t = i / cw;
+        I cy = t % chh, p = t / chh;
+        I y0 = cy * s, x0 = cx * s;
+        I rows = h - y0 < s ? h - y0 : s, cols = w - x0 < s ? w - x0 : s;
+        bool win = cy < oh && cx < ow;
+        I a = (I)-1;
+        T gv = (T)0;
+        if (win) {
+            I o = (p * oh + cy) * ow + cx;
+            a = (I)arg[o];
+            gv = grad[o];
+            I ay = a / w, ax = a - ay * w;
+            if (ay < y0 || ay >= y0 + kh || ax < x0 || ax >= x0 + kw) atomicOr(err, ERR_ARGMAX);
+        }
+        T* out = dx + p * h * w;
+        for (I r = 0; r < rows; ++r)
+            for (I c = 0; c < cols; ++c) {
+                I me = (y0 + r) * w + x0 + c;
+                out[me] = (win && me == a) ? gv : (T)0;
+            }
+    }
+}
 template <typename I>
 __device__ void avg_pool_impl(const T* __restrict__ x, T* __restrict__ y, const PoolGeo& g, T inv) {
     I ow = (I)g.ow, oh = (I)g.oh, w = (I)g.w, h = (I)g.h, s = (I)g.stride, kh = (I)g.kh, kw = (I)g.kw;
@@ -122,6 +161,12 @@ extern "C" __global__ void max_pool_backward_u32(const T* grad, const u32* arg, 
 }
 extern "C" __global__ void max_pool_backward_u64(const T* grad, const u32* arg, T* dx, PoolGeo g, u32* err) {
     max_pool_backward_impl<u64>(grad, arg, dx, g, err);
+}
+extern "C" __global__ void max_pool_backward_tiled_u32(const T* grad, const u32* arg, T* dx, PoolGeo g, u32* err) {
+    max_pool_backward_tiled_impl<u32>(grad, arg, dx, g, err);
+}
+extern "C" __global__ void max_pool_backward_tiled_u64(const T* grad, const u32* arg, T* dx, PoolGeo g, u32* err) {
+    max_pool_backward_tiled_impl<u64>(grad, arg, dx, g, err);
 }
 extern "C" __global__ void avg_pool_u32(const T* x, T* y, PoolGeo g, T inv) { avg_pool_impl<u32>(x, y, g, inv); }
 extern "C" __global__ void avg_pool_u64(const T* x, T* y, PoolGeo g, T inv) { avg_pool_impl<u64>(x, y, g, inv); }
@@ -206,11 +251,19 @@ pub(crate) fn max_pool2d_backward<T: CudaFloat>(
     if n == 0 {
         return Ok(dx);
     }
-    let f = dev.kernel::<T>(&MODULE, &kernel_name("max_pool_backward", g), op)?;
+    // Windows that do not overlap: one thread per stride x stride cell.
+    let tiled = g.kh <= g.stride && g.kw <= g.stride;
+    let (base, threads) = if tiled {
+        let cells = g.planes * g.h.div_ceil(g.stride) * g.w.div_ceil(g.stride);
+        ("max_pool_backward_tiled", cells)
+    } else {
+        ("max_pool_backward", n)
+    };
+    let f = dev.kernel::<T>(&MODULE, &kernel_name(base, g), op)?;
     let (gp, ap, dp, geo, err) = (grad.ptr(), argmax.ptr(), dx.ptr(), geo(g), dev.err_word());
     dev.launch(
         f,
-        (dev.grid_for(n, BLOCK), 1, 1),
+        (dev.grid_for(threads, BLOCK), 1, 1),
         (BLOCK, 1, 1),
         0,
         &mut [arg(&gp), arg(&ap), arg(&dp), arg(&geo), arg(&err)],
