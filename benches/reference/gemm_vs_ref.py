@@ -25,7 +25,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from matmul_ref import SHAPES, operands, rate  # noqa: E402
+from matmul_ref import SHAPES, operands, products, rate  # noqa: E402
 
 UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
 
@@ -71,21 +71,7 @@ def main():
             continue
         flops = 2.0 * m * k * n
         a, b = operands(m, k, n, ta, tb, np.float32, rng)
-        if n == 1:
-            x = b.reshape(-1)
-            fn = (lambda a=a, x=x: a.T @ x) if ta else (lambda a=a, x=x: a @ x)
-        else:
-            ao, bo = (a.T if ta else a), (b.T if tb else b)
-            fn = lambda ao=ao, bo=bo: ao @ bo
-        tfn = None
-        if torch is not None:
-            at, bt = torch.from_numpy(a), torch.from_numpy(b)
-            if n == 1:
-                xt = bt.reshape(-1)
-                tfn = (lambda: at.t() @ xt) if ta else (lambda: at @ xt)
-            else:
-                aot, bot = (at.t() if ta else at), (bt.t() if tb else bt)
-                tfn = lambda aot=aot, bot=bot: aot @ bot
+        fn, tfn = products(a, b, n, ta, tb, torch)
         runs = {c: [] for c in cols}
         for _ in range(args.reps):
             for nm, binary in zip(names, args.bench):

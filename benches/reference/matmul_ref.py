@@ -55,6 +55,27 @@ def operands(m, k, n, ta, tb, dtype, rng):
     return a, b
 
 
+def products(a, b, n, ta, tb, torch=None):
+    """Zero-argument callables computing op(A) op(B) with numpy and (if given) torch.
+    With n == 1 it is a GEMV, the vector as a 1-D array."""
+    if n == 1:
+        x = b.reshape(-1)
+        fn = (lambda: a.T @ x) if ta else (lambda: a @ x)
+    else:
+        ao, bo = (a.T if ta else a), (b.T if tb else b)
+        fn = lambda: ao @ bo
+    if torch is None:
+        return fn, None
+    at, bt = torch.from_numpy(a), torch.from_numpy(b)
+    if n == 1:
+        xt = bt.reshape(-1)
+        tfn = (lambda: at.t() @ xt) if ta else (lambda: at @ xt)
+    else:
+        aot, bot = (at.t() if ta else at), (bt.t() if tb else bt)
+        tfn = lambda: aot @ bot
+    return fn, tfn
+
+
 def rate(fn, flops, min_time=0.02, samples=15):
     fn()
     t = time.perf_counter()
@@ -95,24 +116,9 @@ def main():
     for name, m, k, n, ta, tb in SHAPES:
         a, b = operands(m, k, n, ta, tb, np.float32, rng)
         flops = 2.0 * m * k * n
-        if n == 1:
-            # GEMV: matrix-vector product, the vector as a 1-D array.
-            x = b.reshape(-1)
-            fn = (lambda a=a, x=x: a.T @ x) if ta else (lambda a=a, x=x: a @ x)
-        else:
-            ao = a.T if ta else a
-            bo = b.T if tb else b
-            fn = lambda ao=ao, bo=bo: ao @ bo
+        fn, tfn = products(a, b, n, ta, tb, torch)
         row = f"{name},{m},{k},{n},{int(ta)},{int(tb)},{rate(fn, flops):.1f}"
-        if torch is not None:
-            at, bt = torch.from_numpy(a), torch.from_numpy(b)
-            if n == 1:
-                xt = bt.reshape(-1)
-                tfn = (lambda: at.t() @ xt) if ta else (lambda: at @ xt)
-            else:
-                aot = at.t() if ta else at
-                bot = bt.t() if tb else bt
-                tfn = lambda aot=aot, bot=bot: aot @ bot
+        if tfn is not None:
             row += f",{rate(tfn, flops):.1f}"
         print(row, flush=True)
     if torch is not None:
