@@ -14,8 +14,9 @@
 //! from shared memory serves four rows of P) and splits each row between four
 //! warps; the vectors are staged in shared memory tile by tile, so a warp
 //! waits for one round trip per tile instead of one per vector. At s = 2048, P
-//! (16 MiB) fits in the L2 of an H100/H200, so `rls_update` re-reads it from
-//! L2 and DRAM sees about one read and one write of P per update.
+//! (16 MiB) fits in the L2 of an H100/H200, where `rls_update` can find it
+//! again. Measured times and what still keeps this at 3x the bandwidth floor:
+//! BENCHMARKS.md.
 
 use super::{need_len, u};
 use crate::device::{arg, Device};
