@@ -50,6 +50,26 @@ pub struct GemmConfig {
     pub stride_b: usize,
 }
 
+impl GemmConfig {
+    /// Elements the lhs buffer must hold: the last item starts at
+    /// `(batch - 1) * stride_a` and spans `m * k`.
+    pub fn lhs_len(&self) -> usize {
+        self.operand_len(self.stride_a, self.m * self.k)
+    }
+
+    /// Elements the rhs buffer must hold (see [`GemmConfig::lhs_len`]).
+    pub fn rhs_len(&self) -> usize {
+        self.operand_len(self.stride_b, self.k * self.n)
+    }
+
+    fn operand_len(&self, stride: usize, item: usize) -> usize {
+        match self.batch {
+            0 => 0,
+            b => (b - 1) * stride + item,
+        }
+    }
+}
+
 /// Geometry of a 2-D convolution over an NCHW input with an `[oc, c, kh, kw]` weight.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dGeometry {

@@ -116,23 +116,8 @@ pub(crate) const LARGE_FLOPS: usize = 1 << 28;
 pub(crate) const LARGE_DIM: usize = 512;
 
 pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Vec<T>> {
-    let GemmConfig {
-        batch,
-        m,
-        n,
-        k,
-        stride_a,
-        stride_b,
-        ..
-    } = *cfg;
-    let need = |stride: usize, len: usize| {
-        if batch == 0 {
-            0
-        } else {
-            (batch - 1) * stride + len
-        }
-    };
-    if a.len() < need(stride_a, m * k) || b.len() < need(stride_b, k * n) {
+    let GemmConfig { batch, m, n, k, .. } = *cfg;
+    if a.len() < cfg.lhs_len() || b.len() < cfg.rhs_len() {
         return Err(Error::invalid(
             "gemm",
             format!("buffers too short for batch {batch} of {m}x{k} @ {k}x{n}"),

@@ -37,24 +37,17 @@ pub(crate) fn gemm<T: CudaFloat>(
         stride_a,
         stride_b,
     } = *cfg;
-    let need = |stride: usize, len: usize| {
-        if batch == 0 {
-            0
-        } else {
-            (batch - 1) * stride + len
-        }
-    };
     need_len(
         op,
         &format!("lhs of batch {batch} x {m}x{k}"),
         a.len(),
-        need(stride_a, m * k),
+        cfg.lhs_len(),
     )?;
     need_len(
         op,
         &format!("rhs of batch {batch} x {k}x{n}"),
         b.len(),
-        need(stride_b, k * n),
+        cfg.rhs_len(),
     )?;
     dev.enter(op)?;
     let c = dev.alloc::<T>(batch * m * n, op)?;
