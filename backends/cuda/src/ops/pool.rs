@@ -44,6 +44,14 @@ __device__ __forceinline__ void windows(I i, I k, I stride, I out, I& lo, I& hi)
     if (hi >= out) hi = out - 1;
 }
 
+/* Flags an argmax `a` (an index into a plane of width w) that lies outside
+   the kh x kw window whose top-left input element is (y0, x0). */
+template <typename I>
+__device__ __forceinline__ void check_argmax(I a, I w, I y0, I x0, I kh, I kw, u32* err) {
+    I ay = a / w, ax = a - ay * w;
+    if (ay < y0 || ay >= y0 + kh || ax < x0 || ax >= x0 + kw) atomicOr(err, ERR_ARGMAX);
+}
+
 template <typename I>
 __device__ void max_pool_impl(const T* __restrict__ x, T* __restrict__ y, u32* __restrict__ arg, const PoolGeo& g) {
     I ow = (I)g.ow, oh = (I)g.oh, w = (I)g.w, h = (I)g.h, s = (I)g.stride, kh = (I)g.kh, kw = (I)g.kw;
@@ -85,8 +93,7 @@ __device__ void max_pool_backward_impl(const T* __restrict__ grad, const u32* __
                 if (a == me) acc += grad[o];
                 /* The window's top-left thread checks its argmax lies inside the window. */
                 if (iy == oy * s && ix == ox * s) {
-                    I ay = a / w, ax = a - ay * w;
-                    if (ay < iy || ay >= iy + kh || ax < ix || ax >= ix + kw) atomicOr(err, ERR_ARGMAX);
+                    check_argmax<I>(a, w, iy, ix, kh, kw, err);
                 }
             }
         dx[i] = acc;
@@ -113,8 +120,7 @@ __device__ void max_pool_backward_tiled_impl(const T* __restrict__ grad, const u
             I o = (p * oh + cy) * ow + cx;
             a = (I)arg[o];
             gv = grad[o];
-            I ay = a / w, ax = a - ay * w;
-            if (ay < y0 || ay >= y0 + kh || ax < x0 || ax >= x0 + kw) atomicOr(err, ERR_ARGMAX);
+            check_argmax<I>(a, w, y0, x0, kh, kw, err);
         }
         T* out = dx + p * h * w;
         for (I r = 0; r < rows; ++r)
