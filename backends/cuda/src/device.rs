@@ -4,7 +4,7 @@
 
 use crate::kernels::{self, Kernel, KernelModule, Loaded, MODULE_COUNT};
 use crate::memory::{DeviceBuffer, Pool};
-use crate::profile::Profile;
+use crate::profile::{EventPair, Profile};
 use crate::staging::{PinnedWord, Staging, MAX_STAGED};
 use crate::CudaFloat;
 use cudarc::cublas::CudaBlas;
@@ -419,33 +419,14 @@ impl Device {
         op: &'static str,
         f: impl FnOnce() -> Result<R>,
     ) -> Result<(R, std::time::Duration)> {
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let start = result::event::create(flags).map_err(drv(op))?;
-        let end = match result::event::create(flags) {
-            Ok(e) => e,
-            Err(e) => {
-                // SAFETY: created above, never recorded.
-                unsafe { result::event::destroy(start) }.ok();
-                return Err(drv(op)(e));
-            }
-        };
-        // SAFETY: both events are live until destroyed below; they are recorded on our stream.
-        let timed = unsafe {
-            (|| {
-                result::event::record(start, self.stream.cu_stream()).map_err(drv(op))?;
-                let out = f()?;
-                result::event::record(end, self.stream.cu_stream()).map_err(drv(op))?;
-                result::event::synchronize(end).map_err(drv(op))?;
-                let ms = result::event::elapsed(start, end).map_err(drv(op))?;
-                Ok((out, std::time::Duration::from_secs_f64(ms as f64 * 1e-3)))
-            })()
-        };
-        // SAFETY: no pending record refers to them once `end` completed (or recording failed).
-        unsafe {
-            result::event::destroy(start).ok();
-            result::event::destroy(end).ok();
-        }
-        timed
+        let span = EventPair::new().map_err(drv(op))?;
+        let stream = self.stream.cu_stream();
+        // SAFETY: our stream, with the context bound (callers `enter` first).
+        unsafe { span.record_start(stream) }.map_err(drv(op))?;
+        let out = f()?;
+        unsafe { span.record_end(stream) }.map_err(drv(op))?;
+        let seconds = span.seconds().map_err(drv(op))?;
+        Ok((out, std::time::Duration::from_secs_f64(seconds)))
     }
 
     /// Blocks for 1-D grid-stride kernels of `block` threads over `n` items.

@@ -34,9 +34,62 @@ pub struct OpTime {
     pub seconds: f64,
 }
 
+/// Two timing events around work on a stream; destroyed when dropped (the
+/// driver releases an event that is still pending once it completes).
+pub(crate) struct EventPair {
+    start: sys::CUevent,
+    end: sys::CUevent,
+}
+
+impl EventPair {
+    pub(crate) fn new() -> Result<Self, DriverError> {
+        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
+        let start = result::event::create(flags)?;
+        match result::event::create(flags) {
+            Ok(end) => Ok(EventPair { start, end }),
+            Err(e) => {
+                // SAFETY: created above, never recorded.
+                let _ = unsafe { result::event::destroy(start) };
+                Err(e)
+            }
+        }
+    }
+
+    /// # Safety
+    /// `stream` belongs to the context bound to the calling thread.
+    pub(crate) unsafe fn record_start(&self, stream: sys::CUstream) -> Result<(), DriverError> {
+        result::event::record(self.start, stream)
+    }
+
+    /// # Safety
+    /// As [`EventPair::record_start`].
+    pub(crate) unsafe fn record_end(&self, stream: sys::CUstream) -> Result<(), DriverError> {
+        result::event::record(self.end, stream)
+    }
+
+    /// Waits for the end event; the device time between the two, in seconds.
+    pub(crate) fn seconds(&self) -> Result<f64, DriverError> {
+        // SAFETY: both events are live; elapsed is read after `end` completed.
+        unsafe {
+            result::event::synchronize(self.end)?;
+            Ok(result::event::elapsed(self.start, self.end)? as f64 * 1e-3)
+        }
+    }
+}
+
+impl Drop for EventPair {
+    fn drop(&mut self) {
+        // SAFETY: owned handles, destroyed once.
+        unsafe {
+            let _ = result::event::destroy(self.start);
+            let _ = result::event::destroy(self.end);
+        }
+    }
+}
+
 #[derive(Default)]
 pub(crate) struct Profile {
-    pending: Vec<(&'static str, sys::CUevent, sys::CUevent)>,
+    pending: Vec<(&'static str, EventPair)>,
     totals: HashMap<&'static str, (usize, f64)>,
 }
 
@@ -59,30 +112,22 @@ impl Profile {
         if self.pending.len() >= MAX_PENDING {
             self.resolve()?;
         }
-        let flags = sys::CUevent_flags::CU_EVENT_DEFAULT;
-        let (start, end) = (result::event::create(flags)?, result::event::create(flags)?);
-        // SAFETY: fresh events, recorded on the caller's stream with its context bound.
-        unsafe { result::event::record(start, stream)? };
+        let span = EventPair::new()?;
+        // SAFETY: the caller's stream, with its context bound.
+        unsafe { span.record_start(stream)? };
         let out = f();
-        unsafe { result::event::record(end, stream)? };
-        self.pending.push((op, start, end));
+        unsafe { span.record_end(stream)? };
+        self.pending.push((op, span));
         Ok(out)
     }
 
     /// Waits for every pending span and adds it to the totals.
     fn resolve(&mut self) -> Result<(), DriverError> {
-        for (op, start, end) in self.pending.drain(..) {
-            // SAFETY: both events were recorded in `span`; they are destroyed once read.
-            let ms = unsafe {
-                let ms = result::event::synchronize(end)
-                    .and_then(|_| result::event::elapsed(start, end));
-                let _ = result::event::destroy(start);
-                let _ = result::event::destroy(end);
-                ms?
-            };
+        for (op, span) in self.pending.drain(..) {
+            let seconds = span.seconds()?;
             let t = self.totals.entry(op).or_default();
             t.0 += 1;
-            t.1 += ms as f64 * 1e-3;
+            t.1 += seconds;
         }
         Ok(())
     }
