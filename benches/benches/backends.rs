@@ -203,23 +203,32 @@ fn cnn_convs(c: &mut Criterion) {
 
 // ------------------------------------------------------------------------- RLS
 
+/// Classes (rows of the head gradient) in the RLS benchmarks.
+const RLS_CLASSES: usize = 10;
+
+/// P = I (s x s), a non-negative r and a random head gradient, on `backend`.
+fn rls_operands<B: Backend<f32>>(backend: &B, s: usize) -> (B::Storage, B::Storage, B::Storage) {
+    let mut rng = Rng::new(3);
+    let mut eye = vec![0.0f32; s * s];
+    for i in 0..s {
+        eye[i * s + i] = 1.0;
+    }
+    let p = backend.from_slice(&eye).unwrap();
+    let r = backend.from_slice(&random(&mut rng, s, 0.0, 1.0)).unwrap();
+    let gw = backend
+        .from_slice(&random(&mut rng, RLS_CLASSES * s, -1.0, 1.0))
+        .unwrap();
+    (p, r, gw)
+}
+
 fn rls_case<B: Backend<f32>>(
     g: &mut BenchmarkGroup<'_, WallTime>,
     name: &str,
     backend: &B,
     s: usize,
 ) {
-    let c = 10;
-    let mut rng = Rng::new(3);
-    let mut eye = vec![0.0f32; s * s];
-    for i in 0..s {
-        eye[i * s + i] = 1.0;
-    }
-    let mut p = backend.from_slice(&eye).unwrap();
-    let r = backend.from_slice(&random(&mut rng, s, 0.0, 1.0)).unwrap();
-    let gw = backend
-        .from_slice(&random(&mut rng, c * s, -1.0, 1.0))
-        .unwrap();
+    let c = RLS_CLASSES;
+    let (mut p, r, gw) = rls_operands(backend, s);
     // A large alpha keeps P well away from zero however many iterations run.
     bench_on(g, format!("{name}/s{s}_c{c}"), backend, || {
         backend
@@ -233,17 +242,8 @@ fn rls_case<B: Backend<f32>>(
 /// runs before each update, outside the span, so P comes from DRAM as it does
 /// in a training step, where activations pass through L2 between updates.
 fn rls_cuda_device(g: &mut BenchmarkGroup<'_, WallTime>, cuda: &Cuda, s: usize, cold: bool) {
-    let c = 10;
-    let mut rng = Rng::new(3);
-    let mut eye = vec![0.0f32; s * s];
-    for i in 0..s {
-        eye[i * s + i] = 1.0;
-    }
-    let mut p = cuda.from_slice(&eye).unwrap();
-    let r = cuda.from_slice(&random(&mut rng, s, 0.0, 1.0)).unwrap();
-    let gw = cuda
-        .from_slice(&random(&mut rng, c * s, -1.0, 1.0))
-        .unwrap();
+    let c = RLS_CLASSES;
+    let (mut p, r, gw) = rls_operands(cuda, s);
     let l2 = cuda.info().l2_bytes.unwrap_or(64 << 20) as usize;
     let id = format!(
         "cuda_device_{}/s{s}_c{c}",
