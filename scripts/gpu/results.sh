@@ -2,7 +2,8 @@
 # Runs the README's results table on the GPU machine (see README "Results").
 # Expects gpu-results/ beside it (built by scripts/gpu/pack-results.sh): the
 # `mla` binary, the raw AV-MNIST sources and benches/reference/torch_mla_step.py.
-# Writes results.jsonl (one summary per run), bench.jsonl and logs.tar.gz to $OUT.
+# Writes results.jsonl (one summary per run), bench.jsonl and the profiles of
+# scripts/gpu/step_bench.sh, and logs.tar.gz to $OUT.
 set -u
 G=gpu-results
 OUT=${OUT:-/tmp/out}
@@ -14,14 +15,9 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu
 "$MLA" prepare avmnist --raw "$G/avmnist" --out /tmp/ds/default > /tmp/logs/prepare-default.log 2>&1 || exit 1
 "$MLA" prepare avmnist --raw "$G/avmnist" --out /tmp/ds/pca75 --image-pca-drop 0.75 > /tmp/logs/prepare-pca75.log 2>&1 || exit 1
 
-# Step timings first, while the GPU is otherwise idle.
-for b in 64 512; do
-  for m in mla joint; do
-    "$MLA" bench --data /tmp/ds/default --backend cuda --method "$m" --batch-size "$b" --steps 200 --warmup 20 --json \
-      >> "$OUT/bench.jsonl" 2>> /tmp/logs/bench.log
-  done
-done
-python3 "$G/torch_mla_step.py" --device cuda --batch 64 --batch 512 --steps 200 --warmup 20 >> "$OUT/bench.jsonl" 2>> /tmp/logs/bench.log
+# Step timings first, while the GPU is otherwise idle (mla and PyTorch; the
+# dataset prepared above is reused).
+OUT="$OUT" bash scripts/gpu/step_bench.sh > /tmp/logs/step_bench.log 2>&1
 
 # Training runs, one line per job: NAME ARGS... (the list is scripts/results_jobs.sh).
 jobs=/tmp/jobs.txt
