@@ -60,16 +60,8 @@ impl CpuFloat for f64 {
             stride_b,
             ..
         } = *cfg;
-        let (rsa, csa) = if trans_a {
-            (1, m as isize)
-        } else {
-            (k as isize, 1)
-        };
-        let (rsb, csb) = if trans_b {
-            (1, k as isize)
-        } else {
-            (n as isize, 1)
-        };
+        let (rsa, csa) = mm_strides(trans_a, m, k);
+        let (rsb, csb) = mm_strides(trans_b, k, n);
         for (i, ci) in c.chunks_mut(m * n).enumerate() {
             let (ai, bi) = (&a[i * stride_a..], &b[i * stride_b..]);
             // SAFETY: the caller checked that each item's operands lie inside `a` and `b`;
@@ -105,6 +97,16 @@ impl CpuFloat for f64 {
                 *aij += alpha * (x[i] * yj);
             }
         }
+    }
+}
+
+/// matrixmultiply's (row stride, column stride) of an operand that is
+/// `rows x cols` as used, stored row-major, or stored transposed when `trans`.
+fn mm_strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
+    if trans {
+        (1, rows as isize)
+    } else {
+        (cols as isize, 1)
     }
 }
 
@@ -276,16 +278,8 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
     // matrixmultiply's pool only ever runs from a thread outside rayon's pool.
     let outside_rayon = rayon::current_thread_index().is_none();
     if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM && outside_rayon {
-        let (rsa, csa) = if trans_a {
-            (1, m as isize)
-        } else {
-            (k as isize, 1)
-        };
-        let (rsb, csb) = if trans_b {
-            (1, k as isize)
-        } else {
-            (n as isize, 1)
-        };
+        let (rsa, csa) = mm_strides(trans_a, m, k);
+        let (rsb, csb) = mm_strides(trans_b, k, n);
         // SAFETY: per this function's contract; beta = 0 so C is written, not read.
         // Called from the caller's thread, never inside a rayon task (see module comment).
         unsafe {
