@@ -7,23 +7,12 @@
 //! are extra work inside the timed region). Run: `cargo bench -p mla-benches --bench cpu_conv`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mla_benches::values;
 use mla_core::{Tape, Tensor};
 use mla_cpu::Cpu;
 use std::time::Duration;
 
 type T32 = Tensor<f32, Cpu>;
-
-fn values(seed: u64, len: usize, scale: f32) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0) * scale
-        })
-        .collect()
-}
 
 fn tensor(seed: u64, dims: &[usize], scale: f32) -> T32 {
     T32::from_slice(

@@ -8,6 +8,7 @@
 //! (`RAYON_NUM_THREADS` sets the thread count; the default is every CPU).
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mla_benches::values;
 use mla_core::{Backend, GemmConfig};
 use mla_cpu::Cpu;
 use std::time::Duration;
@@ -47,26 +48,14 @@ const SHAPES: &[(&str, usize, usize, usize, bool, bool)] = &[
     ("gemv/128x128_atx", 128, 128, 1, true, false),
 ];
 
-fn values(seed: u64, len: usize) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
 fn gemm(c: &mut Criterion) {
     let mut g = c.benchmark_group("gemm");
     g.warm_up_time(Duration::from_millis(300))
         .measurement_time(Duration::from_millis(1500))
         .sample_size(30);
     for &(name, m, k, n, ta, tb) in SHAPES {
-        let a = values(1, m * k);
-        let b = values(2, k * n);
+        let a = values(1, m * k, 1.0);
+        let b = values(2, k * n, 1.0);
         let cfg = GemmConfig {
             batch: 1,
             m,

@@ -20,18 +20,12 @@ pub trait OnBackend {
     fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult<Self::Output>;
 }
 
-/// Sizes the CPU thread pools. Must run before any tensor work: rayon's global
-/// pool can be built once, and matrixmultiply reads its variable on first use.
+/// Sizes the CPU thread pool. Must run before any tensor work: rayon's global
+/// pool can be built once.
 pub fn set_threads(threads: Option<usize>) -> CliResult {
     let Some(n) = threads else { return Ok(()) };
     if n == 0 {
         return Err("--threads must be at least 1".into());
-    }
-    // Per mla-cpu's docs, a lone large GEMM runs on matrixmultiply's own pool,
-    // sized from this variable on first use: keep it within the same budget
-    // unless the user set it explicitly.
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
     }
     mla_cpu::set_num_threads(n).map_err(|e| format!("--threads {n}: {e}"))?;
     Ok(())

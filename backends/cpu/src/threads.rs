@@ -4,12 +4,8 @@ use mla_core::{Error, Result};
 
 /// Sizes rayon's global pool, which runs every parallel loop of this backend.
 /// Call it once, before any tensor work (e.g. from a `--threads N` flag);
-/// without it rayon uses `RAYON_NUM_THREADS` or the number of CPUs.
-///
-/// A lone large f32 GEMM (and f64) runs on matrixmultiply's own pool instead,
-/// which reads `MATMUL_NUM_THREADS` once, at its first GEMM: unless the user
-/// set that variable, this sets it to `n` too, so the whole backend uses `n`
-/// threads (the two pools never run at the same time).
+/// without it rayon uses `RAYON_NUM_THREADS` or the number of CPUs. The GEMM
+/// hand-off workers are sized from it too (`n - 1` of them).
 pub fn set_num_threads(n: usize) -> Result<()> {
     if n == 0 {
         return Err(Error::invalid(
@@ -28,8 +24,5 @@ pub fn set_num_threads(n: usize) -> Result<()> {
                 &[],
             )
         })?;
-    if std::env::var_os("MATMUL_NUM_THREADS").is_none() {
-        std::env::set_var("MATMUL_NUM_THREADS", n.to_string());
-    }
     Ok(())
 }

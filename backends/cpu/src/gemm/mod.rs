@@ -1,15 +1,14 @@
 //! Batched GEMM: shape dispatch between our SIMD kernels and matrixmultiply,
 //! and the threading policy.
 //!
-//! Threading: every parallel loop in this crate runs on rayon's pool, and
-//! matrixmultiply is never called from inside a rayon task. matrixmultiply
-//! keeps its own `threading` pool (sized by `MATMUL_NUM_THREADS`, which
-//! [`crate::set_num_threads`] sets too); it is only entered from a thread
-//! outside rayon's pool for a lone large f32 GEMM (at least [`LARGE_FLOPS`],
-//! every dimension at least [`LARGE_DIM`]) and for f64, at which point the rayon
-//! workers are idle. Batched GEMMs and everything else run our kernels, one
-//! item or one block of columns / rows per rayon task. So the two pools are
-//! never busy at the same time and the cores are never oversubscribed.
+//! Threading: every parallel loop in this crate runs on rayon's pool or on the
+//! polling workers of `handoff` (sized from it), never both for one GEMM, so
+//! the cores are never oversubscribed. matrixmultiply is built without its own
+//! `threading` pool: a lone large f32 GEMM (at least [`LARGE_FLOPS`], every
+//! dimension at least [`LARGE_DIM`]) is cut into one block of columns per
+//! thread here, each a single-threaded matrixmultiply call; f64 (gradient
+//! checks) runs single-threaded. Batched GEMMs and everything else run our
+//! kernels, one item or one block of columns / rows per task.
 
 pub(crate) mod tiled;
 
@@ -48,8 +47,7 @@ impl CpuFloat for f32 {
 
 impl CpuFloat for f64 {
     fn gemm_batch(cfg: &GemmConfig, a: &[f64], b: &[f64], c: &mut [MaybeUninit<f64>]) {
-        // f64 is for gradient checks: matrixmultiply alone, one item after another,
-        // never inside a rayon task (see the module comment).
+        // f64 is for gradient checks: matrixmultiply (single-threaded), one item after another.
         let GemmConfig {
             m,
             n,
@@ -113,7 +111,8 @@ fn mm_strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
 /// Below this many flops per rayon task, splitting costs more than it saves.
 const TASK_FLOPS: usize = 1 << 20;
 /// A lone f32 GEMM with at least this many flops and every dimension at least
-/// [`LARGE_DIM`] goes to matrixmultiply, which is as fast as OpenBLAS there.
+/// [`LARGE_DIM`] goes to matrixmultiply, faster than our kernels there (their
+/// blocking is cut for small and skinny shapes).
 pub(crate) const LARGE_FLOPS: usize = 1 << 28;
 pub(crate) const LARGE_DIM: usize = 512;
 
@@ -133,7 +132,7 @@ pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Ve
     Ok(unsafe { crate::alloc::uninit_vec(batch * m * n, |c| T::gemm_batch(cfg, a, b, c)) })
 }
 
-/// A raw pointer to C shared by tasks that write disjoint tiles of it.
+/// A raw pointer shared by tasks: to C, which they write in disjoint tiles, or to an operand they only read.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
 // SAFETY: tasks write disjoint regions; the owning slice outlives the parallel loop.
@@ -254,6 +253,61 @@ unsafe fn gemm_item(
     }
 }
 
+/// A lone large f32 GEMM: one block of columns per thread, each block a
+/// single-threaded matrixmultiply call (each packs all of A, a pass over
+/// `m x k` against `m n k / threads` multiply-adds). Measured at 1024^3 on 2
+/// threads: 139 GFLOP/s against 131 for matrixmultiply's own `threading` pool
+/// in the same interleaved run (BENCHMARKS.md).
+///
+/// # Safety
+/// As [`gemm_f32`] with `batch == 1`.
+unsafe fn large_f32(cfg: &GemmConfig, a: *const f32, b: *const f32, c: *mut f32, threads: usize) {
+    let GemmConfig {
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        ..
+    } = *cfg;
+    let (rsa, csa) = mm_strides(trans_a, m, k);
+    let (rsb, csb) = mm_strides(trans_b, k, n);
+    // Block edges on whole cache lines of C's rows.
+    const ALIGN: usize = 16;
+    let t = threads.min(n / ALIGN).max(1);
+    let (a, b, c) = (
+        SharedMut(a as *mut f32),
+        SharedMut(b as *mut f32),
+        SharedMut(c),
+    );
+    run_tasks(t, |i| {
+        #[allow(clippy::redundant_locals)]
+        let (a, b, c) = (a, b, c);
+        let edge = |i: usize| if i == t { n } else { n * i / t / ALIGN * ALIGN };
+        let (j0, j1) = (edge(i), edge(i + 1));
+        // SAFETY: columns j0..j1 of B and C lie inside the operands (caller's contract);
+        // tasks write disjoint column blocks of C; beta = 0, so C is written, not read.
+        unsafe {
+            matrixmultiply::sgemm(
+                m,
+                k,
+                j1 - j0,
+                1.0,
+                a.0,
+                rsa,
+                csa,
+                b.0.offset(j0 as isize * csb),
+                rsb,
+                csb,
+                0.0,
+                c.0.add(j0),
+                n as isize,
+                1,
+            )
+        }
+    });
+}
+
 /// The f32 batched GEMM on a given instruction set (the public `kernels::gemm_batch`).
 ///
 /// # Safety
@@ -275,31 +329,9 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
     }
     let flops = 2 * m * n * k;
     let threads = rayon::current_num_threads();
-    // matrixmultiply's pool only ever runs from a thread outside rayon's pool.
-    let outside_rayon = rayon::current_thread_index().is_none();
-    if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM && outside_rayon {
-        let (rsa, csa) = mm_strides(trans_a, m, k);
-        let (rsb, csb) = mm_strides(trans_b, k, n);
-        // SAFETY: per this function's contract; beta = 0 so C is written, not read.
-        // Called from the caller's thread, never inside a rayon task (see module comment).
-        unsafe {
-            matrixmultiply::sgemm(
-                m,
-                k,
-                n,
-                1.0,
-                a.as_ptr(),
-                rsa,
-                csa,
-                b.as_ptr(),
-                rsb,
-                csb,
-                0.0,
-                c,
-                n as isize,
-                1,
-            )
-        };
+    if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM {
+        // SAFETY: per this function's contract.
+        unsafe { large_f32(cfg, a.as_ptr(), b.as_ptr(), c, threads) };
         return;
     }
     let kern = Kernel::for_isa(isa);
