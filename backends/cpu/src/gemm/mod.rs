@@ -108,6 +108,9 @@ fn mm_strides(trans: bool, rows: usize, cols: usize) -> (isize, isize) {
     }
 }
 
+/// What packing one element costs, in multiply-adds: a copy moves about two
+/// elements a cycle from L2 where the tile kernels do 16 multiply-adds.
+const PACK_COST: usize = 8;
 /// Below this many flops per rayon task, splitting costs more than it saves.
 const TASK_FLOPS: usize = 1 << 20;
 /// A lone f32 GEMM with at least this many flops and every dimension at least
@@ -194,21 +197,23 @@ unsafe fn gemm_item(
         }
         return;
     }
-    let plan = Plan::choose(kern, m, n, a);
+    let plan = Plan::choose(kern, m, n, a, tasks);
     let panels = n.div_ceil(kern.nr);
     let tiles = m.div_ceil(kern.mr);
     let c = SharedMut(c);
-    // Each task packs its own operands. Split by columns and every task packs
-    // all of A (if A is packed at all); split by rows and every task packs all
-    // of B. Pick the split that repeats less, among those that keep all tasks busy.
+    // Each task packs its own operands: split by columns and every task packs
+    // all of A (if A is packed at all), split by rows and every task packs all
+    // of B. Pick the split whose busiest task does less: its share of the
+    // multiply-adds (whole panels or tiles, so an uneven split shows) plus
+    // what it packs.
     let col_tasks = tasks.min(panels);
     let row_tasks = tasks.min(tiles);
-    let col_waste = if plan.pack_a { m * k } else { 0 };
-    let row_waste = if plan.pack_b { k * n } else { 0 };
-    let by_cols = match (col_tasks == tasks, row_tasks == tasks) {
-        (true, true) => col_waste <= row_waste,
-        (full_cols, full_rows) => full_cols || (!full_rows && col_tasks >= row_tasks),
-    };
+    let pack = |on: bool, elems: usize| if on { PACK_COST * elems } else { 0 };
+    let col_cost = panels.div_ceil(col_tasks) * kern.nr * (m * k + pack(plan.pack_b, k))
+        + pack(plan.pack_a, m * k);
+    let row_cost = tiles.div_ceil(row_tasks) * kern.mr * (n * k + pack(plan.pack_a, k))
+        + pack(plan.pack_b, k * n);
+    let by_cols = col_cost <= row_cost;
     if by_cols && col_tasks > 1 {
         let t = col_tasks;
         run_tasks(t, |i| {

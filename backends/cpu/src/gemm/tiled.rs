@@ -148,6 +148,12 @@ pub(crate) const MC: usize = 96;
 /// Columns of B packed at once (`KC x NC` = 1.5 MiB), bounding the per-thread pack buffer.
 pub(crate) const NC: usize = 1024;
 
+/// B panels per task from which a row-major A is packed too. At batch 64 on
+/// 2 threads, packing A measured 5-15% faster with 25 or more panels per
+/// thread (the input-gradient products, n = 784-9600) and 7-20% slower with 4
+/// or 8 (the forward products, n = 128-256), in the same interleaved runs.
+pub(crate) const PACK_A_PANELS: usize = 16;
+
 /// Which operands to copy into kernel-friendly panels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
@@ -165,12 +171,17 @@ impl Plan {
     /// rows are 1-38 KB apart at the encoder shapes, a new page every row or
     /// two, which the hardware prefetchers do not follow): the batch-64 `A B`
     /// products measured 77-89% of the faster of numpy / torch packed and
-    /// 89-104% in place, in the same interleaved runs. A B stored transposed is always packed. A is
-    /// re-read once per B panel and is packed when there are several panels
-    /// and its in-place layout scatters a tile's rows (A read transposed).
-    pub(crate) fn choose(kern: &Kernel, m: usize, n: usize, a: View) -> Plan {
+    /// 89-104% in place, in the same interleaved runs. A B stored transposed is
+    /// always packed.
+    ///
+    /// A is re-read once per B panel. It is packed when there are several
+    /// panels and its in-place layout scatters a tile's rows (A read
+    /// transposed), or when each of the `tasks` sharing the columns has many
+    /// panels ([`PACK_A_PANELS`]).
+    pub(crate) fn choose(kern: &Kernel, m: usize, n: usize, a: View, tasks: usize) -> Plan {
         let panels = n.div_ceil(kern.nr);
-        let pack_a = m > kern.mr && panels >= 4 && a.cs != 1;
+        let pack_a = m > kern.mr
+            && ((panels >= 4 && a.cs != 1) || panels.div_ceil(tasks.max(1)) >= PACK_A_PANELS);
         let pack_b = m > MC;
         Plan { pack_a, pack_b }
     }

@@ -266,17 +266,23 @@ unsafe fn tile_m<const M: usize>(
 ) {
     let mut c0 = [_mm256_setzero_ps(); M];
     let mut c1 = [_mm256_setzero_ps(); M];
-    let mut ap = a;
+    // One pointer per row, each stepped on its own: computing row i as
+    // `a + i * rsa` let the compiler chain the rows' addresses through one
+    // register, a serial chain of M adds per k step as long as the FMAs take.
+    let mut rows = [a; M];
+    for (i, r) in rows.iter_mut().enumerate() {
+        *r = a.offset(i as isize * rsa);
+    }
     let mut bp = b;
     for _ in 0..k {
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
         for i in 0..M {
-            let av = _mm256_broadcast_ss(&*ap.offset(i as isize * rsa));
+            let av = _mm256_broadcast_ss(&*rows[i]);
             c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
             c1[i] = _mm256_fmadd_ps(av, b1, c1[i]);
+            rows[i] = rows[i].offset(csa);
         }
-        ap = ap.offset(csa);
         bp = bp.add(ldb);
     }
     if nr == NR {
