@@ -149,8 +149,8 @@ pub(crate) const MC: usize = 96;
 pub(crate) const NC: usize = 1024;
 
 /// B panels per task from which a row-major A is packed too. At batch 64 on
-/// 2 threads, packing A measured 5-15% faster with 25 or more panels per
-/// thread (the input-gradient products, n = 784-9600) and 7-20% slower with 4
+/// 2 threads, packing A measured up to 15% faster with 25 or more panels per
+/// thread (the input-gradient products, n = 784-9600) and 6-23% slower with 4
 /// or 8 (the forward products, n = 128-256), in the same interleaved runs.
 pub(crate) const PACK_A_PANELS: usize = 16;
 
