@@ -135,7 +135,7 @@ pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Ve
     Ok(unsafe { crate::alloc::uninit_vec(batch * m * n, |c| T::gemm_batch(cfg, a, b, c)) })
 }
 
-/// A raw pointer shared by tasks: to C, which they write in disjoint tiles, or to an operand they only read.
+/// A raw pointer to C shared by tasks that write disjoint tiles of it.
 #[derive(Clone, Copy)]
 struct SharedMut(*mut f32);
 // SAFETY: tasks write disjoint regions; the owning slice outlives the parallel loop.
@@ -265,31 +265,20 @@ unsafe fn gemm_item(
 /// in the same interleaved run (BENCHMARKS.md).
 ///
 /// # Safety
-/// As [`gemm_f32`] with `batch == 1`.
-unsafe fn large_f32(cfg: &GemmConfig, a: *const f32, b: *const f32, c: *mut f32, threads: usize) {
-    let GemmConfig {
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
-        ..
-    } = *cfg;
-    let (rsa, csa) = mm_strides(trans_a, m, k);
-    let (rsb, csb) = mm_strides(trans_b, k, n);
+/// `a` and `b` describe readable `m x k` and `k x n` matrices, `c` a writable
+/// row-major `m x n` buffer (no overlap).
+unsafe fn large_f32(m: usize, n: usize, k: usize, a: View, b: View, c: *mut f32, threads: usize) {
     // Block edges on whole cache lines of C's rows.
     const ALIGN: usize = 16;
     let t = threads.min(n / ALIGN).max(1);
-    let (a, b, c) = (
-        SharedMut(a as *mut f32),
-        SharedMut(b as *mut f32),
-        SharedMut(c),
-    );
+    let c = SharedMut(c);
     run_tasks(t, |i| {
+        // Rebinding captures the whole Send/Sync wrappers, not their raw-pointer fields.
         #[allow(clippy::redundant_locals)]
         let (a, b, c) = (a, b, c);
         let edge = |i: usize| if i == t { n } else { n * i / t / ALIGN * ALIGN };
         let (j0, j1) = (edge(i), edge(i + 1));
+        let bj = b.offset(0, j0);
         // SAFETY: columns j0..j1 of B and C lie inside the operands (caller's contract);
         // tasks write disjoint column blocks of C; beta = 0, so C is written, not read.
         unsafe {
@@ -298,12 +287,12 @@ unsafe fn large_f32(cfg: &GemmConfig, a: *const f32, b: *const f32, c: *mut f32,
                 k,
                 j1 - j0,
                 1.0,
-                a.0,
-                rsa,
-                csa,
-                b.0.offset(j0 as isize * csb),
-                rsb,
-                csb,
+                a.ptr,
+                a.rs,
+                a.cs,
+                bj.ptr,
+                bj.rs,
+                bj.cs,
                 0.0,
                 c.0.add(j0),
                 n as isize,
@@ -334,16 +323,23 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
     }
     let flops = 2 * m * n * k;
     let threads = rayon::current_num_threads();
+    // Item i's operands as strided views.
+    let views = |i: usize| {
+        (
+            View::new(&a[i * stride_a..], if trans_a { m } else { k }, trans_a),
+            View::new(&b[i * stride_b..], if trans_b { k } else { n }, trans_b),
+        )
+    };
     if batch == 1 && flops >= LARGE_FLOPS && m.min(n).min(k) >= LARGE_DIM {
+        let (av, bv) = views(0);
         // SAFETY: per this function's contract.
-        unsafe { large_f32(cfg, a.as_ptr(), b.as_ptr(), c, threads) };
+        unsafe { large_f32(m, n, k, av, bv, c, threads) };
         return;
     }
     let kern = Kernel::for_isa(isa);
     let c = SharedMut(c);
     let item = |i: usize, tasks: usize| {
-        let av = View::new(&a[i * stride_a..], if trans_a { m } else { k }, trans_a);
-        let bv = View::new(&b[i * stride_b..], if trans_b { k } else { n }, trans_b);
+        let (av, bv) = views(i);
         #[allow(clippy::redundant_locals)]
         let c = c;
         // SAFETY: item i's operands lie inside `a` and `b` and its output block is its own.
