@@ -5,6 +5,12 @@
 //! fsync, rename over the destination, fsync of the directory. A crash leaves
 //! either the old file or the new one, never a torn one, so `--resume` can
 //! always trust `last.safetensors`.
+//!
+//! Every file carries a CRC-32 of each tensor (its name, dtype, shape and bytes) and of
+//! the metadata, verified on load: a bit flipped on disk or in transit is an error naming
+//! the file and the damaged part, not a model that silently computes garbage. Format
+//! `mla-checkpoint/1` files (written before checksums existed) cannot be verified and are
+//! refused with an error saying so. Non-finite weights are refused on load too.
 
 use mla_core::{Backend, Tensor};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView, View};
@@ -16,8 +22,14 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Written into every checkpoint's metadata so foreign safetensors files are recognised.
-pub const FORMAT: &str = "mla-checkpoint/1";
+/// Version 2 added the checksums.
+pub const FORMAT: &str = "mla-checkpoint/2";
+/// The format before checksums: recognised only to say why it is refused.
+const FORMAT_UNCHECKED: &str = "mla-checkpoint/1";
 const FORMAT_KEY: &str = "format";
+/// Metadata entry holding the checksums (JSON, see [`Checksums`]).
+pub const CHECKSUM_KEY: &str = "mla.checksums";
+const CHECKSUM_ALGORITHM: &str = "crc32";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -34,6 +46,21 @@ pub enum CheckpointError {
         path: PathBuf,
         found: Option<String>,
     },
+    #[error("checkpoint {path}: format {FORMAT_UNCHECKED:?} has no checksums, so its contents cannot be verified; it was written by an older mla: retrain, or resume and evaluate it with that version")]
+    Unverifiable { path: PathBuf },
+    #[error("checkpoint {path}: corrupt: {what} (the file changed after it was written)")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("checkpoint {path}: tensor `{name}` holds the non-finite value {value} at element {index}; the weights are unusable (did training diverge?)")]
+    NonFinite {
+        path: PathBuf,
+        name: String,
+        index: usize,
+        value: f32,
+    },
+    #[error("checkpoint {path}: {kind}, not a regular file")]
+    NotRegular { path: PathBuf, kind: &'static str },
+    #[error("checkpoint {path}: cannot allocate {bytes} bytes to read it")]
+    OutOfMemory { path: PathBuf, bytes: u64 },
     #[error("checkpoint {path}: tensor `{name}` has dtype {dtype}, expected F32")]
     Dtype {
         path: PathBuf,
@@ -120,6 +147,49 @@ impl View for F32View<'_> {
     }
 }
 
+/// The checksums of a file: CRC-32 (hex) of the metadata and of each tensor.
+#[derive(Debug, Default, Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Checksums {
+    algorithm: String,
+    metadata: String,
+    tensors: BTreeMap<String, String>,
+}
+
+fn hex(crc: u32) -> String {
+    format!("{crc:08x}")
+}
+
+/// CRC-32 of every metadata entry but the checksums, in key order, each key and value
+/// length-prefixed so that moving bytes between entries changes the sum.
+fn metadata_crc<'a>(entries: impl Iterator<Item = (&'a str, &'a str)>) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    let mut sorted: Vec<(&str, &str)> = entries.filter(|(k, _)| *k != CHECKSUM_KEY).collect();
+    sorted.sort_unstable();
+    for (k, v) in sorted {
+        h.update(&(k.len() as u64).to_le_bytes());
+        h.update(k.as_bytes());
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(v.as_bytes());
+    }
+    h.finalize()
+}
+
+/// CRC-32 of a tensor's name, dtype, shape and little-endian bytes: a flip in the header
+/// that renames or reshapes a tensor is caught like one in its data.
+fn tensor_crc(name: &str, shape: &[usize], bytes: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(name.len() as u64).to_le_bytes());
+    h.update(name.as_bytes());
+    h.update(b"F32");
+    h.update(&(shape.len() as u64).to_le_bytes());
+    for &d in shape {
+        h.update(&(d as u64).to_le_bytes());
+    }
+    h.update(bytes);
+    h.finalize()
+}
+
 impl Checkpoint {
     pub fn new() -> Self {
         Self::default()
@@ -136,7 +206,10 @@ impl Checkpoint {
         data: Vec<f32>,
     ) -> Result<()> {
         let name = name.into();
-        let expected: usize = shape.iter().product();
+        let expected = shape
+            .iter()
+            .try_fold(1usize, |a, &d| a.checked_mul(d))
+            .unwrap_or(usize::MAX);
         if expected != data.len() {
             return Err(CheckpointError::Length {
                 name,
@@ -222,6 +295,13 @@ impl Checkpoint {
     }
 
     pub fn set_json<T: Serialize + ?Sized>(&mut self, key: &str, value: &T) -> Result<()> {
+        if key == FORMAT_KEY || key == CHECKSUM_KEY {
+            return Err(CheckpointError::BadMeta {
+                path: self.path.clone(),
+                key: key.to_string(),
+                msg: "the key is reserved for the file format".into(),
+            });
+        }
         let s = serde_json::to_string(value).map_err(|e| CheckpointError::BadMeta {
             path: self.path.clone(),
             key: key.to_string(),
@@ -250,13 +330,19 @@ impl Checkpoint {
         self.meta.contains_key(key)
     }
 
-    /// Serialises to safetensors bytes (little-endian f32, metadata strings).
+    /// Serialises to safetensors bytes (little-endian f32, metadata strings, checksums).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut sums = Checksums {
+            algorithm: CHECKSUM_ALGORITHM.into(),
+            ..Checksums::default()
+        };
         let views: Vec<(&str, F32View<'_>)> = self
             .tensors
             .iter()
             .map(|(name, t)| {
-                let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                sums.tensors
+                    .insert(name.clone(), hex(tensor_crc(name, &t.shape, &bytes)));
                 (
                     name.as_str(),
                     F32View {
@@ -272,38 +358,107 @@ impl Checkpoint {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+        sums.metadata = hex(metadata_crc(
+            meta.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
+        let sums = serde_json::to_string(&sums).map_err(|e| CheckpointError::BadMeta {
+            path: self.path.clone(),
+            key: CHECKSUM_KEY.into(),
+            msg: e.to_string(),
+        })?;
+        meta.insert(CHECKSUM_KEY.to_string(), sums);
         safetensors::tensor::serialize(views, Some(meta)).map_err(|e| CheckpointError::Malformed {
             path: self.path.clone(),
             msg: e.to_string(),
         })
     }
 
-    /// Parses safetensors bytes; `path` is only used in error messages.
+    /// Parses safetensors bytes, verifying the checksums and that every value is finite;
+    /// `path` is only used in error messages.
     pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Self> {
         let malformed = |msg: String| CheckpointError::Malformed {
             path: path.to_path_buf(),
             msg,
         };
-        let (_, header) =
+        let (n, header) =
             SafeTensors::read_metadata(bytes).map_err(|e| malformed(e.to_string()))?;
+        // The JSON header is padded with spaces; a parser also skips tabs and newlines
+        // there, which would let a damaged padding byte through unnoticed.
+        let text = &bytes[8..8 + n];
+        if text.iter().rposition(|&b| b != b' ').map(|i| text[i]) != Some(b'}') {
+            return Err(malformed(
+                "the header is followed by bytes other than space padding".into(),
+            ));
+        }
         let st = SafeTensors::deserialize(bytes).map_err(|e| malformed(e.to_string()))?;
         let mut meta: BTreeMap<String, String> = header
             .metadata()
             .as_ref()
             .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
             .unwrap_or_default();
-        match meta.remove(FORMAT_KEY) {
+        let corrupt = |what: String| CheckpointError::Corrupt {
+            path: path.to_path_buf(),
+            what,
+        };
+        match meta.get(FORMAT_KEY) {
             Some(f) if f == FORMAT => {}
+            Some(f) if f == FORMAT_UNCHECKED => {
+                return Err(CheckpointError::Unverifiable {
+                    path: path.to_path_buf(),
+                })
+            }
             found => {
                 return Err(CheckpointError::Format {
                     path: path.to_path_buf(),
-                    found,
+                    found: found.cloned(),
                 })
             }
         }
+        let sums = meta
+            .get(CHECKSUM_KEY)
+            .ok_or_else(|| corrupt(format!("metadata `{CHECKSUM_KEY}` is missing")))?;
+        let sums: Checksums = serde_json::from_str(sums)
+            .map_err(|e| corrupt(format!("metadata `{CHECKSUM_KEY}` is not valid: {e}")))?;
+        if sums.algorithm != CHECKSUM_ALGORITHM {
+            return Err(corrupt(format!(
+                "checksum algorithm {:?}, expected {CHECKSUM_ALGORITHM:?}",
+                sums.algorithm
+            )));
+        }
+        if hex(metadata_crc(
+            meta.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        )) != sums.metadata
+        {
+            return Err(corrupt("the metadata does not match its checksum".into()));
+        }
+        meta.remove(FORMAT_KEY);
+        meta.remove(CHECKSUM_KEY);
+        if let Some(name) = sums.tensors.keys().find(|n| st.tensor(n).is_err()) {
+            return Err(corrupt(format!(
+                "tensor `{name}` has a checksum but is not in the file"
+            )));
+        }
         let mut tensors = BTreeMap::new();
         for (name, view) in st.iter() {
-            tensors.insert(name.to_string(), stored_from_view(name, &view, path)?);
+            let sum = sums
+                .tensors
+                .get(name)
+                .ok_or_else(|| corrupt(format!("tensor `{name}` has no checksum")))?;
+            let t = stored_from_view(name, &view, path)?;
+            if hex(tensor_crc(name, &t.shape, view.data())) != *sum {
+                return Err(corrupt(format!(
+                    "tensor `{name}` does not match its checksum"
+                )));
+            }
+            if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+                return Err(CheckpointError::NonFinite {
+                    path: path.to_path_buf(),
+                    name: name.to_string(),
+                    index,
+                    value,
+                });
+            }
+            tensors.insert(name.to_string(), t);
         }
         Ok(Checkpoint {
             path: path.to_path_buf(),
@@ -312,12 +467,36 @@ impl Checkpoint {
         })
     }
 
+    /// Reads and verifies `path`; only a regular file is read (a FIFO would block, a
+    /// device never end), into memory allocated fallibly.
     pub fn load(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| CheckpointError::Io {
+        use crate::data::DataError;
+        use std::io::Read;
+        let io = |op: &'static str, source: std::io::Error| CheckpointError::Io {
             path: path.to_path_buf(),
-            op: "read",
+            op,
             source,
+        };
+        let (file, len) = crate::data::files::open_regular(path).map_err(|e| match e {
+            DataError::NotRegularFile { kind, .. } => CheckpointError::NotRegular {
+                path: path.to_path_buf(),
+                kind,
+            },
+            DataError::MissingFile { .. } => io("read", std::io::ErrorKind::NotFound.into()),
+            DataError::Io { action, source, .. } => io(action, source),
+            other => io("read", std::io::Error::other(other.to_string())),
         })?;
+        let mut bytes = Vec::new();
+        bytes
+            .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+            .map_err(|_| CheckpointError::OutOfMemory {
+                path: path.to_path_buf(),
+                bytes: len,
+            })?;
+        // Never more than the length checked above, should the file grow meanwhile.
+        file.take(len)
+            .read_to_end(&mut bytes)
+            .map_err(|e| io("read", e))?;
         Self::from_bytes(&bytes, path)
     }
 
@@ -336,11 +515,17 @@ fn stored_from_view(name: &str, view: &TensorView<'_>, path: &Path) -> Result<St
             dtype: format!("{:?}", view.dtype()),
         });
     }
-    let data = view
-        .data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let mut data = Vec::new();
+    data.try_reserve_exact(view.data().len() / 4)
+        .map_err(|_| CheckpointError::OutOfMemory {
+            path: path.to_path_buf(),
+            bytes: view.data().len() as u64,
+        })?;
+    data.extend(
+        view.data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+    );
     Ok(StoredTensor {
         shape: view.shape().to_vec(),
         data,

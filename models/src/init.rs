@@ -69,10 +69,20 @@ pub fn uniform<T: Element, B: Backend<T>>(
     bound: f64,
     rng: &mut Rng,
 ) -> Result<Tensor<T, B>> {
-    let n: usize = shape.iter().product();
-    let data: Vec<T> = (0..n)
-        .map(|_| T::lit(bound * (2.0 * rng.uniform() - 1.0)))
-        .collect();
+    // Shapes come from data files and checkpoints: an overflowing product or a size the
+    // allocator refuses is an error, never a `capacity overflow` panic or an abort.
+    let too_big = || {
+        ModelError::Config(format!(
+            "a parameter of shape {shape:?} does not fit in memory"
+        ))
+    };
+    let n = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .ok_or_else(too_big)?;
+    let mut data: Vec<T> = Vec::new();
+    data.try_reserve_exact(n).map_err(|_| too_big())?;
+    data.extend((0..n).map(|_| T::lit(bound * (2.0 * rng.uniform() - 1.0))));
     Ok(Tensor::from_slice(backend, &data, shape.to_vec())?)
 }
 

@@ -125,16 +125,17 @@ fn unreadable_files() {
     let dir = fixture();
     std::fs::remove_file(dir.join("labels.npy")).unwrap();
     std::fs::create_dir(dir.join("labels.npy")).unwrap();
+    // A directory where a file belongs is refused before it is opened.
     assert!(matches!(
         open_err(&dir, "labels.npy"),
-        DataError::Io { .. } | DataError::NpyHeader { .. }
+        DataError::NotRegularFile { .. }
     ));
     let dir = fixture();
     std::fs::remove_file(dir.join("dataset.json")).unwrap();
     std::fs::create_dir(dir.join("dataset.json")).unwrap();
     assert!(matches!(
         open_err(&dir, "dataset.json"),
-        DataError::Io { .. }
+        DataError::NotRegularFile { .. }
     ));
 }
 

@@ -1,6 +1,10 @@
 //! The `mla-dataset/1` reader: a JSON manifest plus memory-mapped `.npy` files. Everything
 //! that can be checked once (shapes, dtypes, labels, splits, index ranges, every sample
 //! having a modality) is checked at open; finiteness is checked per row as rows are read.
+//!
+//! Every size a file declares is checked, with overflow-safe arithmetic, against what the
+//! files hold and against the limits below before anything is allocated from it; every
+//! file is opened only if it is a regular file inside the dataset directory.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -9,10 +13,23 @@ use std::path::{Component, Path, PathBuf};
 use serde_json::Value;
 
 use super::error::DataError;
+use super::files::{self, MAX_MANIFEST_BYTES};
 use super::npy::{DType, NpyArray};
 
 pub const FORMAT: &str = "mla-dataset/1";
 pub const MANIFEST: &str = "dataset.json";
+
+/// Largest `num_classes`: the head and every per-class buffer are sized by it, so a typo
+/// like 4294967295 must not reach an allocation. ImageNet-21k has 21,841 classes.
+pub const MAX_CLASSES: usize = 1 << 16;
+/// Most values in one row of a modality (the product of its input shape): 2^24 f32 values
+/// are 64 MiB per sample. Encoders are sized by it, so it must be bounded even when the
+/// data file has no rows at all (shape (0, huge, huge) holds zero bytes).
+pub const MAX_ROW_VALUES: usize = 1 << 24;
+/// Most modalities in one dataset (each has its own encoder and memory map).
+pub const MAX_MODALITIES: usize = 256;
+/// Longest modality name, in bytes (names become parameter and file names).
+pub const MAX_MODALITY_NAME: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Split {
@@ -60,6 +77,73 @@ pub struct ModalityInfo {
     pub shape: Vec<usize>,
 }
 
+/// One row of a modality as [`Dataset::row`] returns it: borrowed from the memory map when
+/// the file's data is aligned (every file numpy writes), else copied out of the map (only
+/// this row, never the file). Derefs to `[f32]` and compares with slices and vectors.
+#[derive(Clone)]
+pub enum Row<'a> {
+    Mapped(&'a [f32]),
+    Copied(Vec<f32>),
+}
+
+impl std::ops::Deref for Row<'_> {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        match self {
+            Row::Mapped(s) => s,
+            Row::Copied(v) => v,
+        }
+    }
+}
+
+impl AsRef<[f32]> for Row<'_> {
+    fn as_ref(&self) -> &[f32] {
+        self
+    }
+}
+
+impl fmt::Debug for Row<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl PartialEq for Row<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+impl PartialEq<[f32]> for Row<'_> {
+    fn eq(&self, other: &[f32]) -> bool {
+        **self == *other
+    }
+}
+impl PartialEq<&[f32]> for Row<'_> {
+    fn eq(&self, other: &&[f32]) -> bool {
+        **self == **other
+    }
+}
+impl PartialEq<Vec<f32>> for Row<'_> {
+    fn eq(&self, other: &Vec<f32>) -> bool {
+        **self == **other
+    }
+}
+impl PartialEq<Row<'_>> for [f32] {
+    fn eq(&self, other: &Row<'_>) -> bool {
+        *self == **other
+    }
+}
+impl PartialEq<Row<'_>> for &[f32] {
+    fn eq(&self, other: &Row<'_>) -> bool {
+        **self == **other
+    }
+}
+impl PartialEq<Row<'_>> for Vec<f32> {
+    fn eq(&self, other: &Row<'_>) -> bool {
+        **self == **other
+    }
+}
+
 #[derive(Debug)]
 struct ModalityData {
     data: NpyArray,
@@ -103,9 +187,17 @@ impl ManifestReader<'_> {
         }
     }
 
-    /// A file path from the manifest, resolved inside `dir`; anything that could leave
-    /// the directory (absolute paths, `..`) is rejected.
-    fn file(&self, dir: &Path, obj: &Value, field: &str, what: &str) -> Result<PathBuf, DataError> {
+    /// A file path from the manifest, resolved inside `dir` (canonical form `root`):
+    /// anything that could leave the directory (absolute paths, `..`, a symbolic link
+    /// pointing outside) is rejected. Returns (the path as written, the resolved path).
+    fn file(
+        &self,
+        dir: &Path,
+        root: &Path,
+        obj: &Value,
+        field: &str,
+        what: &str,
+    ) -> Result<(PathBuf, PathBuf), DataError> {
         let entry = self.string(obj, field, what)?;
         let rel = Path::new(entry);
         let inside = !entry.is_empty()
@@ -119,7 +211,9 @@ impl ManifestReader<'_> {
                 entry: entry.to_string(),
             });
         }
-        Ok(dir.join(rel))
+        let joined = dir.join(rel);
+        let real = files::resolve_inside(root, &joined, self.path, &format!("{what}.{field}"))?;
+        Ok((joined, real))
     }
 }
 
@@ -127,8 +221,13 @@ impl Dataset {
     pub fn open(dir: impl AsRef<Path>) -> Result<Dataset, DataError> {
         let dir = dir.as_ref().to_path_buf();
         let manifest_path = dir.join(MANIFEST);
-        let text =
-            std::fs::read(&manifest_path).map_err(|e| DataError::io(&manifest_path, "read", e))?;
+        // Symbolic links are resolved against the directory's own canonical form, so a
+        // dataset reached through a link to its directory is fine.
+        let root =
+            std::fs::canonicalize(&dir).map_err(|e| DataError::io(&manifest_path, "read", e))?;
+        let manifest_real = files::resolve_inside(&root, &manifest_path, &manifest_path, MANIFEST)?;
+        let text = files::read_regular(&manifest_real, MAX_MANIFEST_BYTES, "manifest")
+            .map_err(|e| e.renamed(&manifest_real, &manifest_path))?;
         let manifest: Value =
             serde_json::from_slice(&text).map_err(|e| DataError::ManifestJson {
                 path: manifest_path.clone(),
@@ -163,7 +262,12 @@ impl Dataset {
             Some(_) => m.string(&manifest, "name", "dataset")?.to_string(),
         };
         let num_classes = match manifest.get("num_classes").and_then(Value::as_u64) {
-            Some(c) if c >= 1 && c <= u32::MAX as u64 => c as usize,
+            Some(c) if c >= 1 && c <= MAX_CLASSES as u64 => c as usize,
+            Some(c) if c > MAX_CLASSES as u64 => {
+                return Err(m.err(format!(
+                    "field \"num_classes\" is {c}, more than the limit of {MAX_CLASSES}"
+                )))
+            }
             _ => return Err(m.err("field \"num_classes\" must be a positive integer".into())),
         };
         let class_names = match manifest.get("class_names") {
@@ -179,16 +283,13 @@ impl Dataset {
             }
         };
 
-        let labels_path = m.file(&dir, &manifest, "labels", "dataset")?;
-        let labels_raw = NpyArray::open(&labels_path, DType::I64)?;
+        let (labels_path, labels_real) = m.file(&dir, &root, &manifest, "labels", "dataset")?;
+        let labels_raw = NpyArray::open_as(&labels_real, &labels_path, DType::I64)?;
         let n = vector_len(&labels_raw)?;
-        let mut labels = Vec::with_capacity(n);
-        for (i, &y) in labels_raw
-            .as_slice::<i64>()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        // n is backed by 8n bytes of the file; the allocation is still fallible.
+        let mut labels = Vec::new();
+        files::try_reserve(&mut labels, n, &labels_path, "labels")?;
+        for (i, y) in labels_raw.iter::<i64>().into_iter().flatten().enumerate() {
             if y < 0 || y as u64 >= num_classes as u64 {
                 return Err(DataError::LabelOutOfRange {
                     path: labels_path,
@@ -201,16 +302,12 @@ impl Dataset {
         }
         drop(labels_raw);
 
-        let split_path = m.file(&dir, &manifest, "split", "dataset")?;
-        let split_raw = NpyArray::open(&split_path, DType::U8)?;
+        let (split_path, split_real) = m.file(&dir, &root, &manifest, "split", "dataset")?;
+        let split_raw = NpyArray::open_as(&split_real, &split_path, DType::U8)?;
         check_len(&split_raw, n, &labels_path)?;
-        let mut split = Vec::with_capacity(n);
-        for (i, &s) in split_raw
-            .as_slice::<u8>()
-            .unwrap_or_default()
-            .iter()
-            .enumerate()
-        {
+        let mut split = Vec::new();
+        files::try_reserve(&mut split, n, &split_path, "splits")?;
+        for (i, s) in split_raw.iter::<u8>().into_iter().flatten().enumerate() {
             split.push(Split::from_code(s).ok_or(DataError::InvalidSplit {
                 path: split_path.clone(),
                 sample: i,
@@ -222,6 +319,12 @@ impl Dataset {
             Some(Value::Array(a)) if !a.is_empty() => a,
             _ => return Err(m.err("field \"modalities\" must be a non-empty array".into())),
         };
+        if entries.len() > MAX_MODALITIES {
+            return Err(m.err(format!(
+                "{} modalities, more than the limit of {MAX_MODALITIES}",
+                entries.len()
+            )));
+        }
         let mut modalities = Vec::with_capacity(entries.len());
         let mut data = Vec::with_capacity(entries.len());
         let mut seen = HashSet::new();
@@ -234,12 +337,18 @@ impl Dataset {
             if mname.is_empty() {
                 return Err(m.err(format!("{what}: name is empty")));
             }
+            let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+            if mname.len() > MAX_MODALITY_NAME || !mname.chars().all(name_ok) {
+                return Err(m.err(format!(
+                    "{what}: name {mname:?} must be at most {MAX_MODALITY_NAME} ASCII letters, digits, '_' or '-'"
+                )));
+            }
             if !seen.insert(mname.clone()) {
                 return Err(m.err(format!("modality name {mname:?} appears twice")));
             }
             let what = format!("modality {mname:?}");
-            let data_path = m.file(&dir, entry, "data", &what)?;
-            let arr = NpyArray::open(&data_path, DType::F32)?;
+            let (data_path, data_real) = m.file(&dir, &root, entry, "data", &what)?;
+            let arr = NpyArray::open_as(&data_real, &data_path, DType::F32)?;
             let (rows, shape) = match arr.shape().split_first() {
                 Some((&r, rest)) => (r, rest.to_vec()),
                 None => {
@@ -250,7 +359,21 @@ impl Dataset {
                     })
                 }
             };
-            let row_len: usize = shape.iter().product();
+            // With zero rows the file holds nothing whatever the other dimensions say, so
+            // their product is checked here, not by the file size.
+            let row_len = shape
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .filter(|&l| l <= MAX_ROW_VALUES);
+            let Some(row_len) = row_len else {
+                return Err(DataError::NpyShape {
+                    path: data_path,
+                    found: arr.shape().to_vec(),
+                    expected: format!(
+                        "rows of at most {MAX_ROW_VALUES} values (the product of the dimensions after the first)"
+                    ),
+                });
+            };
             if row_len == 0 {
                 return Err(DataError::NpyShape {
                     path: data_path,
@@ -274,10 +397,10 @@ impl Dataset {
                     None
                 }
                 Some(_) => {
-                    let index_path = m.file(&dir, entry, "index", &what)?;
-                    let idx = NpyArray::open(&index_path, DType::I64)?;
+                    let (index_path, index_real) = m.file(&dir, &root, entry, "index", &what)?;
+                    let idx = NpyArray::open_as(&index_real, &index_path, DType::I64)?;
                     check_len(&idx, n, &labels_path)?;
-                    let values = idx.as_slice::<i64>().unwrap_or_default().to_vec();
+                    let values = idx.to_vec::<i64>()?;
                     if let Some((i, &v)) = values
                         .iter()
                         .enumerate()
@@ -381,9 +504,12 @@ impl Dataset {
         }
     }
 
-    /// Stored row of `modality` for `sample`: None = missing; else zero-copy from the map.
-    /// Rejects non-finite values in the row it reads.
-    pub fn row(&self, modality: usize, sample: usize) -> Result<Option<&[f32]>, DataError> {
+    /// The data file and stored row of `modality` for `sample` (None = missing).
+    fn locate(
+        &self,
+        modality: usize,
+        sample: usize,
+    ) -> Result<Option<(&ModalityData, usize)>, DataError> {
         let d = self
             .data
             .get(modality)
@@ -403,18 +529,65 @@ impl Dataset {
             Some(x) => x[sample] as usize,
         };
         debug_assert!(row < d.rows);
-        let all = d.data.as_slice::<f32>().unwrap_or_default();
-        let values = &all[row * d.row_len..(row + 1) * d.row_len];
-        if let Some((element, &value)) = values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(DataError::NonFinite {
-                path: d.data.path().to_path_buf(),
-                sample,
-                row,
-                element,
-                value,
-            });
-        }
+        Ok(Some((d, row)))
+    }
+
+    /// Stored row of `modality` for `sample`: None = missing; else zero-copy from the map
+    /// when the file's data is aligned, a copy of this one row otherwise.
+    /// Rejects non-finite values in the row it reads.
+    pub fn row(&self, modality: usize, sample: usize) -> Result<Option<Row<'_>>, DataError> {
+        let Some((d, row)) = self.locate(modality, sample)? else {
+            return Ok(None);
+        };
+        let values = match d.data.as_slice::<f32>() {
+            Some(all) => Row::Mapped(&all[row * d.row_len..(row + 1) * d.row_len]),
+            None => {
+                let mut v = Vec::new();
+                d.data.read_into(row * d.row_len, d.row_len, &mut v)?;
+                Row::Copied(v)
+            }
+        };
+        check_finite(d, sample, row, &values)?;
         Ok(Some(values))
+    }
+
+    /// Appends the stored row of `modality` for `sample` to `out` (one copy from the map,
+    /// at any alignment) and returns true; returns false, appending nothing, when the
+    /// sample lacks the modality. Rejects non-finite values, leaving `out` as it was.
+    pub fn read_row_into(
+        &self,
+        modality: usize,
+        sample: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<bool, DataError> {
+        let Some((d, row)) = self.locate(modality, sample)? else {
+            return Ok(false);
+        };
+        let start = out.len();
+        d.data.read_into(row * d.row_len, d.row_len, out)?;
+        if let Err(e) = check_finite(d, sample, row, &out[start..]) {
+            out.truncate(start);
+            return Err(e);
+        }
+        Ok(true)
+    }
+}
+
+fn check_finite(
+    d: &ModalityData,
+    sample: usize,
+    row: usize,
+    values: &[f32],
+) -> Result<(), DataError> {
+    match values.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((element, &value)) => Err(DataError::NonFinite {
+            path: d.data.path().to_path_buf(),
+            sample,
+            row,
+            element,
+            value,
+        }),
+        None => Ok(()),
     }
 }
 

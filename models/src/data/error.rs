@@ -33,6 +33,31 @@ pub enum DataError {
         entry: String,
     },
 
+    #[error("{}: {kind}, not a regular file; only regular files are read", path.display())]
+    NotRegularFile { path: PathBuf, kind: &'static str },
+
+    #[error("{}: {field} resolves to {} outside the dataset directory (symbolic links may not leave it)", path.display(), target.display())]
+    SymlinkEscapes {
+        path: PathBuf,
+        field: String,
+        target: PathBuf,
+    },
+
+    #[error("{}: {what} of {size} bytes is larger than the limit of {limit} bytes", path.display())]
+    TooLarge {
+        path: PathBuf,
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
+
+    #[error("{}: cannot allocate {bytes} bytes for the {what}", path.display())]
+    OutOfMemory {
+        path: PathBuf,
+        what: &'static str,
+        bytes: u64,
+    },
+
     #[error("{}: cannot parse .npy header: {problem}", path.display())]
     NpyHeader { path: PathBuf, problem: String },
 
@@ -137,6 +162,22 @@ pub enum DataError {
 }
 
 impl DataError {
+    /// The same error naming `to` where it named `from`: files are opened by their
+    /// resolved path but reported by the path the user wrote.
+    pub(crate) fn renamed(mut self, from: &std::path::Path, to: &std::path::Path) -> Self {
+        if let DataError::MissingFile { path }
+        | DataError::Io { path, .. }
+        | DataError::NotRegularFile { path, .. }
+        | DataError::TooLarge { path, .. }
+        | DataError::OutOfMemory { path, .. } = &mut self
+        {
+            if path == from {
+                *path = to.to_path_buf();
+            }
+        }
+        self
+    }
+
     pub(crate) fn io(
         path: impl Into<PathBuf>,
         action: &'static str,

@@ -49,11 +49,20 @@ pub fn make_batch(dataset: &Dataset, samples: &[usize]) -> Result<Batch, DataErr
     for m in 0..dataset.modalities().len() {
         let row_len = dataset.row_len(m).unwrap_or(0);
         let mut present = Vec::new();
-        let mut data = Vec::with_capacity(samples.len() * row_len);
+        // Row lengths are bounded by the dataset, batch sizes by the caller: their product
+        // is checked, and allocated fallibly, rather than trusted.
+        let mut data = Vec::new();
+        let want = samples.len().checked_mul(row_len);
+        if want.is_none_or(|n| data.try_reserve_exact(n).is_err()) {
+            return Err(DataError::Loader(format!(
+                "a batch of {} samples of {} values each (modality {m}) does not fit in memory",
+                samples.len(),
+                row_len
+            )));
+        }
         for (pos, &s) in samples.iter().enumerate() {
-            if let Some(row) = dataset.row(m, s)? {
+            if dataset.read_row_into(m, s, &mut data)? {
                 present.push(pos);
-                data.extend_from_slice(row);
             }
         }
         modalities.push(ModalityBatch { present, data });

@@ -3,11 +3,12 @@
 pub mod avmnist;
 pub mod dataset;
 pub mod error;
+pub mod files;
 pub mod loader;
 pub mod npy;
 
 pub use avmnist::{prepare_avmnist, AvmnistOptions, PrepareReport};
-pub use dataset::{Dataset, ModalityInfo, Split};
+pub use dataset::{Dataset, ModalityInfo, Row, Split};
 pub use error::DataError;
 pub use loader::{seeded_subset, Batch, Loader, ModalityBatch};
 pub use npy::{write_npy, write_npy_f32, write_npy_i64, write_npy_u8, DType, NpyArray, NpyHeader};

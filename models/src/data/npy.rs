@@ -1,6 +1,7 @@
 //! NumPy `.npy` files (format 1.0 and 2.0, little-endian, C order): a header parser that
-//! never panics on arbitrary bytes, a memory-mapped reader with zero-copy typed views, and
-//! a writer (used by preparation and by test fixtures).
+//! never panics on arbitrary bytes, a memory-mapped reader (zero-copy typed views when the
+//! data is aligned, element-wise reads from the map at any offset), and a writer (used by
+//! preparation and by test fixtures).
 
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -9,11 +10,19 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 
 use super::error::DataError;
+use super::files;
 
 const MAGIC: &[u8; 6] = b"\x93NUMPY";
 /// Nesting beyond this in a header is garbage; bounding it keeps the parser's stack small.
 const MAX_DEPTH: usize = 8;
-const MAX_RANK: usize = 32;
+/// At most this many dimensions (numpy itself allows 64; no dataset needs more than a few).
+pub const MAX_RANK: usize = 32;
+/// Largest header accepted. numpy writes a few hundred bytes and by default refuses to read
+/// headers over 10,000; bounding it bounds what the parser can allocate.
+pub const MAX_HEADER_BYTES: usize = 1 << 20;
+/// At most this many items in one tuple, list or dictionary of a header (a shape has at
+/// most MAX_RANK; the dictionary three entries): the parser stops before building more.
+const MAX_ITEMS: usize = 64;
 
 /// Element types the dataset format uses (plus f64, for reference files).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +133,11 @@ pub fn parse_header(bytes: &[u8], path: &Path) -> Result<NpyHeader, DataError> {
     } else {
         u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize
     };
+    if header_len > MAX_HEADER_BYTES {
+        return Err(bad(format!(
+            "header length {header_len} is larger than the limit of {MAX_HEADER_BYTES} bytes"
+        )));
+    }
     let end = start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
@@ -292,6 +306,9 @@ impl Parser<'_> {
                         self.i += 1;
                         return Ok(PyVal::Dict(entries));
                     }
+                    if entries.len() >= MAX_ITEMS {
+                        return Err(format!("dictionary has more than {MAX_ITEMS} entries"));
+                    }
                     let k = self.value(depth + 1)?;
                     self.expect(b':')?;
                     let v = self.value(depth + 1)?;
@@ -316,6 +333,9 @@ impl Parser<'_> {
                         } else {
                             PyVal::None
                         });
+                    }
+                    if items.len() >= MAX_ITEMS {
+                        return Err(format!("tuple or list has more than {MAX_ITEMS} items"));
                     }
                     items.push(self.value(depth + 1)?);
                     match self.peek() {
@@ -380,51 +400,46 @@ impl Parser<'_> {
     }
 }
 
-/// Element types that can be viewed in place and written.
+/// Element types that can be viewed in place, read from little-endian bytes, and written.
 pub trait NpyElement: Copy + Send + Sync + 'static {
     const DTYPE: DType;
     fn put_le(self, out: &mut Vec<u8>);
+    /// The value stored little-endian in `b` (exactly `DTYPE.size()` bytes).
+    fn from_le(b: &[u8]) -> Self;
 }
 
-impl NpyElement for f32 {
-    const DTYPE: DType = DType::F32;
-    fn put_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
+macro_rules! npy_element {
+    ($t:ty, $dtype:expr) => {
+        impl NpyElement for $t {
+            const DTYPE: DType = $dtype;
+            fn put_le(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(&self.to_le_bytes());
+            }
+            fn from_le(b: &[u8]) -> Self {
+                let mut a = [0u8; std::mem::size_of::<$t>()];
+                a.copy_from_slice(b);
+                <$t>::from_le_bytes(a)
+            }
+        }
+    };
 }
-impl NpyElement for f64 {
-    const DTYPE: DType = DType::F64;
-    fn put_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-}
-impl NpyElement for i64 {
-    const DTYPE: DType = DType::I64;
-    fn put_le(self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.to_le_bytes());
-    }
-}
-impl NpyElement for u8 {
-    const DTYPE: DType = DType::U8;
-    fn put_le(self, out: &mut Vec<u8>) {
-        out.push(self);
-    }
-}
+npy_element!(f32, DType::F32);
+npy_element!(f64, DType::F64);
+npy_element!(i64, DType::I64);
+npy_element!(u8, DType::U8);
 
-enum Backing {
-    /// The file itself, when the data is suitably aligned on a little-endian host.
-    Mapped { map: Mmap, offset: usize },
-    /// An aligned, host-order copy otherwise (u64 storage gives 8-byte alignment).
-    Owned(Vec<u64>),
-}
-
-/// An open `.npy` file with a checked header; its data is viewed in place when possible.
+/// An open `.npy` file with a checked header. The data always stays in the memory map,
+/// whatever its offset: a typed slice is handed out when the data is aligned (every file
+/// numpy or we write), element-wise little-endian reads work at any offset. Nothing is
+/// ever copied whole, so a 2 GiB file costs address space, not memory.
 pub struct NpyArray {
     path: PathBuf,
     dtype: DType,
     shape: Vec<usize>,
-    nbytes: usize,
-    backing: Backing,
+    /// Elements in the file (the product of the shape).
+    len: usize,
+    map: Mmap,
+    offset: usize,
 }
 
 impl std::fmt::Debug for NpyArray {
@@ -438,15 +453,22 @@ impl std::fmt::Debug for NpyArray {
 }
 
 impl NpyArray {
-    /// Opens `path`, requiring dtype `expected`; checks the header and that the file holds
-    /// all the data the header promises.
+    /// Opens `path`, requiring dtype `expected`; checks that it is a regular file, the
+    /// header, and that the file holds all the data the header promises.
     pub fn open(path: impl AsRef<Path>, expected: DType) -> Result<NpyArray, DataError> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|e| DataError::io(path, "open", e))?;
-        let len = file
-            .metadata()
-            .map_err(|e| DataError::io(path, "read metadata of", e))?
-            .len();
+        Self::open_as(path, path, expected)
+    }
+
+    /// Opens `real` (a resolved path) but names `shown` (the path the user wrote) in
+    /// errors and in [`NpyArray::path`].
+    pub(crate) fn open_as(
+        real: &Path,
+        shown: &Path,
+        expected: DType,
+    ) -> Result<NpyArray, DataError> {
+        let path = shown;
+        let (file, len) = files::open_regular(real).map_err(|e| e.renamed(real, shown))?;
         if len < 10 {
             return Err(DataError::NpyHeader {
                 path: path.to_path_buf(),
@@ -469,41 +491,27 @@ impl NpyArray {
                 expected: expected.name(),
             });
         }
+        let found = (map.len() - header.data_offset) as u64;
         let truncated = |needed: u64| DataError::NpyTruncated {
             path: path.to_path_buf(),
             shape: header.shape.clone(),
             needed,
-            found: (map.len() - header.data_offset) as u64,
+            found,
         };
         let count = header.elem_count().unwrap_or(usize::MAX);
         let nbytes = count
             .checked_mul(dtype.size())
             .ok_or_else(|| truncated(u64::MAX))?;
-        if map.len() - header.data_offset < nbytes {
+        if found < nbytes as u64 {
             return Err(truncated(nbytes as u64));
         }
-        let offset = header.data_offset;
-        let aligned = (map.as_ptr() as usize + offset).is_multiple_of(dtype.size());
-        let backing = if aligned && cfg!(target_endian = "little") {
-            Backing::Mapped { map, offset }
-        } else {
-            let src = &map[offset..offset + nbytes];
-            let mut words = vec![0u64; nbytes.div_ceil(8)];
-            // SAFETY: `words` has at least nbytes bytes and u8 has no alignment needs.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr() as *mut u8, nbytes) };
-            dst.copy_from_slice(src);
-            if cfg!(target_endian = "big") {
-                dst.chunks_exact_mut(dtype.size()).for_each(|c| c.reverse());
-            }
-            Backing::Owned(words)
-        };
         Ok(NpyArray {
             path: path.to_path_buf(),
             dtype,
             shape: header.shape,
-            nbytes,
-            backing,
+            len: count,
+            offset: header.data_offset,
+            map,
         })
     }
 
@@ -516,29 +524,100 @@ impl NpyArray {
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
-
-    fn bytes(&self) -> &[u8] {
-        match &self.backing {
-            Backing::Mapped { map, offset } => &map[*offset..*offset + self.nbytes],
-            // SAFETY: the vector holds at least nbytes initialised bytes.
-            Backing::Owned(words) => unsafe {
-                std::slice::from_raw_parts(words.as_ptr() as *const u8, self.nbytes)
-            },
-        }
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
-    /// The data as a flat slice of `T`, or None if `T` is not this file's dtype.
+    fn bytes(&self) -> &[u8] {
+        &self.map[self.offset..self.offset + self.len * self.dtype.size()]
+    }
+
+    /// Whether the data can be viewed in place as a typed slice: aligned for the dtype and
+    /// stored in host byte order.
+    pub fn is_aligned(&self) -> bool {
+        cfg!(target_endian = "little")
+            && (self.map.as_ptr() as usize + self.offset).is_multiple_of(self.dtype.size())
+    }
+
+    /// The data as a flat slice of `T`, zero-copy from the map; None if `T` is not this
+    /// file's dtype or the data is not aligned for it (see [`NpyArray::is_aligned`]; use
+    /// [`NpyArray::read_into`] or [`NpyArray::get`], which work at any offset).
     pub fn as_slice<T: NpyElement>(&self) -> Option<&[T]> {
-        if T::DTYPE != self.dtype {
+        if T::DTYPE != self.dtype || !self.is_aligned() {
             return None;
         }
         let bytes = self.bytes();
-        let n = self.nbytes / self.dtype.size();
-        debug_assert_eq!(bytes.as_ptr() as usize % std::mem::align_of::<T>(), 0);
-        // SAFETY: `open` only maps in place when the data start is aligned for the dtype
-        // and the host is little-endian; otherwise the bytes live in a u64-aligned copy in
-        // host order. Every bit pattern is a valid f32/f64/i64/u8.
-        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, n) })
+        // SAFETY: the start is aligned for T (checked above), the length is a whole number
+        // of T, the host is little-endian like the file, and every bit pattern is a valid
+        // f32/f64/i64/u8.
+        Some(unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, self.len) })
+    }
+
+    /// Every element in order, read from the map at any alignment; None if `T` is not
+    /// this file's dtype.
+    pub fn iter<T: NpyElement>(&self) -> Option<impl Iterator<Item = T> + '_> {
+        if T::DTYPE != self.dtype {
+            return None;
+        }
+        Some(self.bytes().chunks_exact(self.dtype.size()).map(T::from_le))
+    }
+
+    /// Element `i`, read from the map at any alignment; None if `T` is not this file's
+    /// dtype or `i` is out of range.
+    pub fn get<T: NpyElement>(&self, i: usize) -> Option<T> {
+        if T::DTYPE != self.dtype || i >= self.len {
+            return None;
+        }
+        let size = self.dtype.size();
+        let at = self.offset + i * size;
+        Some(T::from_le(&self.map[at..at + size]))
+    }
+
+    /// Appends elements `start..start + count` to `out` with one copy from the map, at any
+    /// alignment. Fails on a dtype mismatch or a range outside the data.
+    pub fn read_into<T: NpyElement>(
+        &self,
+        start: usize,
+        count: usize,
+        out: &mut Vec<T>,
+    ) -> Result<(), DataError> {
+        if T::DTYPE != self.dtype {
+            return Err(DataError::InvalidArgument(format!(
+                "{}: reading {} from a {} file",
+                self.path.display(),
+                T::DTYPE.name(),
+                self.dtype.name()
+            )));
+        }
+        let end = start.checked_add(count).filter(|&e| e <= self.len);
+        let Some(end) = end else {
+            return Err(DataError::InvalidArgument(format!(
+                "{}: elements {start}..{start}+{count} are outside the {} elements of the file",
+                self.path.display(),
+                self.len
+            )));
+        };
+        files::try_reserve(out, count, &self.path, "data read from the .npy file")?;
+        if let Some(all) = self.as_slice::<T>() {
+            out.extend_from_slice(&all[start..end]);
+        } else {
+            let size = self.dtype.size();
+            let bytes = &self.bytes()[start * size..end * size];
+            out.extend(bytes.chunks_exact(size).map(T::from_le));
+        }
+        Ok(())
+    }
+
+    /// All elements as a vector, allocated fallibly (an error, not an abort, when the
+    /// file holds more than memory does).
+    pub fn to_vec<T: NpyElement>(&self) -> Result<Vec<T>, DataError> {
+        let mut out = Vec::new();
+        self.read_into(0, self.len, &mut out)?;
+        Ok(out)
     }
 }
 
@@ -633,7 +712,7 @@ pub fn write_npy_u8(path: impl AsRef<Path>, shape: &[usize], data: &[u8]) -> Res
 /// Reads a whole float64 `.npy` file (reference values) as (shape, values).
 pub fn read_npy_f64(path: impl AsRef<Path>) -> Result<(Vec<usize>, Vec<f64>), DataError> {
     let a = NpyArray::open(path, DType::F64)?;
-    let v = a.as_slice::<f64>().map(<[f64]>::to_vec).unwrap_or_default();
+    let v = a.to_vec::<f64>()?;
     Ok((a.shape.clone(), v))
 }
 

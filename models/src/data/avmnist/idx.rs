@@ -4,9 +4,10 @@
 use std::io::Read;
 use std::path::Path;
 
-use flate2::read::GzDecoder;
+use flate2::read::MultiGzDecoder;
 
 use crate::data::error::DataError;
+use crate::data::files;
 
 /// An unsigned-byte IDX array.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -17,26 +18,75 @@ pub struct IdxArray {
 
 const UBYTE: u8 = 0x08;
 
-/// Reads an IDX file of unsigned bytes, decompressing it if it is gzip.
+/// Largest IDX data accepted (after decompression), and largest IDX file read. MNIST's
+/// largest file holds 47 MB; the limit keeps a corrupt or hostile header from sizing an
+/// allocation, and a gzip stream from expanding past it.
+pub const MAX_IDX_BYTES: usize = 256 << 20;
+
+/// Reads an IDX file of unsigned bytes, decompressing it if it is gzip (one member or
+/// several, as `cat a.gz b.gz` makes). The decompressed size is bounded by what the IDX
+/// header declares: decompression stops one byte past it, so a small file that expands to
+/// gigabytes is rejected after reading no more than the header promised.
 pub fn read_idx(path: &Path) -> Result<IdxArray, DataError> {
-    let raw = std::fs::read(path).map_err(|e| DataError::io(path, "read", e))?;
-    let bytes = if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::with_capacity(raw.len() * 5);
-        GzDecoder::new(raw.as_slice())
-            .read_to_end(&mut out)
-            .map_err(|e| DataError::Idx {
-                path: path.to_path_buf(),
-                problem: format!("gzip data is corrupt: {e}"),
-            })?;
-        out
-    } else {
-        raw
+    let raw = files::read_regular(path, MAX_IDX_BYTES as u64, "IDX file")?;
+    if !raw.starts_with(&[0x1f, 0x8b]) {
+        return parse_idx(&raw, path);
+    }
+    let bad = |problem: String| DataError::Idx {
+        path: path.to_path_buf(),
+        problem,
     };
-    parse_idx(&bytes, path)
+    let corrupt = |e: std::io::Error| bad(format!("gzip data is corrupt: {e}"));
+    let mut gz = MultiGzDecoder::new(raw.as_slice());
+    let mut header = vec![0u8; 4];
+    let got = read_full(&mut gz, &mut header).map_err(corrupt)?;
+    header.truncate(got);
+    if got == 4 && header[0] == 0 && header[1] == 0 && header[2] == UBYTE && header[3] > 0 {
+        header.resize(4 + 4 * header[3] as usize, 0);
+        let got = read_full(&mut gz, &mut header[4..]).map_err(corrupt)?;
+        header.truncate(4 + got);
+    }
+    // Checks magic, type and rank, and bounds the declared count.
+    let (dims, start, count) = parse_header(&header, path)?;
+    debug_assert_eq!(start, header.len());
+    let mut data = Vec::new();
+    files::try_reserve(&mut data, count, path, "IDX data")?;
+    (&mut gz)
+        .take(count as u64)
+        .read_to_end(&mut data)
+        .map_err(corrupt)?;
+    if data.len() < count {
+        return Err(bad(format!(
+            "dimensions {dims:?} need {count} bytes of data, the gzip stream holds {}",
+            data.len()
+        )));
+    }
+    let mut probe = [0u8; 1];
+    if read_full(&mut gz, &mut probe).map_err(corrupt)? != 0 {
+        return Err(bad(format!(
+            "the gzip stream holds more than the {count} bytes of data that dimensions {dims:?} need"
+        )));
+    }
+    Ok(IdxArray { dims, data })
 }
 
-/// Parses an uncompressed IDX byte stream; `path` is only used in errors.
-pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
+/// Reads until `buf` is full or the stream ends; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Parses the header at the start of `bytes`: (dimensions, data start, element count),
+/// the count checked for overflow and against [`MAX_IDX_BYTES`].
+fn parse_header(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, usize, usize), DataError> {
     let bad = |problem: String| DataError::Idx {
         path: path.to_path_buf(),
         problem,
@@ -77,15 +127,27 @@ pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
     let count = dims
         .iter()
         .try_fold(1usize, |a, &d| a.checked_mul(d))
-        .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
+        .filter(|&c| c <= MAX_IDX_BYTES)
+        .ok_or_else(|| {
+            bad(format!(
+                "dimensions {dims:?} declare more than the limit of {MAX_IDX_BYTES} bytes of data"
+            ))
+        })?;
+    Ok((dims, start, count))
+}
+
+/// Parses an uncompressed IDX byte stream; `path` is only used in errors.
+pub fn parse_idx(bytes: &[u8], path: &Path) -> Result<IdxArray, DataError> {
+    let (dims, start, count) = parse_header(bytes, path)?;
     let found = bytes.len() - start;
     if found != count {
-        return Err(bad(format!(
-            "dimensions {dims:?} need {count} bytes of data, found {found}"
-        )));
+        return Err(DataError::Idx {
+            path: path.to_path_buf(),
+            problem: format!("dimensions {dims:?} need {count} bytes of data, found {found}"),
+        });
     }
-    Ok(IdxArray {
-        dims,
-        data: bytes[start..].to_vec(),
-    })
+    let mut data = Vec::new();
+    files::try_reserve(&mut data, count, path, "IDX data")?;
+    data.extend_from_slice(&bytes[start..]);
+    Ok(IdxArray { dims, data })
 }

@@ -4,6 +4,7 @@
 use std::path::Path;
 
 use crate::data::error::DataError;
+use crate::data::files;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Wav {
@@ -11,8 +12,13 @@ pub struct Wav {
     pub samples: Vec<i16>,
 }
 
+/// Largest WAV file read: 64 MiB is 35 minutes of 16 kHz mono 16-bit audio (an FSDD
+/// recording is under a second). Only regular files are read, so a recording that is a
+/// link to `/dev/zero` is refused instead of read until memory runs out.
+pub const MAX_WAV_BYTES: u64 = 64 << 20;
+
 pub fn read_wav(path: &Path) -> Result<Wav, DataError> {
-    let bytes = std::fs::read(path).map_err(|e| DataError::io(path, "read", e))?;
+    let bytes = files::read_regular(path, MAX_WAV_BYTES, "WAV file")?;
     parse_wav(&bytes, path)
 }
 
