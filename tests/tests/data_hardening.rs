@@ -302,7 +302,7 @@ fn multi_member_gzip_is_read_whole() {
 fn npy_with_shape(path: &Path, shape: &str, data: &[u8]) {
     let text = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {shape}, }}");
     let mut text = text.into_bytes();
-    while (10 + text.len() + 1) % 64 != 0 {
+    while !(10 + text.len() + 1).is_multiple_of(64) {
         text.push(b' ');
     }
     text.push(b'\n');
