@@ -2,12 +2,12 @@
 //! modalities removed at test time.
 
 use crate::backend::{self, BackendChoice, OnBackend};
-use crate::report::metrics_table;
+use crate::report::{fusion_fit_lines, metrics_table};
 use crate::CliResult;
 use mla_core::Backend;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
-use mla_models::trainer::{eval, load_model, run_dir, EvalOptions, FusionRule};
+use mla_models::trainer::{eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -42,7 +42,9 @@ pub struct Args {
     /// Remove this modality at test time (repeat for several).
     #[arg(long, value_name = "NAME")]
     drop_modality: Vec<String>,
-    /// Fusion of MLA's per-modality logits. [default: the run's]
+    /// Fusion of MLA's per-modality logits (entropy, mean, calibrated,
+    /// weighted, weighted-entropy, auto), with the parameters the run fitted
+    /// on validation and stored in the checkpoint. [default: the run's]
     #[arg(long)]
     fusion: Option<FusionRule>,
     /// Print one JSON object instead of a table.
@@ -85,6 +87,7 @@ impl OnBackend for Args {
         };
         let dataset = Arc::new(Dataset::open(&data)?);
         let (model, layout, cfg) = load_model(&backend, &dataset, &ckpt)?;
+        let fit = load_fusion_fit(&ckpt, &layout)?;
         let split: Split = self.split.into();
         let samples = dataset.indices(split);
         if samples.is_empty() {
@@ -92,6 +95,7 @@ impl OnBackend for Args {
         }
         let opts = EvalOptions {
             fusion: self.fusion,
+            fit: fit.clone(),
             drop: self.drop_modality.clone(),
             gap: true,
         };
@@ -104,6 +108,7 @@ impl OnBackend for Args {
                 "split": split.to_string(),
                 "method": cfg.method,
                 "fusion": fusion,
+                "fusion_fit": fit,
                 "dropped": self.drop_modality,
                 "backend": name,
                 "metrics": m,
@@ -123,8 +128,11 @@ impl OnBackend for Args {
             );
             print!(
                 "{}",
-                metrics_table(cfg.method, fusion.as_str(), None, &m, &split.to_string())
+                metrics_table(cfg.method, fusion, None, &m, &split.to_string())
             );
+            if let Some(f) = &fit {
+                print!("{}", fusion_fit_lines(f));
+            }
         }
         Ok(())
     }

@@ -70,8 +70,14 @@ pub struct Args {
     /// reported every epoch; tune alpha with it.
     #[arg(long, default_value_t = DEFAULT_ALPHA, conflicts_with = "resume")]
     alpha: f64,
-    /// Test-time fusion of MLA's per-modality logits (both are always reported).
-    #[arg(long, default_value = "entropy", conflicts_with = "resume")]
+    /// Test-time fusion of MLA's per-modality logits: entropy (the paper's
+    /// per-sample entropy weights), mean, calibrated (per-modality
+    /// temperatures fitted on validation NLL, then entropy weights),
+    /// weighted (non-negative logit weights fitted on validation NLL),
+    /// weighted-entropy (both), or auto (the rule most accurate on
+    /// validation). Parameters come from the validation split only; every
+    /// rule is reported.
+    #[arg(long, default_value = "auto", conflicts_with = "resume")]
     fusion: FusionRule,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,

@@ -4,7 +4,9 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use mla_models::data::Split;
-use mla_models::metrics::EvalMetrics;
+use mla_models::fusion::{FusionFit, FusionRule};
+use mla_models::metrics::NamedValues;
+use mla_models::trainer::EvalMetrics;
 use mla_models::trainer::{EpochRecord, Method, Observer, Summary};
 use std::time::Instant;
 
@@ -111,7 +113,7 @@ fn row(
 /// Rows of one or two evaluations side by side.
 pub fn metrics_table(
     method: Method,
-    fusion: &str,
+    fusion: FusionRule,
     val: Option<&EvalMetrics>,
     test: &EvalMetrics,
     test_label: &str,
@@ -122,7 +124,9 @@ pub fn metrics_table(
     };
     // Per row: Some(value or missing) with a validation column, None without.
     let v = |f: &dyn Fn(&EvalMetrics) -> Option<f64>| val.map(f);
+    let used = test.fusion_rule.unwrap_or(fusion);
     let fused_name = match method {
+        Method::Mla if used != fusion => format!("fused ({fusion}: {used})"),
         Method::Mla => format!("fused ({fusion})"),
         Method::Joint => "fused (joint head)".into(),
         Method::Unimodal => "fused (= modality)".into(),
@@ -136,7 +140,7 @@ pub fn metrics_table(
     );
     if let Some(fa) = &test.fusion_accuracy {
         for (rule, acc) in fa.iter() {
-            if rule != fusion {
+            if rule != used.as_str() {
                 let vr = v(&|m| m.fusion_accuracy.as_ref().and_then(|f| f.get(rule)));
                 row(&mut out, &format!("fused ({rule})"), vr, Some(acc), pct);
             }
@@ -155,6 +159,22 @@ pub fn metrics_table(
             Some(acc),
             pct,
         );
+    }
+    let ece_rows: [(&str, fn(&EvalMetrics) -> Option<&NamedValues>); 2] = [
+        ("ECE", |m| m.calibration_error.as_ref()),
+        ("ECE calibrated", |m| {
+            m.calibration_error_calibrated.as_ref()
+        }),
+    ];
+    for (label, get) in ece_rows {
+        if let Some(e) = get(test) {
+            for (name, x) in e.iter() {
+                let vr = v(&|m| get(m).and_then(|e| e.get(name)));
+                row(&mut out, &format!("{label} {name}"), vr, Some(x), |x| {
+                    format!("{x:.4}")
+                });
+            }
+        }
     }
     if test.modality_gap.is_some() {
         row(
@@ -197,11 +217,14 @@ pub fn summary_table(s: &Summary) -> String {
     );
     out.push_str(&metrics_table(
         s.method,
-        s.fusion.as_str(),
+        s.fusion,
         Some(&s.val),
         &s.test,
         "test",
     ));
+    if let Some(f) = &s.fusion_fit {
+        out.push_str(&fusion_fit_lines(f));
+    }
     if !s.hgm_surviving_fraction.is_empty() {
         let f: Vec<String> = s
             .hgm_surviving_fraction
@@ -218,4 +241,22 @@ pub fn summary_table(s: &Summary) -> String {
         s.train_seconds, s.samples_per_second, s.backend, s.total_seconds
     ));
     out
+}
+
+/// The fusion parameters fitted on validation, one line each.
+pub fn fusion_fit_lines(f: &FusionFit) -> String {
+    let list = |nv: &NamedValues| {
+        nv.iter()
+            .map(|(n, v)| format!("{n} {v:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "  fusion fitted on {} validation samples: temperatures {}; weights {}; weights with entropy {}; auto chose {}\n",
+        f.samples,
+        list(&f.temperatures),
+        list(&f.weights),
+        list(&f.weights_entropy),
+        f.chosen
+    )
 }

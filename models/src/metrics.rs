@@ -1,7 +1,7 @@
 //! Evaluation metrics computed on the host from logits and features read back
 //! once per evaluation batch: accuracy, mean cross-entropy, and the modality
 //! gap (MLA.md: distance between the modalities' centroids of L2-normalised
-//! features).
+//! features). What one evaluation pass reports is `trainer::EvalMetrics`.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -172,27 +172,6 @@ impl<'de> Deserialize<'de> for NamedValues {
         }
         d.deserialize_map(V)
     }
-}
-
-/// Metrics of one evaluation pass over a split.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct EvalMetrics {
-    /// Samples evaluated.
-    pub samples: u64,
-    /// Accuracy of the fused prediction (the run's fusion for MLA; the one
-    /// modality for unimodal).
-    pub fused_accuracy: f64,
-    /// Mean cross-entropy of the fused logits.
-    pub loss: f64,
-    /// MLA only: fused accuracy under each fusion rule (`entropy`, `mean`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fusion_accuracy: Option<NamedValues>,
-    /// Each modality's accuracy alone, over the samples where it is present.
-    pub modality_accuracy: NamedValues,
-    /// Distance between modality centroids of L2-normalised features
-    /// (`None` with a single modality or when not computed for this split).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub modality_gap: Option<f64>,
 }
 
 #[cfg(test)]

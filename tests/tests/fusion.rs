@@ -3,7 +3,7 @@
 
 use mla_core::Tensor;
 use mla_cpu::Cpu;
-use mla_models::fusion::{entropy, fuse, fuse_tensors, FusionKind, ModalityLogits};
+use mla_models::fusion::{entropy, fuse, fuse_tensors, Fusion, FusionRule, ModalityLogits};
 use mla_models::rng::Rng;
 use proptest::prelude::*;
 
@@ -68,7 +68,7 @@ impl Batch {
 }
 
 /// Naive per-sample reference: the paper's `exp(max_j e_j - e_m)` normalised.
-fn reference(b: &Batch, kind: FusionKind, i: usize) -> (Vec<f64>, Vec<f64>) {
+fn reference(b: &Batch, kind: &Fusion, i: usize) -> (Vec<f64>, Vec<f64>) {
     let nm = b.positions.len();
     let ent = |z: &[f64]| {
         let p: Vec<f64> = z.iter().map(|v| v.exp()).collect();
@@ -81,7 +81,7 @@ fn reference(b: &Batch, kind: FusionKind, i: usize) -> (Vec<f64>, Vec<f64>) {
     let raw: Vec<f64> = e
         .iter()
         .map(|&em| {
-            if kind == FusionKind::Entropy {
+            if *kind == Fusion::Entropy {
                 (emax - em).exp()
             } else {
                 1.0
@@ -114,9 +114,9 @@ proptest! {
     /// fused logits and weights match the naive reference.
     #[test]
     fn weights_and_logits_match_reference(seed in any::<u64>(), batch in 1usize..12, nm in 1usize..4, classes in 2usize..7, mean in any::<bool>()) {
-        let kind = if mean { FusionKind::Mean } else { FusionKind::Entropy };
+        let kind = if mean { Fusion::Mean } else { Fusion::Entropy };
         let b = Batch::random(seed, batch, nm, classes);
-        let f = fuse(kind, batch, classes, &b.inputs()).unwrap();
+        let f = fuse(&kind, batch, classes, &b.inputs()).unwrap();
         for i in 0..batch {
             let w = f.weights_row(i);
             for m in 0..nm {
@@ -124,7 +124,7 @@ proptest! {
                 prop_assert!(w[m] >= 0.0);
             }
             prop_assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-12);
-            let (z, wr) = reference(&b, kind, i);
+            let (z, wr) = reference(&b, &kind, i);
             prop_assert!(close(f.row(i), &z, 1e-10) && close(w, &wr, 1e-10), "sample {}", i);
         }
     }
@@ -133,10 +133,10 @@ proptest! {
     #[test]
     fn invariant_to_modality_order(seed in any::<u64>(), batch in 1usize..10, nm in 2usize..5, shift in 1usize..4) {
         let b = Batch::random(seed, batch, nm, 5);
-        let f = fuse(FusionKind::Entropy, batch, 5, &b.inputs()).unwrap();
+        let f = fuse(&Fusion::Entropy, batch, 5, &b.inputs()).unwrap();
         let order: Vec<usize> = (0..nm).map(|k| (k + shift) % nm).collect();
         let permuted: Vec<ModalityLogits<'_, f64>> = order.iter().map(|&m| b.inputs()[m]).collect();
-        let g = fuse(FusionKind::Entropy, batch, 5, &permuted).unwrap();
+        let g = fuse(&Fusion::Entropy, batch, 5, &permuted).unwrap();
         prop_assert!(close(&f.logits, &g.logits, 1e-12));
         prop_assert_eq!(f.predictions(), g.predictions());
         for i in 0..batch {
@@ -151,7 +151,7 @@ proptest! {
     #[test]
     fn independent_of_batch_mates(seed in any::<u64>(), batch in 2usize..12, nm in 1usize..4, cut_seed in any::<u64>()) {
         let b = Batch::random(seed, batch, nm, 4);
-        let f = fuse(FusionKind::Entropy, batch, 4, &b.inputs()).unwrap();
+        let f = fuse(&Fusion::Entropy, batch, 4, &b.inputs()).unwrap();
         let mut rng = Rng::new(cut_seed);
         let mut perm: Vec<usize> = (0..batch).collect();
         rng.shuffle(&mut perm);
@@ -167,7 +167,7 @@ proptest! {
                     }
                 }
             }
-            let g = fuse(FusionKind::Entropy, sub.batch, 4, &sub.inputs()).unwrap();
+            let g = fuse(&Fusion::Entropy, sub.batch, 4, &sub.inputs()).unwrap();
             for (j, &i) in part.iter().enumerate() {
                 prop_assert_eq!(g.row(j), f.row(i));
                 prop_assert_eq!(g.weights_row(j), f.weights_row(i));
@@ -196,13 +196,13 @@ proptest! {
         let mut without = b.clone();
         without.positions[drop].clear();
         without.logits[drop].clear();
-        let f = fuse(FusionKind::Entropy, b.batch, 4, &without.inputs()).unwrap();
+        let f = fuse(&Fusion::Entropy, b.batch, 4, &without.inputs()).unwrap();
         let rest: Vec<ModalityLogits<'_, f64>> = (0..3).filter(|&m| m != drop).map(|m| b.inputs()[m]).collect();
-        let g = fuse(FusionKind::Entropy, b.batch, 4, &rest).unwrap();
+        let g = fuse(&Fusion::Entropy, b.batch, 4, &rest).unwrap();
         prop_assert_eq!(&f.logits, &g.logits);
         for i in 0..b.batch {
             prop_assert_eq!(f.weights_row(i)[drop], 0.0);
-            let (z, _) = reference(&without, FusionKind::Entropy, i);
+            let (z, _) = reference(&without, &Fusion::Entropy, i);
             prop_assert!(close(f.row(i), &z, 1e-10));
         }
     }
@@ -217,7 +217,7 @@ fn confident_modality_outweighs_uniform_one_per_sample() {
     let m1 = [0.3, 0.3, 0.3, 0.3, /* sample 1 */ 6.0, 0.0, 0.0, 0.0];
     let pos = [0usize, 1];
     let f = fuse(
-        FusionKind::Entropy,
+        &Fusion::Entropy,
         2,
         4,
         &[
@@ -242,7 +242,7 @@ fn confident_modality_outweighs_uniform_one_per_sample() {
     assert!(entropy(&[0.0f64, 0.0, 30.0]) < 1e-10);
     // Mean fusion ignores confidence.
     let f = fuse(
-        FusionKind::Mean,
+        &Fusion::Mean,
         2,
         4,
         &[
@@ -264,38 +264,38 @@ fn confident_modality_outweighs_uniform_one_per_sample() {
 fn tensors_and_errors() {
     let z0 = Tensor::<f32, Cpu>::from_slice(&Cpu, &[1.0, 2.0, 3.0, 0.5, 0.5, 0.5], [2, 3]).unwrap();
     let z1 = Tensor::<f32, Cpu>::from_slice(&Cpu, &[4.0, 0.0, 0.0], [1, 3]).unwrap();
-    let f = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0, 2]), (&z1, &[1])]).unwrap();
+    let f = fuse_tensors(&Fusion::Entropy, 3, &[(&z0, &[0, 2]), (&z1, &[1])]).unwrap();
     assert_eq!(
         f.row(1),
         &[4.0, 0.0, 0.0],
         "a sample with one modality keeps its logits"
     );
     assert_eq!(f.weights_row(2), &[1.0, 0.0]);
-    let err = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0, 1])])
+    let err = fuse_tensors(&Fusion::Entropy, 3, &[(&z0, &[0, 1])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("sample 2 has no modality present"), "{err}");
-    let err = fuse_tensors(FusionKind::Entropy, 3, &[(&z0, &[0])])
+    let err = fuse_tensors(&Fusion::Entropy, 3, &[(&z0, &[0])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("for 1 samples"), "{err}");
-    let err = fuse_tensors(FusionKind::Entropy, 2, &[(&z0, &[0, 2])])
+    let err = fuse_tensors(&Fusion::Entropy, 2, &[(&z0, &[0, 2])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("position 2 outside the batch of 2"), "{err}");
-    let err = fuse_tensors(FusionKind::Entropy, 2, &[(&z0, &[1, 1])])
+    let err = fuse_tensors(&Fusion::Entropy, 2, &[(&z0, &[1, 1])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("sample 1 given twice"), "{err}");
     let bad = Tensor::<f32, Cpu>::from_slice(&Cpu, &[f32::NAN, 0.0, 0.0], [1, 3]).unwrap();
-    let err = fuse_tensors(FusionKind::Mean, 1, &[(&bad, &[0])])
+    let err = fuse_tensors(&Fusion::Mean, 1, &[(&bad, &[0])])
         .unwrap_err()
         .to_string();
     assert!(err.contains("non-finite logit for sample 0"), "{err}");
     let four = Tensor::<f32, Cpu>::from_slice(&Cpu, &[0.0; 4], [1, 4]).unwrap();
-    assert!(fuse_tensors(FusionKind::Mean, 1, &[(&z1, &[0]), (&four, &[0])]).is_err());
+    assert!(fuse_tensors(&Fusion::Mean, 1, &[(&z1, &[0]), (&four, &[0])]).is_err());
     assert!("max"
-        .parse::<FusionKind>()
+        .parse::<FusionRule>()
         .unwrap_err()
         .to_string()
         .contains("entropy, mean"));

@@ -511,7 +511,7 @@ proptest! {
 /// by far, and a parameter snapshot taken before training stays as it was.
 #[test]
 fn mla_steps_learn_a_synthetic_task() {
-    use mla_models::fusion::{fuse_tensors, FusionKind};
+    use mla_models::fusion::{fuse_tensors, Fusion};
     use mla_models::hgm::{Hgm, HgmMode};
     use mla_models::optim::{OptimConfig, Optimizer};
 
@@ -607,13 +607,13 @@ fn mla_steps_learn_a_synthetic_task() {
             / 300.0
     };
     let fused = fuse_tensors(
-        FusionKind::Entropy,
+        &Fusion::Entropy,
         300,
         &[(za.value(), &all), (zb.value(), &all)],
     )
     .unwrap();
     let alone = |z: &mla_core::Var<'_, f32, Cpu>| {
-        acc(fuse_tensors(FusionKind::Mean, 300, &[(z.value(), &all)])
+        acc(fuse_tensors(&Fusion::Mean, 300, &[(z.value(), &all)])
             .unwrap()
             .predictions())
     };

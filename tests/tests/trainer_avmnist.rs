@@ -10,7 +10,8 @@ use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset, Split};
 use mla_models::trainer::{
-    eval, load_model, run_dir, EvalOptions, Method, Silent, TrainConfig, Trainer,
+    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, Method, Silent,
+    TrainConfig, Trainer,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -78,9 +79,15 @@ fn mla_on_real_avmnist_subset_is_far_above_chance() {
         t.eval_samples(Split::Test),
         &EvalOptions {
             gap: true,
+            fit: load_fusion_fit(&ckpt, &layout).unwrap(),
             ..Default::default()
         },
     )
     .unwrap();
+    // Every rule, the fitted ones included, as the summary reported it.
     assert_eq!(m, s.test);
+    assert_eq!(
+        m.fusion_accuracy.as_ref().map(|f| f.0.len()),
+        Some(FusionRule::CONCRETE.len())
+    );
 }

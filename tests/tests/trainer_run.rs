@@ -8,8 +8,8 @@ use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
 use mla_models::trainer::{
-    eval, load_model, run_dir, EvalOptions, HgmMode, Method, OptimizerKind, Silent, TrainConfig,
-    TrainError, Trainer,
+    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, HgmMode, Method,
+    OptimizerKind, Silent, TrainConfig, TrainError, Trainer,
 };
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, TempDir};
@@ -51,8 +51,26 @@ fn mla_learns_both_modalities_and_reports_every_metric() {
         .fusion_accuracy
         .as_ref()
         .expect("MLA reports both fusions");
-    assert!(fa.get("entropy").is_some() && fa.get("mean").is_some());
-    assert_eq!(fa.get("entropy").unwrap(), s.test.fused_accuracy);
+    let rule = s.test.fusion_rule.expect("MLA names its fusion rule");
+    assert_eq!(fa.0.len(), FusionRule::CONCRETE.len(), "{fa:?}");
+    assert_eq!(fa.get(rule.as_str()).unwrap(), s.test.fused_accuracy);
+    // auto chose on validation: the chosen rule is the most accurate there.
+    let fit = s
+        .fusion_fit
+        .as_ref()
+        .expect("MLA fits its fusion on validation");
+    assert_eq!(fit.chosen, rule);
+    assert_eq!(s.val.fusion_rule, Some(rule));
+    let va = s.val.fusion_accuracy.as_ref().unwrap();
+    assert!(va.iter().all(|(_, a)| a <= va.get(rule.as_str()).unwrap()));
+    assert_eq!(fit.samples, s.val.samples);
+    for nv in [
+        &s.test.calibration_error,
+        &s.test.calibration_error_calibrated,
+    ] {
+        let e = nv.as_ref().expect("ECE before and after calibration");
+        assert!(e.iter().all(|(_, x)| (0.0..=1.0).contains(&x)), "{e:?}");
+    }
     let gap = s.test.modality_gap.expect("gap on test");
     assert!(gap > 0.0 && gap <= 2.0, "{gap}");
     assert_eq!(s.test.samples, 96);
@@ -332,6 +350,8 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
     let s = t.run(&mut Silent).unwrap();
     let ckpt = Checkpoint::load(&dir.join(run_dir::BEST)).unwrap();
     let (model, layout, c) = load_model(&Cpu, &ds, &ckpt).unwrap();
+    let fit = load_fusion_fit(&ckpt, &layout).unwrap();
+    assert_eq!(fit, s.fusion_fit);
     let test = ds.indices(Split::Test);
     let m = eval::evaluate(
         &model,
@@ -341,11 +361,36 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
         &test,
         &EvalOptions {
             gap: true,
+            fit: fit.clone(),
             ..Default::default()
         },
     )
     .unwrap();
     assert_eq!(m, s.test);
+    // Every rule from the checkpoint alone gives the summary's test number.
+    let fa = s.test.fusion_accuracy.as_ref().unwrap();
+    for r in FusionRule::CONCRETE {
+        let m = eval::evaluate(
+            &model,
+            &c,
+            &layout,
+            &ds,
+            &test,
+            &EvalOptions {
+                fusion: Some(r),
+                fit: fit.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(m.fused_accuracy, fa.get(r.as_str()).unwrap(), "{r}");
+        assert_eq!(m.fusion_rule, Some(r));
+    }
+    // Without the fit only the parameter-free rules can run.
+    let e = eval::evaluate(&model, &c, &layout, &ds, &test, &EvalOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("auto") && e.contains("validation"), "{e}");
     for f in [
         "config.json",
         "metrics.jsonl",
@@ -364,6 +409,7 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
         &test,
         &EvalOptions {
             drop: vec!["audio".into()],
+            fit: fit.clone(),
             ..Default::default()
         },
     )

@@ -2,6 +2,7 @@
 //! to `RUN_DIR/config.json` and into every checkpoint, so `--resume` and
 //! `mla eval` rebuild exactly the same model and training.
 
+pub use crate::fusion::FusionRule;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -51,10 +52,6 @@ named_enum!(
     /// Which training procedure (DESIGN.md invariant 6: one loop, three steps).
     Method, "method", { Mla = "mla", Joint = "joint", Unimodal = "unimodal" }
 );
-named_enum!(
-    /// How per-modality logits are combined at test time (MLA).
-    FusionRule, "fusion", { Entropy = "entropy", Mean = "mean" }
-);
 named_enum!(OptimizerKind, "optimizer", { Sgd = "sgd", Adam = "adam", Adamw = "adamw" });
 named_enum!(
     /// Head gradient modification: off, one P shared by all modalities, or one P per modality.
@@ -77,15 +74,6 @@ impl HgmMode {
             HgmMode::None => crate::hgm::HgmMode::None,
             HgmMode::Owm => crate::hgm::HgmMode::Owm,
             HgmMode::Cross => crate::hgm::HgmMode::Cross,
-        }
-    }
-}
-
-impl FusionRule {
-    pub fn to_model(self) -> crate::fusion::FusionKind {
-        match self {
-            FusionRule::Entropy => crate::fusion::FusionKind::Entropy,
-            FusionRule::Mean => crate::fusion::FusionKind::Mean,
         }
     }
 }
@@ -151,7 +139,7 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             hgm: HgmMode::Owm,
             alpha: DEFAULT_ALPHA,
-            fusion: FusionRule::Entropy,
+            fusion: FusionRule::Auto,
             seed: 0,
             train_limit: None,
             eval_limit: None,

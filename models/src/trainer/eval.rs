@@ -1,14 +1,16 @@
 //! Evaluation: encoders on the device, one read-back of features and logits
-//! per batch, then fusion and metrics on the host, per sample (a sample's
-//! prediction never depends on its batch mates).
+//! per batch into a host table of the split's per-modality logits, then
+//! fusion (fitted on validation only), calibration and metrics on the host,
+//! per sample (a sample's prediction never depends on its batch mates).
 
 use super::config::{FusionRule, Method, TrainConfig};
+use super::records::EvalMetrics;
 use super::{named, upload, Result, TrainError};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Dataset, Loader};
 use crate::encoders::parse_encoder_spec;
-use crate::fusion::{fuse, ModalityLogits};
-use crate::metrics::{Counter, EvalMetrics, GapAccumulator, NamedValues};
+use crate::fusion::{calibration_errors, FusionFit, LogitTable};
+use crate::metrics::{Counter, GapAccumulator, NamedValues};
 use crate::model::{scatter_rows, HeadKind, Model, ModelSpec};
 use mla_core::{Backend, Tape, Tensor};
 use serde::{Deserialize, Serialize};
@@ -117,10 +119,36 @@ pub fn load_model<B: Backend<f32>>(
 pub struct EvalOptions {
     /// Fusion rule of the fused accuracy (MLA); the run's rule when `None`.
     pub fusion: Option<FusionRule>,
+    /// Fusion parameters fitted on validation (from the checkpoint); the
+    /// fitted rules are reported only with one.
+    pub fit: Option<FusionFit>,
     /// Modalities removed at test time.
     pub drop: Vec<String>,
     /// Compute the modality gap.
     pub gap: bool,
+}
+
+/// What one pass over a split leaves on the host: per-modality logits of
+/// every scored sample (for fusion, its fit and calibration), per-modality
+/// and joint-head counters, the modality gap.
+pub struct SplitOutputs {
+    pub table: LogitTable,
+    per_modality: Vec<Counter>,
+    joint: Option<Counter>,
+    gap: Option<f64>,
+}
+
+/// The fusion fit stored in `ckpt`, checked against the model's modalities;
+/// `None` for a checkpoint without one (written before fusion fitting, or
+/// of a method without per-modality fusion).
+pub fn load_fusion_fit(ckpt: &Checkpoint, layout: &ModelLayout) -> Result<Option<FusionFit>> {
+    if !ckpt.has_json(super::state::FUSION_KEY) {
+        return Ok(None);
+    }
+    let fit: FusionFit = ckpt.json(super::state::FUSION_KEY)?;
+    fit.check(&layout.modalities)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", ckpt.path().display())))?;
+    Ok(Some(fit))
 }
 
 /// Evaluates `model` on `samples` of `dataset`.
@@ -132,6 +160,24 @@ pub fn evaluate<B: Backend<f32>>(
     samples: &[usize],
     opts: &EvalOptions,
 ) -> Result<EvalMetrics> {
+    let out = collect(model, cfg, layout, dataset, samples, opts)?;
+    out.metrics(
+        cfg,
+        layout,
+        opts.fusion.unwrap_or(cfg.fusion),
+        opts.fit.as_ref(),
+    )
+}
+
+/// Runs the encoders over `samples` and keeps what [`SplitOutputs::metrics`] needs.
+pub fn collect<B: Backend<f32>>(
+    model: &Model<B>,
+    cfg: &TrainConfig,
+    layout: &ModelLayout,
+    dataset: &Arc<Dataset>,
+    samples: &[usize],
+    opts: &EvalOptions,
+) -> Result<SplitOutputs> {
     let m_count = layout.modalities.len();
     let mut dropped = vec![false; m_count];
     for d in &opts.drop {
@@ -155,11 +201,9 @@ pub fn evaluate<B: Backend<f32>>(
     let backend = model.params().backend().clone();
     let classes = layout.num_classes;
     let s = cfg.feature_size;
-    let rule = opts.fusion.unwrap_or(cfg.fusion);
-    let rules = [FusionRule::Entropy, FusionRule::Mean];
     let mut per_modality = vec![Counter::default(); m_count];
-    let mut fused = Counter::default();
-    let mut by_rule = [Counter::default(); 2];
+    let mut joint = (cfg.method == Method::Joint).then(Counter::default);
+    let mut table = LogitTable::new(m_count, classes);
     let mut gap = GapAccumulator::new(m_count, s);
     let loader = Loader::new(
         dataset.clone(),
@@ -168,6 +212,7 @@ pub fn evaluate<B: Backend<f32>>(
         None,
         0,
     )?;
+    let mut first = 0usize;
     for batch in loader {
         let batch = batch?;
         let n = batch.len();
@@ -192,6 +237,13 @@ pub fn evaluate<B: Backend<f32>>(
             )?);
             let h = model.features(&p, name, &x)?;
             let z = model.modality_logits(&p, name, &h)?.into_value().to_vec()?;
+            if let Some(k) = z.iter().position(|v| !v.is_finite()) {
+                return Err(TrainError::Config(format!(
+                    "non-finite logit ({}) of modality {name} for sample {} of the dataset: the model diverged or its weights are corrupt",
+                    z[k],
+                    samples[first + mb.present[k / classes]]
+                )));
+            }
             if opts.gap {
                 gap.add(mi, &h.value().to_vec()?);
             }
@@ -205,7 +257,8 @@ pub fn evaluate<B: Backend<f32>>(
             logits_of[mi] = z;
             feats.push(Some((h, mb.present.as_slice())));
         }
-        let joint_logits = if cfg.method == Method::Joint {
+        let present = |pos: usize| (0..m_count).any(|mi| rows_of[mi][pos].is_some());
+        if let Some(counter) = joint.as_mut() {
             let mut full = Vec::with_capacity(m_count);
             for f in &feats {
                 full.push(match f {
@@ -215,78 +268,93 @@ pub fn evaluate<B: Backend<f32>>(
                 });
             }
             let refs: Vec<_> = full.iter().collect();
-            Some(model.joint_logits(&p, &refs)?.into_value().to_vec()?)
-        } else {
-            None
-        };
+            let j = model.joint_logits(&p, &refs)?.into_value().to_vec()?;
+            if let Some(k) = j.iter().position(|v| !v.is_finite()) {
+                return Err(TrainError::Config(format!(
+                    "non-finite logit ({}) of the joint head for sample {} of the dataset: the model diverged or its weights are corrupt",
+                    j[k],
+                    samples[first + k / classes]
+                )));
+            }
+            for pos in (0..n).filter(|&pos| present(pos)) {
+                counter.add_row(
+                    &j[pos * classes..(pos + 1) * classes],
+                    batch.labels[pos] as usize,
+                );
+            }
+        }
         // Samples with something left to predict from (a dropped or missing
         // modality leaves the fusion; a sample with nothing left is not scored).
-        let kept: Vec<usize> = (0..n)
-            .filter(|&pos| (0..m_count).any(|mi| rows_of[mi][pos].is_some()))
-            .collect();
-        match &joint_logits {
-            Some(j) => {
-                for &pos in &kept {
-                    fused.add_row(
-                        &j[pos * classes..(pos + 1) * classes],
-                        batch.labels[pos] as usize,
-                    );
-                }
-            }
-            None => {
-                let mut rank = vec![usize::MAX; n];
-                for (r, &pos) in kept.iter().enumerate() {
-                    rank[pos] = r;
-                }
-                let positions: Vec<Vec<usize>> = (0..m_count)
-                    .map(|mi| {
-                        let mut v = vec![0; logits_of[mi].len() / classes];
-                        for (pos, k) in rows_of[mi].iter().enumerate() {
-                            if let Some(k) = k {
-                                v[*k] = rank[pos];
-                            }
-                        }
-                        v
-                    })
-                    .collect();
-                let inputs: Vec<ModalityLogits<'_, f32>> = (0..m_count)
-                    .map(|mi| ModalityLogits {
-                        logits: &logits_of[mi],
-                        positions: &positions[mi],
-                    })
-                    .collect();
-                for (ri, r) in rules.iter().enumerate() {
-                    let f = fuse(r.to_model(), kept.len(), classes, &inputs)?;
-                    for (i, &pos) in kept.iter().enumerate() {
-                        let label = batch.labels[pos] as usize;
-                        by_rule[ri].add_row(f.row(i), label);
-                        if *r == rule {
-                            fused.add_row(f.row(i), label);
-                        }
-                    }
-                }
-            }
+        for pos in (0..n).filter(|&pos| present(pos)) {
+            let rows: Vec<Option<&[f32]>> = (0..m_count)
+                .map(|mi| rows_of[mi][pos].map(|k| &logits_of[mi][k * classes..(k + 1) * classes]))
+                .collect();
+            table.push(batch.labels[pos] as usize, &rows)?;
         }
+        first += n;
     }
-    let fused_accuracy = fused
-        .accuracy()
-        .ok_or_else(|| TrainError::Config("no sample has a modality left to evaluate".into()))?;
-    let fusion_accuracy = (cfg.method == Method::Mla).then(|| {
-        let mut nv = NamedValues::default();
-        for (r, c) in rules.iter().zip(&by_rule) {
-            nv.push(r.as_str(), c.accuracy().unwrap_or(0.0));
-        }
-        nv
-    });
-    Ok(EvalMetrics {
-        samples: fused.total,
-        fused_accuracy,
-        loss: fused.mean_loss().unwrap_or(f64::NAN),
-        fusion_accuracy,
-        modality_accuracy: named(
-            &layout.modalities,
-            per_modality.iter().map(Counter::accuracy).collect(),
-        ),
-        modality_gap: if opts.gap { gap.gap() } else { None },
+    Ok(SplitOutputs {
+        table,
+        per_modality,
+        joint,
+        gap: if opts.gap { gap.gap() } else { None },
     })
+}
+
+impl SplitOutputs {
+    /// The split's metrics with fusion `rule` (MLA), `fit` the validation
+    /// fit (`None`: only the rules without parameters are scored).
+    pub fn metrics(
+        &self,
+        cfg: &TrainConfig,
+        layout: &ModelLayout,
+        rule: FusionRule,
+        fit: Option<&FusionFit>,
+    ) -> Result<EvalMetrics> {
+        let is_mla = cfg.method == Method::Mla;
+        let fused = match &self.joint {
+            Some(c) => *c,
+            // Unimodal: the one modality (every rule gives its prediction).
+            None if !is_mla => self.table.score(&FusionRule::Mean.resolve(None)?)?,
+            None => self.table.score(&rule.resolve(fit)?)?,
+        };
+        let fused_accuracy = fused.accuracy().ok_or_else(|| {
+            TrainError::Config("no sample has a modality left to evaluate".into())
+        })?;
+        let mut fusion_accuracy = None;
+        let (mut ece, mut ece_cal) = (None, None);
+        if is_mla {
+            let mut nv = NamedValues::default();
+            for r in FusionRule::CONCRETE {
+                if r.needs_fit() && fit.is_none() {
+                    continue;
+                }
+                let acc = self
+                    .table
+                    .score(&r.resolve(fit)?)?
+                    .accuracy()
+                    .unwrap_or(0.0);
+                nv.push(r.as_str(), acc);
+            }
+            fusion_accuracy = Some(nv);
+            (ece, ece_cal) = {
+                let (b, a) = calibration_errors(&self.table, &layout.modalities, fit);
+                (Some(b), a)
+            };
+        }
+        Ok(EvalMetrics {
+            samples: fused.total,
+            fused_accuracy,
+            loss: fused.mean_loss().unwrap_or(f64::NAN),
+            fusion_rule: is_mla.then(|| rule.concrete(fit)),
+            fusion_accuracy,
+            modality_accuracy: named(
+                &layout.modalities,
+                self.per_modality.iter().map(Counter::accuracy).collect(),
+            ),
+            calibration_error: ece,
+            calibration_error_calibrated: ece_cal,
+            modality_gap: self.gap,
+        })
+    }
 }

@@ -17,15 +17,16 @@ mod state;
 mod step;
 
 pub use config::{FusionRule, HgmMode, Method, OptimizerKind, TrainConfig, DEFAULT_ALPHA};
-pub use eval::{build_model, load_model, EvalOptions, ModelLayout};
-pub use records::{EpochRecord, Summary, TrainerState};
+pub use eval::{build_model, load_fusion_fit, load_model, EvalOptions, ModelLayout, SplitOutputs};
+pub use records::{EpochRecord, EvalMetrics, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::data::{seeded_subset, DataError, Dataset, Loader, Split};
 use crate::error::ModelError;
+use crate::fusion::{fit_fusion, FusionFit};
 use crate::hgm::Hgm;
-use crate::metrics::{EvalMetrics, NamedValues};
+use crate::metrics::NamedValues;
 use crate::model::Model;
 use crate::optim::{OptimConfig, Optimizer};
 use mla_core::{Backend, Tensor};
@@ -103,6 +104,8 @@ pub struct Trainer<B: Backend<f32>> {
     model: Model<B>,
     optim: Optimizer<B>,
     hgm: Option<Hgm<B>>,
+    /// Fusion parameters fitted on validation for the current weights (MLA).
+    fit: Option<FusionFit>,
     train: Vec<usize>,
     val: Vec<usize>,
     test: Vec<usize>,
@@ -170,6 +173,7 @@ impl<B: Backend<f32>> Trainer<B> {
             model,
             optim,
             hgm,
+            fit: None,
             train,
             val,
             test,
@@ -270,13 +274,25 @@ impl<B: Backend<f32>> Trainer<B> {
         let stats = self.train_epoch(epoch, obs)?;
 
         obs.evaluating(Split::Validation);
-        let val = self.evaluate_samples(
+        let gap = EvalOptions {
+            gap: true,
+            ..EvalOptions::default()
+        };
+        let outputs = eval::collect(
+            &self.model,
+            &self.cfg,
+            &self.layout,
+            &self.dataset,
             &self.val,
-            &EvalOptions {
-                gap: true,
-                ..EvalOptions::default()
-            },
+            &gap,
         )?;
+        // The fusion parameters come from validation alone; model selection
+        // then compares epochs under the run's rule with each epoch's own fit.
+        self.fit = match self.cfg.method {
+            Method::Mla => Some(fit_fusion(&outputs.table, &self.layout.modalities)?),
+            _ => None,
+        };
+        let val = outputs.metrics(&self.cfg, &self.layout, self.cfg.fusion, self.fit.as_ref())?;
         let better = match &self.state.best_val {
             None => true,
             Some(b) => val.fused_accuracy > b.fused_accuracy,
@@ -304,16 +320,19 @@ impl<B: Backend<f32>> Trainer<B> {
         self.state.train_samples += stats.samples;
         if better {
             obs.evaluating(Split::Test);
-            let test = self.evaluate_samples(
+            let test = eval::collect(
+                &self.model,
+                &self.cfg,
+                &self.layout,
+                &self.dataset,
                 &self.test,
-                &EvalOptions {
-                    gap: true,
-                    ..EvalOptions::default()
-                },
-            )?;
+                &gap,
+            )?
+            .metrics(&self.cfg, &self.layout, self.cfg.fusion, self.fit.as_ref())?;
             self.state.best_epoch = Some(epoch);
             self.state.best_val = Some(val);
             self.state.best_test = Some(test);
+            self.state.best_fusion = self.fit.clone();
         }
         record.epoch_seconds = started.elapsed().as_secs_f64();
         self.state.total_seconds += record.epoch_seconds;
@@ -431,20 +450,26 @@ impl<B: Backend<f32>> Trainer<B> {
         Ok(out)
     }
 
-    /// Evaluates the current model on one split.
+    /// Evaluates the current model on one split, with the fusion fitted on
+    /// validation at the last epoch unless `opts` brings its own fit.
     pub fn evaluate(&self, split: Split, opts: &EvalOptions) -> Result<EvalMetrics> {
-        self.evaluate_samples(self.eval_samples(split), opts)
-    }
-
-    fn evaluate_samples(&self, samples: &[usize], opts: &EvalOptions) -> Result<EvalMetrics> {
+        let mut opts = opts.clone();
+        if opts.fit.is_none() {
+            opts.fit = self.fit.clone();
+        }
         eval::evaluate(
             &self.model,
             &self.cfg,
             &self.layout,
             &self.dataset,
-            samples,
-            opts,
+            self.eval_samples(split),
+            &opts,
         )
+    }
+
+    /// The fusion parameters fitted on validation for the current weights (MLA).
+    pub fn fusion_fit(&self) -> Option<&FusionFit> {
+        self.fit.as_ref()
     }
 
     /// The full training state as a checkpoint (weights, optimizer, HGM,

@@ -2,8 +2,40 @@
 //! resumable state (in every checkpoint), and the final `summary.json`.
 
 use super::config::{FusionRule, HgmMode, Method, TrainConfig};
-use crate::metrics::{EvalMetrics, NamedValues};
+use crate::fusion::FusionFit;
+use crate::metrics::NamedValues;
 use serde::{Deserialize, Serialize};
+
+/// Metrics of one evaluation pass over a split.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct EvalMetrics {
+    /// Samples evaluated.
+    pub samples: u64,
+    /// Accuracy of the fused prediction (the run's fusion rule for MLA, `auto`
+    /// resolved to its choice; the one modality for unimodal; joint's head).
+    pub fused_accuracy: f64,
+    /// Mean cross-entropy of the fused logits.
+    pub loss: f64,
+    /// MLA only: the concrete rule behind `fused_accuracy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_rule: Option<FusionRule>,
+    /// MLA only: fused accuracy under each concrete fusion rule (the fitted
+    /// ones when a validation fit exists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_accuracy: Option<NamedValues>,
+    /// Each modality's accuracy alone, over the samples where it is present.
+    pub modality_accuracy: NamedValues,
+    /// MLA only: each modality's expected calibration error (15 bins) as trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_error: Option<NamedValues>,
+    /// The same after dividing by the fitted temperatures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calibration_error_calibrated: Option<NamedValues>,
+    /// Distance between modality centroids of L2-normalised features
+    /// (`None` with a single modality or when not computed for this split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modality_gap: Option<f64>,
+}
 
 /// One epoch: training statistics, validation metrics, timing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -54,6 +86,9 @@ pub struct TrainerState {
     pub best_val: Option<EvalMetrics>,
     /// Test metrics of the best-validation model, measured when it became best.
     pub best_test: Option<EvalMetrics>,
+    /// MLA: the fusion parameters fitted on validation for the best model.
+    #[serde(default)]
+    pub best_fusion: Option<FusionFit>,
     pub train_seconds: f64,
     pub total_seconds: f64,
     pub train_samples: u64,
@@ -75,6 +110,10 @@ pub struct Summary {
     pub epochs: usize,
     pub val: EvalMetrics,
     pub test: EvalMetrics,
+    /// MLA: fusion parameters fitted on validation (temperatures, weights,
+    /// each rule's validation accuracy, `auto`'s choice).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fusion_fit: Option<FusionFit>,
     /// Time in training steps over the whole run (resumed runs add up).
     pub train_seconds: f64,
     /// Training, evaluation and checkpoints.
@@ -111,6 +150,7 @@ impl Summary {
             epochs: state.epochs_done,
             val: state.best_val.clone()?,
             test: state.best_test.clone()?,
+            fusion_fit: state.best_fusion.clone(),
             train_seconds: state.train_seconds,
             total_seconds: state.total_seconds,
             samples_per_second: if state.train_seconds > 0.0 {

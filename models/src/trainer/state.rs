@@ -1,8 +1,8 @@
 //! The trainer as a checkpoint and back. Tensor names: the parameters under
 //! their own names (`encoder.image.conv1.weight`, `head.weight`, ...), the
 //! optimizer's buffers under `optim.`, HGM's P matrices under `hgm.`.
-//! Metadata (JSON): the config, the model layout, the trainer state, and
-//! the scalar parts of the optimizer and HGM state.
+//! Metadata (JSON): the config, the model layout, the trainer state, the
+//! scalar parts of the optimizer and HGM state, and the fusion fit.
 
 use super::eval::ModelLayout;
 use super::records::TrainerState;
@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 pub(crate) const CONFIG_KEY: &str = "config";
 pub(crate) const LAYOUT_KEY: &str = "layout";
 pub(crate) const STATE_KEY: &str = "trainer_state";
+/// The fusion parameters fitted on validation for these weights (MLA).
+pub(crate) const FUSION_KEY: &str = "fusion_fit";
 const OPTIM_SCALARS_KEY: &str = "optimizer_scalars";
 const HGM_SCALARS_KEY: &str = "hgm_scalars";
 const OPTIM_PREFIX: &str = "optim.";
@@ -34,6 +36,9 @@ pub(crate) fn save<B: Backend<f32>>(t: &Trainer<B>) -> Result<Checkpoint> {
     c.set_json(CONFIG_KEY, &t.cfg)?;
     c.set_json(LAYOUT_KEY, &t.layout)?;
     c.set_json(STATE_KEY, &t.state)?;
+    if let Some(fit) = &t.fit {
+        c.set_json(FUSION_KEY, fit)?;
+    }
     Ok(c)
 }
 
@@ -119,5 +124,6 @@ pub(crate) fn restore<B: Backend<f32>>(t: &mut Trainer<B>, ckpt: &Checkpoint) ->
         None => {}
     }
     t.state = ckpt.json::<TrainerState>(STATE_KEY)?;
+    t.fit = super::eval::load_fusion_fit(ckpt, &t.layout)?;
     Ok(())
 }

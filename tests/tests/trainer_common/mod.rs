@@ -48,6 +48,9 @@ pub struct Synthetic {
     /// Every this-many-th sample has no audio (0: audio always present).
     pub audio_missing_every: usize,
     pub seed: u64,
+    /// Test samples get other labels and pure-noise images (drawn from a
+    /// separate stream, so train and validation stay bit for bit the same).
+    pub scramble_test: bool,
 }
 
 impl Default for Synthetic {
@@ -59,6 +62,7 @@ impl Default for Synthetic {
             classes: 4,
             audio_missing_every: 0,
             seed: 7,
+            scramble_test: false,
         }
     }
 }
@@ -120,6 +124,17 @@ impl Synthetic {
                 for _ in 0..10 {
                     let signal = if r == c % 6 { 1.0 } else { 0.0 };
                     audio.push((signal + rng.normal()) as f32);
+                }
+            }
+        }
+        let mut labels = labels;
+        if self.scramble_test {
+            let mut other = Rng::new(self.seed ^ 0x5eed);
+            for i in self.train + self.val..n {
+                labels[i] =
+                    (labels[i] + 1 + other.below(self.classes - 1) as i64) % self.classes as i64;
+                for v in &mut image[i * img_len..(i + 1) * img_len] {
+                    *v = other.normal() as f32;
                 }
             }
         }
