@@ -2,7 +2,9 @@
 # Prints the README's results runs, one per line: NAME then `mla train` flags.
 #   scripts/results_jobs.sh DS_ROOT    (DS_ROOT/default and DS_ROOT/pca75 prepared)
 # Set A: the reference settings (10,000-sample train subset, 3 epochs); set B:
-# the full training split, 8 epochs. 3 seeds, both recipes.
+# the full training split, 8 epochs; set C: the full training split, 3 epochs
+# (the README's main job), for the fusion rules and the HGM ablation. 3 seeds,
+# both recipes.
 set -eu
 ds_root=$1
 methods=(
@@ -24,3 +26,10 @@ for seed in 0 1 2; do for ds in default pca75; do for m in "${methods[@]:0:8}"; 
   set -- $m; name=$1; shift
   echo "B-$ds-$name-s$seed --data $ds_root/$ds --epochs 8 --seed $seed $*"
 done; done; done
+for m in "mla-owm-a1e4 --method mla --hgm owm --alpha 10000" "mla-none --method mla --hgm none" \
+         "uni-image --method unimodal --modality image"; do
+  for seed in 0 1 2; do for ds in default pca75; do
+    set -- $m; name=$1; shift
+    echo "C-$ds-$name-s$seed --data $ds_root/$ds --epochs 3 --seed $seed $*"
+  done; done
+done

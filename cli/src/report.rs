@@ -74,10 +74,17 @@ impl Observer for Progress {
             .iter()
             .map(|(m, a)| format!("{m} {}", pct(a)))
             .collect();
-        let hgm = r
+        let mut hgm = r
             .hgm_surviving_fraction
             .map(|f| format!(", head gradient kept {f:.3}"))
             .unwrap_or_default();
+        if let Some(f) = &r.forgetting {
+            hgm.push_str(&format!(
+                ", forgetting {:+.4} loss / {:+.2}% acc per step",
+                f.loss_increase,
+                100.0 * f.accuracy_drop
+            ));
+        }
         eprintln!(
             "epoch {}: loss {:.4}, val fused {} ({}){hgm}, {:.0} samples/s, {:.1} s{}",
             r.epoch,
@@ -233,6 +240,18 @@ pub fn summary_table(s: &Summary) -> String {
             .collect();
         out.push_str(&format!(
             "  head gradient kept by HGM per epoch: {}\n",
+            f.join(", ")
+        ));
+    }
+    if !s.forgetting_loss_increase.is_empty() {
+        let f: Vec<String> = s
+            .forgetting_loss_increase
+            .iter()
+            .zip(&s.forgetting_accuracy_drop)
+            .map(|(l, a)| format!("{l:+.4} ({:+.2}%)", 100.0 * a))
+            .collect();
+        out.push_str(&format!(
+            "  forgetting per modality step (other modalities' probe loss increase, accuracy drop) per epoch: {}\n",
             f.join(", ")
         ));
     }

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod eval;
+mod forgetting;
 pub mod records;
 pub mod run_dir;
 mod state;
@@ -18,7 +19,7 @@ mod step;
 
 pub use config::{FusionRule, HgmMode, Method, OptimizerKind, TrainConfig, DEFAULT_ALPHA};
 pub use eval::{build_model, load_fusion_fit, load_model, EvalOptions, ModelLayout, SplitOutputs};
-pub use records::{EpochRecord, EvalMetrics, Summary, TrainerState};
+pub use records::{EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
@@ -106,6 +107,8 @@ pub struct Trainer<B: Backend<f32>> {
     hgm: Option<Hgm<B>>,
     /// Fusion parameters fitted on validation for the current weights (MLA).
     fit: Option<FusionFit>,
+    /// MLA: the forgetting probe (validation samples, this epoch's sums).
+    probe: Option<forgetting::Probe>,
     train: Vec<usize>,
     val: Vec<usize>,
     test: Vec<usize>,
@@ -165,6 +168,15 @@ impl<B: Backend<f32>> Trainer<B> {
             val = seeded_subset(&val, n, cfg.seed);
             test = seeded_subset(&test, n, cfg.seed);
         }
+        let probe = match cfg.method {
+            Method::Mla if layout.modalities.len() > 1 => Some(forgetting::Probe::new(
+                &dataset,
+                &val,
+                cfg.seed,
+                layout.modalities.len(),
+            )?),
+            _ => None,
+        };
         Ok(Trainer {
             backend,
             cfg,
@@ -174,6 +186,7 @@ impl<B: Backend<f32>> Trainer<B> {
             optim,
             hgm,
             fit: None,
+            probe,
             train,
             val,
             test,
@@ -304,6 +317,10 @@ impl<B: Backend<f32>> Trainer<B> {
                 .loss_by_modality(&self.layout.modalities, self.cfg.method),
             hgm_surviving_fraction: stats.surviving.as_ref().map(|(mean, _)| *mean),
             hgm_surviving_fraction_by_modality: stats.surviving.as_ref().map(|(_, by)| by.clone()),
+            forgetting: self
+                .probe
+                .as_ref()
+                .and_then(|p| p.summary(&self.layout.modalities)),
             val: val.clone(),
             best: better,
             train_samples: stats.samples,
@@ -368,6 +385,9 @@ impl<B: Backend<f32>> Trainer<B> {
         if let Some(h) = self.hgm.as_mut() {
             h.reset_fractions();
         }
+        if let Some(p) = self.probe.as_mut() {
+            p.reset();
+        }
         let started = Instant::now();
         for (b, batch) in loader.enumerate() {
             let batch = batch?;
@@ -398,6 +418,9 @@ impl<B: Backend<f32>> Trainer<B> {
         pending: &mut step::Pending<B>,
     ) -> Result<()> {
         match self.cfg.method {
+            Method::Mla if self.probe.is_some() && step_no % forgetting::PROBE_EVERY == 0 => {
+                self.probed_mla_steps(batch, step_no, pending)
+            }
             Method::Mla => {
                 for mi in 0..self.layout.modalities.len() {
                     step::mla(self, batch, mi, step_no, pending)?;
@@ -407,6 +430,56 @@ impl<B: Backend<f32>> Trainer<B> {
             Method::Unimodal => step::mla(self, batch, 0, step_no, pending),
             Method::Joint => step::joint(self, batch, step_no, pending),
         }
+    }
+
+    /// The MLA steps of one batch with the forgetting probe around each.
+    fn probed_mla_steps(
+        &mut self,
+        batch: &crate::data::Batch,
+        step_no: usize,
+        pending: &mut step::Pending<B>,
+    ) -> Result<()> {
+        // The probe leaves `self` while the steps borrow it mutably.
+        let Some(mut probe) = self.probe.take() else {
+            return Ok(());
+        };
+        let result = self.probe_steps(&mut probe, batch, step_no, pending);
+        self.probe = Some(probe);
+        result
+    }
+
+    fn probe_steps(
+        &mut self,
+        probe: &mut forgetting::Probe,
+        batch: &crate::data::Batch,
+        step_no: usize,
+        pending: &mut step::Pending<B>,
+    ) -> Result<()> {
+        let m = self.layout.modalities.len();
+        let mut feats = (0..m)
+            .map(|k| probe.features(self, k))
+            .collect::<Result<Vec<_>>>()?;
+        for mi in 0..m {
+            let stepped = !batch.modalities[self.layout.data_index[mi]]
+                .present
+                .is_empty();
+            let others: Vec<usize> = (0..m)
+                .filter(|&k| k != mi && stepped && feats[k].is_some())
+                .collect();
+            let mut before = Vec::with_capacity(others.len());
+            for &k in &others {
+                before.push(probe.score(self, k, feats[k].as_ref().unwrap())?);
+            }
+            step::mla(self, batch, mi, step_no, pending)?;
+            for (&k, b) in others.iter().zip(&before) {
+                let after = probe.score(self, k, feats[k].as_ref().unwrap())?;
+                probe.record(k, b, &after);
+            }
+            if stepped {
+                feats[mi] = probe.features(self, mi)?;
+            }
+        }
+        Ok(())
     }
 
     /// Times training steps for benchmarks: `warmup` untimed steps, then

@@ -37,6 +37,23 @@ pub struct EvalMetrics {
     pub modality_gap: Option<f64>,
 }
 
+/// How much the shared head forgot the other modalities over one modality
+/// step (MLA), on a fixed validation probe batch (`forgetting.rs`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forgetting {
+    /// Mean increase of a non-stepped modality's probe loss over a step,
+    /// over every measurement of the epoch.
+    pub loss_increase: f64,
+    /// Mean decrease of its probe accuracy (fraction).
+    pub accuracy_drop: f64,
+    /// The same per measured modality.
+    pub loss_increase_by_modality: NamedValues,
+    pub accuracy_drop_by_modality: NamedValues,
+    /// (step, other modality) pairs measured.
+    pub measurements: u64,
+    pub probe_samples: u64,
+}
+
 /// One epoch: training statistics, validation metrics, timing.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EpochRecord {
@@ -53,6 +70,9 @@ pub struct EpochRecord {
     /// The same per modality (the steps of that modality).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hgm_surviving_fraction_by_modality: Option<NamedValues>,
+    /// MLA: forgetting of the other modalities per step (see [`Forgetting`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forgetting: Option<Forgetting>,
     pub val: EvalMetrics,
     /// Whether this epoch became the best (highest validation fused accuracy so far).
     pub best: bool,
@@ -123,6 +143,12 @@ pub struct Summary {
     /// MLA with HGM: per epoch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hgm_surviving_fraction: Vec<f64>,
+    /// MLA: per epoch, the mean increase of the other modalities' probe loss
+    /// over one modality step, and the mean drop of their probe accuracy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgetting_loss_increase: Vec<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forgetting_accuracy_drop: Vec<f64>,
     pub backend: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
@@ -162,6 +188,16 @@ impl Summary {
                 .history
                 .iter()
                 .filter_map(|r| r.hgm_surviving_fraction)
+                .collect(),
+            forgetting_loss_increase: state
+                .history
+                .iter()
+                .filter_map(|r| r.forgetting.as_ref().map(|f| f.loss_increase))
+                .collect(),
+            forgetting_accuracy_drop: state
+                .history
+                .iter()
+                .filter_map(|r| r.forgetting.as_ref().map(|f| f.accuracy_drop))
                 .collect(),
             backend: backend.to_string(),
             threads,
