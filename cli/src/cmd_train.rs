@@ -7,7 +7,8 @@ use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
-    FusionRule, HgmMode, Method, OptimizerKind, RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
+    AlphaMode, AlphaSchedule, FusionRule, HgmMode, Method, OptimizerKind, RunDir, TrainConfig,
+    Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -70,6 +71,21 @@ pub struct Args {
     /// reported every epoch; tune alpha with it.
     #[arg(long, default_value_t = DEFAULT_ALPHA, conflicts_with = "resume")]
     alpha: f64,
+    /// How --alpha is read: absolute (as given) or relative (times the
+    /// running mean of r^T r, so one alpha transfers across encoders and
+    /// feature sizes; relative 1 means "as large as a typical feature").
+    #[arg(long, default_value = "absolute", conflicts_with = "resume")]
+    alpha_mode: AlphaMode,
+    /// Alpha over training: constant (--alpha) or linear:START:END, from
+    /// START at the first step to END at the last (START, END > 0, read in
+    /// --alpha-mode; replaces --alpha).
+    #[arg(
+        long,
+        default_value = "constant",
+        value_name = "SCHEDULE",
+        conflicts_with = "resume"
+    )]
+    alpha_schedule: AlphaSchedule,
     /// Test-time fusion of MLA's per-modality logits: entropy (the paper's
     /// per-sample entropy weights), mean, calibrated (per-modality
     /// temperatures fitted on validation NLL, then entropy weights),
@@ -128,6 +144,8 @@ impl Args {
             weight_decay: self.weight_decay,
             hgm,
             alpha: self.alpha,
+            alpha_mode: self.alpha_mode,
+            alpha_schedule: self.alpha_schedule,
             fusion: self.fusion,
             seed: self.seed,
             train_limit: self.train_limit,

@@ -6,7 +6,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mla_models::data::Split;
 use mla_models::fusion::{FusionFit, FusionRule};
 use mla_models::metrics::NamedValues;
-use mla_models::trainer::EvalMetrics;
+use mla_models::trainer::{AlphaMode, AlphaSchedule, EvalMetrics};
 use mla_models::trainer::{EpochRecord, Method, Observer, Summary};
 use std::time::Instant;
 
@@ -211,10 +211,14 @@ pub fn metrics_table(
 
 pub fn summary_table(s: &Summary) -> String {
     let what = match s.method {
-        Method::Mla => format!(
-            "MLA (hgm {}, alpha {}, fusion {})",
-            s.hgm, s.alpha, s.fusion
-        ),
+        Method::Mla => {
+            let alpha = match (s.alpha_schedule, s.alpha_mode) {
+                (AlphaSchedule::Constant, AlphaMode::Absolute) => format!("alpha {}", s.alpha),
+                (AlphaSchedule::Constant, m) => format!("alpha {} ({m})", s.alpha),
+                (sch, m) => format!("alpha {sch} ({m})"),
+            };
+            format!("MLA (hgm {}, {alpha}, fusion {})", s.hgm, s.fusion)
+        }
         Method::Joint => "joint (concatenation, one head)".into(),
         Method::Unimodal => format!("unimodal ({})", s.modality.as_deref().unwrap_or("?")),
     };

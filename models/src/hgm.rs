@@ -12,6 +12,15 @@
 //! - `cross`: one P_k per modality; a step of m projects with P_m and updates
 //!   every P_k with k != m, so a modality is never restricted by its own features.
 //!
+//! Alpha modes: `absolute` uses alpha as given; `relative` uses alpha times
+//! the running mean of `r^T r` over the steps so far (this one included), so
+//! one alpha transfers across encoders and feature sizes. It is computed
+//! without reading the device: updating P with `r / sqrt(mean r^T r)` and
+//! alpha is the same update as with `r` and `alpha * mean r^T r`, since
+//! `P r r^T P / (alpha m + r^T P r) = P r' r'^T P / (alpha + r'^T P r')`
+//! for `r' = r / sqrt(m)`. Either way P stays symmetric PSD with eigenvalues
+//! in [0, 1]: the update is the same RLS step on another vector.
+//!
 //! The surviving fraction `|(grad W) P| / |grad W|` of each step is computed
 //! on the device and accumulated there; it is read back only when asked
 //! ([`Hgm::fraction_stats`]), so a CUDA step does not synchronise for it.
@@ -23,11 +32,129 @@ use mla_core::{Backend, Element, Tensor};
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Head gradient modification: off, one P shared by all modalities, or one P per modality.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HgmMode {
     None,
     Owm,
     Cross,
+}
+
+/// How `--alpha` is read (module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AlphaMode {
+    #[default]
+    Absolute,
+    Relative,
+}
+
+impl AlphaMode {
+    pub const NAMES: [&'static str; 2] = ["absolute", "relative"];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlphaMode::Absolute => "absolute",
+            AlphaMode::Relative => "relative",
+        }
+    }
+}
+
+impl fmt::Display for AlphaMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AlphaMode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "absolute" => Ok(AlphaMode::Absolute),
+            "relative" => Ok(AlphaMode::Relative),
+            _ => Err(ModelError::unknown("alpha mode", s.trim(), &Self::NAMES)),
+        }
+    }
+}
+
+/// Alpha over training: `constant` (`--alpha`), or `linear:START:END` from
+/// START at the first step to END at the last step of the configured
+/// epochs (read in the alpha mode, so relative values with `relative`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum AlphaSchedule {
+    #[default]
+    Constant,
+    Linear {
+        start: f64,
+        end: f64,
+    },
+}
+
+impl AlphaSchedule {
+    /// Alpha at `progress` in [0, 1] of training; `alpha` for `constant`.
+    pub fn at(self, alpha: f64, progress: f64) -> f64 {
+        match self {
+            AlphaSchedule::Constant => alpha,
+            AlphaSchedule::Linear { start, end } => {
+                start + (end - start) * progress.clamp(0.0, 1.0)
+            }
+        }
+    }
+}
+
+impl fmt::Display for AlphaSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AlphaSchedule::Constant => f.write_str("constant"),
+            AlphaSchedule::Linear { start, end } => write!(f, "linear:{start}:{end}"),
+        }
+    }
+}
+
+impl FromStr for AlphaSchedule {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        if t == "constant" {
+            return Ok(AlphaSchedule::Constant);
+        }
+        let bad = |why: &str| {
+            ModelError::bad_spec(
+                "alpha schedule",
+                s.trim(),
+                format!("{why}; expected constant or linear:START:END with START, END > 0"),
+            )
+        };
+        let parts: Vec<&str> = t.split(':').collect();
+        match parts.as_slice() {
+            ["linear", a, b] => {
+                let num = |x: &str| {
+                    x.parse::<f64>()
+                        .map_err(|_| bad(&format!("'{x}' is not a number")))
+                };
+                let (start, end) = (num(a)?, num(b)?);
+                for v in [start, end] {
+                    check_alpha(v)
+                        .map_err(|_| bad(&format!("{v} is not a positive finite alpha")))?;
+                }
+                Ok(AlphaSchedule::Linear { start, end })
+            }
+            _ => Err(bad("unknown form")),
+        }
+    }
+}
+
+impl serde::Serialize for AlphaSchedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for AlphaSchedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 impl HgmMode {
@@ -99,6 +226,10 @@ where
     p: Vec<Tensor<T, B>>,
     track_fraction: bool,
     fractions: Vec<Option<FractionAcc<T, B>>>,
+    alpha_mode: AlphaMode,
+    /// `relative`: sum of `r^T r` over the steps so far (a device scalar), and their count.
+    rr_sum: Option<Tensor<T, B>>,
+    rr_count: u64,
 }
 
 impl<T: Element, B: Backend<T>> Hgm<B, T> {
@@ -142,7 +273,52 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
             p,
             track_fraction: true,
             fractions: (0..modalities.len()).map(|_| None).collect(),
+            alpha_mode: AlphaMode::Absolute,
+            rr_sum: None,
+            rr_count: 0,
         })
+    }
+
+    /// The same HGM reading alpha in `mode` (before any step).
+    pub fn with_alpha_mode(mut self, mode: AlphaMode) -> Self {
+        self.alpha_mode = mode;
+        self
+    }
+    pub fn alpha_mode(&self) -> AlphaMode {
+        self.alpha_mode
+    }
+
+    /// Running mean of `r^T r` (`relative` mode, after a step); reads the device.
+    pub fn feature_scale(&self) -> Result<Option<f64>> {
+        match (&self.rr_sum, self.alpha_mode) {
+            (Some(sum), AlphaMode::Relative) if self.rr_count > 0 => {
+                Ok(Some(sum.to_scalar()?.as_f64() / self.rr_count as f64))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The alpha the last step's update used in absolute terms.
+    pub fn effective_alpha(&self) -> Result<f64> {
+        Ok(self.alpha * self.feature_scale()?.unwrap_or(1.0))
+    }
+
+    /// `relative`: adds this step's `r^T r` to the running sum and returns
+    /// `r / sqrt(mean r^T r)` (module docs); `absolute`: `r`.
+    fn scaled_mean(&mut self, r: Tensor<T, B>) -> Result<Tensor<T, B>> {
+        if self.alpha_mode == AlphaMode::Absolute {
+            return Ok(r);
+        }
+        let rr = r.sqr()?.sum_all()?;
+        let sum = match self.rr_sum.take() {
+            None => rr,
+            Some(s) => s.add(&rr)?,
+        };
+        self.rr_count += 1;
+        // TINY keeps an all-zero feature history at r' = 0 instead of 0/0.
+        let scale = sum.affine(1.0 / self.rr_count as f64, TINY)?.sqrt()?;
+        self.rr_sum = Some(sum);
+        Ok(r.div(&scale)?)
     }
 
     pub fn mode(&self) -> HgmMode {
@@ -236,6 +412,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         let c = gd[0];
         let backend = grad_w.backend().clone();
         let r = features.mean_axis(0, false)?;
+        let r = self.scaled_mean(r)?;
         let projected = match self.mode {
             HgmMode::Owm => {
                 let out = backend.rls_project(
@@ -340,6 +517,14 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
             }
         }
         sd.scalars.push(("hgm.mode".into(), self.mode.code()));
+        if self.alpha_mode == AlphaMode::Relative {
+            sd.scalars.push(("hgm.relative".into(), 1.0));
+            sd.scalars
+                .push(("hgm.rr_count".into(), self.rr_count as f64));
+            if let Some(sum) = &self.rr_sum {
+                sd.tensors.push(("hgm.rr_sum".into(), sum.clone()));
+            }
+        }
         sd.scalars.push(("hgm.alpha".into(), self.alpha));
         sd.scalars
             .push(("hgm.feature_size".into(), self.feature_size as f64));
@@ -387,7 +572,40 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
                 .map(|m| format!("hgm.p.{m}"))
                 .collect(),
         };
-        if let Some((k, _)) = state.tensors.iter().find(|(k, _)| !names.contains(k)) {
+        let relative = state.scalar("hgm.relative").unwrap_or(0.0) == 1.0;
+        if relative != (self.alpha_mode == AlphaMode::Relative) {
+            return Err(ModelError::state(
+                WHAT,
+                format!(
+                    "checkpoint has alpha mode '{}', this run uses '{}'",
+                    if relative { "relative" } else { "absolute" },
+                    self.alpha_mode
+                ),
+            ));
+        }
+        let (rr_sum, rr_count) = if relative {
+            let count = scalar("hgm.rr_count")?;
+            if !(count >= 0.0 && count.fract() == 0.0 && count < 1e15) {
+                return Err(ModelError::state(WHAT, format!("bad step count {count}")));
+            }
+            let sum = state.tensor("hgm.rr_sum").cloned();
+            if sum.as_ref().is_some_and(|t| t.elem_count() != 1)
+                || (sum.is_none() != (count == 0.0))
+            {
+                return Err(ModelError::state(
+                    WHAT,
+                    "the running r^T r sum and its step count disagree".to_string(),
+                ));
+            }
+            (sum, count as u64)
+        } else {
+            (None, 0)
+        };
+        if let Some((k, _)) = state
+            .tensors
+            .iter()
+            .find(|(k, _)| !names.contains(k) && !(relative && k == "hgm.rr_sum"))
+        {
             return Err(ModelError::state(
                 WHAT,
                 format!("unexpected tensor '{k}' for mode '{}'", self.mode),
@@ -411,6 +629,8 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         }
         self.p = p;
         self.alpha = alpha;
+        self.rr_sum = rr_sum;
+        self.rr_count = rr_count;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@
 
 use mla_core::Tensor;
 use mla_cpu::{Cpu, CpuFloat};
-use mla_models::hgm::{Hgm, HgmMode};
+use mla_models::hgm::{AlphaMode, AlphaSchedule, Hgm, HgmMode};
 use mla_models::rng::Rng;
 use proptest::prelude::*;
 
@@ -189,6 +189,38 @@ proptest! {
             for (a, w) in pr_new.iter().zip(&pr_old) {
                 prop_assert!((a - w * q).abs() <= 1e-9 * (1.0 + w.abs()), "P_new r = {a}, expected {}", w * q);
             }
+        }
+    }
+
+    /// Relative alpha: every update equals the naive RLS with alpha times the
+    /// running mean of r^T r (this step included), and P keeps its invariants.
+    #[test]
+    fn relative_alpha_is_alpha_times_the_running_feature_scale(s in 2usize..10, steps in 1usize..25, log_alpha in -3.0f64..2.0, scale in 0.1f64..20.0, seed in any::<u64>()) {
+        let alpha = 10f64.powf(log_alpha);
+        let c = 2;
+        let mut rng = Rng::new(seed);
+        let mut hgm: Hgm<Cpu, f64> = Hgm::new(&Cpu, HgmMode::Owm, alpha, s, &["m"]).unwrap().with_alpha_mode(AlphaMode::Relative);
+        let mut reference: Vec<f64> = (0..s * s).map(|k| if k % (s + 1) == 0 { 1.0 } else { 0.0 }).collect();
+        let mut rr_sum = 0.0;
+        for t in 1..=steps {
+            let b = 1 + rng.below(4);
+            let feats: Vec<f64> = gaussian(&mut rng, b * s, scale).iter().map(|x| x.max(0.0) + 0.1 * scale).collect();
+            let g = gaussian(&mut rng, c * s, 1.0);
+            owm_step(&mut hgm, &feats, b, &g, c, s);
+            let r = batch_mean(&feats, b, s);
+            rr_sum += r.iter().map(|x| x * x).sum::<f64>();
+            let mean = rr_sum / t as f64;
+            rls_ref(&mut reference, &r, s, alpha * mean);
+            let p = host(hgm.projector("m").unwrap().unwrap());
+            for (a, w) in p.iter().zip(&reference) {
+                prop_assert!((a - w).abs() <= 1e-9, "P differs from RLS with alpha * mean r^T r: {a} vs {w}");
+            }
+            for e in eigenvalues(&p, s) {
+                prop_assert!((-1e-9..=1.0 + 1e-9).contains(&e), "eigenvalue {e} outside [0, 1]");
+            }
+            prop_assert!(max_asymmetry(&p, s) <= 1e-12);
+            let eff = hgm.effective_alpha().unwrap();
+            prop_assert!((eff - alpha * mean).abs() <= 1e-9 * alpha * mean);
         }
     }
 
@@ -480,9 +512,16 @@ fn surviving_fraction_is_reported_per_modality() {
 #[test]
 fn state_round_trip_continues_identically() {
     let (s, c) = (6, 3);
-    for mode in [HgmMode::Owm, HgmMode::Cross] {
+    for (mode, am) in [
+        (HgmMode::Owm, AlphaMode::Absolute),
+        (HgmMode::Cross, AlphaMode::Absolute),
+        (HgmMode::Owm, AlphaMode::Relative),
+        (HgmMode::Cross, AlphaMode::Relative),
+    ] {
         let mut rng = Rng::new(21);
-        let mut a: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s, &["x", "y"]).unwrap();
+        let mut a: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s, &["x", "y"])
+            .unwrap()
+            .with_alpha_mode(am);
         let mut inputs = Vec::new();
         for _ in 0..20 {
             inputs.push((
@@ -507,8 +546,21 @@ fn state_round_trip_continues_identically() {
         };
         run(&mut a, 0..10);
         let state = a.state();
-        let mut b: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 99.0, s, &["x", "y"]).unwrap();
+        let mut b: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 99.0, s, &["x", "y"])
+            .unwrap()
+            .with_alpha_mode(am);
         b.load_state(&state).unwrap();
+        // The other alpha mode is refused.
+        let flip = if am == AlphaMode::Relative {
+            AlphaMode::Absolute
+        } else {
+            AlphaMode::Relative
+        };
+        let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s, &["x", "y"])
+            .unwrap()
+            .with_alpha_mode(flip);
+        let err = wrong.load_state(&state).unwrap_err().to_string();
+        assert!(err.contains("alpha mode"), "{err}");
         assert_eq!(b.alpha(), 0.3);
         assert_eq!(
             run(&mut a, 10..20),
@@ -521,17 +573,57 @@ fn state_round_trip_continues_identically() {
         } else {
             HgmMode::Owm
         };
-        let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, other, 0.3, s, &["x", "y"]).unwrap();
+        let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, other, 0.3, s, &["x", "y"])
+            .unwrap()
+            .with_alpha_mode(am);
         let err = wrong.load_state(&state).unwrap_err().to_string();
         assert!(
             err.contains(&format!("checkpoint has mode '{mode}'")),
             "{err}"
         );
-        let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s + 1, &["x", "y"]).unwrap();
+        let mut wrong: Hgm<Cpu, f32> = Hgm::new(&Cpu, mode, 0.3, s + 1, &["x", "y"])
+            .unwrap()
+            .with_alpha_mode(am);
         assert!(wrong
             .load_state(&state)
             .unwrap_err()
             .to_string()
             .contains("feature size"));
     }
+}
+
+#[test]
+fn alpha_schedules_parse_and_interpolate() {
+    let l: AlphaSchedule = "linear:100:1".parse().unwrap();
+    assert_eq!(
+        l,
+        AlphaSchedule::Linear {
+            start: 100.0,
+            end: 1.0
+        }
+    );
+    assert_eq!(l.to_string().parse::<AlphaSchedule>().unwrap(), l);
+    assert_eq!(l.at(7.0, 0.0), 100.0);
+    assert_eq!(l.at(7.0, 1.0), 1.0);
+    assert_eq!(l.at(7.0, 0.5), 50.5);
+    assert_eq!(AlphaSchedule::Constant.at(7.0, 0.3), 7.0);
+    let json = serde_json::to_string(&l).unwrap();
+    assert_eq!(json, "\"linear:100:1\"");
+    assert_eq!(serde_json::from_str::<AlphaSchedule>(&json).unwrap(), l);
+    for bad in [
+        "linear:0:1",
+        "linear:1",
+        "linear:a:1",
+        "cosine:1:2",
+        "linear:1:inf",
+    ] {
+        let e = bad.parse::<AlphaSchedule>().unwrap_err().to_string();
+        assert!(e.contains("linear:START:END"), "{bad}: {e}");
+    }
+    assert!("relative".parse::<AlphaMode>().is_ok());
+    assert!("rel"
+        .parse::<AlphaMode>()
+        .unwrap_err()
+        .to_string()
+        .contains("absolute, relative"));
 }

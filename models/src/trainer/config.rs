@@ -3,6 +3,7 @@
 //! `mla eval` rebuild exactly the same model and training.
 
 pub use crate::fusion::FusionRule;
+pub use crate::hgm::{AlphaMode, AlphaSchedule, HgmMode};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -53,10 +54,6 @@ named_enum!(
     Method, "method", { Mla = "mla", Joint = "joint", Unimodal = "unimodal" }
 );
 named_enum!(OptimizerKind, "optimizer", { Sgd = "sgd", Adam = "adam", Adamw = "adamw" });
-named_enum!(
-    /// Head gradient modification: off, one P shared by all modalities, or one P per modality.
-    HgmMode, "hgm", { None = "none", Owm = "owm", Cross = "cross" }
-);
 
 impl OptimizerKind {
     pub fn to_model(self) -> crate::optim::OptimizerKind {
@@ -64,16 +61,6 @@ impl OptimizerKind {
             OptimizerKind::Sgd => crate::optim::OptimizerKind::Sgd,
             OptimizerKind::Adam => crate::optim::OptimizerKind::Adam,
             OptimizerKind::Adamw => crate::optim::OptimizerKind::AdamW,
-        }
-    }
-}
-
-impl HgmMode {
-    pub fn to_model(self) -> crate::hgm::HgmMode {
-        match self {
-            HgmMode::None => crate::hgm::HgmMode::None,
-            HgmMode::Owm => crate::hgm::HgmMode::Owm,
-            HgmMode::Cross => crate::hgm::HgmMode::Cross,
         }
     }
 }
@@ -111,6 +98,12 @@ pub struct TrainConfig {
     pub weight_decay: f64,
     pub hgm: HgmMode,
     pub alpha: f64,
+    /// How alpha is read: as given, or times the running mean of `r^T r`.
+    #[serde(default)]
+    pub alpha_mode: AlphaMode,
+    /// Alpha over training (`linear:START:END` replaces `alpha`).
+    #[serde(default)]
+    pub alpha_schedule: AlphaSchedule,
     pub fusion: FusionRule,
     pub seed: u64,
     /// A seeded random subset of this many train samples.
@@ -139,6 +132,8 @@ impl Default for TrainConfig {
             weight_decay: 1e-4,
             hgm: HgmMode::Owm,
             alpha: DEFAULT_ALPHA,
+            alpha_mode: AlphaMode::Absolute,
+            alpha_schedule: AlphaSchedule::Constant,
             fusion: FusionRule::Auto,
             seed: 0,
             train_limit: None,
@@ -180,6 +175,15 @@ impl TrainConfig {
             return Err(format!(
                 "--alpha must be a positive number, got {}",
                 self.alpha
+            ));
+        }
+        if self.hgm == HgmMode::None
+            && (self.alpha_mode != AlphaMode::Absolute
+                || self.alpha_schedule != AlphaSchedule::Constant)
+        {
+            return Err(format!(
+                "--alpha-mode {} / --alpha-schedule {} need HGM (--method mla with --hgm owm or cross)",
+                self.alpha_mode, self.alpha_schedule
             ));
         }
         if self.train_limit == Some(0) {

@@ -17,7 +17,10 @@ pub mod run_dir;
 mod state;
 mod step;
 
-pub use config::{FusionRule, HgmMode, Method, OptimizerKind, TrainConfig, DEFAULT_ALPHA};
+pub use config::{
+    AlphaMode, AlphaSchedule, FusionRule, HgmMode, Method, OptimizerKind, TrainConfig,
+    DEFAULT_ALPHA,
+};
 pub use eval::{build_model, load_fusion_fit, load_model, EvalOptions, ModelLayout, SplitOutputs};
 pub use records::{EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
@@ -133,13 +136,11 @@ impl<B: Backend<f32>> Trainer<B> {
         let hgm = match (cfg.method, cfg.hgm) {
             (Method::Mla, mode) if mode != HgmMode::None => {
                 let names: Vec<&str> = layout.modalities.iter().map(String::as_str).collect();
-                Some(Hgm::new(
-                    &backend,
-                    mode.to_model(),
-                    cfg.alpha,
-                    cfg.feature_size,
-                    &names,
-                )?)
+                let alpha = cfg.alpha_schedule.at(cfg.alpha, 0.0);
+                Some(
+                    Hgm::new(&backend, mode, alpha, cfg.feature_size, &names)?
+                        .with_alpha_mode(cfg.alpha_mode),
+                )
             }
             _ => None,
         };
@@ -317,6 +318,7 @@ impl<B: Backend<f32>> Trainer<B> {
                 .loss_by_modality(&self.layout.modalities, self.cfg.method),
             hgm_surviving_fraction: stats.surviving.as_ref().map(|(mean, _)| *mean),
             hgm_surviving_fraction_by_modality: stats.surviving.as_ref().map(|(_, by)| by.clone()),
+            hgm_alpha: stats.effective_alpha,
             forgetting: self
                 .probe
                 .as_ref()
@@ -389,9 +391,20 @@ impl<B: Backend<f32>> Trainer<B> {
             p.reset();
         }
         let started = Instant::now();
+        let total_steps = (self.cfg.epochs * batches).max(2) - 1;
         for (b, batch) in loader.enumerate() {
             let batch = batch?;
             stats.samples += batch.len() as u64;
+            if let (Some(h), AlphaSchedule::Linear { .. }) =
+                (self.hgm.as_mut(), self.cfg.alpha_schedule)
+            {
+                let done = (epoch - 1) * batches + b;
+                h.set_alpha(
+                    self.cfg
+                        .alpha_schedule
+                        .at(self.cfg.alpha, done as f64 / total_steps as f64),
+                )?;
+            }
             self.step(&batch, b + 1, &mut pending)?;
             if (b + 1) % READ_EVERY == 0 || b + 1 == batches {
                 let mean = pending.flush(epoch, &self.layout.modalities, &mut stats)?;
@@ -407,6 +420,7 @@ impl<B: Backend<f32>> Trainer<B> {
                 let by = NamedValues(fr.iter().map(|f| (f.modality.clone(), f.mean)).collect());
                 stats.surviving = Some((mean, by));
             }
+            stats.effective_alpha = Some(h.effective_alpha()?);
         }
         Ok(stats)
     }

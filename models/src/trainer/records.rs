@@ -70,6 +70,10 @@ pub struct EpochRecord {
     /// The same per modality (the steps of that modality).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hgm_surviving_fraction_by_modality: Option<NamedValues>,
+    /// MLA with HGM: the alpha of the epoch's last step in absolute terms
+    /// (alpha times the running mean of `r^T r` with `--alpha-mode relative`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hgm_alpha: Option<f64>,
     /// MLA: forgetting of the other modalities per step (see [`Forgetting`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgetting: Option<Forgetting>,
@@ -125,6 +129,10 @@ pub struct Summary {
     pub fusion: FusionRule,
     pub hgm: HgmMode,
     pub alpha: f64,
+    #[serde(default)]
+    pub alpha_mode: super::config::AlphaMode,
+    #[serde(default)]
+    pub alpha_schedule: super::config::AlphaSchedule,
     pub seed: u64,
     pub best_epoch: usize,
     pub epochs: usize,
@@ -171,6 +179,8 @@ impl Summary {
             fusion: cfg.fusion,
             hgm: cfg.hgm,
             alpha: cfg.alpha,
+            alpha_mode: cfg.alpha_mode,
+            alpha_schedule: cfg.alpha_schedule,
             seed: cfg.seed,
             best_epoch,
             epochs: state.epochs_done,

@@ -78,6 +78,8 @@ pub(crate) struct EpochStats {
     loss_steps: Vec<u64>,
     /// HGM: mean surviving fraction over all steps, and per modality.
     pub surviving: Option<(f64, NamedValues)>,
+    /// HGM: the alpha of the epoch's last step in absolute terms.
+    pub effective_alpha: Option<f64>,
 }
 
 impl EpochStats {
@@ -88,6 +90,7 @@ impl EpochStats {
             loss_sum: vec![0.0; modalities.max(1)],
             loss_steps: vec![0; modalities.max(1)],
             surviving: None,
+            effective_alpha: None,
         }
     }
 
