@@ -45,7 +45,7 @@ def main(paths):
     runs = [json.loads(l) for path in paths for l in open(path) if l.strip()]
     # A run cut off by a job's time limit (fewer epochs than its setting) is
     # not a result; the same run completed elsewhere is.
-    runs = [r for r in runs if r["epochs"] == {"A": 3, "B": 8}[r["run"].split("-")[0]]]
+    runs = [r for r in runs if r["epochs"] == {"A": 3, "B": 8, "C": 3}[r["run"].split("-")[0]]]
     names = [r["run"] for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -54,6 +54,8 @@ def main(paths):
     for r in runs:
         setting, recipe, *name, seed = r["run"].split("-")
         groups[(setting, recipe, "-".join(name))].append(r)
+    for recipe in ["default", "pca75"]:
+        fusion_table(groups, recipe)
     for setting, title in [("A", "10,000-sample train subset, 3 epochs"), ("B", "full train split (55,000), 8 epochs")]:
         for recipe in ["default", "pca75"]:
             print(f"\n#### {title}, recipe `{recipe}`\n")
@@ -72,6 +74,39 @@ def main(paths):
                 on = " + ".join(f"{sum(backend(r) == b for r in rs)} {b}" for b in sorted({backend(r) for r in rs}))
                 print(f"| {label} | {len(rs)} | {on} | {fmt(fused_e)} | {fmt(fa('mean'))} | {fmt(mod('image'))} | "
                       f"{fmt(mod('audio'))} | {fmt(gap, 1.0, 3)} | {fmt(kept, 1.0, 3)} |")
+
+
+RULES = ["entropy", "mean", "calibrated", "weighted", "weighted-entropy"]
+
+
+def fusion_table(groups, recipe):
+    """Set C: every fusion rule's test accuracy, auto's choice, each modality
+    alone, the best single modality per run, ECE and forgetting."""
+    rows = [(k, l) for k, l in ROWS if groups.get(("C", recipe, k))]
+    if not rows:
+        return
+    print(f"\n#### full train split (55,000), 3 epochs, recipe `{recipe}`: fusion rules\n")
+    print("| method | seeds | fused (auto) | auto chose | " + " | ".join(RULES) +
+          " | image alone | audio alone | best single modality | auto - best single | audio ECE before / after | forgetting (last epoch) | head grad kept (last epoch) |")
+    print("|" + "---|" * (11 + len(RULES)))
+    for key, label in rows:
+        rs = groups[("C", recipe, key)]
+        t = [r["test"] for r in rs]
+        fa = lambda name: [x["fusion_accuracy"][name] for x in t if x.get("fusion_accuracy")]
+        mod = lambda name: [x["modality_accuracy"][name] for x in t if name in x["modality_accuracy"]]
+        best = [max(x["modality_accuracy"].values()) for x in t]
+        fused = [x["fused_accuracy"] for x in t]
+        diff = [f - b for f, b in zip(fused, best)]
+        chose = sorted({x.get("fusion_rule", "-") for x in t})
+        ece = lambda k: [x[k]["audio"] for x in t if x.get(k) and "audio" in x[k]]
+        e_b, e_a = ece("calibration_error"), ece("calibration_error_calibrated")
+        forget = [r["forgetting_loss_increase"][-1] for r in rs if r.get("forgetting_loss_increase")]
+        kept = [r["hgm_surviving_fraction"][-1] for r in rs if r.get("hgm_surviving_fraction")]
+        cells = [fmt(fa(name)) for name in RULES]
+        ece_cell = f"{fmt(e_b, 1.0, 3)} / {fmt(e_a, 1.0, 3)}" if e_b else "-"
+        print(f"| {label} | {len(rs)} | {fmt(fused)} | {', '.join(chose) if fa('entropy') else '-'} | " + " | ".join(cells) +
+              f" | {fmt(mod('image'))} | {fmt(mod('audio'))} | {fmt(best)} | {fmt(diff, 100.0, 2)} | {ece_cell} | "
+              f"{fmt(forget, 1.0, 5)} | {fmt(kept, 1.0, 3)} |")
 
 
 if __name__ == "__main__":

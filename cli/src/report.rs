@@ -80,7 +80,7 @@ impl Observer for Progress {
             .unwrap_or_default();
         if let Some(f) = &r.forgetting {
             hgm.push_str(&format!(
-                ", forgetting {:+.4} loss / {:+.2}% acc per step",
+                ", forgetting {:+.5} loss / {:+.2}% acc per step",
                 f.loss_increase,
                 100.0 * f.accuracy_drop
             ));
@@ -109,11 +109,11 @@ fn row(
     let cell = |v: Option<f64>| v.map(fmt).unwrap_or_else(|| "-".into());
     match val {
         Some(v) => out.push_str(&format!(
-            "  {name:<22} {:>10} {:>10}\n",
+            "  {name:<26} {:>10} {:>10}\n",
             cell(v),
             cell(test)
         )),
-        None => out.push_str(&format!("  {name:<22} {:>10}\n", cell(test))),
+        None => out.push_str(&format!("  {name:<26} {:>10}\n", cell(test))),
     }
 }
 
@@ -126,8 +126,8 @@ pub fn metrics_table(
     test_label: &str,
 ) -> String {
     let mut out = match val {
-        Some(_) => format!("  {:<22} {:>10} {:>10}\n", "", "val", test_label),
-        None => format!("  {:<22} {:>10}\n", "", test_label),
+        Some(_) => format!("  {:<26} {:>10} {:>10}\n", "", "val", test_label),
+        None => format!("  {:<26} {:>10}\n", "", test_label),
     };
     // Per row: Some(value or missing) with a validation column, None without.
     let v = |f: &dyn Fn(&EvalMetrics) -> Option<f64>| val.map(f);
@@ -252,7 +252,7 @@ pub fn summary_table(s: &Summary) -> String {
             .forgetting_loss_increase
             .iter()
             .zip(&s.forgetting_accuracy_drop)
-            .map(|(l, a)| format!("{l:+.4} ({:+.2}%)", 100.0 * a))
+            .map(|(l, a)| format!("{l:+.5} ({:+.2}%)", 100.0 * a))
             .collect();
         out.push_str(&format!(
             "  forgetting per modality step (other modalities' probe loss increase, accuracy drop) per epoch: {}\n",

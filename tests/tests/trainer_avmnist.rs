@@ -4,6 +4,7 @@
 //! that the selected checkpoint reproduces the reported test metrics.
 //! Skipped, with a message, when the raw sources are absent (as the data tests).
 
+mod data_common;
 mod trainer_common;
 
 use mla_cpu::Cpu;
@@ -13,29 +14,14 @@ use mla_models::trainer::{
     eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, Method, Silent,
     TrainConfig, Trainer,
 };
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use trainer_common::TempDir;
 
-fn raw() -> Option<PathBuf> {
-    let p = match std::env::var_os("MLA_AVMNIST_RAW") {
-        Some(p) => PathBuf::from(p),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/avmnist"),
-    };
-    if p.join("mnist").is_dir() && p.join("fsdd").is_dir() {
-        Some(p)
-    } else {
-        eprintln!(
-            "SKIPPED: raw AV-MNIST not found at {} (set MLA_AVMNIST_RAW)",
-            p.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn mla_on_real_avmnist_subset_is_far_above_chance() {
-    let Some(raw) = raw() else { return };
+    let Some(raw) = data_common::avmnist_raw() else {
+        return;
+    };
     let tmp = TempDir::new("avmnist-e2e");
     let data = tmp.join("avmnist");
     prepare_avmnist(&AvmnistOptions::new(&raw, &data), &mut |_| {}).unwrap();

@@ -489,3 +489,53 @@ fn diverging_training_stops_naming_epoch_and_step() {
         other => panic!("expected a non-finite loss error, got {other:?}"),
     }
 }
+
+#[test]
+fn crafted_metadata_is_refused_before_a_model_is_built() {
+    let data = synthetic("crafted", &Synthetic::default());
+    let ds = open(&data);
+    let runs = TempDir::new("crafted-runs");
+    let dir = runs.join("run");
+    let mut t = Trainer::new(
+        Cpu,
+        ds.clone(),
+        TrainConfig {
+            epochs: 1,
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap()
+    .with_run_dir(&dir)
+    .unwrap();
+    t.run(&mut Silent).unwrap();
+    let good = Checkpoint::load(&dir.join(run_dir::LAST)).unwrap();
+    // A feature size of 10^9 would size every layer: refused from the head's shape.
+    let mut c = good.clone();
+    let mut cfg_json: serde_json::Value = c.json("config").unwrap();
+    cfg_json["feature_size"] = serde_json::json!(1_000_000_000u64);
+    c.set_json("config", &cfg_json).unwrap();
+    let path = runs.join("crafted.safetensors");
+    c.save(&path).unwrap();
+    let e = load_model(&Cpu, &ds, &Checkpoint::load(&path).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("feature size 1000000000") && e.contains("crafted.safetensors"),
+        "{e}"
+    );
+    // A trainer state claiming a million epochs is refused on resume.
+    let mut c = good.clone();
+    let mut st: serde_json::Value = c.json("trainer_state").unwrap();
+    st["epochs_done"] = serde_json::json!(1_000_000u64);
+    c.set_json("trainer_state", &st).unwrap();
+    c.save(&dir.join(run_dir::LAST)).unwrap();
+    let e = Trainer::resume(Cpu, ds, &dir, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("inconsistent") && e.contains("1000000 epochs done"),
+        "{e}"
+    );
+}

@@ -93,6 +93,7 @@ pub fn load_model<B: Backend<f32>>(
 ) -> Result<(Model<B>, ModelLayout, TrainConfig)> {
     let cfg: TrainConfig = ckpt.json(super::state::CONFIG_KEY)?;
     let saved: ModelLayout = ckpt.json(super::state::LAYOUT_KEY)?;
+    check_metadata(ckpt, &cfg, &saved)?;
     let (mut model, layout) = build_model(backend, dataset, &cfg)?;
     if saved.modalities != layout.modalities
         || saved.shapes != layout.shapes
@@ -112,6 +113,34 @@ pub fn load_model<B: Backend<f32>>(
     }
     super::state::load_params(&mut model, ckpt)?;
     Ok((model, layout, cfg))
+}
+
+/// The sizes in a checkpoint's metadata must agree with its head weight
+/// before a model is built from them: a tampered `feature_size` would
+/// otherwise size the allocation of every layer.
+fn check_metadata(ckpt: &Checkpoint, cfg: &TrainConfig, layout: &ModelLayout) -> Result<()> {
+    let head = ckpt.get(crate::model::HEAD_WEIGHT)?;
+    let inputs = match cfg.method {
+        Method::Joint => layout.modalities.len(),
+        _ => 1,
+    };
+    let want = cfg
+        .feature_size
+        .checked_mul(inputs)
+        .map(|w| vec![layout.num_classes, w]);
+    if want.as_deref() != Some(head.shape.as_slice()) {
+        return Err(TrainError::Config(format!(
+            "{}: metadata says {} classes and feature size {} ({} modalities, method {}), but {} has shape {:?}; the checkpoint is inconsistent",
+            ckpt.path().display(),
+            layout.num_classes,
+            cfg.feature_size,
+            layout.modalities.len(),
+            cfg.method,
+            crate::model::HEAD_WEIGHT,
+            head.shape
+        )));
+    }
+    Ok(())
 }
 
 /// What to evaluate beyond the defaults.

@@ -123,7 +123,23 @@ pub(crate) fn restore<B: Backend<f32>>(t: &mut Trainer<B>, ckpt: &Checkpoint) ->
         }
         None => {}
     }
-    t.state = ckpt.json::<TrainerState>(STATE_KEY)?;
+    let state = ckpt.json::<TrainerState>(STATE_KEY)?;
+    let consistent = state.epochs_done == state.history.len()
+        && state
+            .best_epoch
+            .is_some_and(|b| (1..=state.epochs_done).contains(&b))
+        && state.best_val.is_some()
+        && state.best_test.is_some();
+    if !consistent {
+        return Err(TrainError::Config(format!(
+            "{}: trainer state is inconsistent ({} epochs done, {} epoch records, best epoch {:?}); the checkpoint is damaged",
+            ckpt.path().display(),
+            state.epochs_done,
+            state.history.len(),
+            state.best_epoch
+        )));
+    }
+    t.state = state;
     t.fit = super::eval::load_fusion_fit(ckpt, &t.layout)?;
     Ok(())
 }

@@ -100,7 +100,10 @@ pub fn i64_bytes(v: &[i64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-/// The raw AV-MNIST folder: MLA_AVMNIST_RAW, else ../shared/data/avmnist from the workspace root.
+/// The raw AV-MNIST folder: MLA_AVMNIST_RAW, else ../shared/data/avmnist from
+/// the workspace root. Absent, the test is skipped with a message, except
+/// under CI=true, where the data is part of the checkout and a missing folder
+/// must fail the suite rather than pass it silently.
 pub fn avmnist_raw() -> Option<PathBuf> {
     let p = match std::env::var_os("MLA_AVMNIST_RAW") {
         Some(p) => PathBuf::from(p),
@@ -108,6 +111,11 @@ pub fn avmnist_raw() -> Option<PathBuf> {
     };
     if p.join("mnist").is_dir() && p.join("fsdd").is_dir() {
         Some(p)
+    } else if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!(
+            "raw AV-MNIST not found at {} under CI=true (set MLA_AVMNIST_RAW)",
+            p.display()
+        );
     } else {
         eprintln!(
             "SKIPPED: raw AV-MNIST not found at {} (set MLA_AVMNIST_RAW)",
