@@ -87,7 +87,7 @@ def fusion_table(groups, recipe):
         return
     print(f"\n#### full train split (55,000), 3 epochs, recipe `{recipe}`: fusion rules\n")
     print("| method | seeds | fused (auto) | auto chose | " + " | ".join(RULES) +
-          " | image alone | audio alone | best single modality | auto - best single | audio ECE before / after | forgetting (last epoch) | head grad kept (last epoch) |")
+          " | image alone | audio alone | best single modality | auto - best single | audio ECE before / after | forgetting (10^-3 loss per step) | head grad kept (last epoch) |")
     print("|" + "---|" * (11 + len(RULES)))
     for key, label in rows:
         rs = groups[("C", recipe, key)]
@@ -100,13 +100,14 @@ def fusion_table(groups, recipe):
         chose = sorted({x.get("fusion_rule", "-") for x in t})
         ece = lambda k: [x[k]["audio"] for x in t if x.get(k) and "audio" in x[k]]
         e_b, e_a = ece("calibration_error"), ece("calibration_error_calibrated")
-        forget = [r["forgetting_loss_increase"][-1] for r in rs if r.get("forgetting_loss_increase")]
+        # Mean over the run's epochs of the other modalities' probe-loss increase per step.
+        forget = [statistics.mean(r["forgetting_loss_increase"]) for r in rs if r.get("forgetting_loss_increase")]
         kept = [r["hgm_surviving_fraction"][-1] for r in rs if r.get("hgm_surviving_fraction")]
         cells = [fmt(fa(name)) for name in RULES]
         ece_cell = f"{fmt(e_b, 1.0, 3)} / {fmt(e_a, 1.0, 3)}" if e_b else "-"
         print(f"| {label} | {len(rs)} | {fmt(fused)} | {', '.join(chose) if fa('entropy') else '-'} | " + " | ".join(cells) +
               f" | {fmt(mod('image'))} | {fmt(mod('audio'))} | {fmt(best)} | {fmt(diff, 100.0, 2)} | {ece_cell} | "
-              f"{fmt(forget, 1.0, 5)} | {fmt(kept, 1.0, 3)} |")
+              f"{fmt(forget, 1000.0, 2)} | {fmt(kept, 1.0, 3)} |")
 
 
 if __name__ == "__main__":

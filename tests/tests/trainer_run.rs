@@ -539,3 +539,51 @@ fn crafted_metadata_is_refused_before_a_model_is_built() {
         "{e}"
     );
 }
+
+#[test]
+fn overflowing_logits_are_an_error_naming_modality_and_sample() {
+    let data = synthetic("huge-head", &Synthetic::default());
+    let ds = open(&data);
+    let runs = TempDir::new("huge-head-runs");
+    let dir = runs.join("run");
+    let mut t = Trainer::new(
+        Cpu,
+        ds.clone(),
+        TrainConfig {
+            epochs: 1,
+            ..cfg(Method::Mla)
+        },
+    )
+    .unwrap()
+    .with_run_dir(&dir)
+    .unwrap();
+    t.run(&mut Silent).unwrap();
+    // Finite weights whose products overflow f32: the logits become infinite.
+    let mut c = Checkpoint::load(&dir.join(run_dir::BEST)).unwrap();
+    let w = c.get("head.weight").unwrap().clone();
+    let huge: Vec<f32> = w.data.iter().map(|v| v.signum() * 3e38).collect();
+    let t = mla_core::Tensor::<f32, Cpu>::from_slice(&Cpu, &huge, w.shape.clone()).unwrap();
+    c.insert_tensor("head.weight", &t).unwrap();
+    let path = runs.join("huge.safetensors");
+    c.save(&path).unwrap();
+    let ckpt = Checkpoint::load(&path).unwrap();
+    let (model, layout, c) = load_model(&Cpu, &ds, &ckpt).unwrap();
+    let e = eval::evaluate(
+        &model,
+        &c,
+        &layout,
+        &ds,
+        &ds.indices(Split::Test),
+        &EvalOptions {
+            fit: load_fusion_fit(&ckpt, &layout).unwrap(),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("non-finite logit") && e.contains("modality image") && e.contains("for sample"),
+        "{e}"
+    );
+}

@@ -273,8 +273,18 @@ pub fn collect<B: Backend<f32>>(
                     samples[first + mb.present[k / classes]]
                 )));
             }
+            // Features are checked as well as logits: a ReLU or a max-pool can
+            // turn an overflowed feature back into a finite, meaningless logit.
+            let hv = h.value().to_vec()?;
+            if let Some(k) = hv.iter().position(|v| !v.is_finite()) {
+                return Err(TrainError::Config(format!(
+                    "non-finite feature ({}) of modality {name} for sample {} of the dataset: its input overflows the encoder, or the weights are corrupt",
+                    hv[k],
+                    samples[first + mb.present[k / s]]
+                )));
+            }
             if opts.gap {
-                gap.add(mi, &h.value().to_vec()?);
+                gap.add(mi, &hv);
             }
             for (k, &pos) in mb.present.iter().enumerate() {
                 rows_of[mi][pos] = Some(k);

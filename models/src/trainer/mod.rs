@@ -66,9 +66,25 @@ pub enum TrainError {
     },
     #[error("{0}")]
     RunDir(String),
+    /// An evaluation error with the epoch and split it happened in.
+    #[error("epoch {epoch}, {split} split: {source}")]
+    During {
+        epoch: usize,
+        split: Split,
+        source: Box<TrainError>,
+    },
 }
 
 impl TrainError {
+    /// This error as raised while evaluating `split` after epoch `epoch`.
+    pub fn during(self, epoch: usize, split: Split) -> Self {
+        TrainError::During {
+            epoch,
+            split,
+            source: Box::new(self),
+        }
+    }
+
     pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> Self {
         TrainError::Io {
             path: path.to_path_buf(),
@@ -299,7 +315,8 @@ impl<B: Backend<f32>> Trainer<B> {
             &self.dataset,
             &self.val,
             &gap,
-        )?;
+        )
+        .map_err(|e| e.during(epoch, Split::Validation))?;
         // The fusion parameters come from validation alone; model selection
         // then compares epochs under the run's rule with each epoch's own fit.
         self.fit = match self.cfg.method {
@@ -346,7 +363,8 @@ impl<B: Backend<f32>> Trainer<B> {
                 &self.dataset,
                 &self.test,
                 &gap,
-            )?
+            )
+            .map_err(|e| e.during(epoch, Split::Test))?
             .metrics(&self.cfg, &self.layout, self.cfg.fusion, self.fit.as_ref())?;
             self.state.best_epoch = Some(epoch);
             self.state.best_val = Some(val);
