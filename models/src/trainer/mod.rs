@@ -520,6 +520,15 @@ impl<B: Backend<f32>> Trainer<B> {
     /// Returns each timed step's (seconds, samples). Training state moves on
     /// (parameters change) but nothing is recorded.
     pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
+        // Timed steps are training steps only: the forgetting probe is a
+        // measurement, left out of the timing.
+        let probe = self.probe.take();
+        let timed = self.timed_steps(warmup, steps);
+        self.probe = probe;
+        timed
+    }
+
+    fn timed_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
         let mut out = Vec::with_capacity(steps);
         let mut pending = step::Pending::default();
         let mut stats = step::EpochStats::new(self.layout.modalities.len());
