@@ -10,7 +10,8 @@
 //! hgm.apply(m, h.value(), &mut grads)?;                         // rewrites head.weight's gradient, updates P
 //! opt.step(model.params_mut(), &grads)?;                        // steps exactly those parameters
 //! ```
-//! Evaluation runs the same forward on `Tape::no_grad`, then `fusion::fuse_tensors`.
+//! Evaluation runs the same forward on `Tape::no_grad` and fuses the split's
+//! per-modality logits on the host (`fusion`, `trainer::eval`).
 
 pub mod checkpoint;
 pub mod data;

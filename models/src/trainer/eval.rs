@@ -266,23 +266,27 @@ pub fn collect<B: Backend<f32>>(
             )?);
             let h = model.features(&p, name, &x)?;
             let z = model.modality_logits(&p, name, &h)?.into_value().to_vec()?;
-            if let Some(k) = z.iter().position(|v| !v.is_finite()) {
-                return Err(TrainError::Config(format!(
-                    "non-finite logit ({}) of modality {name} for sample {} of the dataset: the model diverged or its weights are corrupt",
-                    z[k],
-                    samples[first + mb.present[k / classes]]
-                )));
-            }
+            let sample_of = |row: usize| samples[first + mb.present[row]];
+            let what = format!("modality {name}");
+            check_finite(
+                &z,
+                classes,
+                "logit",
+                &what,
+                sample_of,
+                "the model diverged or its weights are corrupt",
+            )?;
             // Features are checked as well as logits: a ReLU or a max-pool can
             // turn an overflowed feature back into a finite, meaningless logit.
             let hv = h.value().to_vec()?;
-            if let Some(k) = hv.iter().position(|v| !v.is_finite()) {
-                return Err(TrainError::Config(format!(
-                    "non-finite feature ({}) of modality {name} for sample {} of the dataset: its input overflows the encoder, or the weights are corrupt",
-                    hv[k],
-                    samples[first + mb.present[k / s]]
-                )));
-            }
+            check_finite(
+                &hv,
+                s,
+                "feature",
+                &what,
+                sample_of,
+                "its input overflows the encoder, or the weights are corrupt",
+            )?;
             if opts.gap {
                 gap.add(mi, &hv);
             }
@@ -308,13 +312,14 @@ pub fn collect<B: Backend<f32>>(
             }
             let refs: Vec<_> = full.iter().collect();
             let j = model.joint_logits(&p, &refs)?.into_value().to_vec()?;
-            if let Some(k) = j.iter().position(|v| !v.is_finite()) {
-                return Err(TrainError::Config(format!(
-                    "non-finite logit ({}) of the joint head for sample {} of the dataset: the model diverged or its weights are corrupt",
-                    j[k],
-                    samples[first + k / classes]
-                )));
-            }
+            check_finite(
+                &j,
+                classes,
+                "logit",
+                "the joint head",
+                |row| samples[first + row],
+                "the model diverged or its weights are corrupt",
+            )?;
             for pos in (0..n).filter(|&pos| present(pos)) {
                 counter.add_row(
                     &j[pos * classes..(pos + 1) * classes],
@@ -338,6 +343,26 @@ pub fn collect<B: Backend<f32>>(
         joint,
         gap: if opts.gap { gap.gap() } else { None },
     })
+}
+
+/// One error for the first non-finite value of `values` (`row_len` per row),
+/// naming what produced it and the dataset sample of its row.
+fn check_finite(
+    values: &[f32],
+    row_len: usize,
+    kind: &str,
+    what: &str,
+    sample_of: impl Fn(usize) -> usize,
+    why: &str,
+) -> Result<()> {
+    match values.iter().position(|v| !v.is_finite()) {
+        None => Ok(()),
+        Some(k) => Err(TrainError::Config(format!(
+            "non-finite {kind} ({}) of {what} for sample {} of the dataset: {why}",
+            values[k],
+            sample_of(k / row_len.max(1))
+        ))),
+    }
 }
 
 impl SplitOutputs {
