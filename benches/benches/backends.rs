@@ -375,10 +375,10 @@ fn mla_case<B: Backend<f32>>(
     batch: usize,
     steps: usize,
 ) {
-    use mla_models::trainer::{Method, Silent, TrainConfig, Trainer};
+    use mla_models::trainer::{MethodKind, Silent, TrainConfig, Trainer};
     let ds = std::sync::Arc::new(mla_models::data::Dataset::open(&data.0).unwrap());
     let cfg = TrainConfig {
-        method: Method::Mla,
+        method: MethodKind::Mla,
         epochs: usize::MAX,
         batch_size: batch,
         eval_batch_size: 2,

@@ -5,7 +5,7 @@ use crate::backend::{self, BackendChoice, OnBackend};
 use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::Dataset;
-use mla_models::trainer::{HgmMode, Method, TrainConfig, Trainer, DEFAULT_ALPHA};
+use mla_models::trainer::{HgmMode, MethodKind, TrainConfig, Trainer, DEFAULT_ALPHA};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
     #[arg(long, default_value = "mla")]
-    method: Method,
+    method: MethodKind,
     /// The modality of --method unimodal.
     #[arg(long, value_name = "NAME")]
     modality: Option<String>,
@@ -71,7 +71,7 @@ impl OnBackend for Args {
 
     fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
         let hgm = match (self.method, self.hgm) {
-            (Method::Mla, h) => h.unwrap_or(HgmMode::Owm),
+            (MethodKind::Mla, h) => h.unwrap_or(HgmMode::Owm),
             (_, None | Some(HgmMode::None)) => HgmMode::None,
             (m, Some(h)) => {
                 return Err(

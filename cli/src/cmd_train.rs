@@ -7,8 +7,8 @@ use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
-    AlphaMode, AlphaSchedule, FusionRule, HgmMode, Method, OptimizerKind, RunDir, TrainConfig,
-    Trainer, DEFAULT_ALPHA,
+    AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind, ModulatedTensors,
+    OgmParams, OgmRule, OptimizerKind, PmrParams, RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,9 +27,17 @@ pub struct Args {
     #[arg(long, value_name = "DIR")]
     cache_dir: Option<PathBuf>,
     /// Training procedure: mla (alternating unimodal steps, shared head),
-    /// joint (concatenated features, one head) or unimodal (one modality).
-    #[arg(long, default_value = "mla", conflicts_with = "resume")]
-    method: Method,
+    /// joint (concatenated features, one head), unimodal (one modality),
+    /// ogm / ogm-ge (joint with on-the-fly gradient modulation, -ge adds
+    /// Gaussian noise), pmr (joint plus the weaker modality's prototype
+    /// cross-entropy). Methods other than mla/unimodal use the joint model.
+    #[arg(
+        long,
+        default_value = "mla",
+        conflicts_with = "resume",
+        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr"
+    )]
+    method: MethodKind,
     /// The modality of --method unimodal.
     #[arg(long, value_name = "NAME", conflicts_with = "resume")]
     modality: Option<String>,
@@ -95,6 +103,30 @@ pub struct Args {
     /// rule is reported.
     #[arg(long, default_value = "auto", conflicts_with = "resume")]
     fusion: FusionRule,
+    /// OGM/OGM-GE: alpha of k = 1 - tanh(alpha * rho), >= 0 (0: no damping).
+    /// [default: 0.8, the official README's CREMA-D value]
+    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
+    ogm_alpha: Option<f64>,
+    /// OGM/OGM-GE: which encoder gradients are scaled: weights (every matrix
+    /// and kernel) or conv-kernels (4-d kernels only, the official code). [default: weights]
+    #[arg(long, value_name = "weights|conv-kernels", conflicts_with = "resume")]
+    ogm_tensors: Option<ModulatedTensors>,
+    /// OGM/OGM-GE: official (damp the dominant modality, 1 - tanh(alpha rho))
+    /// or continuous (1 - tanh(alpha relu(rho - 1)) for every modality). [default: official]
+    #[arg(long, value_name = "official|continuous", conflicts_with = "resume")]
+    ogm_rule: Option<OgmRule>,
+    /// OGM/OGM-GE/PMR: epochs START:END (from 0, inclusive) in which the
+    /// method modulates; outside it the step is the joint step.
+    /// [default: 0:50 for ogm, 0:60 for pmr (official values)]
+    #[arg(long, value_name = "START:END", conflicts_with = "resume")]
+    modulation_window: Option<EpochWindow>,
+    /// PMR: weight of the weaker modality's prototype cross-entropy, >= 0.
+    /// [default: 1.0, the official CGMNIST value]
+    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
+    pmr_alpha: Option<f64>,
+    /// PMR: prototype momentum in [0, 1). [default: 0.0, every official run]
+    #[arg(long, value_name = "MU", conflicts_with = "resume")]
+    pmr_momentum: Option<f64>,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
     /// Train on a seeded random subset of this many train samples.
@@ -122,7 +154,7 @@ pub struct Args {
 impl Args {
     fn config(&self) -> CliResult<TrainConfig> {
         let hgm = match (self.method, self.hgm) {
-            (Method::Mla, h) => h.unwrap_or(HgmMode::Owm),
+            (MethodKind::Mla, h) => h.unwrap_or(HgmMode::Owm),
             (_, None | Some(HgmMode::None)) => HgmMode::None,
             (m, Some(h)) => {
                 return Err(
@@ -130,6 +162,7 @@ impl Args {
                 )
             }
         };
+        let (ogm, pmr) = self.method_params()?;
         let cfg = TrainConfig {
             method: self.method,
             modality: self.modality.clone(),
@@ -148,11 +181,70 @@ impl Args {
             alpha_schedule: self.alpha_schedule,
             fusion: self.fusion,
             seed: self.seed,
+            ogm,
+            pmr,
             train_limit: self.train_limit,
             eval_limit: self.eval_limit,
         };
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+impl Args {
+    /// The method flags given, checked against `--method`.
+    fn method_params(&self) -> CliResult<(Option<OgmParams>, Option<PmrParams>)> {
+        let m = self.method;
+        let given = |flags: &[(&str, bool)]| -> Vec<String> {
+            flags
+                .iter()
+                .filter(|(_, g)| *g)
+                .map(|(f, _)| format!("--{f}"))
+                .collect()
+        };
+        let ogm_flags = given(&[
+            ("ogm-alpha", self.ogm_alpha.is_some()),
+            ("ogm-tensors", self.ogm_tensors.is_some()),
+            ("ogm-rule", self.ogm_rule.is_some()),
+        ]);
+        let pmr_flags = given(&[
+            ("pmr-alpha", self.pmr_alpha.is_some()),
+            ("pmr-momentum", self.pmr_momentum.is_some()),
+        ]);
+        let is_ogm = matches!(m, MethodKind::Ogm | MethodKind::OgmGe);
+        let wrong = match () {
+            _ if !is_ogm && !ogm_flags.is_empty() => Some((ogm_flags, "ogm or ogm-ge")),
+            _ if m != MethodKind::Pmr && !pmr_flags.is_empty() => Some((pmr_flags, "pmr")),
+            _ if !is_ogm && m != MethodKind::Pmr && self.modulation_window.is_some() => {
+                Some((vec!["--modulation-window".into()], "ogm, ogm-ge or pmr"))
+            }
+            _ => None,
+        };
+        if let Some((flags, which)) = wrong {
+            return Err(format!(
+                "{} applies to --method {which} only (got --method {m})",
+                flags.join(", ")
+            )
+            .into());
+        }
+        let ogm = is_ogm.then(|| {
+            let d = OgmParams::default();
+            OgmParams {
+                alpha: self.ogm_alpha.unwrap_or(d.alpha),
+                window: self.modulation_window.unwrap_or(d.window),
+                tensors: self.ogm_tensors.unwrap_or(d.tensors),
+                rule: self.ogm_rule.unwrap_or(d.rule),
+            }
+        });
+        let pmr = (m == MethodKind::Pmr).then(|| {
+            let d = PmrParams::default();
+            PmrParams {
+                alpha: self.pmr_alpha.unwrap_or(d.alpha),
+                momentum: self.pmr_momentum.unwrap_or(d.momentum),
+                window: self.modulation_window.unwrap_or(d.window),
+            }
+        });
+        Ok((ogm, pmr))
     }
 }
 
@@ -290,7 +382,7 @@ fn default_run_dir(cfg: &TrainConfig) -> PathBuf {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     let what = match (&cfg.method, &cfg.modality) {
-        (Method::Unimodal, Some(m)) => format!("unimodal-{m}"),
+        (MethodKind::Unimodal, Some(m)) => format!("unimodal-{m}"),
         (m, _) => m.to_string(),
     };
     PathBuf::from("runs").join(format!(

@@ -6,8 +6,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use mla_models::data::Split;
 use mla_models::fusion::{FusionFit, FusionRule};
 use mla_models::metrics::NamedValues;
+use mla_models::model::HeadKind;
 use mla_models::trainer::{AlphaMode, AlphaSchedule, EvalMetrics};
-use mla_models::trainer::{EpochRecord, Method, Observer, Summary};
+use mla_models::trainer::{EpochRecord, MethodKind, Observer, Summary};
 use std::time::Instant;
 
 pub fn pct(x: f64) -> String {
@@ -119,7 +120,7 @@ fn row(
 
 /// Rows of one or two evaluations side by side.
 pub fn metrics_table(
-    method: Method,
+    method: MethodKind,
     fusion: FusionRule,
     val: Option<&EvalMetrics>,
     test: &EvalMetrics,
@@ -133,10 +134,10 @@ pub fn metrics_table(
     let v = |f: &dyn Fn(&EvalMetrics) -> Option<f64>| val.map(f);
     let used = test.fusion_rule.unwrap_or(fusion);
     let fused_name = match method {
-        Method::Mla if used != fusion => format!("fused ({fusion}: {used})"),
-        Method::Mla => format!("fused ({fusion})"),
-        Method::Joint => "fused (joint head)".into(),
-        Method::Unimodal => "fused (= modality)".into(),
+        MethodKind::Mla if used != fusion => format!("fused ({fusion}: {used})"),
+        MethodKind::Mla => format!("fused ({fusion})"),
+        MethodKind::Unimodal => "fused (= modality)".into(),
+        m => format!("fused ({m}: concatenation head)"),
     };
     row(
         &mut out,
@@ -154,7 +155,7 @@ pub fn metrics_table(
         }
     }
     for (name, acc) in test.modality_accuracy.iter() {
-        let label = if method == Method::Joint {
+        let label = if method.head() == HeadKind::Concat {
             format!("{name} (head slice)")
         } else {
             name.to_string()
@@ -211,7 +212,7 @@ pub fn metrics_table(
 
 pub fn summary_table(s: &Summary) -> String {
     let what = match s.method {
-        Method::Mla => {
+        MethodKind::Mla => {
             let alpha = match (s.alpha_schedule, s.alpha_mode) {
                 (AlphaSchedule::Constant, AlphaMode::Absolute) => format!("alpha {}", s.alpha),
                 (AlphaSchedule::Constant, m) => format!("alpha {} ({m})", s.alpha),
@@ -219,8 +220,22 @@ pub fn summary_table(s: &Summary) -> String {
             };
             format!("MLA (hgm {}, {alpha}, fusion {})", s.hgm, s.fusion)
         }
-        Method::Joint => "joint (concatenation, one head)".into(),
-        Method::Unimodal => format!("unimodal ({})", s.modality.as_deref().unwrap_or("?")),
+        MethodKind::Joint => "joint (concatenation, one head)".into(),
+        MethodKind::Unimodal => format!("unimodal ({})", s.modality.as_deref().unwrap_or("?")),
+        m @ (MethodKind::Ogm | MethodKind::OgmGe) => match &s.ogm {
+            Some(o) => format!(
+                "{m} (alpha {}, window {}, {} tensors, {} rule)",
+                o.alpha, o.window, o.tensors, o.rule
+            ),
+            None => m.to_string(),
+        },
+        MethodKind::Pmr => match &s.pmr {
+            Some(p) => format!(
+                "pmr (PCE; alpha {}, momentum {}, window {})",
+                p.alpha, p.momentum, p.window
+            ),
+            None => "pmr".into(),
+        },
     };
     let mut out = format!(
         "{what}, encoder {}, seed {}: best epoch {} of {}\n",

@@ -21,6 +21,7 @@ pub mod fusion;
 pub mod hgm;
 pub mod init;
 pub mod layers;
+pub mod methods;
 pub mod metrics;
 pub mod model;
 pub mod optim;

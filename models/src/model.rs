@@ -253,8 +253,9 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
     }
 
     /// Logits of one modality alone, from its `[batch, s]` features: the
-    /// shared (or single) head, or for the joint model that modality's slice
-    /// of the fusion layer plus the bias.
+    /// shared (or single) head, or for a concatenation head that modality's
+    /// slice plus `b / M` (the "slice logits" of OGM, PMR and
+    /// BalanceBenchmark: they sum to the fused logits, up to rounding).
     pub fn modality_logits<'t>(
         &self,
         p: &TrackedParams<'t, B, T>,
@@ -274,7 +275,8 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
                     });
                 }
                 let w = p.get(HEAD_WEIGHT)?.narrow(1, m * s, s)?;
-                Ok(h.matmul_t(&w, false, true)?.add(p.get(HEAD_BIAS)?)?)
+                let b = p.get(HEAD_BIAS)?.scale(1.0 / self.encoders.len() as f64)?;
+                Ok(h.matmul_t(&w, false, true)?.add(&b)?)
             }
         }
     }

@@ -11,13 +11,13 @@ use cuda_common::cuda;
 use mla_core::Backend;
 use mla_cpu::Cpu;
 use mla_models::data::Dataset;
-use mla_models::trainer::{HgmMode, Method, Silent, TrainConfig, Trainer};
+use mla_models::trainer::{HgmMode, MethodKind, Silent, TrainConfig, Trainer};
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic};
 
 fn mla_cfg(batch: usize) -> TrainConfig {
     TrainConfig {
-        method: Method::Mla,
+        method: MethodKind::Mla,
         epochs: 1,
         batch_size: batch,
         eval_batch_size: 128,

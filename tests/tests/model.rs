@@ -463,11 +463,21 @@ fn joint_slices_sum_to_the_joint_logits() {
         .value()
         .to_vec()
         .unwrap();
+    // Slice logits carry b / M each (BASELINES.md section 1), so they sum
+    // to the fused logits; each is its slice's product plus half the bias.
     let b = model.params().get(HEAD_BIAS).unwrap().to_vec().unwrap();
+    let zero = Tensor::<f64, Cpu>::zeros(&Cpu, hi.dims().to_vec()).unwrap();
+    let without_audio = model
+        .joint_logits(&p, &[&hi, &tape.constant(zero)])
+        .unwrap()
+        .value()
+        .to_vec()
+        .unwrap();
     for r in 0..4 {
         for c in 0..10 {
             let k = r * 10 + c;
-            assert!((si[k] + sa[k] - b[c] - joint[k]).abs() < 1e-12);
+            assert!((si[k] + sa[k] - joint[k]).abs() < 1e-12);
+            assert!((si[k] + b[c] / 2.0 - without_audio[k]).abs() < 1e-12);
         }
     }
     assert!(model.joint_logits(&p, &[&hi]).is_err());

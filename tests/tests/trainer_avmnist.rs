@@ -11,7 +11,7 @@ use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset, Split};
 use mla_models::trainer::{
-    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, Method, Silent,
+    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, MethodKind, Silent,
     TrainConfig, Trainer,
 };
 use std::sync::Arc;
@@ -27,7 +27,7 @@ fn mla_on_real_avmnist_subset_is_far_above_chance() {
     prepare_avmnist(&AvmnistOptions::new(&raw, &data), &mut |_| {}).unwrap();
     let ds = Arc::new(Dataset::open(&data).unwrap());
     let cfg = TrainConfig {
-        method: Method::Mla,
+        method: MethodKind::Mla,
         epochs: 3,
         train_limit: Some(3000),
         eval_limit: Some(500),

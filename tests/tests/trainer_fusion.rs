@@ -10,13 +10,13 @@ use mla_cpu::Cpu;
 use mla_models::data::loader::make_batch;
 use mla_models::data::{Dataset, Split};
 use mla_models::fusion::FusionRule;
-use mla_models::trainer::{EvalOptions, Method, Silent, TrainConfig, Trainer};
+use mla_models::trainer::{EvalOptions, MethodKind, Silent, TrainConfig, Trainer};
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, AUDIO_SHAPE, IMAGE_SHAPE};
 
 fn cfg() -> TrainConfig {
     TrainConfig {
-        method: Method::Mla,
+        method: MethodKind::Mla,
         epochs: 3,
         batch_size: 32,
         eval_batch_size: 64,

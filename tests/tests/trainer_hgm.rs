@@ -10,14 +10,14 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::data::Dataset;
 use mla_models::trainer::{
-    AlphaMode, AlphaSchedule, HgmMode, Method, Silent, TrainConfig, Trainer,
+    AlphaMode, AlphaSchedule, HgmMode, MethodKind, Silent, TrainConfig, Trainer,
 };
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, TempDir};
 
 fn cfg(hgm: HgmMode, alpha: f64) -> TrainConfig {
     TrainConfig {
-        method: Method::Mla,
+        method: MethodKind::Mla,
         epochs: 2,
         batch_size: 16,
         eval_batch_size: 64,
@@ -70,7 +70,7 @@ fn forgetting_is_reported_and_shrinks_when_hgm_freezes_the_head_weight() {
     );
     // Joint has no modality steps to measure.
     let mut j = cfg(HgmMode::None, 1.0);
-    j.method = Method::Joint;
+    j.method = MethodKind::Joint;
     let (joint, jh) = run(j);
     assert!(joint.forgetting_loss_increase.is_empty() && jh[0].forgetting.is_none());
 }

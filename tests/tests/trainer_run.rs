@@ -8,13 +8,13 @@ use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
 use mla_models::trainer::{
-    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, HgmMode, Method,
+    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, HgmMode, MethodKind,
     OptimizerKind, Silent, TrainConfig, TrainError, Trainer,
 };
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, TempDir};
 
-fn cfg(method: Method) -> TrainConfig {
+fn cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
         method,
         epochs: 3,
@@ -32,7 +32,7 @@ fn open(dir: &TempDir) -> Arc<Dataset> {
 #[test]
 fn mla_learns_both_modalities_and_reports_every_metric() {
     let data = synthetic("mla", &Synthetic::default());
-    let mut t = Trainer::new(Cpu, open(&data), cfg(Method::Mla)).unwrap();
+    let mut t = Trainer::new(Cpu, open(&data), cfg(MethodKind::Mla)).unwrap();
     let s = t.run(&mut Silent).unwrap();
     assert_eq!(s.epochs, 3);
     assert!((1..=3).contains(&s.best_epoch));
@@ -105,7 +105,7 @@ fn same_seed_same_metrics_bit_for_bit() {
     let data = synthetic("det", &Synthetic::default());
     let ds = open(&data);
     let run = || {
-        let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Mla)).unwrap();
+        let mut t = Trainer::new(Cpu, ds.clone(), cfg(MethodKind::Mla)).unwrap();
         let s = t.run(&mut Silent).unwrap();
         (
             t.state()
@@ -126,7 +126,7 @@ fn same_seed_same_metrics_bit_for_bit() {
         ds,
         TrainConfig {
             seed: 1,
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap();
@@ -154,7 +154,7 @@ fn resume_equals_an_uninterrupted_run() {
             optimizer,
             lr,
             epochs: 4,
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         };
         let full_dir = runs.join(&format!("full-{hgm}"));
         let mut full = Trainer::new(Cpu, ds.clone(), c.clone())
@@ -220,7 +220,7 @@ fn joint_handles_a_missing_modality() {
         .filter(|&&s| ds.has(1, s))
         .count();
     assert!(audio_test < 96 && audio_test > 0);
-    let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Joint)).unwrap();
+    let mut t = Trainer::new(Cpu, ds.clone(), cfg(MethodKind::Joint)).unwrap();
     let s = t.run(&mut Silent).unwrap();
     assert!(s.test.fused_accuracy > 0.8, "{s:?}");
     assert_eq!(s.test.samples, 96);
@@ -244,7 +244,7 @@ fn joint_handles_a_missing_modality() {
     assert_eq!(only_audio.modality_accuracy.get("image"), None);
 
     // MLA skips the missing samples in the audio step and still learns.
-    let mut m = Trainer::new(Cpu, ds, cfg(Method::Mla)).unwrap();
+    let mut m = Trainer::new(Cpu, ds, cfg(MethodKind::Mla)).unwrap();
     let s = m.run(&mut Silent).unwrap();
     assert!(s.test.fused_accuracy > 0.8, "{s:?}");
 }
@@ -260,7 +260,7 @@ fn unimodal_trains_one_modality_on_the_samples_having_it() {
     let c = TrainConfig {
         modality: Some("audio".into()),
         epochs: 4,
-        ..cfg(Method::Unimodal)
+        ..cfg(MethodKind::Unimodal)
     };
     let mut t = Trainer::new(Cpu, ds.clone(), c).unwrap();
     let with_audio = ds
@@ -289,7 +289,7 @@ fn train_limit_takes_a_seeded_subset() {
         ds.clone(),
         TrainConfig {
             train_limit: Some(50),
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap();
@@ -298,7 +298,7 @@ fn train_limit_takes_a_seeded_subset() {
         ds.clone(),
         TrainConfig {
             train_limit: Some(50),
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap();
@@ -308,7 +308,7 @@ fn train_limit_takes_a_seeded_subset() {
         TrainConfig {
             train_limit: Some(50),
             seed: 3,
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap();
@@ -324,7 +324,7 @@ fn train_limit_takes_a_seeded_subset() {
         ds.clone(),
         TrainConfig {
             eval_limit: Some(20),
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap();
@@ -343,7 +343,7 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
     let ds = open(&data);
     let runs = TempDir::new("eval-runs");
     let dir = runs.join("run");
-    let mut t = Trainer::new(Cpu, ds.clone(), cfg(Method::Mla))
+    let mut t = Trainer::new(Cpu, ds.clone(), cfg(MethodKind::Mla))
         .unwrap()
         .with_run_dir(&dir)
         .unwrap();
@@ -433,7 +433,7 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
     .to_string();
     assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
     // A run directory is never silently overwritten.
-    let e = Trainer::new(Cpu, ds, cfg(Method::Mla))
+    let e = Trainer::new(Cpu, ds, cfg(MethodKind::Mla))
         .unwrap()
         .with_run_dir(&dir)
         .err()
@@ -452,21 +452,21 @@ fn bad_configurations_are_clear_errors() {
             .expect("must fail")
             .to_string()
     };
-    let e = err(cfg(Method::Unimodal));
+    let e = err(cfg(MethodKind::Unimodal));
     assert!(e.contains("--modality"), "{e}");
     let e = err(TrainConfig {
         modality: Some("smell".into()),
-        ..cfg(Method::Unimodal)
+        ..cfg(MethodKind::Unimodal)
     });
     assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
     let e = err(TrainConfig {
         encoder: "transformer".into(),
-        ..cfg(Method::Mla)
+        ..cfg(MethodKind::Mla)
     });
     assert!(e.contains("transformer"), "{e}");
     let e = err(TrainConfig {
         encoder: "image=cnn,smell=mlp".into(),
-        ..cfg(Method::Mla)
+        ..cfg(MethodKind::Mla)
     });
     assert!(e.contains("smell"), "{e}");
 }
@@ -478,7 +478,7 @@ fn diverging_training_stops_naming_epoch_and_step() {
         lr: 1e9,
         momentum: 0.0,
         hgm: HgmMode::None,
-        ..cfg(Method::Mla)
+        ..cfg(MethodKind::Mla)
     };
     let mut t = Trainer::new(Cpu, open(&data), c).unwrap();
     match t.run(&mut Silent) {
@@ -501,7 +501,7 @@ fn crafted_metadata_is_refused_before_a_model_is_built() {
         ds.clone(),
         TrainConfig {
             epochs: 1,
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap()
@@ -551,7 +551,7 @@ fn overflowing_logits_are_an_error_naming_modality_and_sample() {
         ds.clone(),
         TrainConfig {
             epochs: 1,
-            ..cfg(Method::Mla)
+            ..cfg(MethodKind::Mla)
         },
     )
     .unwrap()

@@ -27,8 +27,7 @@ macro_rules! named_enum {
     ($(#[$m:meta])* $name:ident, $what:literal, { $($variant:ident = $s:literal),+ $(,)? }) => {
         $(#[$m])*
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-        #[serde(rename_all = "lowercase")]
-        pub enum $name { $($variant),+ }
+        pub enum $name { $(#[serde(rename = $s)] $variant),+ }
         impl $name {
             pub const ALL: &'static [$name] = &[$($name::$variant),+];
             pub fn as_str(self) -> &'static str {
@@ -50,9 +49,38 @@ macro_rules! named_enum {
 }
 
 named_enum!(
-    /// Which training procedure (DESIGN.md invariant 6: one loop, three steps).
-    Method, "method", { Mla = "mla", Joint = "joint", Unimodal = "unimodal" }
+    /// Which training procedure (DESIGN.md invariant 6: one loop; each
+    /// method is one file under `crate::methods`).
+    MethodKind, "method", {
+        Mla = "mla",
+        Joint = "joint",
+        Unimodal = "unimodal",
+        Ogm = "ogm",
+        OgmGe = "ogm-ge",
+        Pmr = "pmr",
+    }
 );
+
+impl MethodKind {
+    /// The head of the method's model.
+    pub fn head(self) -> crate::model::HeadKind {
+        use crate::model::HeadKind;
+        match self {
+            MethodKind::Mla => HeadKind::Shared,
+            MethodKind::Unimodal => HeadKind::Single,
+            MethodKind::Joint | MethodKind::Ogm | MethodKind::OgmGe | MethodKind::Pmr => {
+                HeadKind::Concat
+            }
+        }
+    }
+
+    /// Whether the fused prediction fuses per-modality logits by a
+    /// [`FusionRule`] (fitted on validation); otherwise it is the model's
+    /// own head (concatenation) or its one modality.
+    pub fn fuses_by_rule(self) -> bool {
+        self == MethodKind::Mla
+    }
+}
 named_enum!(OptimizerKind, "optimizer", { Sgd = "sgd", Adam = "adam", Adamw = "adamw" });
 
 impl OptimizerKind {
@@ -61,6 +89,108 @@ impl OptimizerKind {
             OptimizerKind::Sgd => crate::optim::OptimizerKind::Sgd,
             OptimizerKind::Adam => crate::optim::OptimizerKind::Adam,
             OptimizerKind::Adamw => crate::optim::OptimizerKind::AdamW,
+        }
+    }
+}
+
+/// Epochs `START:END` (counted from 0, both inclusive, as in BASELINES.md)
+/// in which a balancing method modulates; outside it the method's step is
+/// the joint step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EpochWindow {
+    pub start: usize,
+    pub end: usize,
+}
+
+impl EpochWindow {
+    /// Whether 1-based training epoch `epoch` lies in the window.
+    pub fn contains(self, epoch: usize) -> bool {
+        let e0 = epoch.saturating_sub(1);
+        (self.start..=self.end).contains(&e0)
+    }
+}
+
+impl fmt::Display for EpochWindow {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.start, self.end)
+    }
+}
+
+impl FromStr for EpochWindow {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "expected an epoch window START:END (0-based, inclusive, START <= END), got {s:?}"
+            )
+        };
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        let start: usize = a.trim().parse().map_err(|_| bad())?;
+        let end: usize = b.trim().parse().map_err(|_| bad())?;
+        if start > end {
+            return Err(bad());
+        }
+        Ok(EpochWindow { start, end })
+    }
+}
+
+named_enum!(
+    /// Which gradient tensors of an encoder OGM scales: every weight matrix
+    /// and kernel (rank >= 2, BalanceBenchmark's rule, the default: the mlp
+    /// encoders have no kernels), or 4-d convolution kernels only (the
+    /// official OGM-GE code).
+    ModulatedTensors, "modulated tensor set", { Weights = "weights", ConvKernels = "conv-kernels" }
+);
+named_enum!(
+    /// OGM's coefficient: `official` damps only the dominant modality with
+    /// `1 - tanh(alpha * rho)` (jumps at rho = 1); `continuous` is the March
+    /// 2022 code's `1 - tanh(alpha * relu(rho - 1))` for every modality.
+    OgmRule, "OGM rule", { Official = "official", Continuous = "continuous" }
+);
+
+/// OGM / OGM-GE hyper-parameters (BASELINES.md section 2).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct OgmParams {
+    /// `alpha` of `k = 1 - tanh(alpha * rho)`. Default 0.8: the official
+    /// README's value for CREMA-D (two modalities, audio-visual); no official
+    /// AV-MNIST value exists.
+    pub alpha: f64,
+    /// Default 0:50, the official window.
+    pub window: EpochWindow,
+    pub tensors: ModulatedTensors,
+    pub rule: OgmRule,
+}
+
+impl Default for OgmParams {
+    fn default() -> Self {
+        OgmParams {
+            alpha: 0.8,
+            window: EpochWindow { start: 0, end: 50 },
+            tensors: ModulatedTensors::Weights,
+            rule: OgmRule::Official,
+        }
+    }
+}
+
+/// PMR (prototypical cross-entropy part) hyper-parameters (BASELINES.md section 5).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PmrParams {
+    /// Weight of the weaker modality's prototype CE. Default 1.0 with window
+    /// 0:60: the official values for CGMNIST (colored MNIST, the official
+    /// dataset closest to AV-MNIST).
+    pub alpha: f64,
+    /// Prototype momentum `P <- (1 - mu) P_new + mu P_old`; default 0.0, the
+    /// value of every official run (the parser's default 0.2 is never used).
+    pub momentum: f64,
+    pub window: EpochWindow,
+}
+
+impl Default for PmrParams {
+    fn default() -> Self {
+        PmrParams {
+            alpha: 1.0,
+            momentum: 0.0,
+            window: EpochWindow { start: 0, end: 60 },
         }
     }
 }
@@ -79,7 +209,7 @@ pub const DEFAULT_ALPHA: f64 = 1e4;
 /// the same config can run on another machine or device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    pub method: Method,
+    pub method: MethodKind,
     /// The one modality of `unimodal`.
     #[serde(default)]
     pub modality: Option<String>,
@@ -106,6 +236,12 @@ pub struct TrainConfig {
     pub alpha_schedule: AlphaSchedule,
     pub fusion: FusionRule,
     pub seed: u64,
+    /// OGM / OGM-GE parameters (`None`: the defaults; only with those methods).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ogm: Option<OgmParams>,
+    /// PMR parameters (`None`: the defaults; only with `--method pmr`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmr: Option<PmrParams>,
     /// A seeded random subset of this many train samples.
     #[serde(default)]
     pub train_limit: Option<usize>,
@@ -119,7 +255,7 @@ impl Default for TrainConfig {
     /// weight decay 1e-4, batch 64, seed 0, HGM owm.
     fn default() -> Self {
         TrainConfig {
-            method: Method::Mla,
+            method: MethodKind::Mla,
             modality: None,
             encoder: "cnn".into(),
             feature_size: 128,
@@ -136,6 +272,8 @@ impl Default for TrainConfig {
             alpha_schedule: AlphaSchedule::Constant,
             fusion: FusionRule::Auto,
             seed: 0,
+            ogm: None,
+            pmr: None,
             train_limit: None,
             eval_limit: None,
         }
@@ -143,6 +281,13 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    pub fn ogm_params(&self) -> OgmParams {
+        self.ogm.unwrap_or_default()
+    }
+    pub fn pmr_params(&self) -> PmrParams {
+        self.pmr.unwrap_or_default()
+    }
+
     /// Checks what can be checked without the dataset.
     pub fn validate(&self) -> Result<(), String> {
         let positive = [
@@ -192,11 +337,42 @@ impl TrainConfig {
         if self.eval_limit == Some(0) {
             return Err("--eval-limit must be at least 1".into());
         }
-        match (self.method, &self.modality) {
-            (Method::Unimodal, None) => Err("--method unimodal needs --modality NAME".into()),
-            (Method::Mla | Method::Joint, Some(m)) => Err(format!(
-                "--modality {m} only applies to --method unimodal (got --method {})",
+        if self.ogm.is_some() && !matches!(self.method, MethodKind::Ogm | MethodKind::OgmGe) {
+            return Err(format!(
+                "the --ogm-* flags apply to --method ogm or ogm-ge (got --method {})",
                 self.method
+            ));
+        }
+        if self.pmr.is_some() && self.method != MethodKind::Pmr {
+            return Err(format!(
+                "the --pmr-* flags apply to --method pmr (got --method {})",
+                self.method
+            ));
+        }
+        let o = self.ogm_params();
+        if !(o.alpha.is_finite() && o.alpha >= 0.0) {
+            return Err(format!(
+                "--ogm-alpha must be a number >= 0, got {}",
+                o.alpha
+            ));
+        }
+        let p = self.pmr_params();
+        if !(p.alpha.is_finite() && p.alpha >= 0.0) {
+            return Err(format!(
+                "--pmr-alpha must be a number >= 0, got {}",
+                p.alpha
+            ));
+        }
+        if !(p.momentum.is_finite() && (0.0..1.0).contains(&p.momentum)) {
+            return Err(format!(
+                "--pmr-momentum must be in [0, 1), got {}",
+                p.momentum
+            ));
+        }
+        match (self.method, &self.modality) {
+            (MethodKind::Unimodal, None) => Err("--method unimodal needs --modality NAME".into()),
+            (m, Some(mo)) if m != MethodKind::Unimodal => Err(format!(
+                "--modality {mo} only applies to --method unimodal (got --method {m})"
             )),
             _ => Ok(()),
         }
@@ -209,10 +385,10 @@ mod tests {
 
     #[test]
     fn names_parse_and_print_back() {
-        for m in Method::ALL {
-            assert_eq!(m.as_str().parse::<Method>().unwrap(), *m);
+        for m in MethodKind::ALL {
+            assert_eq!(m.as_str().parse::<MethodKind>().unwrap(), *m);
         }
-        let e = "joint2".parse::<Method>().unwrap_err();
+        let e = "joint2".parse::<MethodKind>().unwrap_err();
         assert!(
             e.contains("unknown method \"joint2\"") && e.contains("mla, joint, unimodal"),
             "{e}"
@@ -224,7 +400,7 @@ mod tests {
     fn validation_catches_inconsistent_flags() {
         assert!(TrainConfig::default().validate().is_ok());
         let c = TrainConfig {
-            method: Method::Unimodal,
+            method: MethodKind::Unimodal,
             ..TrainConfig::default()
         };
         assert!(c.validate().unwrap_err().contains("--modality"));

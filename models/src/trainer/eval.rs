@@ -3,86 +3,18 @@
 //! fusion (fitted on validation only), calibration and metrics on the host,
 //! per sample (a sample's prediction never depends on its batch mates).
 
-use super::config::{FusionRule, Method, TrainConfig};
+use super::config::{FusionRule, TrainConfig};
+use super::layout::{build_model, ModelLayout};
 use super::records::EvalMetrics;
-use super::{named, upload, Result, TrainError};
+use super::{named, Result, TrainError};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Dataset, Loader};
-use crate::encoders::parse_encoder_spec;
 use crate::fusion::{calibration_errors, FusionFit, LogitTable};
+use crate::methods::upload;
 use crate::metrics::{Counter, GapAccumulator, NamedValues};
-use crate::model::{scatter_rows, HeadKind, Model, ModelSpec};
+use crate::model::{scatter_rows, HeadKind, Model};
 use mla_core::{Backend, Tape, Tensor};
-use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-
-/// Which dataset modalities the model uses, in model order.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ModelLayout {
-    pub modalities: Vec<String>,
-    /// Per-sample input shape of each modality.
-    pub shapes: Vec<Vec<usize>>,
-    /// Each modality's index in the dataset manifest.
-    #[serde(skip)]
-    pub data_index: Vec<usize>,
-    pub num_classes: usize,
-}
-
-/// Builds the model `cfg` describes for `dataset` (initialised from the seed).
-pub fn build_model<B: Backend<f32>>(
-    backend: &B,
-    dataset: &Dataset,
-    cfg: &TrainConfig,
-) -> Result<(Model<B>, ModelLayout)> {
-    let all: Vec<&str> = dataset
-        .modalities()
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    let kinds = parse_encoder_spec(&cfg.encoder, &all)?;
-    let chosen: Vec<usize> = match (cfg.method, &cfg.modality) {
-        (Method::Unimodal, Some(m)) => vec![dataset.modality_index(m).ok_or_else(|| {
-            TrainError::Config(format!(
-                "unknown modality '{m}' for --method unimodal; {} has: {}",
-                dataset.dir().display(),
-                all.join(", ")
-            ))
-        })?],
-        (Method::Unimodal, None) => {
-            return Err(TrainError::Config(
-                "--method unimodal needs --modality NAME".into(),
-            ))
-        }
-        _ => (0..all.len()).collect(),
-    };
-    let layout = ModelLayout {
-        modalities: chosen.iter().map(|&i| all[i].to_string()).collect(),
-        shapes: chosen
-            .iter()
-            .map(|&i| dataset.modalities()[i].shape.clone())
-            .collect(),
-        data_index: chosen.clone(),
-        num_classes: dataset.num_classes(),
-    };
-    let head = match cfg.method {
-        Method::Mla => HeadKind::Shared,
-        Method::Joint => HeadKind::Concat,
-        Method::Unimodal => HeadKind::Single,
-    };
-    let mut spec = ModelSpec::new(
-        layout
-            .modalities
-            .iter()
-            .cloned()
-            .zip(layout.shapes.iter().cloned())
-            .collect(),
-        chosen.iter().map(|&i| kinds[i]).collect(),
-        dataset.num_classes(),
-        head,
-    );
-    spec.feature_size = cfg.feature_size;
-    Ok((Model::new(backend, spec, cfg.seed)?, layout))
-}
 
 /// The model of a checkpoint, checked against `dataset`: same modalities,
 /// shapes and classes, every weight present with its shape.
@@ -120,9 +52,9 @@ pub fn load_model<B: Backend<f32>>(
 /// otherwise size the allocation of every layer.
 fn check_metadata(ckpt: &Checkpoint, cfg: &TrainConfig, layout: &ModelLayout) -> Result<()> {
     let head = ckpt.get(crate::model::HEAD_WEIGHT)?;
-    let inputs = match cfg.method {
-        Method::Joint => layout.modalities.len(),
-        _ => 1,
+    let inputs = match cfg.method.head() {
+        HeadKind::Concat => layout.modalities.len(),
+        HeadKind::Shared | HeadKind::Single => 1,
     };
     let want = cfg
         .feature_size
@@ -231,7 +163,7 @@ pub fn collect<B: Backend<f32>>(
     let classes = layout.num_classes;
     let s = cfg.feature_size;
     let mut per_modality = vec![Counter::default(); m_count];
-    let mut joint = (cfg.method == Method::Joint).then(Counter::default);
+    let mut joint = (cfg.method.head() == HeadKind::Concat).then(Counter::default);
     let mut table = LogitTable::new(m_count, classes);
     let mut gap = GapAccumulator::new(m_count, s);
     let loader = Loader::new(
@@ -375,7 +307,7 @@ impl SplitOutputs {
         rule: FusionRule,
         fit: Option<&FusionFit>,
     ) -> Result<EvalMetrics> {
-        let is_mla = cfg.method == Method::Mla;
+        let is_mla = cfg.method.fuses_by_rule();
         let fused = match &self.joint {
             Some(c) => *c,
             // Unimodal: the one modality (every rule gives its prediction).

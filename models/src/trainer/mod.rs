@@ -10,91 +10,35 @@
 //! metrics, and resuming after epoch k replays epochs k+1.. exactly.
 
 pub mod config;
+mod error;
 pub mod eval;
-mod forgetting;
+pub mod layout;
 pub mod records;
 pub mod run_dir;
 mod state;
-mod step;
+pub mod stats;
 
 pub use config::{
-    AlphaMode, AlphaSchedule, FusionRule, HgmMode, Method, OptimizerKind, TrainConfig,
-    DEFAULT_ALPHA,
+    AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind, ModulatedTensors,
+    OgmParams, OgmRule, OptimizerKind, PmrParams, TrainConfig, DEFAULT_ALPHA,
 };
-pub use eval::{build_model, load_fusion_fit, load_model, EvalOptions, ModelLayout, SplitOutputs};
+pub use error::{Result, TrainError};
+pub use eval::{load_fusion_fit, load_model, EvalOptions, SplitOutputs};
+pub use layout::{build_model, ModelLayout};
 pub use records::{EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
-use crate::data::{seeded_subset, DataError, Dataset, Loader, Split};
-use crate::error::ModelError;
+use crate::checkpoint::Checkpoint;
+use crate::data::{seeded_subset, Dataset, Loader, Split};
 use crate::fusion::{fit_fusion, FusionFit};
-use crate::hgm::Hgm;
+use crate::methods::{self, EpochCtx, Method, StepCtx};
 use crate::metrics::NamedValues;
 use crate::model::Model;
 use crate::optim::{OptimConfig, Optimizer};
-use mla_core::{Backend, Tensor};
-use std::path::{Path, PathBuf};
+use mla_core::Backend;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
-
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Core(#[from] mla_core::Error),
-    #[error(transparent)]
-    Data(#[from] DataError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    /// Flags or a checkpoint that do not fit the dataset or each other.
-    #[error("{0}")]
-    Config(String),
-    #[error("non-finite training loss ({value}) at epoch {epoch}, step {step} (modality {modality}); the run diverged: lower --lr or check the data")]
-    NonFinite {
-        epoch: usize,
-        step: usize,
-        modality: String,
-        value: f32,
-    },
-    #[error("{}: cannot {op}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        op: &'static str,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    RunDir(String),
-    /// An evaluation error with the epoch and split it happened in.
-    #[error("epoch {epoch}, {split} split: {source}")]
-    During {
-        epoch: usize,
-        split: Split,
-        source: Box<TrainError>,
-    },
-}
-
-impl TrainError {
-    /// This error as raised while evaluating `split` after epoch `epoch`.
-    pub fn during(self, epoch: usize, split: Split) -> Self {
-        TrainError::During {
-            epoch,
-            split,
-            source: Box::new(self),
-        }
-    }
-
-    pub(crate) fn io(path: &Path, op: &'static str, source: std::io::Error) -> Self {
-        TrainError::Io {
-            path: path.to_path_buf(),
-            op,
-            source,
-        }
-    }
-}
-
-pub type Result<T, E = TrainError> = std::result::Result<T, E>;
 
 /// Progress callbacks (the CLI draws bars from them; tests stay silent).
 pub trait Observer {
@@ -114,8 +58,8 @@ impl Observer for Silent {}
 /// synchronisation, so the steps in between run without one.
 const READ_EVERY: usize = 16;
 
-/// The trainer: the dataset, the model, optimizer and HGM state, and the run's
-/// progress.
+/// The trainer: the dataset, the model, the optimizer, the method and its
+/// state, and the run's progress.
 pub struct Trainer<B: Backend<f32>> {
     backend: B,
     cfg: TrainConfig,
@@ -123,11 +67,9 @@ pub struct Trainer<B: Backend<f32>> {
     layout: ModelLayout,
     model: Model<B>,
     optim: Optimizer<B>,
-    hgm: Option<Hgm<B>>,
+    method: Box<dyn Method<B>>,
     /// Fusion parameters fitted on validation for the current weights (MLA).
     fit: Option<FusionFit>,
-    /// MLA: the forgetting probe (validation samples, this epoch's sums).
-    probe: Option<forgetting::Probe>,
     train: Vec<usize>,
     val: Vec<usize>,
     test: Vec<usize>,
@@ -149,17 +91,6 @@ impl<B: Backend<f32>> Trainer<B> {
             weight_decay: cfg.weight_decay,
             ..OptimConfig::default()
         })?;
-        let hgm = match (cfg.method, cfg.hgm) {
-            (Method::Mla, mode) if mode != HgmMode::None => {
-                let names: Vec<&str> = layout.modalities.iter().map(String::as_str).collect();
-                let alpha = cfg.alpha_schedule.at(cfg.alpha, 0.0);
-                Some(
-                    Hgm::new(&backend, mode, alpha, cfg.feature_size, &names)?
-                        .with_alpha_mode(cfg.alpha_mode),
-                )
-            }
-            _ => None,
-        };
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
         let split =
             |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
@@ -169,7 +100,9 @@ impl<B: Backend<f32>> Trainer<B> {
         for (name, v) in [("train", &train), ("validation", &val), ("test", &test)] {
             if v.is_empty() {
                 let what = match &cfg.modality {
-                    Some(m) if cfg.method == Method::Unimodal => format!(" with modality '{m}'"),
+                    Some(m) if cfg.method == MethodKind::Unimodal => {
+                        format!(" with modality '{m}'")
+                    }
                     _ => String::new(),
                 };
                 return Err(TrainError::Config(format!(
@@ -185,15 +118,7 @@ impl<B: Backend<f32>> Trainer<B> {
             val = seeded_subset(&val, n, cfg.seed);
             test = seeded_subset(&test, n, cfg.seed);
         }
-        let probe = match cfg.method {
-            Method::Mla if layout.modalities.len() > 1 => Some(forgetting::Probe::new(
-                &dataset,
-                &val,
-                cfg.seed,
-                layout.modalities.len(),
-            )?),
-            _ => None,
-        };
+        let method = methods::create(&backend, &cfg, &layout, &dataset, &val)?;
         Ok(Trainer {
             backend,
             cfg,
@@ -201,9 +126,8 @@ impl<B: Backend<f32>> Trainer<B> {
             layout,
             model,
             optim,
-            hgm,
+            method,
             fit: None,
-            probe,
             train,
             val,
             test,
@@ -319,9 +243,9 @@ impl<B: Backend<f32>> Trainer<B> {
         .map_err(|e| e.during(epoch, Split::Validation))?;
         // The fusion parameters come from validation alone; model selection
         // then compares epochs under the run's rule with each epoch's own fit.
-        self.fit = match self.cfg.method {
-            Method::Mla => Some(fit_fusion(&outputs.table, &self.layout.modalities)?),
-            _ => None,
+        self.fit = match self.cfg.method.fuses_by_rule() {
+            true => Some(fit_fusion(&outputs.table, &self.layout.modalities)?),
+            false => None,
         };
         let val = outputs.metrics(&self.cfg, &self.layout, self.cfg.fusion, self.fit.as_ref())?;
         let better = match &self.state.best_val {
@@ -333,13 +257,11 @@ impl<B: Backend<f32>> Trainer<B> {
             train_loss: stats.mean_loss(),
             train_loss_by_modality: stats
                 .loss_by_modality(&self.layout.modalities, self.cfg.method),
-            hgm_surviving_fraction: stats.surviving.as_ref().map(|(mean, _)| *mean),
-            hgm_surviving_fraction_by_modality: stats.surviving.as_ref().map(|(_, by)| by.clone()),
-            hgm_alpha: stats.effective_alpha,
-            forgetting: self
-                .probe
-                .as_ref()
-                .and_then(|p| p.summary(&self.layout.modalities)),
+            hgm_surviving_fraction: None,
+            hgm_surviving_fraction_by_modality: None,
+            hgm_alpha: None,
+            forgetting: None,
+            method_stats: None,
             val: val.clone(),
             best: better,
             train_samples: stats.samples,
@@ -351,6 +273,7 @@ impl<B: Backend<f32>> Trainer<B> {
                 0.0
             },
         };
+        self.method.end_epoch(&mut record)?;
         self.state.epochs_done = epoch;
         self.state.train_seconds += stats.seconds;
         self.state.train_samples += stats.samples;
@@ -390,7 +313,7 @@ impl<B: Backend<f32>> Trainer<B> {
         Ok(record)
     }
 
-    fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<step::EpochStats> {
+    fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<stats::EpochStats> {
         let loader = Loader::new(
             self.dataset.clone(),
             self.train.clone(),
@@ -400,118 +323,52 @@ impl<B: Backend<f32>> Trainer<B> {
         )?;
         let batches = loader.num_batches();
         obs.epoch_start(epoch, self.cfg.epochs, batches, self.train.len());
-        let mut stats = step::EpochStats::new(self.layout.modalities.len());
-        let mut pending = step::Pending::default();
-        if let Some(h) = self.hgm.as_mut() {
-            h.reset_fractions();
-        }
-        if let Some(p) = self.probe.as_mut() {
-            p.reset();
-        }
+        let mut stats = stats::EpochStats::new(self.layout.modalities.len());
+        let mut pending = stats::Pending::default();
+        self.method.begin_epoch(&EpochCtx {
+            cfg: &self.cfg,
+            layout: &self.layout,
+            model: &self.model,
+            dataset: &self.dataset,
+            train: &self.train,
+            epoch,
+        })?;
         let started = Instant::now();
         let total_steps = (self.cfg.epochs * batches).max(2) - 1;
         for (b, batch) in loader.enumerate() {
             let batch = batch?;
             stats.samples += batch.len() as u64;
-            if let (Some(h), AlphaSchedule::Linear { .. }) =
-                (self.hgm.as_mut(), self.cfg.alpha_schedule)
-            {
-                let done = (epoch - 1) * batches + b;
-                h.set_alpha(
-                    self.cfg
-                        .alpha_schedule
-                        .at(self.cfg.alpha, done as f64 / total_steps as f64),
-                )?;
-            }
-            self.step(&batch, b + 1, &mut pending)?;
+            let done = (epoch - 1) * batches + b;
+            let progress = done as f64 / total_steps as f64;
+            self.step(&batch, epoch, b + 1, progress, &mut pending)?;
             if (b + 1) % READ_EVERY == 0 || b + 1 == batches {
                 let mean = pending.flush(epoch, &self.layout.modalities, &mut stats)?;
                 obs.progress(b + 1, stats.samples, mean);
             }
         }
         stats.seconds = started.elapsed().as_secs_f64();
-        if let Some(h) = &self.hgm {
-            let fr = h.fraction_stats()?;
-            let steps: u64 = fr.iter().map(|f| f.steps).sum();
-            if steps > 0 {
-                let mean = fr.iter().map(|f| f.mean * f.steps as f64).sum::<f64>() / steps as f64;
-                let by = NamedValues(fr.iter().map(|f| (f.modality.clone(), f.mean)).collect());
-                stats.surviving = Some((mean, by));
-            }
-            stats.effective_alpha = Some(h.effective_alpha()?);
-        }
         Ok(stats)
     }
 
     fn step(
         &mut self,
         batch: &crate::data::Batch,
-        step_no: usize,
-        pending: &mut step::Pending<B>,
+        epoch: usize,
+        step: usize,
+        progress: f64,
+        pending: &mut stats::Pending<B>,
     ) -> Result<()> {
-        match self.cfg.method {
-            Method::Mla if self.probe.is_some() && step_no % forgetting::PROBE_EVERY == 0 => {
-                self.probed_mla_steps(batch, step_no, pending)
-            }
-            Method::Mla => {
-                for mi in 0..self.layout.modalities.len() {
-                    step::mla(self, batch, mi, step_no, pending)?;
-                }
-                Ok(())
-            }
-            Method::Unimodal => step::mla(self, batch, 0, step_no, pending),
-            Method::Joint => step::joint(self, batch, step_no, pending),
-        }
-    }
-
-    /// The MLA steps of one batch with the forgetting probe around each.
-    fn probed_mla_steps(
-        &mut self,
-        batch: &crate::data::Batch,
-        step_no: usize,
-        pending: &mut step::Pending<B>,
-    ) -> Result<()> {
-        // The probe leaves `self` while the steps borrow it mutably.
-        let Some(mut probe) = self.probe.take() else {
-            return Ok(());
+        let mut ctx = StepCtx {
+            backend: &self.backend,
+            cfg: &self.cfg,
+            layout: &self.layout,
+            model: &mut self.model,
+            optim: &mut self.optim,
+            epoch,
+            step,
+            progress: progress.clamp(0.0, 1.0),
         };
-        let result = self.probe_steps(&mut probe, batch, step_no, pending);
-        self.probe = Some(probe);
-        result
-    }
-
-    fn probe_steps(
-        &mut self,
-        probe: &mut forgetting::Probe,
-        batch: &crate::data::Batch,
-        step_no: usize,
-        pending: &mut step::Pending<B>,
-    ) -> Result<()> {
-        let m = self.layout.modalities.len();
-        let mut feats = (0..m)
-            .map(|k| probe.features(self, k))
-            .collect::<Result<Vec<_>>>()?;
-        for mi in 0..m {
-            let stepped = !batch.modalities[self.layout.data_index[mi]]
-                .present
-                .is_empty();
-            let others: Vec<usize> = (0..m)
-                .filter(|&k| k != mi && stepped && feats[k].is_some())
-                .collect();
-            let mut before = Vec::with_capacity(others.len());
-            for &k in &others {
-                before.push(probe.score(self, k, feats[k].as_ref().unwrap())?);
-            }
-            step::mla(self, batch, mi, step_no, pending)?;
-            for (&k, b) in others.iter().zip(&before) {
-                let after = probe.score(self, k, feats[k].as_ref().unwrap())?;
-                probe.record(k, b, &after);
-            }
-            if stepped {
-                feats[mi] = probe.features(self, mi)?;
-            }
-        }
-        Ok(())
+        self.method.step(&mut ctx, batch, pending)
     }
 
     /// Times training steps for benchmarks: `warmup` untimed steps, then
@@ -520,18 +377,18 @@ impl<B: Backend<f32>> Trainer<B> {
     /// Returns each timed step's (seconds, samples). Training state moves on
     /// (parameters change) but nothing is recorded.
     pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
-        // Timed steps are training steps only: the forgetting probe is a
-        // measurement, left out of the timing.
-        let probe = self.probe.take();
+        // Timed steps are training steps only: measurements such as the
+        // forgetting probe are left out of the timing.
+        self.method.set_measuring(false);
         let timed = self.timed_steps(warmup, steps);
-        self.probe = probe;
+        self.method.set_measuring(true);
         timed
     }
 
     fn timed_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
         let mut out = Vec::with_capacity(steps);
-        let mut pending = step::Pending::default();
-        let mut stats = step::EpochStats::new(self.layout.modalities.len());
+        let mut pending = stats::Pending::default();
+        let mut stats = stats::EpochStats::new(self.layout.modalities.len());
         let mut epoch = 1u64;
         let mut done = 0usize;
         while done < warmup + steps {
@@ -548,7 +405,14 @@ impl<B: Backend<f32>> Trainer<B> {
                 }
                 let batch = batch?;
                 let t0 = Instant::now();
-                self.step(&batch, done + 1, &mut pending)?;
+                let total = (warmup + steps).max(2) - 1;
+                self.step(
+                    &batch,
+                    epoch as usize,
+                    done + 1,
+                    done as f64 / total as f64,
+                    &mut pending,
+                )?;
                 self.backend.synchronize()?;
                 if done >= warmup {
                     out.push((t0.elapsed().as_secs_f64(), batch.len()));
@@ -605,17 +469,4 @@ pub(crate) fn named(names: &[String], values: Vec<Option<f64>>) -> NamedValues {
             .filter_map(|(n, v)| v.map(|v| (n.clone(), v)))
             .collect(),
     )
-}
-
-/// Uploads a modality's batch rows as `[n, ...shape]`.
-pub(crate) fn upload<B: Backend<f32>>(
-    backend: &B,
-    data: &[f32],
-    rows: usize,
-    shape: &[usize],
-) -> Result<Tensor<f32, B>> {
-    let mut dims = Vec::with_capacity(shape.len() + 1);
-    dims.push(rows);
-    dims.extend_from_slice(shape);
-    Ok(Tensor::from_slice(backend, data, dims)?)
 }

@@ -1,7 +1,7 @@
 //! What a run records: one line per epoch (`metrics.jsonl`), the trainer's
 //! resumable state (in every checkpoint), and the final `summary.json`.
 
-use super::config::{FusionRule, HgmMode, Method, TrainConfig};
+use super::config::{FusionRule, HgmMode, MethodKind, TrainConfig};
 use crate::fusion::FusionFit;
 use crate::metrics::NamedValues;
 use serde::{Deserialize, Serialize};
@@ -77,6 +77,10 @@ pub struct EpochRecord {
     /// MLA: forgetting of the other modalities per step (see [`Forgetting`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub forgetting: Option<Forgetting>,
+    /// What a balancing method did over the epoch (OGM's mean coefficient
+    /// per modality, PMR's share of steps with a prototype loss, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method_stats: Option<NamedValues>,
     pub val: EvalMetrics,
     /// Whether this epoch became the best (highest validation fused accuracy so far).
     pub best: bool,
@@ -122,7 +126,7 @@ pub struct TrainerState {
 /// `summary.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Summary {
-    pub method: Method,
+    pub method: MethodKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modality: Option<String>,
     pub encoder: String,
@@ -134,6 +138,12 @@ pub struct Summary {
     #[serde(default)]
     pub alpha_schedule: super::config::AlphaSchedule,
     pub seed: u64,
+    /// OGM / OGM-GE: the parameters used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ogm: Option<super::config::OgmParams>,
+    /// PMR: the parameters used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pmr: Option<super::config::PmrParams>,
     pub best_epoch: usize,
     pub epochs: usize,
     pub val: EvalMetrics,
@@ -182,6 +192,9 @@ impl Summary {
             alpha_mode: cfg.alpha_mode,
             alpha_schedule: cfg.alpha_schedule,
             seed: cfg.seed,
+            ogm: matches!(cfg.method, MethodKind::Ogm | MethodKind::OgmGe)
+                .then(|| cfg.ogm_params()),
+            pmr: (cfg.method == MethodKind::Pmr).then(|| cfg.pmr_params()),
             best_epoch,
             epochs: state.epochs_done,
             val: state.best_val.clone()?,

@@ -1,10 +1,11 @@
 //! The trainer as a checkpoint and back. Tensor names: the parameters under
 //! their own names (`encoder.image.conv1.weight`, `head.weight`, ...), the
-//! optimizer's buffers under `optim.`, HGM's P matrices under `hgm.`.
+//! optimizer's buffers under `optim.`, the method's state under its prefix
+//! (MLA: HGM's P matrices under `hgm.`; others `method.`).
 //! Metadata (JSON): the config, the model layout, the trainer state, the
-//! scalar parts of the optimizer and HGM state, and the fusion fit.
+//! scalar parts of the optimizer and method state, and the fusion fit.
 
-use super::eval::ModelLayout;
+use super::layout::ModelLayout;
 use super::records::TrainerState;
 use super::{Result, TrainError, Trainer};
 use crate::checkpoint::Checkpoint;
@@ -19,9 +20,9 @@ pub(crate) const STATE_KEY: &str = "trainer_state";
 /// The fusion parameters fitted on validation for these weights (MLA).
 pub(crate) const FUSION_KEY: &str = "fusion_fit";
 const OPTIM_SCALARS_KEY: &str = "optimizer_scalars";
-const HGM_SCALARS_KEY: &str = "hgm_scalars";
 const OPTIM_PREFIX: &str = "optim.";
-const HGM_PREFIX: &str = "hgm.";
+/// Prefixes a method's state may use (see `Method::state_prefix`).
+const METHOD_PREFIXES: [&str; 2] = ["hgm.", "method."];
 
 pub(crate) fn save<B: Backend<f32>>(t: &Trainer<B>) -> Result<Checkpoint> {
     let mut c = Checkpoint::new();
@@ -30,8 +31,10 @@ pub(crate) fn save<B: Backend<f32>>(t: &Trainer<B>) -> Result<Checkpoint> {
     }
     let optim = t.optim.state();
     put_state(&mut c, OPTIM_PREFIX, OPTIM_SCALARS_KEY, &optim)?;
-    if let Some(h) = &t.hgm {
-        put_state(&mut c, HGM_PREFIX, HGM_SCALARS_KEY, &h.state())?;
+    let method = t.method.state()?;
+    if !(method.tensors.is_empty() && method.scalars.is_empty()) {
+        let prefix = t.method.state_prefix();
+        put_state(&mut c, prefix, t.method.scalars_key(), &method)?;
     }
     c.set_json(CONFIG_KEY, &t.cfg)?;
     c.set_json(LAYOUT_KEY, &t.layout)?;
@@ -89,7 +92,8 @@ pub(crate) fn load_params<B: Backend<f32>>(model: &mut Model<B>, ckpt: &Checkpoi
         .map(|(n, t)| (n.to_string(), t.dims().to_vec()))
         .collect();
     let known: Vec<&str> = wanted.iter().map(|(n, _)| n.as_str()).collect();
-    let is_state = |n: &&str| n.starts_with(OPTIM_PREFIX) || n.starts_with(HGM_PREFIX);
+    let is_state =
+        |n: &&str| n.starts_with(OPTIM_PREFIX) || METHOD_PREFIXES.iter().any(|p| n.starts_with(p));
     ckpt.reject_unknown(known.iter().copied().chain(ckpt.names().filter(is_state)))?;
     for (name, shape) in &wanted {
         let t = ckpt.get_shaped(name, shape)?.to_tensor(&backend)?;
@@ -113,16 +117,31 @@ pub(crate) fn restore<B: Backend<f32>>(t: &mut Trainer<B>, ckpt: &Checkpoint) ->
     load_params(&mut t.model, ckpt)?;
     let optim = get_state(ckpt, &t.backend, OPTIM_PREFIX, OPTIM_SCALARS_KEY)?;
     t.optim.load_state(t.model.params(), &optim)?;
-    match t.hgm.as_mut() {
-        Some(h) => h.load_state(&get_state(ckpt, &t.backend, HGM_PREFIX, HGM_SCALARS_KEY)?)?,
-        None if ckpt.names().any(|n| n.starts_with(HGM_PREFIX)) => {
-            return Err(TrainError::Config(format!(
-                "{}: holds HGM state but the run has no HGM",
-                ckpt.path().display()
-            )))
-        }
-        None => {}
+    let (prefix, key) = (t.method.state_prefix(), t.method.scalars_key());
+    if let Some(other) = ckpt.names().find(|n| {
+        METHOD_PREFIXES
+            .iter()
+            .any(|p| *p != prefix && n.starts_with(p))
+    }) {
+        return Err(TrainError::Config(format!(
+            "{}: holds state `{other}` that method {} does not keep",
+            ckpt.path().display(),
+            t.cfg.method
+        )));
     }
+    let method = if ckpt.has_json(key) {
+        get_state(ckpt, &t.backend, prefix, key)?
+    } else if ckpt.names().any(|n| n.starts_with(prefix)) {
+        return Err(TrainError::Config(format!(
+            "{}: has `{prefix}` tensors but no `{key}` entry; the checkpoint is damaged",
+            ckpt.path().display()
+        )));
+    } else {
+        StateDict::default()
+    };
+    t.method
+        .load_state(&method)
+        .map_err(|e| TrainError::Config(format!("{}: {e}", ckpt.path().display())))?;
     let state = ckpt.json::<TrainerState>(STATE_KEY)?;
     let consistent = state.epochs_done == state.history.len()
         && state

@@ -12,19 +12,22 @@
 //! training state it does not already read and draws no random numbers, so
 //! training is bit for bit the same with or without it.
 
-use super::records::Forgetting;
-use super::{upload, Result, Trainer};
+use super::upload;
 use crate::data::loader::make_batch;
 use crate::data::{seeded_subset, Batch, Dataset};
 use crate::metrics::{Counter, NamedValues};
+use crate::model::Model;
+use crate::trainer::layout::ModelLayout;
+use crate::trainer::records::Forgetting;
+use crate::trainer::Result;
 use mla_core::{Backend, Tape, Tensor};
 
 /// Batches between probed ones.
-pub(crate) const PROBE_EVERY: usize = 16;
+pub const PROBE_EVERY: usize = 16;
 /// Validation samples in the probe batch (fewer when validation is smaller).
-pub(crate) const PROBE_SIZE: usize = 128;
+pub const PROBE_SIZE: usize = 128;
 
-pub(crate) struct Probe {
+pub struct Probe {
     batch: Batch,
     loss_up: Vec<f64>,
     acc_down: Vec<f64>,
@@ -53,38 +56,38 @@ impl Probe {
     /// Modality `mi`'s probe features (`None` when no probe sample has it).
     pub fn features<B: Backend<f32>>(
         &self,
-        t: &Trainer<B>,
+        model: &Model<B>,
+        layout: &ModelLayout,
         mi: usize,
     ) -> Result<Option<Tensor<f32, B>>> {
-        let mb = &self.batch.modalities[t.layout.data_index[mi]];
+        let mb = &self.batch.modalities[layout.data_index[mi]];
         if mb.present.is_empty() {
             return Ok(None);
         }
-        let x = upload(&t.backend, &mb.data, mb.present.len(), &t.layout.shapes[mi])?;
-        let tape = Tape::no_grad(&t.backend);
-        let p = t.model.track(&tape, |_| false);
-        let h = t
-            .model
-            .features(&p, &t.layout.modalities[mi], &tape.constant(x))?;
+        let backend = model.params().backend();
+        let x = upload(backend, &mb.data, mb.present.len(), &layout.shapes[mi])?;
+        let tape = Tape::no_grad(backend);
+        let p = model.track(&tape, |_| false);
+        let h = model.features(&p, &layout.modalities[mi], &tape.constant(x))?;
         Ok(Some(h.into_value()))
     }
 
     /// Loss and accuracy of the shared head on modality `mi`'s probe features.
     pub fn score<B: Backend<f32>>(
         &self,
-        t: &Trainer<B>,
+        model: &Model<B>,
+        layout: &ModelLayout,
         mi: usize,
         h: &Tensor<f32, B>,
     ) -> Result<Counter> {
-        let tape = Tape::no_grad(&t.backend);
-        let p = t.model.track(&tape, |_| false);
-        let z = t
-            .model
+        let tape = Tape::no_grad(model.params().backend());
+        let p = model.track(&tape, |_| false);
+        let z = model
             .head_logits(&p, &tape.constant(h.clone()))?
             .into_value()
             .to_vec()?;
-        let c = t.layout.num_classes;
-        let mb = &self.batch.modalities[t.layout.data_index[mi]];
+        let c = layout.num_classes;
+        let mb = &self.batch.modalities[layout.data_index[mi]];
         let mut counter = Counter::default();
         for (k, &pos) in mb.present.iter().enumerate() {
             counter.add_row(&z[k * c..(k + 1) * c], self.batch.labels[pos] as usize);

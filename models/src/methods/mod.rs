@@ -1,0 +1,235 @@
+//! Training methods as plug-ins behind one [`Method`] trait. The trainer
+//! loop (batches, evaluation, model selection, metrics, checkpoints,
+//! resume) is the same for all of them; a method owns what differs:
+//!
+//! - its per-batch step: forward passes, losses, backward passes, and any
+//!   gradient manipulation, which runs before the optimizer adds weight decay
+//!   and momentum (BASELINES.md section 1: scaling a gradient never scales the
+//!   weight-decay term);
+//! - the state it carries across steps and epochs (HGM projectors,
+//!   prototypes), which goes into every checkpoint so `--resume` replays the
+//!   run exactly;
+//! - per-epoch statistics of what it did (HGM surviving fraction, OGM's
+//!   coefficients, ...), written to the epoch record.
+//!
+//! The model a method trains (its head) and how its evaluation logits are
+//! fused are declared by [`MethodKind::head`] and
+//! [`MethodKind::fuses_by_rule`], so `mla eval` rebuilds them from a
+//! checkpoint without a method instance.
+//!
+//! Adding a method: one file here implementing [`Method`], a variant of
+//! [`MethodKind`], and one line in [`create`].
+
+pub mod forgetting;
+pub mod gradops;
+pub mod joint;
+pub mod mla;
+pub mod ogm;
+pub mod pmr;
+pub mod unimodal;
+
+use crate::data::{Batch, Dataset};
+use crate::model::{scatter_rows, Model};
+use crate::optim::Optimizer;
+use crate::params::{StateDict, TrackedParams};
+use crate::trainer::config::{MethodKind, TrainConfig};
+use crate::trainer::layout::ModelLayout;
+use crate::trainer::records::EpochRecord;
+use crate::trainer::stats::Pending;
+use crate::trainer::{Result, TrainError};
+use mla_core::{Backend, Indices, Tape, Tensor, Var};
+use std::sync::Arc;
+
+pub type T32<B> = Tensor<f32, B>;
+
+/// What one step may read and change.
+pub struct StepCtx<'a, B: Backend<f32>> {
+    pub backend: &'a B,
+    pub cfg: &'a TrainConfig,
+    pub layout: &'a ModelLayout,
+    pub model: &'a mut Model<B>,
+    pub optim: &'a mut Optimizer<B>,
+    /// 1-based epoch being trained.
+    pub epoch: usize,
+    /// 1-based step (batch) within the epoch.
+    pub step: usize,
+    /// Fraction of the run's steps done before this one, in [0, 1].
+    pub progress: f64,
+}
+
+/// What a method may read before an epoch's steps.
+pub struct EpochCtx<'a, B: Backend<f32>> {
+    pub cfg: &'a TrainConfig,
+    pub layout: &'a ModelLayout,
+    pub model: &'a Model<B>,
+    pub dataset: &'a Arc<Dataset>,
+    /// The run's training samples.
+    pub train: &'a [usize],
+    /// 1-based epoch about to be trained.
+    pub epoch: usize,
+}
+
+/// One training method.
+pub trait Method<B: Backend<f32>> {
+    fn kind(&self) -> MethodKind;
+
+    /// Before the epoch's first step (PMR computes its prototypes here).
+    fn begin_epoch(&mut self, _ctx: &EpochCtx<'_, B>) -> Result<()> {
+        Ok(())
+    }
+
+    /// One batch: losses into `out`, parameters updated through `ctx.optim`.
+    fn step(&mut self, ctx: &mut StepCtx<'_, B>, batch: &Batch, out: &mut Pending<B>)
+        -> Result<()>;
+
+    /// After the epoch's last step: the method's statistics of the epoch
+    /// into its record.
+    fn end_epoch(&mut self, _record: &mut EpochRecord) -> Result<()> {
+        Ok(())
+    }
+
+    /// Turns measurements that are not part of training (MLA's forgetting
+    /// probe) on or off; benchmarks time steps without them.
+    fn set_measuring(&mut self, _on: bool) {}
+
+    /// Prefix of the method's state tensors in a checkpoint.
+    fn state_prefix(&self) -> &'static str {
+        "method."
+    }
+
+    /// Checkpoint key of the method's scalar state.
+    fn scalars_key(&self) -> &'static str {
+        "method_scalars"
+    }
+
+    /// State carried across steps and epochs (names start with [`Method::state_prefix`]).
+    fn state(&self) -> Result<StateDict<B>> {
+        Ok(StateDict::default())
+    }
+
+    /// Restores [`Method::state`] from a checkpoint.
+    fn load_state(&mut self, sd: &StateDict<B>) -> Result<()> {
+        if sd.tensors.is_empty() && sd.scalars.is_empty() {
+            Ok(())
+        } else {
+            Err(TrainError::Config(format!(
+                "the checkpoint holds state for method {} that takes none",
+                self.kind()
+            )))
+        }
+    }
+}
+
+/// The registry: the method `cfg` names, for the model `layout` describes.
+pub fn create<B: Backend<f32>>(
+    backend: &B,
+    cfg: &TrainConfig,
+    layout: &ModelLayout,
+    dataset: &Dataset,
+    val: &[usize],
+) -> Result<Box<dyn Method<B>>> {
+    Ok(match cfg.method {
+        MethodKind::Mla => Box::new(mla::Mla::new(backend, cfg, layout, dataset, val)?),
+        MethodKind::Joint => Box::new(joint::Joint),
+        MethodKind::Unimodal => Box::new(unimodal::Unimodal),
+        MethodKind::Ogm | MethodKind::OgmGe => Box::new(ogm::Ogm::new(cfg, layout)?),
+        MethodKind::Pmr => Box::new(pmr::Pmr::new(backend, cfg, layout)?),
+    })
+}
+
+/// Uploads a modality's batch rows as `[n, ...shape]`.
+pub(crate) fn upload<B: Backend<f32>>(
+    backend: &B,
+    data: &[f32],
+    rows: usize,
+    shape: &[usize],
+) -> Result<T32<B>> {
+    let mut dims = Vec::with_capacity(shape.len() + 1);
+    dims.push(rows);
+    dims.extend_from_slice(shape);
+    Ok(Tensor::from_slice(backend, data, dims)?)
+}
+
+/// Labels of the rows at `present` (positions in the batch).
+pub(crate) fn labels_at<B: Backend<f32>>(
+    backend: &B,
+    batch: &Batch,
+    present: &[usize],
+) -> Result<Indices<f32, B>> {
+    let v: Vec<u32> = present.iter().map(|&p| batch.labels[p]).collect();
+    Ok(Indices::new(backend, &v)?)
+}
+
+/// One modality's rows of a batch on the device.
+pub(crate) struct Input<'b, B: Backend<f32>> {
+    pub x: T32<B>,
+    /// Batch positions of the rows.
+    pub present: &'b [usize],
+}
+
+/// Every model modality's rows of `batch` (`None` where no sample has it).
+pub(crate) fn upload_batch<'b, B: Backend<f32>>(
+    backend: &B,
+    layout: &ModelLayout,
+    batch: &'b Batch,
+) -> Result<Vec<Option<Input<'b, B>>>> {
+    layout
+        .data_index
+        .iter()
+        .zip(&layout.shapes)
+        .map(|(&d, shape)| {
+            let mb = &batch.modalities[d];
+            if mb.present.is_empty() {
+                Ok(None)
+            } else {
+                Ok(Some(Input {
+                    x: upload(backend, &mb.data, mb.present.len(), shape)?,
+                    present: mb.present.as_slice(),
+                }))
+            }
+        })
+        .collect()
+}
+
+/// The forward pass of a concatenation-head model on one batch.
+pub(crate) struct JointForward<'t, B: Backend<f32>> {
+    /// Each modality's features on its present rows (`None`: absent).
+    pub feats: Vec<Option<Var<'t, f32, B>>>,
+    /// Fused logits `[batch, C]` (zero features where a modality is missing).
+    pub logits: Var<'t, f32, B>,
+}
+
+/// Every encoder on its present samples, features concatenated in model
+/// order (zeros where a modality is missing), the concatenation head.
+pub(crate) fn joint_forward<'t, B: Backend<f32>>(
+    model: &Model<B>,
+    layout: &ModelLayout,
+    p: &TrackedParams<'t, B>,
+    tape: &'t Tape<f32, B>,
+    inputs: Vec<Option<Input<'_, B>>>,
+    n: usize,
+) -> Result<JointForward<'t, B>> {
+    let s = model.spec().feature_size;
+    let mut full = Vec::with_capacity(inputs.len());
+    let mut feats = Vec::with_capacity(inputs.len());
+    for (name, input) in layout.modalities.iter().zip(inputs) {
+        match input {
+            None => {
+                full.push(tape.constant(T32::<B>::zeros(model.params().backend(), [n, s])?));
+                feats.push(None);
+            }
+            Some(Input { x, present }) => {
+                let h = model.features(p, name, &tape.constant(x))?;
+                full.push(if present.len() == n {
+                    h.clone()
+                } else {
+                    scatter_rows(&h, present, n)?
+                });
+                feats.push(Some(h));
+            }
+        }
+    }
+    let refs: Vec<_> = full.iter().collect();
+    let logits = model.joint_logits(p, &refs)?;
+    Ok(JointForward { feats, logits })
+}

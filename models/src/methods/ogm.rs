@@ -1,0 +1,251 @@
+//! `ogm` / `ogm-ge`: on-the-fly gradient modulation (BASELINES.md section 2).
+//!
+//! The joint model and loss; after backward, inside the epoch window, the
+//! gradients of the dominant modality's encoder weights are scaled by
+//! `k = 1 - tanh(alpha * rho)` before the optimizer adds weight decay and
+//! momentum. `ogm-ge` adds Gaussian noise with the standard deviation of
+//! each unmodulated gradient tensor to every modulated tensor of every
+//! encoder. Scores use the slice logits `z_m = W_m h_m + b/M`, detached.
+//!
+//! - Two modalities, `official` rule (the code since 2022-05-29):
+//!   `rho = s_2 / s_1`; if `rho > 1` the second is damped with
+//!   `1 - tanh(alpha rho)`, else the first with `1 - tanh(alpha / rho)`
+//!   (a tie damps the first modality in model order, as the official code
+//!   damps audio).
+//! - More modalities, `official`: `rho_m` is the mean over `k != m` of
+//!   `s_m / s_k` (BalanceBenchmark's OGM_GE3) and every modality with
+//!   `rho_m > 1` is damped.
+//! - `continuous`: `k_m = 1 - tanh(alpha relu(rho_m - 1))` for every
+//!   modality, with the same `rho_m`.
+//!
+//! Deviation: scores are means over the samples where a modality is
+//! present (the official code sums over the batch; with every modality
+//! present the ratios are the same). Host reads per step: the M scores.
+
+use super::gradops::{standard_normal, std_unbiased};
+use super::{joint_forward, upload_batch, Method, StepCtx};
+use crate::data::Batch;
+use crate::encoders::Encoder;
+use crate::metrics::NamedValues;
+use crate::rng::Rng;
+use crate::trainer::config::{MethodKind, ModulatedTensors, OgmParams, OgmRule, TrainConfig};
+use crate::trainer::layout::ModelLayout;
+use crate::trainer::records::EpochRecord;
+use crate::trainer::stats::Pending;
+use crate::trainer::{Result, TrainError};
+use mla_core::{Backend, Indices, Tape, Tensor};
+
+/// Label of the noise streams (with the epoch and step).
+const NOISE_STREAM: u64 = 0x0_6E0D_0000;
+
+pub struct Ogm {
+    kind: MethodKind,
+    params: OgmParams,
+    seed: u64,
+    names: Vec<String>,
+    /// This epoch: sums of k and damped-step counts per modality, steps in the window.
+    k_sum: Vec<f64>,
+    damped: Vec<u64>,
+    steps: u64,
+}
+
+impl Ogm {
+    pub fn new(cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
+        let m = layout.modalities.len();
+        if m < 2 {
+            return Err(TrainError::Config(format!(
+                "--method {} balances two or more modalities; the model has {m}",
+                cfg.method
+            )));
+        }
+        Ok(Ogm {
+            kind: cfg.method,
+            params: cfg.ogm_params(),
+            seed: cfg.seed,
+            names: layout.modalities.clone(),
+            k_sum: vec![0.0; m],
+            damped: vec![0; m],
+            steps: 0,
+        })
+    }
+
+    fn noise(&self) -> bool {
+        self.kind == MethodKind::OgmGe
+    }
+}
+
+/// Mean probability of the true class over the rows of `logits` (`[n, C]`, host).
+pub fn true_class_score(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
+    let mut sum = 0.0;
+    for (row, &y) in logits.chunks_exact(classes).zip(labels) {
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let z: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
+        sum += (row[y as usize] as f64 - max).exp() / z;
+    }
+    sum / labels.len().max(1) as f64
+}
+
+/// Each modality's `rho_m` from its score: for two modalities `s_m / s_other`,
+/// for more the mean over the others of `s_m / s_k`. A 0/0 ratio counts as 1.
+pub fn ratios(scores: &[f64]) -> Vec<f64> {
+    let m = scores.len();
+    let ratio = |a: f64, b: f64| {
+        let r = a / b;
+        if r.is_nan() {
+            1.0
+        } else {
+            r
+        }
+    };
+    (0..m)
+        .map(|i| {
+            let sum: f64 = (0..m)
+                .filter(|&k| k != i)
+                .map(|k| ratio(scores[i], scores[k]))
+                .sum();
+            sum / (m - 1).max(1) as f64
+        })
+        .collect()
+}
+
+/// The coefficients `k_m` (BASELINES.md section 2, step 6; see the module doc).
+pub fn coefficients(scores: &[f64], alpha: f64, rule: OgmRule) -> Vec<f64> {
+    let rho = ratios(scores);
+    let damp = |r: f64| 1.0 - (alpha * r).tanh();
+    match rule {
+        OgmRule::Continuous => rho.iter().map(|&r| damp((r - 1.0).max(0.0))).collect(),
+        OgmRule::Official if scores.len() == 2 => {
+            let mut k = vec![1.0; 2];
+            if rho[1] > 1.0 {
+                k[1] = damp(rho[1]);
+            } else {
+                k[0] = damp(rho[0]);
+            }
+            k
+        }
+        OgmRule::Official => rho
+            .iter()
+            .map(|&r| if r > 1.0 { damp(r) } else { 1.0 })
+            .collect(),
+    }
+}
+
+/// Whether OGM modulates a gradient tensor of these dims.
+pub fn modulated(dims: &[usize], tensors: ModulatedTensors) -> bool {
+    match tensors {
+        ModulatedTensors::Weights => dims.len() >= 2,
+        ModulatedTensors::ConvKernels => dims.len() == 4,
+    }
+}
+
+/// `k g + N(0, sigma^2)` with `sigma = std_unbiased(g) + 1e-8` when `noise`
+/// is given, else `k g`; `k = 1` without noise returns `g` untouched (so
+/// `alpha = 0` is the joint step bit for bit).
+pub fn modulate<B: Backend<f32>>(
+    g: &Tensor<f32, B>,
+    k: f64,
+    noise: Option<&mut Rng>,
+) -> Result<Tensor<f32, B>> {
+    let scaled = if k == 1.0 { g.clone() } else { g.scale(k)? };
+    match noise {
+        None => Ok(scaled),
+        Some(rng) => {
+            let sigma = std_unbiased(g)?.affine(1.0, 1e-8)?;
+            let eps = standard_normal(g.backend(), g.dims(), rng)?.mul(&sigma)?;
+            Ok(scaled.add(&eps)?)
+        }
+    }
+}
+
+impl<B: Backend<f32>> Method<B> for Ogm {
+    fn kind(&self) -> MethodKind {
+        self.kind
+    }
+
+    fn begin_epoch(&mut self, _ctx: &super::EpochCtx<'_, B>) -> Result<()> {
+        self.k_sum.iter_mut().for_each(|v| *v = 0.0);
+        self.damped.iter_mut().for_each(|v| *v = 0);
+        self.steps = 0;
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        ctx: &mut StepCtx<'_, B>,
+        batch: &Batch,
+        out: &mut Pending<B>,
+    ) -> Result<()> {
+        let active = self.params.window.contains(ctx.epoch);
+        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+        let labels = Indices::new(ctx.backend, &batch.labels)?;
+        let classes = ctx.layout.num_classes;
+        let (mut grads, loss, scores) = {
+            let tape = Tape::new(ctx.backend);
+            let p = ctx.model.track(&tape, |_| true);
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
+            let loss = f.logits.cross_entropy(&labels)?;
+            let mut scores = Vec::new();
+            if active {
+                for (mi, h) in f.feats.iter().enumerate() {
+                    let name = &ctx.layout.modalities[mi];
+                    let mb = &batch.modalities[ctx.layout.data_index[mi]];
+                    scores.push(match h {
+                        // A modality absent from the batch scores 0: it is
+                        // never the dominant one.
+                        None => 0.0,
+                        Some(h) => {
+                            let z = ctx.model.modality_logits(&p, name, &h.detach())?;
+                            let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
+                            true_class_score(&z.value().to_vec()?, &y, classes)
+                        }
+                    });
+                }
+            }
+            let g = tape.backward(&loss)?;
+            (p.gradients(g), loss.into_value(), scores)
+        };
+        if active {
+            let k = coefficients(&scores, self.params.alpha, self.params.rule);
+            let mut rng = Rng::derive(
+                self.seed,
+                NOISE_STREAM ^ ((ctx.epoch as u64) << 32 | ctx.step as u64),
+            );
+            let prefixes: Vec<String> = self.names.iter().map(|m| Encoder::prefix_for(m)).collect();
+            for (name, g) in grads.iter_mut() {
+                let Some(mi) = prefixes.iter().position(|p| name.starts_with(p.as_str())) else {
+                    continue;
+                };
+                if !modulated(g.dims(), self.params.tensors) {
+                    continue;
+                }
+                let noise = self.noise().then_some(&mut rng);
+                *g = modulate(g, k[mi], noise)?;
+            }
+            for (mi, &km) in k.iter().enumerate() {
+                self.k_sum[mi] += km;
+                self.damped[mi] += u64::from(km < 1.0);
+            }
+            self.steps += 1;
+        }
+        ctx.optim.step(ctx.model.params_mut(), &grads)?;
+        out.push(ctx.step, None, loss);
+        Ok(())
+    }
+
+    fn end_epoch(&mut self, record: &mut EpochRecord) -> Result<()> {
+        if self.steps == 0 {
+            return Ok(());
+        }
+        let n = self.steps as f64;
+        let mut v = NamedValues::default();
+        for (mi, name) in self.names.iter().enumerate() {
+            v.push(&format!("k_mean.{name}"), self.k_sum[mi] / n);
+            v.push(
+                &format!("damped_fraction.{name}"),
+                self.damped[mi] as f64 / n,
+            );
+        }
+        record.method_stats = Some(v);
+        Ok(())
+    }
+}

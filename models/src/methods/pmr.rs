@@ -1,0 +1,332 @@
+//! `pmr`: prototypical modal rebalance, the prototypical cross-entropy part
+//! of the official release (BASELINES.md section 5; the paper's entropy
+//! regulariser was never released). Called "PMR (PCE, official release)".
+//!
+//! Before every epoch each modality's class prototypes `P_m[c]` are the
+//! class means of its features over the first tenth of the batches of a
+//! shuffled pass over the training set (no gradient), mixed with the old
+//! ones by `momentum` from the second epoch on. A step is the joint step
+//! plus, inside the epoch window, `alpha * CE(-d_m, y)` for the weaker
+//! modality, `d_m` the distances of its features to its prototypes, judged
+//! by the mean prototype probability of the true class `s_m`:
+//! two modalities: the one with the smaller `s` (none on a tie, as the
+//! official code); more: every `m` with `s_m` below the mean of the others'.
+//!
+//! Deviations: distances are `sqrt(max(|h - P|^2, 1e-12))` (the official
+//! `sqrt` has an infinite gradient at distance 0); a class absent from the
+//! prototype batches keeps its previous prototype (zero before the first)
+//! instead of the official 0/0 = NaN; scores are means over present samples.
+//! Host reads per step: the M prototype scores.
+
+use super::ogm::true_class_score;
+use super::{joint_forward, labels_at, upload, upload_batch, EpochCtx, Method, StepCtx, T32};
+use crate::data::{Batch, Loader};
+use crate::metrics::NamedValues;
+use crate::model::Model;
+use crate::params::StateDict;
+use crate::trainer::config::{MethodKind, PmrParams, TrainConfig};
+use crate::trainer::layout::ModelLayout;
+use crate::trainer::records::EpochRecord;
+use crate::trainer::stats::Pending;
+use crate::trainer::{Result, TrainError};
+use mla_core::{Backend, Indices, Tape, Tensor, Var};
+
+/// Shuffle stream of the prototype pass (distinct from the training order).
+const PROTO_STREAM: u64 = 0x9A07_0000_0000;
+/// Squared distances are clamped here before the square root.
+pub const MIN_SQ_DIST: f64 = 1e-12;
+
+pub struct Pmr<B: Backend<f32>> {
+    params: PmrParams,
+    seed: u64,
+    batch_size: usize,
+    names: Vec<String>,
+    classes: usize,
+    feature_size: usize,
+    /// `P_m`, `[C, s]` per modality (`None` before the first epoch).
+    protos: Vec<Option<T32<B>>>,
+    backend: B,
+    /// This epoch: steps each modality got the prototype loss, steps in the window.
+    active: Vec<u64>,
+    steps: u64,
+}
+
+impl<B: Backend<f32>> Pmr<B> {
+    pub fn new(backend: &B, cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
+        let m = layout.modalities.len();
+        if m < 2 {
+            return Err(TrainError::Config(format!(
+                "--method pmr balances two or more modalities; the model has {m}"
+            )));
+        }
+        Ok(Pmr {
+            params: cfg.pmr_params(),
+            seed: cfg.seed,
+            batch_size: cfg.batch_size,
+            names: layout.modalities.clone(),
+            classes: layout.num_classes,
+            feature_size: cfg.feature_size,
+            protos: vec![None; m],
+            backend: backend.clone(),
+            active: vec![0; m],
+            steps: 0,
+        })
+    }
+
+    /// The prototypes of the current epoch (tests and diagnostics).
+    pub fn prototypes(&self) -> &[Option<T32<B>>] {
+        &self.protos
+    }
+
+    fn state_name(&self, mi: usize) -> String {
+        format!("method.pmr.prototypes.{}", self.names[mi])
+    }
+}
+
+/// Class means of `feats` (`[n, s]` rows, host) by `labels`: the sums and counts.
+pub fn class_sums(feats: &[f32], labels: &[u32], classes: usize, s: usize) -> (Vec<f64>, Vec<u64>) {
+    let mut sums = vec![0.0; classes * s];
+    let mut counts = vec![0u64; classes];
+    for (row, &y) in feats.chunks_exact(s).zip(labels) {
+        let c = y as usize;
+        counts[c] += 1;
+        for (acc, &v) in sums[c * s..(c + 1) * s].iter_mut().zip(row) {
+            *acc += v as f64;
+        }
+    }
+    (sums, counts)
+}
+
+/// New prototypes from class sums: mean where a class was seen (mixed with
+/// `old` by `momentum` when there is an old one), else the old prototype
+/// (zero when none).
+pub fn mix_prototypes(
+    sums: &[f64],
+    counts: &[u64],
+    old: Option<&[f32]>,
+    momentum: f64,
+    s: usize,
+) -> Vec<f32> {
+    let mut out = vec![0.0f32; sums.len()];
+    for (c, &n) in counts.iter().enumerate() {
+        for j in 0..s {
+            let i = c * s + j;
+            let prev = old.map(|o| o[i] as f64);
+            out[i] = match (n, prev) {
+                (0, Some(p)) => p as f32,
+                (0, None) => 0.0,
+                (n, None) => (sums[i] / n as f64) as f32,
+                (n, Some(p)) => ((1.0 - momentum) * (sums[i] / n as f64) + momentum * p) as f32,
+            };
+        }
+    }
+    out
+}
+
+/// `-d`, `d_{i,c} = sqrt(max(|h_i - P_c|^2, 1e-12))`: prototype logits `[n, C]`
+/// (differentiable in `h`; `P` is a constant).
+pub fn prototype_logits<'t, B: Backend<f32>>(
+    h: &Var<'t, f32, B>,
+    protos: &T32<B>,
+) -> Result<Var<'t, f32, B>> {
+    let tape = h.tape();
+    let p = tape.constant(protos.clone());
+    let hh = h.sqr()?.sum_axis(1, true)?; // [n, 1]
+    let pp = tape.constant(
+        protos
+            .sqr()?
+            .sum_axis(1, false)?
+            .reshape(vec![1, protos.dims()[0]])?,
+    );
+    let cross = h.matmul_t(&p, false, true)?.scale(-2.0)?; // [n, C]
+    let d2 = cross.add(&hh)?.add(&pp)?;
+    // max(d2, eps) = relu(d2 - eps) + eps: finite gradient at h = P_c.
+    let d = d2
+        .affine(1.0, -MIN_SQ_DIST)?
+        .relu()?
+        .affine(1.0, MIN_SQ_DIST)?
+        .sqrt()?;
+    Ok(d.neg()?)
+}
+
+/// Which modalities get the prototype loss, from their scores (module doc).
+pub fn weaker(scores: &[f64]) -> Vec<bool> {
+    let m = scores.len();
+    (0..m)
+        .map(|i| {
+            let others: f64 = (0..m).filter(|&k| k != i).map(|k| scores[k]).sum::<f64>();
+            scores[i] < others / (m - 1).max(1) as f64
+        })
+        .collect()
+}
+
+impl<B: Backend<f32>> Method<B> for Pmr<B> {
+    fn kind(&self) -> MethodKind {
+        MethodKind::Pmr
+    }
+
+    fn begin_epoch(&mut self, ctx: &EpochCtx<'_, B>) -> Result<()> {
+        self.active.iter_mut().for_each(|v| *v = 0);
+        self.steps = 0;
+        let loader = Loader::new(
+            ctx.dataset.clone(),
+            ctx.train.to_vec(),
+            self.batch_size,
+            Some(self.seed ^ PROTO_STREAM),
+            ctx.epoch as u64,
+        )?;
+        let take = (loader.num_batches() / 10).max(1);
+        let (c, s) = (self.classes, self.feature_size);
+        let m = self.names.len();
+        let mut sums = vec![vec![0.0; c * s]; m];
+        let mut counts = vec![vec![0u64; c]; m];
+        for batch in loader.take(take) {
+            let batch = batch?;
+            for mi in 0..m {
+                let mb = &batch.modalities[ctx.layout.data_index[mi]];
+                if mb.present.is_empty() {
+                    continue;
+                }
+                let h = features(ctx.model, ctx.layout, mi, &batch)?;
+                let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
+                let (bs, bc) = class_sums(&h, &y, c, s);
+                sums[mi].iter_mut().zip(&bs).for_each(|(a, b)| *a += b);
+                counts[mi].iter_mut().zip(&bc).for_each(|(a, b)| *a += b);
+            }
+        }
+        for mi in 0..m {
+            let old = match &self.protos[mi] {
+                Some(p) => Some(p.to_vec()?),
+                None => None,
+            };
+            let mix = mix_prototypes(
+                &sums[mi],
+                &counts[mi],
+                old.as_deref(),
+                self.params.momentum,
+                s,
+            );
+            self.protos[mi] = Some(Tensor::from_slice(&self.backend, &mix, vec![c, s])?);
+        }
+        Ok(())
+    }
+
+    fn step(
+        &mut self,
+        ctx: &mut StepCtx<'_, B>,
+        batch: &Batch,
+        out: &mut Pending<B>,
+    ) -> Result<()> {
+        let active = self.params.window.contains(ctx.epoch) && self.params.alpha != 0.0;
+        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+        let labels = Indices::new(ctx.backend, &batch.labels)?;
+        let classes = ctx.layout.num_classes;
+        let (grads, loss, chosen) = {
+            let tape = Tape::new(ctx.backend);
+            let p = ctx.model.track(&tape, |_| true);
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
+            let mut loss = f.logits.cross_entropy(&labels)?;
+            let mut chosen = vec![false; self.names.len()];
+            if active {
+                let mut terms = Vec::new();
+                let mut scores = Vec::new();
+                for (mi, h) in f.feats.iter().enumerate() {
+                    let (Some(h), Some(protos)) = (h, &self.protos[mi]) else {
+                        // Absent from the batch: never the weaker one here.
+                        scores.push(f64::INFINITY);
+                        terms.push(None);
+                        continue;
+                    };
+                    let mb = &batch.modalities[ctx.layout.data_index[mi]];
+                    let z = prototype_logits(h, protos)?;
+                    let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
+                    scores.push(true_class_score(&z.value().to_vec()?, &y, classes));
+                    terms.push(Some((z, labels_at(ctx.backend, batch, &mb.present)?)));
+                }
+                chosen = weaker(&scores);
+                for (mi, t) in terms.iter().enumerate() {
+                    if let (true, Some((z, y))) = (chosen[mi], t) {
+                        loss = loss.add(&z.cross_entropy(y)?.scale(self.params.alpha)?)?;
+                    }
+                }
+            }
+            let g = tape.backward(&loss)?;
+            (p.gradients(g), loss.into_value(), chosen)
+        };
+        ctx.optim.step(ctx.model.params_mut(), &grads)?;
+        if active {
+            self.steps += 1;
+            for (a, &c) in self.active.iter_mut().zip(&chosen) {
+                *a += u64::from(c);
+            }
+        }
+        out.push(ctx.step, None, loss);
+        Ok(())
+    }
+
+    fn end_epoch(&mut self, record: &mut EpochRecord) -> Result<()> {
+        if self.steps == 0 {
+            return Ok(());
+        }
+        let mut v = NamedValues::default();
+        for (name, &a) in self.names.iter().zip(&self.active) {
+            v.push(
+                format!("prototype_loss_fraction.{name}"),
+                a as f64 / self.steps as f64,
+            );
+        }
+        record.method_stats = Some(v);
+        Ok(())
+    }
+
+    fn state(&self) -> Result<StateDict<B>> {
+        let mut sd = StateDict::default();
+        for (mi, p) in self.protos.iter().enumerate() {
+            if let Some(p) = p {
+                sd.tensors.push((self.state_name(mi), p.clone()));
+            }
+        }
+        Ok(sd)
+    }
+
+    fn load_state(&mut self, sd: &StateDict<B>) -> Result<()> {
+        let (c, s) = (self.classes, self.feature_size);
+        for (name, _) in &sd.tensors {
+            if !(0..self.names.len()).any(|mi| *name == self.state_name(mi)) {
+                return Err(TrainError::Config(format!(
+                    "unknown PMR state tensor `{name}`"
+                )));
+            }
+        }
+        for mi in 0..self.names.len() {
+            let name = self.state_name(mi);
+            self.protos[mi] = match sd.tensor(&name) {
+                None => None,
+                Some(t) if t.dims() == [c, s] => Some(t.clone()),
+                Some(t) => {
+                    return Err(TrainError::Config(format!(
+                        "PMR state `{name}` has shape {:?}, expected [{c}, {s}]",
+                        t.dims()
+                    )))
+                }
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Modality `mi`'s features of `batch`'s present rows, on the host (no gradient).
+fn features<B: Backend<f32>>(
+    model: &Model<B>,
+    layout: &ModelLayout,
+    mi: usize,
+    batch: &Batch,
+) -> Result<Vec<f32>> {
+    let mb = &batch.modalities[layout.data_index[mi]];
+    let backend = model.params().backend();
+    let x = upload(backend, &mb.data, mb.present.len(), &layout.shapes[mi])?;
+    let tape = Tape::no_grad(backend);
+    let p = model.track(&tape, |_| false);
+    let h = model.features(&p, &layout.modalities[mi], &tape.constant(x))?;
+    Ok(h.into_value().to_vec()?)
+}
