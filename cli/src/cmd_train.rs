@@ -105,7 +105,12 @@ pub struct Args {
     fusion: FusionRule,
     /// OGM/OGM-GE: alpha of k = 1 - tanh(alpha * rho), >= 0 (0: no damping).
     /// [default: 0.8, the official README's CREMA-D value]
-    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
     ogm_alpha: Option<f64>,
     /// OGM/OGM-GE: which encoder gradients are scaled: weights (every matrix
     /// and kernel) or conv-kernels (4-d kernels only, the official code). [default: weights]
@@ -122,10 +127,20 @@ pub struct Args {
     modulation_window: Option<EpochWindow>,
     /// PMR: weight of the weaker modality's prototype cross-entropy, >= 0.
     /// [default: 1.0, the official CGMNIST value]
-    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
     pmr_alpha: Option<f64>,
     /// PMR: prototype momentum in [0, 1). [default: 0.0, every official run]
-    #[arg(long, value_name = "MU", conflicts_with = "resume")]
+    #[arg(
+        long,
+        value_name = "MU",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
     pmr_momentum: Option<f64>,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,

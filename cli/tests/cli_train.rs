@@ -233,6 +233,57 @@ fn baselines_and_bench_run() {
     );
     assert!(su["test"]["modality_accuracy"]["audio"].is_null());
 
+    // The balancing methods, with their flags recorded in config and summary.
+    let ogm = runs.join("ogm");
+    let mut a = train_args(s(data.path()), s(&ogm), "1");
+    a.extend_from_slice(&[
+        "--method",
+        "ogm-ge",
+        "--ogm-alpha",
+        "0.3",
+        "--modulation-window",
+        "0:10",
+        "--ogm-rule",
+        "continuous",
+        "--encoder",
+        "mlp",
+    ]);
+    let out = ok(&a);
+    assert!(out.contains("ogm-ge (alpha 0.3, window 0:10"), "{out}");
+    let so = json(&ogm.join("summary.json"));
+    assert_eq!(so["method"], "ogm-ge");
+    assert_eq!(so["ogm"]["alpha"], 0.3);
+    assert_eq!(so["ogm"]["rule"], "continuous");
+    let metrics = std::fs::read_to_string(ogm.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("k_mean.image"), "{metrics}");
+    let pmr = runs.join("pmr");
+    let mut a = train_args(s(data.path()), s(&pmr), "1");
+    a.extend_from_slice(&["--method", "pmr", "--pmr-alpha", "2", "--encoder", "mlp"]);
+    ok(&a);
+    let sp = json(&pmr.join("summary.json"));
+    assert_eq!(sp["pmr"]["alpha"], 2.0);
+    assert_eq!(sp["pmr"]["window"]["end"], 60);
+    let out = ok(&[
+        "bench",
+        "--data",
+        s(data.path()),
+        "--method",
+        "pmr",
+        "--steps",
+        "2",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "16",
+        "--encoder",
+        "mlp",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let b: Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(b["ms_per_step_median"].as_f64().unwrap() > 0.0);
+
     let out = ok(&[
         "bench",
         "--data",
@@ -312,6 +363,28 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
     let e = run(&["--method", "joint", "--hgm", "owm"]);
     assert!(e.contains("--hgm"), "{e}");
+    // A flag of another method, out-of-range values.
+    let e = run(&["--method", "pmr", "--ogm-alpha", "0.5"]);
+    assert!(
+        e.contains("--ogm-alpha") && e.contains("ogm or ogm-ge"),
+        "{e}"
+    );
+    let e = run(&["--method", "joint", "--modulation-window", "0:5"]);
+    assert!(e.contains("--modulation-window"), "{e}");
+    let e = run(&["--method", "ogm", "--ogm-alpha", "-1"]);
+    assert!(e.contains("--ogm-alpha must be"), "{e}");
+    let e = run(&["--method", "pmr", "--pmr-momentum", "1"]);
+    assert!(e.contains("--pmr-momentum must be in [0, 1)"), "{e}");
+    let e = fails(&[
+        "train",
+        "--data",
+        d,
+        "--method",
+        "ogm",
+        "--modulation-window",
+        "5:2",
+    ]);
+    assert!(e.contains("START:END"), "{e}");
     let e = run(&["--lr", "1e9", "--momentum", "0", "--hgm", "none"]);
     assert!(
         e.contains("non-finite") && e.contains("epoch 1") && e.contains("step"),
@@ -320,7 +393,7 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     // Unknown names are rejected by the argument parser (exit 2) with the valid ones.
     let e = fails(&["train", "--data", d, "--method", "lazy"]);
     assert!(
-        e.contains("lazy") && e.contains("mla, joint, unimodal"),
+        e.contains("lazy") && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr"),
         "{e}"
     );
     let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);

@@ -249,3 +249,144 @@ impl<B: Backend<f32>> Method<B> for Ogm {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mla_cpu::Cpu;
+
+    fn lcg(seed: u64, n: usize) -> Vec<f64> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.uniform()).collect()
+    }
+
+    #[test]
+    fn two_modalities_official_damps_exactly_the_dominant_one() {
+        for (i, s) in lcg(1, 400).chunks(2).enumerate() {
+            let scores = [s[0] + 1e-3, s[1] + 1e-3];
+            let alpha = [0.1, 0.3, 0.8, 2.0][i % 4];
+            let k = coefficients(&scores, alpha, OgmRule::Official);
+            let rho = ratios(&scores);
+            assert!((rho[0] * rho[1] - 1.0).abs() < 1e-12);
+            let damped: Vec<usize> = (0..2).filter(|&m| k[m] < 1.0).collect();
+            assert_eq!(damped.len(), 1, "{scores:?} {k:?}");
+            let d = damped[0];
+            assert_eq!(d, usize::from(scores[1] > scores[0]));
+            // (0, 1 - tanh(alpha)] in exact arithmetic; tanh rounds to 1 for huge rho.
+            assert!(k[d] >= 0.0 && k[d] <= 1.0 - alpha.tanh() + 1e-15);
+            assert_eq!(k[1 - d], 1.0);
+            // The formula itself, in f64.
+            let want = 1.0 - (alpha * (scores[d] / scores[1 - d])).tanh();
+            assert!((k[d] - want).abs() < 1e-15, "{} vs {want}", k[d]);
+            // Swapping the modality order swaps the coefficients.
+            let swapped = coefficients(&[scores[1], scores[0]], alpha, OgmRule::Official);
+            assert_eq!(swapped, vec![k[1], k[0]]);
+        }
+        // A tie damps the first modality, as the official code damps audio.
+        let k = coefficients(&[0.5, 0.5], 0.8, OgmRule::Official);
+        assert_eq!(k, vec![1.0 - 0.8f64.tanh(), 1.0]);
+        // rho = 2, alpha = 0.8 gives k = 0.078 (BASELINES.md).
+        let k = coefficients(&[0.25, 0.5], 0.8, OgmRule::Official);
+        assert!((k[1] - 0.0784).abs() < 1e-3, "{k:?}");
+    }
+
+    #[test]
+    fn alpha_zero_never_damps() {
+        for rule in OgmRule::ALL {
+            for s in lcg(2, 90).chunks(3) {
+                assert!(coefficients(s, 0.0, *rule).iter().all(|&k| k == 1.0));
+                assert!(coefficients(&s[..2], 0.0, *rule).iter().all(|&k| k == 1.0));
+            }
+        }
+    }
+
+    #[test]
+    fn continuous_rule_and_three_modalities_follow_their_formulas() {
+        let s = [0.2, 0.5, 0.9];
+        let rho = ratios(&s);
+        for m in 0..3 {
+            let direct: f64 = (0..3).filter(|&k| k != m).map(|k| s[m] / s[k]).sum::<f64>() / 2.0;
+            assert!((rho[m] - direct).abs() < 1e-15);
+        }
+        let k = coefficients(&s, 0.5, OgmRule::Official);
+        for m in 0..3 {
+            let want = if rho[m] > 1.0 {
+                1.0 - (0.5 * rho[m]).tanh()
+            } else {
+                1.0
+            };
+            assert_eq!(k[m], want);
+        }
+        let k = coefficients(&s, 0.5, OgmRule::Continuous);
+        for m in 0..3 {
+            assert_eq!(k[m], 1.0 - (0.5 * (rho[m] - 1.0).max(0.0)).tanh());
+        }
+        // Continuous at a tie is 1 for both (no jump).
+        assert_eq!(
+            coefficients(&[0.4, 0.4], 0.8, OgmRule::Continuous),
+            vec![1.0, 1.0]
+        );
+    }
+
+    #[test]
+    fn true_class_score_is_the_mean_softmax_probability() {
+        let logits: Vec<f32> = lcg(3, 12).iter().map(|v| (v * 6.0 - 3.0) as f32).collect();
+        let labels = [2u32, 0, 1, 3];
+        let mut want = 0.0;
+        for (r, &y) in labels.iter().enumerate() {
+            let row = &logits[r * 3..r * 3 + 3];
+            let y = y as usize % 3;
+            let z: f64 = row.iter().map(|&v| (v as f64).exp()).sum();
+            want += (row[y] as f64).exp() / z;
+        }
+        let labels3: Vec<u32> = labels.iter().map(|y| y % 3).collect();
+        let got = true_class_score(&logits, &labels3, 3);
+        assert!((got - want / 4.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn modulation_scales_by_k_and_adds_noise_of_the_gradient_std() {
+        let n = 20_000;
+        let g: Vec<f32> = lcg(4, n).iter().map(|v| (v * 3.0 - 1.0) as f32).collect();
+        let t = Tensor::from_slice(&Cpu, &g, vec![100, 200]).unwrap();
+        let k = 0.37;
+        let plain = modulate(&t, k, None).unwrap().to_vec().unwrap();
+        for (a, b) in plain.iter().zip(&g) {
+            assert!(((*a as f64) - k * (*b as f64)).abs() <= 1e-6 * (b.abs() as f64 + 1.0));
+        }
+        // k = 1 without noise returns the gradient unchanged (bit for bit).
+        assert_eq!(modulate(&t, 1.0, None).unwrap().to_vec().unwrap(), g);
+        let mean: f64 = g.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
+        let var: f64 = g.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        let sigma = var.sqrt() + 1e-8;
+        let dev = std_unbiased(&t).unwrap().to_scalar().unwrap() as f64;
+        assert!((dev - var.sqrt()).abs() < 1e-5, "{dev} vs {}", var.sqrt());
+        let mut rng = Rng::new(9);
+        let noisy = modulate(&t, k, Some(&mut rng)).unwrap().to_vec().unwrap();
+        let eps: Vec<f64> = noisy
+            .iter()
+            .zip(&g)
+            .map(|(a, b)| *a as f64 - k * *b as f64)
+            .collect();
+        let em = eps.iter().sum::<f64>() / n as f64;
+        let es = (eps.iter().map(|e| (e - em).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+        // 20,000 draws: the mean is within 4 standard errors of 0, the std within 3%.
+        assert!(em.abs() < 4.0 * sigma / (n as f64).sqrt(), "{em}");
+        assert!((es / sigma - 1.0).abs() < 0.03, "{es} vs {sigma}");
+        // The same stream gives the same noise.
+        let again = modulate(&t, k, Some(&mut Rng::new(9)))
+            .unwrap()
+            .to_vec()
+            .unwrap();
+        assert_eq!(again, noisy);
+    }
+
+    #[test]
+    fn modulated_tensor_sets() {
+        assert!(modulated(&[4, 3], ModulatedTensors::Weights));
+        assert!(modulated(&[8, 1, 3, 3], ModulatedTensors::Weights));
+        assert!(!modulated(&[8], ModulatedTensors::Weights));
+        assert!(!modulated(&[4, 3], ModulatedTensors::ConvKernels));
+        assert!(modulated(&[8, 1, 3, 3], ModulatedTensors::ConvKernels));
+    }
+}

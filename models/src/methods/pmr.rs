@@ -330,3 +330,88 @@ fn features<B: Backend<f32>>(
     let h = model.features(&p, &layout.modalities[mi], &tape.constant(x))?;
     Ok(h.into_value().to_vec()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+    use mla_cpu::Cpu;
+
+    fn randn(seed: u64, n: usize) -> Vec<f32> {
+        let mut r = Rng::new(seed);
+        (0..n).map(|_| r.normal() as f32).collect()
+    }
+
+    #[test]
+    fn prototypes_are_class_means_with_momentum_and_keep_unseen_classes() {
+        let (n, c, s) = (30, 4, 3);
+        let h = randn(1, n * s);
+        // Class 3 never appears.
+        let y: Vec<u32> = (0..n as u32).map(|i| i % 3).collect();
+        let (sums, counts) = class_sums(&h, &y, c, s);
+        assert_eq!(counts, vec![10, 10, 10, 0]);
+        let fresh = mix_prototypes(&sums, &counts, None, 0.5, s);
+        for k in 0..3 {
+            for j in 0..s {
+                let rows: Vec<f64> = (0..n)
+                    .filter(|&i| y[i] == k as u32)
+                    .map(|i| h[i * s + j] as f64)
+                    .collect();
+                let mean = rows.iter().sum::<f64>() / rows.len() as f64;
+                assert!((fresh[k * s + j] as f64 - mean).abs() < 1e-6);
+            }
+        }
+        assert!(fresh[9..12].iter().all(|&v| v == 0.0));
+        let old: Vec<f32> = (0..c * s).map(|i| i as f32).collect();
+        let mixed = mix_prototypes(&sums, &counts, Some(&old), 0.2, s);
+        for i in 0..9 {
+            let want = 0.8 * fresh[i] as f64 + 0.2 * old[i] as f64;
+            assert!((mixed[i] as f64 - want).abs() < 1e-5);
+        }
+        assert_eq!(&mixed[9..12], &old[9..12]);
+        // mu = 0: no memory.
+        assert_eq!(
+            mix_prototypes(&sums, &counts, Some(&old), 0.0, s)[..9],
+            fresh[..9]
+        );
+    }
+
+    #[test]
+    fn prototype_logits_are_negative_distances_with_finite_gradient_at_zero() {
+        let (n, c, s) = (5, 3, 4);
+        let h = randn(2, n * s);
+        let mut p = randn(3, c * s);
+        // Row 0 sits exactly on prototype 1.
+        p[s..2 * s].copy_from_slice(&h[..s]);
+        let tape = Tape::new(&Cpu);
+        let hv = tape.var(Tensor::from_slice(&Cpu, &h, vec![n, s]).unwrap());
+        let pt = Tensor::from_slice(&Cpu, &p, vec![c, s]).unwrap();
+        let z = prototype_logits(&hv, &pt).unwrap();
+        let zv = z.value().to_vec().unwrap();
+        for i in 0..n {
+            for k in 0..c {
+                let d2: f64 = (0..s)
+                    .map(|j| (h[i * s + j] as f64 - p[k * s + j] as f64).powi(2))
+                    .sum();
+                let want = -d2.max(MIN_SQ_DIST).sqrt();
+                assert!((zv[i * c + k] as f64 - want).abs() < 1e-4, "{i} {k}");
+            }
+        }
+        let loss = z.sum_all().unwrap();
+        let g = tape.backward(&loss).unwrap();
+        let gh = g.get(&hv).unwrap().to_vec().unwrap();
+        assert!(gh.iter().all(|v| v.is_finite()), "{gh:?}");
+    }
+
+    #[test]
+    fn the_weaker_modality_gets_the_prototype_loss() {
+        assert_eq!(weaker(&[0.3, 0.7]), vec![true, false]);
+        assert_eq!(weaker(&[0.7, 0.3]), vec![false, true]);
+        // A tie: neither (rho == 1 in the official code).
+        assert_eq!(weaker(&[0.5, 0.5]), vec![false, false]);
+        // Three: below the mean of the other two.
+        assert_eq!(weaker(&[0.2, 0.5, 0.9]), vec![true, true, false]);
+        // A modality absent from the batch (infinite score) is never weaker.
+        assert_eq!(weaker(&[0.4, f64::INFINITY]), vec![true, false]);
+    }
+}

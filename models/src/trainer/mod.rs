@@ -399,6 +399,15 @@ impl<B: Backend<f32>> Trainer<B> {
                 Some(self.cfg.seed),
                 epoch,
             )?;
+            // Untimed, as in training: what a method prepares per epoch.
+            self.method.begin_epoch(&EpochCtx {
+                cfg: &self.cfg,
+                layout: &self.layout,
+                model: &self.model,
+                dataset: &self.dataset,
+                train: &self.train,
+                epoch: epoch as usize,
+            })?;
             for batch in loader {
                 if done == warmup + steps {
                     break;

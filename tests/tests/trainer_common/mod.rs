@@ -51,6 +51,9 @@ pub struct Synthetic {
     /// Test samples get other labels and pure-noise images (drawn from a
     /// separate stream, so train and validation stay bit for bit the same).
     pub scramble_test: bool,
+    /// A third modality "touch" (`[1, 4, 4]`, a class-dependent pixel under
+    /// noise, medium strength).
+    pub touch: bool,
 }
 
 impl Default for Synthetic {
@@ -63,6 +66,7 @@ impl Default for Synthetic {
             audio_missing_every: 0,
             seed: 7,
             scramble_test: false,
+            touch: false,
         }
     }
 }
@@ -127,6 +131,13 @@ impl Synthetic {
                 }
             }
         }
+        let mut touch = Vec::with_capacity(n * 16);
+        for &l in &labels {
+            for p in 0..16 {
+                let signal = if p == 5 * (l as usize % 4) { 1.2 } else { 0.0 };
+                touch.push((signal + 0.7 * rng.normal()) as f32);
+            }
+        }
         let mut labels = labels;
         if self.scramble_test {
             let mut other = Rng::new(self.seed ^ 0x5eed);
@@ -143,6 +154,14 @@ impl Synthetic {
         write_npy(dir.join("image.npy"), &[n, 1, 8, 8], &image).unwrap();
         write_npy(dir.join("audio.npy"), &[rows, 1, 6, 10], &audio).unwrap();
         write_npy(dir.join("audio_index.npy"), &[n], &index).unwrap();
+        let mut modalities = vec![
+            json!({"name": "image", "data": "image.npy"}),
+            json!({"name": "audio", "data": "audio.npy", "index": "audio_index.npy"}),
+        ];
+        if self.touch {
+            write_npy(dir.join("touch.npy"), &[n, 1, 4, 4], &touch).unwrap();
+            modalities.push(json!({"name": "touch", "data": "touch.npy"}));
+        }
         let manifest = json!({
             "format": "mla-dataset/1",
             "name": "synthetic",
@@ -150,10 +169,7 @@ impl Synthetic {
             "class_names": (0..self.classes).map(|c| c.to_string()).collect::<Vec<_>>(),
             "labels": "labels.npy",
             "split": "split.npy",
-            "modalities": [
-                {"name": "image", "data": "image.npy"},
-                {"name": "audio", "data": "audio.npy", "index": "audio_index.npy"}
-            ],
+            "modalities": modalities,
             "recipe": {"synthetic": true, "seed": self.seed}
         });
         std::fs::write(
