@@ -7,8 +7,9 @@ use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
-    AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind, ModulatedTensors,
-    OgmParams, OgmRule, OptimizerKind, PmrParams, RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
+    AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind, MmparetoParams,
+    ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, RunDir, TrainConfig,
+    Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,7 +36,7 @@ pub struct Args {
         long,
         default_value = "mla",
         conflicts_with = "resume",
-        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr"
+        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr|mmpareto"
     )]
     method: MethodKind,
     /// The modality of --method unimodal.
@@ -142,6 +143,20 @@ pub struct Args {
         conflicts_with = "resume"
     )]
     pmr_momentum: Option<f64>,
+    /// MMPareto: rescale the encoder gradient over the whole encoder
+    /// (global: keeps the no-conflict guarantee) or per tensor (the
+    /// official code). [default: global]
+    #[arg(long, value_name = "global|per-tensor", conflicts_with = "resume")]
+    mmpareto_norm_scope: Option<NormScope>,
+    /// MMPareto: encoder gradients get norm SCALE * max(|G|, |D|), > 0.
+    /// [default: 1.5, the official code's constant]
+    #[arg(
+        long,
+        value_name = "SCALE",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
+    mmpareto_scale: Option<f64>,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
     /// Train on a seeded random subset of this many train samples.
@@ -177,7 +192,7 @@ impl Args {
                 )
             }
         };
-        let (ogm, pmr) = self.method_params()?;
+        let (ogm, pmr, mmpareto) = self.method_params()?;
         let cfg = TrainConfig {
             method: self.method,
             modality: self.modality.clone(),
@@ -198,6 +213,7 @@ impl Args {
             seed: self.seed,
             ogm,
             pmr,
+            mmpareto,
             train_limit: self.train_limit,
             eval_limit: self.eval_limit,
         };
@@ -208,7 +224,10 @@ impl Args {
 
 impl Args {
     /// The method flags given, checked against `--method`.
-    fn method_params(&self) -> CliResult<(Option<OgmParams>, Option<PmrParams>)> {
+    #[allow(clippy::type_complexity)]
+    fn method_params(
+        &self,
+    ) -> CliResult<(Option<OgmParams>, Option<PmrParams>, Option<MmparetoParams>)> {
         let m = self.method;
         let given = |flags: &[(&str, bool)]| -> Vec<String> {
             flags
@@ -226,8 +245,15 @@ impl Args {
             ("pmr-alpha", self.pmr_alpha.is_some()),
             ("pmr-momentum", self.pmr_momentum.is_some()),
         ]);
+        let mmpareto_flags = given(&[
+            ("mmpareto-norm-scope", self.mmpareto_norm_scope.is_some()),
+            ("mmpareto-scale", self.mmpareto_scale.is_some()),
+        ]);
         let is_ogm = matches!(m, MethodKind::Ogm | MethodKind::OgmGe);
         let wrong = match () {
+            _ if m != MethodKind::Mmpareto && !mmpareto_flags.is_empty() => {
+                Some((mmpareto_flags, "mmpareto"))
+            }
             _ if !is_ogm && !ogm_flags.is_empty() => Some((ogm_flags, "ogm or ogm-ge")),
             _ if m != MethodKind::Pmr && !pmr_flags.is_empty() => Some((pmr_flags, "pmr")),
             _ if !is_ogm && m != MethodKind::Pmr && self.modulation_window.is_some() => {
@@ -259,7 +285,14 @@ impl Args {
                 window: self.modulation_window.unwrap_or(d.window),
             }
         });
-        Ok((ogm, pmr))
+        let mmpareto = (m == MethodKind::Mmpareto).then(|| {
+            let d = MmparetoParams::default();
+            MmparetoParams {
+                norm_scope: self.mmpareto_norm_scope.unwrap_or(d.norm_scope),
+                scale: self.mmpareto_scale.unwrap_or(d.scale),
+            }
+        });
+        Ok((ogm, pmr, mmpareto))
     }
 }
 

@@ -157,6 +157,8 @@ pub fn metrics_table(
     for (name, acc) in test.modality_accuracy.iter() {
         let label = if method.head() == HeadKind::Concat {
             format!("{name} (head slice)")
+        } else if method.head() == HeadKind::ConcatUnimodal {
+            format!("{name} (own head)")
         } else {
             name.to_string()
         };
@@ -235,6 +237,10 @@ pub fn summary_table(s: &Summary) -> String {
                 p.alpha, p.momentum, p.window
             ),
             None => "pmr".into(),
+        },
+        MethodKind::Mmpareto => match &s.mmpareto {
+            Some(p) => format!("mmpareto (norm scope {}, scale {})", p.norm_scope, p.scale),
+            None => "mmpareto".into(),
         },
     };
     let mut out = format!(

@@ -261,6 +261,38 @@ fn baselines_and_bench_run() {
     a.extend_from_slice(&["--method", "pmr", "--pmr-alpha", "2", "--encoder", "mlp"]);
     ok(&a);
     let sp = json(&pmr.join("summary.json"));
+    // MMPareto: per-modality heads are in the checkpoint and `mla eval`
+    // reproduces the summary's test numbers from it.
+    let mp = runs.join("mmpareto");
+    let mut a = train_args(s(data.path()), s(&mp), "1");
+    a.extend_from_slice(&[
+        "--method",
+        "mmpareto",
+        "--mmpareto-norm-scope",
+        "per-tensor",
+        "--encoder",
+        "mlp",
+    ]);
+    let out = ok(&a);
+    assert!(
+        out.contains("(own head)") && out.contains("norm scope per-tensor"),
+        "{out}"
+    );
+    let sm = json(&mp.join("summary.json"));
+    let e: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--checkpoint",
+        s(&mp.join("best.safetensors")),
+        "--json",
+        "--backend",
+        "cpu",
+    ]))
+    .unwrap();
+    assert_eq!(e["metrics"]["fused_accuracy"], sm["test"]["fused_accuracy"]);
+    assert_eq!(
+        e["metrics"]["modality_accuracy"],
+        sm["test"]["modality_accuracy"]
+    );
     assert_eq!(sp["pmr"]["alpha"], 2.0);
     assert_eq!(sp["pmr"]["window"]["end"], 60);
     let out = ok(&[
@@ -373,6 +405,13 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("--modulation-window"), "{e}");
     let e = run(&["--method", "ogm", "--ogm-alpha", "-1"]);
     assert!(e.contains("--ogm-alpha must be"), "{e}");
+    let e = run(&["--method", "ogm", "--mmpareto-scale", "2"]);
+    assert!(
+        e.contains("--mmpareto-scale") && e.contains("mmpareto"),
+        "{e}"
+    );
+    let e = run(&["--method", "mmpareto", "--mmpareto-scale", "0"]);
+    assert!(e.contains("--mmpareto-scale must be"), "{e}");
     let e = run(&["--method", "pmr", "--pmr-momentum", "1"]);
     assert!(e.contains("--pmr-momentum must be in [0, 1)"), "{e}");
     let e = fails(&[
@@ -393,7 +432,7 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     // Unknown names are rejected by the argument parser (exit 2) with the valid ones.
     let e = fails(&["train", "--data", d, "--method", "lazy"]);
     assert!(
-        e.contains("lazy") && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr"),
+        e.contains("lazy") && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto"),
         "{e}"
     );
     let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);

@@ -14,6 +14,9 @@ use mla_core::{Backend, Element, Var};
 use std::fmt;
 use std::str::FromStr;
 
+/// Prefix of every encoder parameter (`encoder.<modality>.<layer>...`).
+pub const ENCODER_PREFIX: &str = "encoder.";
+
 /// Width of the mlp encoder's hidden layer.
 pub const MLP_HIDDEN: usize = 256;
 /// Channels of the cnn encoder's two conv layers.
@@ -223,7 +226,7 @@ impl Encoder {
 
     /// `encoder.<modality>.`: every parameter of this encoder starts with it.
     pub fn prefix_for(modality: &str) -> String {
-        format!("encoder.{modality}.")
+        format!("{ENCODER_PREFIX}{modality}.")
     }
     pub fn prefix(&self) -> String {
         Self::prefix_for(&self.modality)

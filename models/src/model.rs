@@ -5,6 +5,9 @@
 //! - [`HeadKind::Concat`] (joint): `head.weight [C, M*s]` over the
 //!   concatenated features of all modalities (in spec order).
 //! - [`HeadKind::Single`] (unimodal): one modality, its encoder and its head.
+//! - [`HeadKind::ConcatUnimodal`] (MMPareto): the concatenation head plus one
+//!   head per modality (`heads.<modality>.weight [C, s]`, `.bias`), which
+//!   gives that modality's own logits (not a slice of the fused head).
 //!
 //! A training step puts the parameters on a tape ([`Model::track`]), runs
 //! [`Model::features`] and a logits function, and calls backward; an
@@ -23,6 +26,8 @@ pub const HEAD_WEIGHT: &str = "head.weight";
 pub const HEAD_BIAS: &str = "head.bias";
 /// Prefix of every head parameter.
 pub const HEAD_PREFIX: &str = "head.";
+/// Prefix of the per-modality heads of [`HeadKind::ConcatUnimodal`].
+pub const UNIMODAL_HEADS_PREFIX: &str = "heads.";
 /// Feature size `s` of MLA.md's AV-MNIST recipe.
 pub const DEFAULT_FEATURE_SIZE: usize = 128;
 
@@ -31,6 +36,14 @@ pub enum HeadKind {
     Shared,
     Concat,
     Single,
+    ConcatUnimodal,
+}
+
+impl HeadKind {
+    /// Whether the fused prediction is a head on the concatenated features.
+    pub fn is_concat(self) -> bool {
+        matches!(self, HeadKind::Concat | HeadKind::ConcatUnimodal)
+    }
 }
 
 /// Architecture of a model: modalities with their per-sample input shapes
@@ -71,7 +84,9 @@ impl ModelSpec {
     /// Inputs of the head: `s`, or `M * s` for the concatenation head.
     pub fn head_inputs(&self) -> usize {
         match self.head {
-            HeadKind::Concat => self.feature_size * self.modalities.len(),
+            HeadKind::Concat | HeadKind::ConcatUnimodal => {
+                self.feature_size * self.modalities.len()
+            }
             HeadKind::Shared | HeadKind::Single => self.feature_size,
         }
     }
@@ -127,6 +142,8 @@ where
     spec: ModelSpec,
     encoders: Vec<Encoder>,
     head: Linear,
+    /// [`HeadKind::ConcatUnimodal`]: one head per modality, in spec order.
+    unimodal_heads: Vec<Linear>,
     params: ParamStore<B, T>,
 }
 
@@ -141,15 +158,33 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
             .map(|((m, shape), &kind)| Encoder::new(m, kind, shape, spec.feature_size))
             .collect::<Result<Vec<_>>>()?;
         let head = Linear::new("head", spec.head_inputs(), spec.num_classes);
+        let unimodal_heads: Vec<Linear> = match spec.head {
+            HeadKind::ConcatUnimodal => spec
+                .modalities
+                .iter()
+                .map(|(m, _)| {
+                    Linear::new(
+                        format!("{UNIMODAL_HEADS_PREFIX}{m}"),
+                        spec.feature_size,
+                        spec.num_classes,
+                    )
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         let mut params = ParamStore::new(backend);
         for e in &encoders {
             e.init(&mut params, spec.init, seed)?;
         }
         head.init(&mut params, spec.init, Activation::Linear, seed)?;
+        for h in &unimodal_heads {
+            h.init(&mut params, spec.init, Activation::Linear, seed)?;
+        }
         Ok(Model {
             spec,
             encoders,
             head,
+            unimodal_heads,
             params,
         })
     }
@@ -236,7 +271,7 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         p: &TrackedParams<'t, B, T>,
         feats: &[&Var<'t, T, B>],
     ) -> Result<Var<'t, T, B>> {
-        if self.spec.head != HeadKind::Concat {
+        if !self.spec.head.is_concat() {
             return Err(ModelError::Config(
                 "joint_logits needs the concatenation head (joint model)".into(),
             ));
@@ -265,6 +300,7 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         let m = self.modality_index(modality)?;
         match self.spec.head {
             HeadKind::Shared | HeadKind::Single => self.head.forward(p, h),
+            HeadKind::ConcatUnimodal => self.unimodal_heads[m].forward(p, h),
             HeadKind::Concat => {
                 let s = self.spec.feature_size;
                 if h.dims().len() != 2 || h.dims()[1] != s {

@@ -261,6 +261,7 @@ fn every_method_learns_two_and_three_modalities() {
             MethodKind::Ogm,
             MethodKind::OgmGe,
             MethodKind::Pmr,
+            MethodKind::Mmpareto,
             MethodKind::Mla,
         ] {
             let c = TrainConfig {
@@ -291,6 +292,14 @@ fn every_method_learns_two_and_three_modalities() {
                         assert!(st.get("k_mean.touch").is_some());
                     }
                 }
+                MethodKind::Mmpareto => {
+                    let st = stats.expect("mmpareto reports cos and conflicts");
+                    // Separate backward passes: g1 != g2, so cos < 1 (with
+                    // BalanceBenchmark's accumulated gradients it is 1 exactly).
+                    let cos = st.get("cos_mean.audio").unwrap();
+                    assert!(cos < 0.999 && cos >= -1.0, "{cos}");
+                    assert!(st.get("conflict_fraction.image").is_some());
+                }
                 MethodKind::Pmr => {
                     let st = stats.expect("pmr reports its prototype steps");
                     let f = st.get("prototype_loss_fraction.audio").unwrap();
@@ -308,6 +317,7 @@ fn methods_resume_exactly() {
     let runs = TempDir::new("m-resume-runs");
     let cases = [
         cfg(MethodKind::OgmGe),
+        cfg(MethodKind::Mmpareto),
         TrainConfig {
             // Momentum so the stored prototypes matter on resume.
             pmr: Some(PmrParams {
@@ -357,6 +367,29 @@ fn methods_resume_exactly() {
         assert_eq!(params(&resumed), params(&full), "{tag}");
         assert_eq!(rs.test, fs.test, "{tag}");
     }
+}
+
+#[test]
+fn mmpareto_heads_keep_their_plain_gradients() {
+    let (_d, ds) = dataset("m-pareto", false);
+    let (_, joint) = stepped(&ds, cfg(MethodKind::Joint), 1);
+    let (w0, pareto) = stepped(&ds, cfg(MethodKind::Mmpareto), 1);
+    // The fused head gets the multimodal loss's gradient alone: the joint step.
+    for n in ["head.weight", "head.bias"] {
+        assert_eq!(pareto[n], joint[n], "{n}");
+    }
+    // Every encoder tensor and every modality's own head moved.
+    for (n, v) in &pareto {
+        if n.starts_with("encoder.") || n.starts_with("heads.") {
+            assert_ne!(v, &w0[n], "{n}");
+        }
+    }
+    assert!(pareto.contains_key("heads.audio.weight") && pareto.contains_key("heads.image.bias"));
+    // Encoders differ from the joint step (amplified by 1.5 at least).
+    assert_ne!(
+        pareto["encoder.image.fc1.weight"],
+        joint["encoder.image.fc1.weight"]
+    );
 }
 
 #[test]

@@ -24,6 +24,7 @@ pub mod forgetting;
 pub mod gradops;
 pub mod joint;
 pub mod mla;
+pub mod mmpareto;
 pub mod ogm;
 pub mod pmr;
 pub mod unimodal;
@@ -134,6 +135,7 @@ pub fn create<B: Backend<f32>>(
         MethodKind::Unimodal => Box::new(unimodal::Unimodal),
         MethodKind::Ogm | MethodKind::OgmGe => Box::new(ogm::Ogm::new(cfg, layout)?),
         MethodKind::Pmr => Box::new(pmr::Pmr::new(backend, cfg, layout)?),
+        MethodKind::Mmpareto => Box::new(mmpareto::Mmpareto::new(cfg, layout)?),
     })
 }
 

@@ -58,6 +58,7 @@ named_enum!(
         Ogm = "ogm",
         OgmGe = "ogm-ge",
         Pmr = "pmr",
+        Mmpareto = "mmpareto",
     }
 );
 
@@ -71,6 +72,7 @@ impl MethodKind {
             MethodKind::Joint | MethodKind::Ogm | MethodKind::OgmGe | MethodKind::Pmr => {
                 HeadKind::Concat
             }
+            MethodKind::Mmpareto => HeadKind::ConcatUnimodal,
         }
     }
 
@@ -172,6 +174,31 @@ impl Default for OgmParams {
     }
 }
 
+named_enum!(
+    /// MMPareto's rescaling: one factor over the whole encoder (`global`,
+    /// the default: keeps the guarantee of no conflict with either
+    /// objective) or one per tensor (`per-tensor`, the official code).
+    NormScope, "norm scope", { Global = "global", PerTensor = "per-tensor" }
+);
+
+/// MMPareto hyper-parameters (BASELINES.md section 3).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MmparetoParams {
+    pub norm_scope: NormScope,
+    /// The official code's hard-coded `gamma` = 1.5: encoder gradients have
+    /// norm `scale * max(|G|, |D|)`.
+    pub scale: f64,
+}
+
+impl Default for MmparetoParams {
+    fn default() -> Self {
+        MmparetoParams {
+            norm_scope: NormScope::Global,
+            scale: 1.5,
+        }
+    }
+}
+
 /// PMR (prototypical cross-entropy part) hyper-parameters (BASELINES.md section 5).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PmrParams {
@@ -242,6 +269,9 @@ pub struct TrainConfig {
     /// PMR parameters (`None`: the defaults; only with `--method pmr`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pmr: Option<PmrParams>,
+    /// MMPareto parameters (`None`: the defaults; only with `--method mmpareto`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmpareto: Option<MmparetoParams>,
     /// A seeded random subset of this many train samples.
     #[serde(default)]
     pub train_limit: Option<usize>,
@@ -274,6 +304,7 @@ impl Default for TrainConfig {
             seed: 0,
             ogm: None,
             pmr: None,
+            mmpareto: None,
             train_limit: None,
             eval_limit: None,
         }
@@ -286,6 +317,9 @@ impl TrainConfig {
     }
     pub fn pmr_params(&self) -> PmrParams {
         self.pmr.unwrap_or_default()
+    }
+    pub fn mmpareto_params(&self) -> MmparetoParams {
+        self.mmpareto.unwrap_or_default()
     }
 
     /// Checks what can be checked without the dataset.
@@ -347,6 +381,19 @@ impl TrainConfig {
             return Err(format!(
                 "the --pmr-* flags apply to --method pmr (got --method {})",
                 self.method
+            ));
+        }
+        if self.mmpareto.is_some() && self.method != MethodKind::Mmpareto {
+            return Err(format!(
+                "the --mmpareto-* flags apply to --method mmpareto (got --method {})",
+                self.method
+            ));
+        }
+        let mp = self.mmpareto_params();
+        if !(mp.scale.is_finite() && mp.scale > 0.0) {
+            return Err(format!(
+                "--mmpareto-scale must be a positive number, got {}",
+                mp.scale
             ));
         }
         let o = self.ogm_params();

@@ -53,7 +53,7 @@ pub fn load_model<B: Backend<f32>>(
 fn check_metadata(ckpt: &Checkpoint, cfg: &TrainConfig, layout: &ModelLayout) -> Result<()> {
     let head = ckpt.get(crate::model::HEAD_WEIGHT)?;
     let inputs = match cfg.method.head() {
-        HeadKind::Concat => layout.modalities.len(),
+        HeadKind::Concat | HeadKind::ConcatUnimodal => layout.modalities.len(),
         HeadKind::Shared | HeadKind::Single => 1,
     };
     let want = cfg
@@ -163,7 +163,7 @@ pub fn collect<B: Backend<f32>>(
     let classes = layout.num_classes;
     let s = cfg.feature_size;
     let mut per_modality = vec![Counter::default(); m_count];
-    let mut joint = (cfg.method.head() == HeadKind::Concat).then(Counter::default);
+    let mut joint = cfg.method.head().is_concat().then(Counter::default);
     let mut table = LogitTable::new(m_count, classes);
     let mut gap = GapAccumulator::new(m_count, s);
     let loader = Loader::new(

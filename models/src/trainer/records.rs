@@ -144,6 +144,9 @@ pub struct Summary {
     /// PMR: the parameters used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pmr: Option<super::config::PmrParams>,
+    /// MMPareto: the parameters used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmpareto: Option<super::config::MmparetoParams>,
     pub best_epoch: usize,
     pub epochs: usize,
     pub val: EvalMetrics,
@@ -195,6 +198,7 @@ impl Summary {
             ogm: matches!(cfg.method, MethodKind::Ogm | MethodKind::OgmGe)
                 .then(|| cfg.ogm_params()),
             pmr: (cfg.method == MethodKind::Pmr).then(|| cfg.pmr_params()),
+            mmpareto: (cfg.method == MethodKind::Mmpareto).then(|| cfg.mmpareto_params()),
             best_epoch,
             epochs: state.epochs_done,
             val: state.best_val.clone()?,
