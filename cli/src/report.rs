@@ -225,10 +225,13 @@ fn f1(x: f64) -> String {
 }
 
 /// The Shapley contributions of one split in one line (accuracy points),
-/// or why there are none.
+/// or why there are none: more than 8 modalities, or metrics recorded
+/// before Shapley values existed (a resumed old run).
 pub fn shapley_line(m: &EvalMetrics, split: &str) -> String {
     let Some(sh) = &m.shapley else {
-        return format!("  Shapley ({split}): not computed (more than 8 modalities)\n");
+        return format!(
+            "  Shapley ({split}): none recorded (computed for up to 8 modalities, by runs since issue 10)\n"
+        );
     };
     let list = |nv: &NamedValues, f: &dyn Fn(f64) -> String| {
         nv.iter()
@@ -345,7 +348,7 @@ mod tests {
         let t = metrics_table(Method::Joint, FusionRule::Auto, None, &m, "test");
         assert!(t.contains("fused macro-F1") && t.contains("0.8750"), "{t}");
         assert!(t.contains("audio macro-F1") && t.contains("0.3125"), "{t}");
-        assert!(shapley_line(&m, "test").contains("not computed"));
+        assert!(shapley_line(&m, "test").contains("none recorded"));
         m.shapley = Some(Shapley {
             removal: Removal::ZeroFeature,
             v_empty: 0.1,
