@@ -1,12 +1,15 @@
 //! `mla eval`: a checkpoint on a split of a dataset, optionally with
-//! modalities removed at test time.
+//! modalities removed at test time: accuracy and macro-F1 of the fused
+//! prediction and of each modality, and the modalities' Shapley
+//! contributions to the fused accuracy.
 
 use crate::backend::{self, BackendChoice, OnBackend};
-use crate::report::{fusion_fit_lines, metrics_table};
+use crate::report::{fusion_fit_lines, metrics_table, shapley_line};
 use crate::CliResult;
 use mla_core::Backend;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
+use mla_models::shapley::Removal;
 use mla_models::trainer::{eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +32,24 @@ impl From<SplitArg> for Split {
     }
 }
 
+/// How a modality outside a Shapley coalition is removed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RemovalArg {
+    /// Its input replaced by zeros, the encoder run on them (BalanceBenchmark).
+    ZeroInput,
+    /// Its features set to zero before the head.
+    ZeroFeature,
+}
+
+impl From<RemovalArg> for Removal {
+    fn from(r: RemovalArg) -> Removal {
+        match r {
+            RemovalArg::ZeroInput => Removal::ZeroInput,
+            RemovalArg::ZeroFeature => Removal::ZeroFeature,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 pub struct Args {
     /// A checkpoint written by `mla train` (best.safetensors or last.safetensors).
@@ -47,6 +68,11 @@ pub struct Args {
     /// on validation and stored in the checkpoint. [default: the run's]
     #[arg(long)]
     fusion: Option<FusionRule>,
+    /// Removal of a modality for the Shapley contributions to the fused
+    /// accuracy: zero-input (its input set to zeros, as BalanceBenchmark) or
+    /// zero-feature (its features set to zero before the head).
+    #[arg(long, value_enum, default_value = "zero-input")]
+    shapley_removal: RemovalArg,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -98,6 +124,7 @@ impl OnBackend for Args {
             fit: fit.clone(),
             drop: self.drop_modality.clone(),
             gap: true,
+            shapley: self.shapley_removal.into(),
         };
         let m = eval::evaluate(&model, &cfg, &layout, &dataset, &samples, &opts)?;
         let fusion = self.fusion.unwrap_or(cfg.fusion);
@@ -133,6 +160,7 @@ impl OnBackend for Args {
             if let Some(f) = &fit {
                 print!("{}", fusion_fit_lines(f));
             }
+            print!("{}", shapley_line(&m, &split.to_string()));
         }
         Ok(())
     }

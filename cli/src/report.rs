@@ -146,6 +146,13 @@ pub fn metrics_table(
         Some(test.fused_accuracy),
         pct,
     );
+    row(
+        &mut out,
+        "fused macro-F1",
+        v(&|m| Some(m.fused_macro_f1)),
+        Some(test.fused_macro_f1),
+        f1,
+    );
     if let Some(fa) = &test.fusion_accuracy {
         for (rule, acc) in fa.iter() {
             if rule != used.as_str() {
@@ -169,6 +176,10 @@ pub fn metrics_table(
             Some(acc),
             pct,
         );
+    }
+    for (name, x) in test.modality_macro_f1.iter() {
+        let vr = v(&|m| m.modality_macro_f1.get(name));
+        row(&mut out, &format!("{name} macro-F1"), vr, Some(x), f1);
     }
     let ece_rows: [(&str, fn(&EvalMetrics) -> Option<&NamedValues>); 2] = [
         ("ECE", |m| m.calibration_error.as_ref()),
@@ -210,6 +221,36 @@ pub fn metrics_table(
         |n| format!("{n:.0}"),
     );
     out
+}
+
+fn f1(x: f64) -> String {
+    format!("{x:.4}")
+}
+
+/// The Shapley contributions of one split in one line (accuracy points),
+/// or why there are none: more than 8 modalities, or metrics recorded
+/// before Shapley values existed (a resumed old run).
+pub fn shapley_line(m: &EvalMetrics, split: &str) -> String {
+    let Some(sh) = &m.shapley else {
+        return format!(
+            "  Shapley ({split}): none recorded (computed for up to 8 modalities, by runs since issue 10)\n"
+        );
+    };
+    let list = |nv: &NamedValues, f: &dyn Fn(f64) -> String| {
+        nv.iter()
+            .map(|(n, v)| format!("{n} {}", f(v)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let points = |x: f64| format!("{:+.2}", 100.0 * x);
+    format!(
+        "  Shapley ({split}, {} removal, fused accuracy points): {}; v(none) {}, v(all) {}; per-sample mean |phi| {}\n",
+        sh.removal,
+        list(&sh.dataset, &points),
+        pct(sh.v_empty),
+        pct(sh.v_full),
+        list(&sh.per_sample_mean_abs, &|x| format!("{x:.3}")),
+    )
 }
 
 pub fn summary_table(s: &Summary) -> String {
@@ -257,6 +298,7 @@ pub fn summary_table(s: &Summary) -> String {
     if let Some(f) = &s.fusion_fit {
         out.push_str(&fusion_fit_lines(f));
     }
+    out.push_str(&shapley_line(&s.test, "test"));
     if !s.hgm_surviving_fraction.is_empty() {
         let f: Vec<String> = s
             .hgm_surviving_fraction
@@ -303,4 +345,49 @@ pub fn fusion_fit_lines(f: &FusionFit) -> String {
         list(&f.weights_entropy),
         f.chosen
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mla_models::shapley::{Removal, Shapley};
+
+    fn nv(pairs: &[(&str, f64)]) -> NamedValues {
+        NamedValues(pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect())
+    }
+
+    #[test]
+    fn tables_show_macro_f1_and_shapley() {
+        let mut m = EvalMetrics {
+            samples: 10,
+            fused_accuracy: 0.9,
+            fused_macro_f1: 0.875,
+            modality_accuracy: nv(&[("image", 0.8), ("audio", 0.4)]),
+            modality_macro_f1: nv(&[("image", 0.75), ("audio", 0.3125)]),
+            ..EvalMetrics::default()
+        };
+        let t = metrics_table(MethodKind::Joint, FusionRule::Auto, None, &m, "test");
+        assert!(t.contains("fused macro-F1") && t.contains("0.8750"), "{t}");
+        assert!(t.contains("audio macro-F1") && t.contains("0.3125"), "{t}");
+        assert!(shapley_line(&m, "test").contains("none recorded"));
+        m.shapley = Some(Shapley {
+            removal: Removal::ZeroFeature,
+            v_empty: 0.1,
+            v_full: 0.9,
+            dataset: nv(&[("image", 0.6), ("audio", 0.2)]),
+            per_sample_mean: nv(&[("image", 0.6), ("audio", 0.2)]),
+            per_sample_mean_abs: nv(&[("image", 0.7), ("audio", 0.25)]),
+        });
+        let line = shapley_line(&m, "test");
+        for want in [
+            "zero-feature",
+            "image +60.00",
+            "audio +20.00",
+            "v(none) 10.00%",
+            "v(all) 90.00%",
+            "audio 0.250",
+        ] {
+            assert!(line.contains(want), "{want}: {line}");
+        }
+    }
 }

@@ -1,7 +1,8 @@
 //! Evaluation metrics computed on the host from logits and features read back
-//! once per evaluation batch: accuracy, mean cross-entropy, and the modality
-//! gap (MLA.md: distance between the modalities' centroids of L2-normalised
-//! features). What one evaluation pass reports is `trainer::EvalMetrics`.
+//! once per evaluation batch: accuracy, mean cross-entropy, macro-F1 (from a
+//! confusion matrix), and the modality gap (MLA.md: distance between the
+//! modalities' centroids of L2-normalised features). What one evaluation pass
+//! reports is `trainer::EvalMetrics`; Shapley contributions are in `shapley`.
 
 use serde::de::{MapAccess, Visitor};
 use serde::ser::SerializeMap;
@@ -58,6 +59,109 @@ impl Counter {
 
     pub fn mean_loss(&self) -> Option<f64> {
         (self.total > 0).then(|| self.loss_sum / self.total as f64)
+    }
+}
+
+/// A `classes x classes` confusion matrix (rows: label, columns: prediction),
+/// kept next to a [`Counter`] for the macro-F1 of one predictor. It is a
+/// separate type so that `Counter` stays a small `Copy` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Confusion {
+    classes: usize,
+    /// `[label * classes + predicted]`.
+    counts: Vec<u64>,
+}
+
+impl Confusion {
+    pub fn new(classes: usize) -> Self {
+        Confusion {
+            classes,
+            counts: vec![0; classes * classes],
+        }
+    }
+
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Counts one prediction. Labels and predictions come from the dataset
+    /// (checked when it is opened) and from an argmax over `classes` logits,
+    /// so one out of range is a bug of the caller, reported as such.
+    pub fn add(&mut self, label: usize, predicted: usize) {
+        assert!(
+            label < self.classes && predicted < self.classes,
+            "confusion matrix of {} classes given label {label}, prediction {predicted}",
+            self.classes
+        );
+        self.counts[label * self.classes + predicted] += 1;
+    }
+
+    /// Counts the argmax of one `[classes]` row of logits (as [`Counter::add_row`]).
+    pub fn add_row(&mut self, logits: &[f32], label: usize) {
+        self.add(label, argmax(logits));
+    }
+
+    /// Adds another matrix of the same size (e.g. of another batch).
+    pub fn merge(&mut self, other: &Confusion) {
+        assert_eq!(self.classes, other.classes, "merging confusion matrices");
+        self.counts
+            .iter_mut()
+            .zip(&other.counts)
+            .for_each(|(a, b)| *a += b);
+    }
+
+    pub fn count(&self, label: usize, predicted: usize) -> u64 {
+        self.counts[label * self.classes + predicted]
+    }
+
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// `trace / total`; `None` when empty.
+    pub fn accuracy(&self) -> Option<f64> {
+        let total = self.total();
+        let trace: u64 = (0..self.classes).map(|c| self.count(c, c)).sum();
+        (total > 0).then(|| trace as f64 / total as f64)
+    }
+
+    /// F1 of each class (BASELINES.md section 11): `TP = CM[c,c]`,
+    /// `FP = colsum - TP`, `FN = rowsum - TP`; precision and recall are 0
+    /// when their denominator is 0, and F1 is 0 when `P + R = 0`.
+    pub fn per_class_f1(&self) -> Vec<f64> {
+        let c = self.classes;
+        (0..c)
+            .map(|k| {
+                let tp = self.count(k, k);
+                let row: u64 = (0..c).map(|p| self.count(k, p)).sum();
+                let col: u64 = (0..c).map(|l| self.count(l, k)).sum();
+                let ratio = |num: u64, den: u64| {
+                    if den == 0 {
+                        0.0
+                    } else {
+                        num as f64 / den as f64
+                    }
+                };
+                let (p, r) = (ratio(tp, col), ratio(tp, row));
+                if p + r == 0.0 {
+                    0.0
+                } else {
+                    2.0 * p * r / (p + r)
+                }
+            })
+            .collect()
+    }
+
+    /// Mean F1 over all `classes` classes, a class absent from both labels
+    /// and predictions counting 0: sklearn's
+    /// `f1_score(labels=range(C), average='macro', zero_division=0)`, and
+    /// BalanceBenchmark's macro-F1 (LFM's official code instead leaves such
+    /// classes out). `None` when nothing was counted.
+    pub fn macro_f1(&self) -> Option<f64> {
+        if self.total() == 0 || self.classes == 0 {
+            return None;
+        }
+        Some(self.per_class_f1().iter().sum::<f64>() / self.classes as f64)
     }
 }
 
@@ -205,6 +309,115 @@ mod tests {
         same.add(1, &[2.0, 4.0, 6.0, 0.0, 0.0, 0.0]);
         assert!(same.gap().unwrap().abs() < 1e-12);
         assert_eq!(GapAccumulator::new(2, 3).gap(), None);
+    }
+
+    /// Macro-F1 written directly from the definition, sample by sample,
+    /// without a confusion matrix.
+    fn naive_macro_f1(y: &[usize], yhat: &[usize], classes: usize) -> f64 {
+        let mut sum = 0.0;
+        for c in 0..classes {
+            let tp = y
+                .iter()
+                .zip(yhat)
+                .filter(|&(&a, &b)| a == c && b == c)
+                .count() as f64;
+            let fp = y
+                .iter()
+                .zip(yhat)
+                .filter(|&(&a, &b)| a != c && b == c)
+                .count() as f64;
+            let fneg = y
+                .iter()
+                .zip(yhat)
+                .filter(|&(&a, &b)| a == c && b != c)
+                .count() as f64;
+            let p = if tp + fp > 0.0 { tp / (tp + fp) } else { 0.0 };
+            let r = if tp + fneg > 0.0 {
+                tp / (tp + fneg)
+            } else {
+                0.0
+            };
+            sum += if p + r > 0.0 {
+                2.0 * p * r / (p + r)
+            } else {
+                0.0
+            };
+        }
+        sum / classes as f64
+    }
+
+    #[test]
+    fn macro_f1_of_a_hand_computed_case() {
+        // Class 0: P = R = 1/2, F1 = 1/2. Class 1: P = 2/3, R = 1, F1 = 0.8.
+        // Class 2: never predicted, missed once: 0. Class 3: absent: 0.
+        let mut cm = Confusion::new(4);
+        for (y, p) in [(0, 0), (0, 1), (1, 1), (1, 1), (2, 0)] {
+            cm.add(y, p);
+        }
+        let f1 = cm.per_class_f1();
+        assert!((f1[0] - 0.5).abs() < 1e-15 && (f1[1] - 0.8).abs() < 1e-15);
+        assert_eq!((f1[2], f1[3]), (0.0, 0.0));
+        assert!((cm.macro_f1().unwrap() - 0.325).abs() < 1e-15);
+        assert_eq!(cm.accuracy(), Some(0.6));
+        assert_eq!(Confusion::new(4).macro_f1(), None);
+        // Perfect predictions of every class give 1; of only some classes
+        // the absent ones pull the mean down.
+        let mut perfect = Confusion::new(2);
+        perfect.add(0, 0);
+        perfect.add(1, 1);
+        assert_eq!(perfect.macro_f1(), Some(1.0));
+        let mut partial = Confusion::new(3);
+        partial.add(0, 0);
+        partial.add(1, 1);
+        assert!((partial.macro_f1().unwrap() - 2.0 / 3.0).abs() < 1e-15);
+    }
+
+    #[test]
+    fn macro_f1_matches_the_definition_on_random_predictions() {
+        let mut rng = crate::rng::Rng::new(11);
+        for trial in 0..200 {
+            let classes = 2 + rng.below(6);
+            let n = 1 + rng.below(60);
+            // Class `classes - 1` never occurs in labels or predictions, so
+            // it must count as F1 = 0 in the mean.
+            let absent = classes - 1;
+            let y: Vec<usize> = (0..n).map(|_| rng.below(absent)).collect();
+            let yhat: Vec<usize> = y
+                .iter()
+                .map(|&l| {
+                    if rng.uniform() < 0.5 {
+                        l
+                    } else {
+                        rng.below(absent)
+                    }
+                })
+                .collect();
+            let mut one = Confusion::new(classes);
+            // Per-batch matrices merged, and row-by-row argmax counting.
+            let mut merged = Confusion::new(classes);
+            let mut rows = Confusion::new(classes);
+            let batch = 1 + rng.below(7);
+            for (k, chunk) in y.chunks(batch).enumerate() {
+                let mut b = Confusion::new(classes);
+                for (j, &l) in chunk.iter().enumerate() {
+                    let p = yhat[k * batch + j];
+                    b.add(l, p);
+                    one.add(l, p);
+                    let mut logits = vec![0.0f32; classes];
+                    logits[p] = 1.0;
+                    rows.add_row(&logits, l);
+                }
+                merged.merge(&b);
+            }
+            let want = naive_macro_f1(&y, &yhat, classes);
+            let got = one.macro_f1().unwrap();
+            assert!((got - want).abs() < 1e-12, "trial {trial}: {got} vs {want}");
+            assert_eq!(merged, one, "trial {trial}: per-batch accumulation");
+            assert_eq!(rows, one, "trial {trial}: add_row");
+            assert_eq!(one.per_class_f1()[absent], 0.0);
+            let acc = y.iter().zip(&yhat).filter(|(a, b)| a == b).count() as f64 / n as f64;
+            assert_eq!(one.accuracy(), Some(acc));
+        }
     }
 
     #[test]

@@ -301,20 +301,35 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         match self.spec.head {
             HeadKind::Shared | HeadKind::Single => self.head.forward(p, h),
             HeadKind::ConcatUnimodal => self.unimodal_heads[m].forward(p, h),
-            HeadKind::Concat => {
-                let s = self.spec.feature_size;
-                if h.dims().len() != 2 || h.dims()[1] != s {
-                    return Err(ModelError::BadInput {
-                        what: format!("slice logits of modality '{modality}'"),
-                        why: format!("expected features [batch, {s}]"),
-                        shape: h.dims().to_vec(),
-                    });
-                }
-                let w = p.get(HEAD_WEIGHT)?.narrow(1, m * s, s)?;
-                let b = p.get(HEAD_BIAS)?.scale(1.0 / self.encoders.len() as f64)?;
-                Ok(h.matmul_t(&w, false, true)?.add(&b)?)
-            }
+            HeadKind::Concat => self.slice_logits(p, modality, h),
         }
+    }
+
+    /// A concatenation head's slice of one modality: `W_m h + b / M`, so the
+    /// slices of all modalities sum to the fused logits (up to rounding).
+    pub fn slice_logits<'t>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        modality: &str,
+        h: &Var<'t, T, B>,
+    ) -> Result<Var<'t, T, B>> {
+        let m = self.modality_index(modality)?;
+        if !self.spec.head.is_concat() {
+            return Err(ModelError::Config(format!(
+                "slice logits of modality '{modality}' need a concatenation head"
+            )));
+        }
+        let s = self.spec.feature_size;
+        if h.dims().len() != 2 || h.dims()[1] != s {
+            return Err(ModelError::BadInput {
+                what: format!("slice logits of modality '{modality}'"),
+                why: format!("expected features [batch, {s}]"),
+                shape: h.dims().to_vec(),
+            });
+        }
+        let w = p.get(HEAD_WEIGHT)?.narrow(1, m * s, s)?;
+        let b = p.get(HEAD_BIAS)?.scale(1.0 / self.encoders.len() as f64)?;
+        Ok(h.matmul_t(&w, false, true)?.add(&b)?)
     }
 }
 

@@ -9,10 +9,11 @@ use super::records::EvalMetrics;
 use super::{named, Result, TrainError};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Dataset, Loader};
-use crate::fusion::{calibration_errors, FusionFit, LogitTable};
+use crate::fusion::{calibration_errors, Fusion, FusionFit, LogitTable};
 use crate::methods::upload;
-use crate::metrics::{Counter, GapAccumulator, NamedValues};
-use crate::model::{scatter_rows, HeadKind, Model};
+use crate::metrics::{argmax, Confusion, Counter, GapAccumulator, NamedValues};
+use crate::model::{scatter_rows, HeadKind, Model, HEAD_BIAS};
+use crate::shapley::{self, Removal, Shapley, ShapleyValues};
 use mla_core::{Backend, Tape, Tensor};
 use std::sync::Arc;
 
@@ -87,6 +88,8 @@ pub struct EvalOptions {
     pub drop: Vec<String>,
     /// Compute the modality gap.
     pub gap: bool,
+    /// How modalities are removed for the Shapley values in the metrics.
+    pub shapley: Removal,
 }
 
 /// What one pass over a split leaves on the host: per-modality logits of
@@ -94,9 +97,33 @@ pub struct EvalOptions {
 /// and joint-head counters, the modality gap.
 pub struct SplitOutputs {
     pub table: LogitTable,
+    /// With own per-modality heads (MMPareto), the concat head's slice
+    /// logits, which the Shapley coalitions of the fused head use.
+    slices: Option<LogitTable>,
     per_modality: Vec<Counter>,
     joint: Option<Counter>,
     gap: Option<f64>,
+    /// Confusion matrices next to `per_modality` and `joint`, for macro-F1.
+    per_modality_confusion: Vec<Confusion>,
+    joint_confusion: Option<Confusion>,
+    head: HeadKind,
+    removed: Removed,
+    removal: Removal,
+}
+
+/// What stands in for a removed modality in a Shapley coalition, per
+/// modality: the logit row the model gives it under each removal rule. The
+/// encoders are per sample (no batch statistics), so `h_m(0)` is one
+/// constant vector and one zero sample per modality gives the row exactly.
+struct Removed {
+    /// `head(h_m(0))`; for a concat head the slice `W_m h_m(0) + b / M`.
+    zero_input: Vec<Vec<f32>>,
+    /// `head(0) = b`; for a concat head the slice of zero features, `b / M`.
+    zero_feature: Vec<Vec<f32>>,
+    /// A concat head's bias `b` and `b / M`: each slice row carries `b / M`,
+    /// and a modality missing from a sample contributes zero features, so
+    /// the head's logits are `b + sum over present m of (slice_m - b / M)`.
+    concat_bias: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 /// The fusion fit stored in `ckpt`, checked against the model's modalities;
@@ -164,7 +191,11 @@ pub fn collect<B: Backend<f32>>(
     let s = cfg.feature_size;
     let mut per_modality = vec![Counter::default(); m_count];
     let mut joint = cfg.method.head().is_concat().then(Counter::default);
+    let mut per_modality_confusion = vec![Confusion::new(classes); m_count];
+    let mut joint_confusion = joint.is_some().then(|| Confusion::new(classes));
     let mut table = LogitTable::new(m_count, classes);
+    let mut slices =
+        (model.spec().head == HeadKind::ConcatUnimodal).then(|| LogitTable::new(m_count, classes));
     let mut gap = GapAccumulator::new(m_count, s);
     let loader = Loader::new(
         dataset.clone(),
@@ -180,6 +211,9 @@ pub fn collect<B: Backend<f32>>(
         // Per modality: (row of each batch position or None, host logits).
         let mut rows_of: Vec<Vec<Option<usize>>> = vec![vec![None; n]; m_count];
         let mut logits_of: Vec<Vec<f32>> = vec![Vec::new(); m_count];
+        // Own per-modality heads (MMPareto): the concat head's slices as well,
+        // for the Shapley coalitions of the fused head.
+        let mut slices_of: Vec<Vec<f32>> = vec![Vec::new(); m_count];
         let tape = Tape::no_grad(&backend);
         let p = model.track(&tape, |_| false);
         let mut feats = Vec::with_capacity(m_count);
@@ -224,12 +258,17 @@ pub fn collect<B: Backend<f32>>(
             }
             for (k, &pos) in mb.present.iter().enumerate() {
                 rows_of[mi][pos] = Some(k);
-                per_modality[mi].add_row(
+                let (row, label) = (
                     &z[k * classes..(k + 1) * classes],
                     batch.labels[pos] as usize,
                 );
+                per_modality[mi].add_row(row, label);
+                per_modality_confusion[mi].add_row(row, label);
             }
             logits_of[mi] = z;
+            if slices.is_some() {
+                slices_of[mi] = model.slice_logits(&p, name, &h)?.into_value().to_vec()?;
+            }
             feats.push(Some((h, mb.present.as_slice())));
         }
         let present = |pos: usize| (0..m_count).any(|mi| rows_of[mi][pos].is_some());
@@ -253,10 +292,14 @@ pub fn collect<B: Backend<f32>>(
                 "the model diverged or its weights are corrupt",
             )?;
             for pos in (0..n).filter(|&pos| present(pos)) {
-                counter.add_row(
+                let (row, label) = (
                     &j[pos * classes..(pos + 1) * classes],
                     batch.labels[pos] as usize,
                 );
+                counter.add_row(row, label);
+                if let Some(cm) = joint_confusion.as_mut() {
+                    cm.add_row(row, label);
+                }
             }
         }
         // Samples with something left to predict from (a dropped or missing
@@ -266,14 +309,79 @@ pub fn collect<B: Backend<f32>>(
                 .map(|mi| rows_of[mi][pos].map(|k| &logits_of[mi][k * classes..(k + 1) * classes]))
                 .collect();
             table.push(batch.labels[pos] as usize, &rows)?;
+            if let Some(t) = slices.as_mut() {
+                let rows: Vec<Option<&[f32]>> = (0..m_count)
+                    .map(|mi| {
+                        rows_of[mi][pos].map(|k| &slices_of[mi][k * classes..(k + 1) * classes])
+                    })
+                    .collect();
+                t.push(batch.labels[pos] as usize, &rows)?;
+            }
         }
         first += n;
     }
     Ok(SplitOutputs {
         table,
+        slices,
         per_modality,
         joint,
         gap: if opts.gap { gap.gap() } else { None },
+        per_modality_confusion,
+        joint_confusion,
+        head: model.spec().head,
+        removed: removed_rows(model, layout, s)?,
+        removal: opts.shapley,
+    })
+}
+
+/// The removal rows of every modality: one forward of a single all-zero
+/// input and one head on zero features, instead of a pass over the split
+/// per coalition.
+fn removed_rows<B: Backend<f32>>(
+    model: &Model<B>,
+    layout: &ModelLayout,
+    feature_size: usize,
+) -> Result<Removed> {
+    let backend = model.params().backend().clone();
+    let tape = Tape::no_grad(&backend);
+    let p = model.track(&tape, |_| false);
+    let mut zero_input = Vec::with_capacity(layout.modalities.len());
+    let mut zero_feature = Vec::with_capacity(layout.modalities.len());
+    for (name, shape) in layout.modalities.iter().zip(&layout.shapes) {
+        let numel: usize = shape.iter().product();
+        let x = tape.constant(upload(&backend, &vec![0.0; numel], 1, shape)?);
+        let h = model.features(&p, name, &x)?;
+        let zeros = tape.constant(Tensor::zeros(&backend, [1, feature_size])?);
+        let logits = |h: &mla_core::Var<'_, f32, B>| -> Result<Vec<f32>> {
+            let z = match model.spec().head.is_concat() {
+                true => model.slice_logits(&p, name, h)?,
+                false => model.modality_logits(&p, name, h)?,
+            };
+            Ok(z.into_value().to_vec()?)
+        };
+        let (zi, zf) = (logits(&h)?, logits(&zeros)?);
+        if zi.iter().chain(&zf).any(|v| !v.is_finite()) {
+            return Err(TrainError::Config(format!(
+                "non-finite logit of modality {name} on an all-zero input or zero features (the Shapley removal): the weights are corrupt"
+            )));
+        }
+        zero_input.push(zi);
+        zero_feature.push(zf);
+    }
+    let concat_bias = match model.spec().head.is_concat() {
+        true => {
+            let b = model.params().get(HEAD_BIAS)?.to_vec()?;
+            // The same f32 rounding as the device's `b / M` in the slices.
+            let m = layout.modalities.len() as f64;
+            let share = b.iter().map(|&v| (v as f64 * (1.0 / m)) as f32).collect();
+            Some((b, share))
+        }
+        false => None,
+    };
+    Ok(Removed {
+        zero_input,
+        zero_feature,
+        concat_bias,
     })
 }
 
@@ -317,6 +425,15 @@ impl SplitOutputs {
         let fused_accuracy = fused.accuracy().ok_or_else(|| {
             TrainError::Config("no sample has a modality left to evaluate".into())
         })?;
+        let fused_confusion = match &self.joint_confusion {
+            Some(c) => c.clone(),
+            None => self.fused_confusion(&self.fusion_of(rule, fit)?)?,
+        };
+        // A diagnostic must not fail a run: past 8 modalities (2^M
+        // coalitions) there is simply no Shapley record.
+        let shapley = (layout.modalities.len() <= shapley::MAX_MODALITIES)
+            .then(|| self.shapley(layout, self.removal, rule, fit))
+            .transpose()?;
         let mut fusion_accuracy = None;
         let (mut ece, mut ece_cal) = (None, None);
         if is_mla {
@@ -342,15 +459,157 @@ impl SplitOutputs {
             samples: fused.total,
             fused_accuracy,
             loss: fused.mean_loss().unwrap_or(f64::NAN),
+            fused_macro_f1: fused_confusion.macro_f1().unwrap_or(0.0),
             fusion_rule: is_mla.then(|| rule.concrete(fit)),
             fusion_accuracy,
             modality_accuracy: named(
                 &layout.modalities,
                 self.per_modality.iter().map(Counter::accuracy).collect(),
             ),
+            modality_macro_f1: named(
+                &layout.modalities,
+                self.per_modality_confusion
+                    .iter()
+                    .map(Confusion::macro_f1)
+                    .collect(),
+            ),
             calibration_error: ece,
             calibration_error_calibrated: ece_cal,
             modality_gap: self.gap,
+            shapley,
         })
+    }
+
+    /// The per-modality fusion behind the fused prediction: the run's rule
+    /// (shared head), the one modality's logits (single head); unused for
+    /// the concat head, whose logits come from its slices.
+    fn fusion_of(&self, rule: FusionRule, fit: Option<&FusionFit>) -> Result<Fusion> {
+        Ok(match self.head {
+            HeadKind::Shared => rule.resolve(fit)?,
+            HeadKind::Single | HeadKind::Concat | HeadKind::ConcatUnimodal => {
+                FusionRule::Mean.resolve(None)?
+            }
+        })
+    }
+
+    /// Sample `i`'s fused prediction from its per-modality rows (`rows[m]`
+    /// `None` where absent): `fusion` of the rows, or for the concat head
+    /// `b + sum_m (slice_m - b)`, the head on the concatenated features.
+    /// The fused row goes through f32 like [`LogitTable::score`], so that
+    /// ties resolve as in the reported accuracy.
+    fn predict(
+        &self,
+        rows: &[Option<&[f32]>],
+        fusion: &Fusion,
+        out: &mut [f64],
+    ) -> crate::Result<usize> {
+        match &self.removed.concat_bias {
+            Some((b, share)) => {
+                out.iter_mut().zip(b).for_each(|(o, &b)| *o = b as f64);
+                for z in rows.iter().flatten() {
+                    for ((o, &v), &bias) in out.iter_mut().zip(*z).zip(share) {
+                        *o += v as f64 - bias as f64;
+                    }
+                }
+            }
+            None => {
+                let mut w = vec![0.0; rows.len()];
+                fusion.combine(rows, out, &mut w)?;
+            }
+        }
+        let row: Vec<f32> = out.iter().map(|&o| o as f32).collect();
+        Ok(argmax(&row))
+    }
+
+    /// The per-modality rows the fused head is rebuilt from: the table, or
+    /// the slices where the table holds own per-modality heads.
+    fn coalition_table(&self) -> &LogitTable {
+        self.slices.as_ref().unwrap_or(&self.table)
+    }
+
+    /// Confusion matrix of the fused prediction over the table.
+    fn fused_confusion(&self, fusion: &Fusion) -> crate::Result<Confusion> {
+        let mut cm = Confusion::new(self.table.classes());
+        let mut out = vec![0.0; self.table.classes()];
+        for i in 0..self.table.len() {
+            let p = self.predict(&self.table.rows(i), fusion, &mut out)?;
+            cm.add(self.table.label(i), p);
+        }
+        Ok(cm)
+    }
+
+    /// Correctness of every table sample's fused prediction when only the
+    /// modalities in `mask` are kept: a removed modality's row is replaced
+    /// by its `removal` row; a modality absent from a sample (missing or
+    /// dropped) stays absent in every coalition, so it contributes nothing
+    /// to that sample.
+    fn coalition_correct(
+        &self,
+        mask: usize,
+        removal: Removal,
+        fusion: &Fusion,
+    ) -> crate::Result<Vec<bool>> {
+        let replacement = match removal {
+            Removal::ZeroInput => &self.removed.zero_input,
+            Removal::ZeroFeature => &self.removed.zero_feature,
+        };
+        let mut out = vec![0.0; self.coalition_table().classes()];
+        (0..self.coalition_table().len())
+            .map(|i| {
+                let rows: Vec<Option<&[f32]>> = self
+                    .coalition_table()
+                    .rows(i)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(m, r)| {
+                        r.map(|z| {
+                            if mask & (1 << m) != 0 {
+                                z
+                            } else {
+                                replacement[m].as_slice()
+                            }
+                        })
+                    })
+                    .collect();
+                Ok(self.predict(&rows, fusion, &mut out)? == self.coalition_table().label(i))
+            })
+            .collect()
+    }
+
+    /// Exact Shapley values of the modalities for the fused accuracy, over
+    /// every scored sample of the split, with `removal` (see
+    /// [`crate::shapley`]). MLA: the removed modality's logits are replaced
+    /// and `rule` (resolved with `fit`) fuses them; joint: the concat head
+    /// on `h_m(0)` (zero-input) or 0 (zero-feature) for the removed
+    /// modalities (MMPareto: rebuilt from the slices, not the own heads);
+    /// unimodal: `phi = v(M) - v(empty)`. Host work only.
+    /// The joint's coalition logits are recomputed on the host in f64 from
+    /// the slice logits, so `v(M)` can differ from the device head's fused
+    /// accuracy where a sample's top two logits tie to float rounding.
+    pub fn shapley_values(
+        &self,
+        removal: Removal,
+        rule: FusionRule,
+        fit: Option<&FusionFit>,
+    ) -> Result<ShapleyValues> {
+        let fusion = self.fusion_of(rule, fit)?;
+        Ok(shapley::shapley(
+            self.coalition_table().modalities(),
+            self.coalition_table().len(),
+            |mask| self.coalition_correct(mask, removal, &fusion),
+        )?)
+    }
+
+    /// [`Self::shapley_values`] as the record of a summary.
+    pub fn shapley(
+        &self,
+        layout: &ModelLayout,
+        removal: Removal,
+        rule: FusionRule,
+        fit: Option<&FusionFit>,
+    ) -> Result<Shapley> {
+        Ok(self
+            .shapley_values(removal, rule, fit)?
+            .record(removal, &layout.modalities))
     }
 }

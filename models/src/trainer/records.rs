@@ -4,6 +4,7 @@
 use super::config::{FusionRule, HgmMode, MethodKind, TrainConfig};
 use crate::fusion::FusionFit;
 use crate::metrics::NamedValues;
+use crate::shapley::Shapley;
 use serde::{Deserialize, Serialize};
 
 /// Metrics of one evaluation pass over a split.
@@ -16,6 +17,10 @@ pub struct EvalMetrics {
     pub fused_accuracy: f64,
     /// Mean cross-entropy of the fused logits.
     pub loss: f64,
+    /// Macro-F1 of the fused prediction (mean over all classes, see
+    /// `metrics::Confusion::macro_f1`); 0 in summaries written before it.
+    #[serde(default)]
+    pub fused_macro_f1: f64,
     /// MLA only: the concrete rule behind `fused_accuracy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fusion_rule: Option<FusionRule>,
@@ -25,6 +30,9 @@ pub struct EvalMetrics {
     pub fusion_accuracy: Option<NamedValues>,
     /// Each modality's accuracy alone, over the samples where it is present.
     pub modality_accuracy: NamedValues,
+    /// Each modality's macro-F1 alone, over the same samples.
+    #[serde(default)]
+    pub modality_macro_f1: NamedValues,
     /// MLA only: each modality's expected calibration error (15 bins) as trained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub calibration_error: Option<NamedValues>,
@@ -35,6 +43,10 @@ pub struct EvalMetrics {
     /// (`None` with a single modality or when not computed for this split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modality_gap: Option<f64>,
+    /// Shapley contributions of the modalities to the fused accuracy
+    /// (`shapley` module); `None` with more than 8 modalities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shapley: Option<Shapley>,
 }
 
 /// How much the shared head forgot the other modalities over one modality
