@@ -3,7 +3,9 @@
 #   scripts/results_jobs.sh DS_ROOT    (DS_ROOT/default and DS_ROOT/pca75 prepared)
 # Set A: the reference settings (10,000-sample train subset, 3 epochs); set B:
 # the full training split, 8 epochs; set C: the full training split, 3 epochs
-# (the README's main job), for the fusion rules and the HGM ablation. 3 seeds,
+# (the README's main job), for the fusion rules and the HGM ablation; set D:
+# the balancing methods next to MLA and joint on the set A setting (each
+# method's documented defaults, SGD lr 0.01 momentum 0.9 for all). 3 seeds,
 # both recipes.
 set -eu
 ds_root=$1
@@ -33,3 +35,15 @@ for m in "mla-owm-a1e4 --method mla --hgm owm --alpha 10000" "mla-none --method 
     echo "C-$ds-$name-s$seed --data $ds_root/$ds --epochs 3 --seed $seed $*"
   done; done
 done
+balancing=(
+  "joint --method joint"
+  "mla --method mla"
+  "ogm --method ogm"
+  "ogm-ge --method ogm-ge"
+  "pmr --method pmr"
+  "mmpareto --method mmpareto"
+)
+for ds in default pca75; do for seed in 0 1 2; do for m in "${balancing[@]}"; do
+  set -- $m; name=$1; shift
+  echo "D-$ds-$name-s$seed --data $ds_root/$ds --train-limit 10000 --epochs 3 --seed $seed $*"
+done; done; done

@@ -45,7 +45,7 @@ def main(paths):
     runs = [json.loads(l) for path in paths for l in open(path) if l.strip()]
     # A run cut off by a job's time limit (fewer epochs than its setting) is
     # not a result; the same run completed elsewhere is.
-    runs = [r for r in runs if r["epochs"] == {"A": 3, "B": 8, "C": 3}[r["run"].split("-")[0]]]
+    runs = [r for r in runs if r["epochs"] == {"A": 3, "B": 8, "C": 3, "D": 3}[r["run"].split("-")[0]]]
     names = [r["run"] for r in runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -56,6 +56,8 @@ def main(paths):
         groups[(setting, recipe, "-".join(name))].append(r)
     for recipe in ["default", "pca75"]:
         fusion_table(groups, recipe)
+    for recipe in ["default", "pca75"]:
+        methods_table(groups, recipe)
     for setting, title in [("A", "10,000-sample train subset, 3 epochs"), ("B", "full train split (55,000), 8 epochs")]:
         for recipe in ["default", "pca75"]:
             print(f"\n#### {title}, recipe `{recipe}`\n")
@@ -108,6 +110,38 @@ def fusion_table(groups, recipe):
         print(f"| {label} | {len(rs)} | {fmt(fused)} | {', '.join(chose) if fa('entropy') else '-'} | " + " | ".join(cells) +
               f" | {fmt(mod('image'))} | {fmt(mod('audio'))} | {fmt(best)} | {fmt(diff, 100.0, 2)} | {ece_cell} | "
               f"{fmt(forget, 1000.0, 2)} | {fmt(kept, 1.0, 3)} |")
+
+
+METHODS = [
+    ("joint", "joint (concat)"),
+    ("mla", "MLA (hgm owm, alpha 1e4, fusion auto)"),
+    ("ogm", "OGM (alpha 0.8)"),
+    ("ogm-ge", "OGM-GE (alpha 0.8)"),
+    ("pmr", "PMR, PCE (alpha 1.0)"),
+    ("mmpareto", "MMPareto (global norm scope)"),
+]
+
+
+def methods_table(groups, recipe):
+    """Set D: the balancing methods on the same setting: fused accuracy and
+    macro-F1, each modality alone, test Shapley contributions (zeroed input,
+    accuracy points), best epoch on validation, step-time cost."""
+    rows = [(k, l) for k, l in METHODS if groups.get(("D", recipe, k))]
+    if not rows:
+        return
+    print(f"\n#### 10,000-sample train subset, 3 epochs, recipe `{recipe}`: balancing methods\n")
+    print("| method | seeds | fused | fused macro-F1 | image alone | audio alone | Shapley image | Shapley audio | v(none) | train s/epoch |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for key, label in rows:
+        rs = groups[("D", recipe, key)]
+        t = [r["test"] for r in rs]
+        mod = lambda name: [x["modality_accuracy"][name] for x in t if name in x["modality_accuracy"]]
+        shap = lambda name: [x["shapley"]["dataset"][name] for x in t if x.get("shapley")]
+        empty = [x["shapley"]["v_empty"] for x in t if x.get("shapley")]
+        secs = [r["train_seconds"] / r["epochs"] for r in rs]
+        print(f"| {label} | {len(rs)} | {fmt([x['fused_accuracy'] for x in t])} | "
+              f"{fmt([x['fused_macro_f1'] for x in t if 'fused_macro_f1' in x])} | {fmt(mod('image'))} | {fmt(mod('audio'))} | "
+              f"{fmt(shap('image'))} | {fmt(shap('audio'))} | {fmt(empty)} | {fmt(secs, 1.0, 0)} |")
 
 
 if __name__ == "__main__":

@@ -65,25 +65,50 @@ fn rules_and_modality_accuracy_match_a_direct_per_sample_computation() {
     };
     let dir = synthetic("fit-missing", &spec);
     let ds = Arc::new(Dataset::open(dir.path()).unwrap());
-    let mut t = Trainer::new(Cpu, ds.clone(), cfg()).unwrap();
+    // Every kind of per-modality logits: the shared head (mla), the concat
+    // head's slices (joint, ogm-ge, pmr), own heads (mmpareto).
+    for method in [
+        MethodKind::Mla,
+        MethodKind::Joint,
+        MethodKind::OgmGe,
+        MethodKind::Pmr,
+        MethodKind::Mmpareto,
+    ] {
+        check_method(&ds, method);
+    }
+}
+
+fn check_method(ds: &Arc<Dataset>, method: MethodKind) {
+    // Briefly trained, so that the image is not yet perfect and the rules
+    // disagree on some samples.
+    let c = TrainConfig {
+        method,
+        epochs: 1,
+        lr: 0.002,
+        ..cfg()
+    };
+    let mut t = Trainer::new(Cpu, ds.clone(), c).unwrap();
     t.run(&mut Silent).unwrap();
-    let fit = t.fusion_fit().cloned().expect("fitted");
+    let fit = t.fusion_fit().cloned();
     let m = t.evaluate(Split::Test, &EvalOptions::default()).unwrap();
     let model = t.model();
     let names = ["image", "audio"];
     let shapes = [IMAGE_SHAPE, AUDIO_SHAPE];
     // One sample at a time through the model: no batch mates, own indexing.
     let mut rows_of = Vec::new();
+    let mut fused_of = Vec::new();
     let mut labels = Vec::new();
     for &i in t.eval_samples(Split::Test) {
-        let b = make_batch(&ds, &[i]).unwrap();
+        let b = make_batch(ds, &[i]).unwrap();
         let tape = Tape::no_grad(&Cpu);
         let p = model.track(&tape, |_| false);
         let mut rows: Vec<Option<Vec<f32>>> = Vec::new();
+        let mut feats = Vec::new();
         for (k, name) in names.iter().enumerate() {
             let mb = &b.modalities[k];
             if mb.present.is_empty() {
                 rows.push(None);
+                feats.push(tape.constant(Tensor::zeros(&Cpu, [1, 128]).unwrap()));
                 continue;
             }
             let mut dims = vec![1];
@@ -98,6 +123,18 @@ fn rules_and_modality_accuracy_match_a_direct_per_sample_computation() {
                     .to_vec()
                     .unwrap(),
             ));
+            feats.push(h);
+        }
+        if method != MethodKind::Mla {
+            let refs: Vec<_> = feats.iter().collect();
+            fused_of.push(
+                model
+                    .joint_logits(&p, &refs)
+                    .unwrap()
+                    .into_value()
+                    .to_vec()
+                    .unwrap(),
+            );
         }
         rows_of.push(rows);
         labels.push(b.labels[0] as usize);
@@ -112,27 +149,36 @@ fn rules_and_modality_accuracy_match_a_direct_per_sample_computation() {
             .max_by(|&a, &b| v[a].total_cmp(&v[b]).then(b.cmp(&a)))
             .unwrap()
     };
+    let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     for (k, name) in names.iter().enumerate() {
         let scored: Vec<usize> = (0..n).filter(|&i| rows_of[i][k].is_some()).collect();
         let correct = scored
             .iter()
-            .filter(|&&i| {
-                let z: Vec<f64> = rows_of[i][k]
-                    .as_ref()
-                    .unwrap()
-                    .iter()
-                    .map(|&v| v as f64)
-                    .collect();
-                argmax(&z) == labels[i]
-            })
+            .filter(|&&i| argmax(&to64(rows_of[i][k].as_ref().unwrap())) == labels[i])
             .count();
         let want = correct as f64 / scored.len() as f64;
+        // Batched and single-sample forwards may differ in the last bits.
         assert!(
-            (m.modality_accuracy.get(name).unwrap() - want).abs() < 1e-12,
-            "{name}"
+            (m.modality_accuracy.get(name).unwrap() - want).abs()
+                <= 1.0 / scored.len() as f64 + 1e-12,
+            "{method} {name}"
         );
     }
+    assert_eq!(m.samples as usize, n);
+    if method != MethodKind::Mla {
+        let correct = (0..n)
+            .filter(|&i| argmax(&to64(&fused_of[i])) == labels[i])
+            .count();
+        let want = correct as f64 / n as f64;
+        assert!(
+            (m.fused_accuracy - want).abs() <= 1.0 / n as f64 + 1e-12,
+            "{method}"
+        );
+        return;
+    }
+    let fit = fit.expect("mla fits its fusion on validation");
     let fa = m.fusion_accuracy.as_ref().unwrap();
+    let mut direct = Vec::new();
     for r in FusionRule::CONCRETE {
         let f = r.resolve(Some(&fit)).unwrap();
         let mut correct = 0;
@@ -143,12 +189,34 @@ fn rules_and_modality_accuracy_match_a_direct_per_sample_computation() {
             correct += usize::from(argmax(&out) == labels[i]);
         }
         let want = correct as f64 / n as f64;
-        // Batched and single-sample forwards may differ in the last bits.
         assert!(
             (fa.get(r.as_str()).unwrap() - want).abs() <= 1.0 / n as f64 + 1e-12,
             "{r}: {} vs {want}",
             fa.get(r.as_str()).unwrap()
         );
+        // `--fusion r` at evaluation: the fused accuracy is that rule's.
+        let with = t
+            .evaluate(
+                Split::Test,
+                &EvalOptions {
+                    fusion: Some(r),
+                    ..EvalOptions::default()
+                },
+            )
+            .unwrap();
+        assert_eq!(with.fusion_rule, Some(r));
+        assert!(
+            (with.fused_accuracy - want).abs() <= 1.0 / n as f64 + 1e-12,
+            "--fusion {r}"
+        );
+        direct.push(want);
     }
-    assert_eq!(m.samples as usize, n);
+    // The fixture must tell the rules apart, or the check above could not
+    // catch an evaluation that ignores --fusion.
+    assert!(
+        direct
+            .iter()
+            .any(|d| (d - direct[0]).abs() > 1.5 / n as f64),
+        "all rules score alike: {direct:?}"
+    );
 }

@@ -190,6 +190,9 @@ impl<B: Backend<f32>> Trainer<B> {
     pub fn model(&self) -> &Model<B> {
         &self.model
     }
+    pub fn optimizer(&self) -> &Optimizer<B> {
+        &self.optim
+    }
     pub fn modalities(&self) -> &[String] {
         &self.layout.modalities
     }
