@@ -14,7 +14,7 @@ use mla_models::trainer::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use trainer_common::{synthetic, Synthetic, TempDir};
+use trainer_common::{history, synthetic, Synthetic, TempDir};
 
 fn cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
@@ -356,14 +356,7 @@ fn methods_resume_exactly() {
         drop(part);
         let mut resumed = Trainer::resume(Cpu, ds.clone(), &part_dir, Some(3)).unwrap();
         let rs = resumed.run(&mut Silent).unwrap();
-        let strip = |t: &Trainer<Cpu>| {
-            t.state()
-                .history
-                .iter()
-                .map(|r| r.without_timing())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(strip(&resumed), strip(&full), "{tag}");
+        assert_eq!(history(&resumed), history(&full), "{tag}");
         assert_eq!(params(&resumed), params(&full), "{tag}");
         assert_eq!(rs.test, fs.test, "{tag}");
     }

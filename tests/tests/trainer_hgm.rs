@@ -13,7 +13,7 @@ use mla_models::trainer::{
     AlphaMode, AlphaSchedule, HgmMode, MethodKind, Silent, TrainConfig, Trainer,
 };
 use std::sync::Arc;
-use trainer_common::{synthetic, Synthetic, TempDir};
+use trainer_common::{history, synthetic, Synthetic, TempDir};
 
 fn cfg(hgm: HgmMode, alpha: f64) -> TrainConfig {
     TrainConfig {
@@ -140,14 +140,7 @@ fn alpha_schedule_and_relative_alpha_follow_the_config_and_resume_exactly() {
         drop(part);
         let mut resumed = Trainer::resume(Cpu, ds.clone(), &dir, None).unwrap();
         resumed.run(&mut Silent).unwrap();
-        let strip = |t: &Trainer<Cpu>| {
-            t.state()
-                .history
-                .iter()
-                .map(|r| r.without_timing())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(strip(&resumed), strip(&full), "{mode} {schedule}");
+        assert_eq!(history(&resumed), history(&full), "{mode} {schedule}");
     }
     // Alpha options without HGM are refused.
     let bad = TrainConfig {

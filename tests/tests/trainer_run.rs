@@ -12,7 +12,7 @@ use mla_models::trainer::{
     OptimizerKind, Silent, TrainConfig, TrainError, Trainer,
 };
 use std::sync::Arc;
-use trainer_common::{synthetic, Synthetic, TempDir};
+use trainer_common::{history, synthetic, Synthetic, TempDir};
 
 fn cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
@@ -181,14 +181,7 @@ fn resume_equals_an_uninterrupted_run() {
         assert_eq!(resumed.state().epochs_done, 2);
         let resumed_summary = resumed.run(&mut Silent).unwrap();
 
-        let strip = |t: &Trainer<Cpu>| {
-            t.state()
-                .history
-                .iter()
-                .map(|r| r.without_timing())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(strip(&resumed), strip(&full), "hgm {hgm}");
+        assert_eq!(history(&resumed), history(&full), "hgm {hgm}");
         assert_eq!(resumed_summary.test, full_summary.test);
         assert_eq!(resumed_summary.val, full_summary.val);
         assert_eq!(resumed_summary.best_epoch, full_summary.best_epoch);

@@ -2,8 +2,10 @@
 //! two-modality dataset written with the project's own .npy writer.
 #![allow(dead_code)]
 
+use mla_cpu::Cpu;
 use mla_models::data::npy::write_npy;
 use mla_models::rng::Rng;
+use mla_models::trainer::{EpochRecord, Trainer};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -185,4 +187,14 @@ pub fn synthetic(tag: &str, spec: &Synthetic) -> TempDir {
     let d = TempDir::new(tag);
     spec.write(d.path());
     d
+}
+
+/// A run's epoch records without their timings: what must agree bit for bit
+/// between a resumed and an uninterrupted run.
+pub fn history(t: &Trainer<Cpu>) -> Vec<EpochRecord> {
+    t.state()
+        .history
+        .iter()
+        .map(|r| r.without_timing())
+        .collect()
 }
