@@ -173,7 +173,12 @@ pub struct Args {
     /// Run directory for config, metrics, summary and checkpoints. [default: runs/<method>-<time>]
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "resume")]
     out: Option<PathBuf>,
-    /// Continue the run in RUN_DIR from its last finished epoch.
+    /// Replace a run already in --out (its config, metrics, summary and
+    /// checkpoints are removed first). Without it such a directory is refused.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    /// Continue the run in RUN_DIR from its last finished epoch (from the
+    /// start when it was stopped before finishing one).
     #[arg(long, value_name = "RUN_DIR")]
     resume: Option<PathBuf>,
     /// No progress bar or per-epoch lines.
@@ -325,7 +330,8 @@ impl OnBackend for Args {
                     None => default_dataset(&self.raw, self.cache_dir.as_deref(), self.quiet)?,
                 };
                 let out = self.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
-                Trainer::new(backend, open_dataset(&data)?, cfg)?.with_run_dir(&out)?
+                Trainer::new(backend, open_dataset(&data)?, cfg)?
+                    .with_new_run_dir(&out, self.overwrite)?
             }
         };
         trainer.set_environment(name, self.threads);

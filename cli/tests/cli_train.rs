@@ -195,6 +195,11 @@ fn train_writes_the_run_directory_and_resume_matches_a_full_run() {
     // Hyper-parameters cannot change on resume.
     let out = mla(&["train", "--resume", s(&full), "--lr", "0.5"]);
     assert!(!out.status.success());
+    // --overwrite replaces the run (here with a 1-epoch one).
+    let mut a = train_args(s(data.path()), s(&full), "1");
+    a.push("--overwrite");
+    ok(&a);
+    assert_eq!(json(&full.join("summary.json"))["epochs"], 1);
 }
 
 #[test]

@@ -78,6 +78,8 @@ pub struct Trainer<B: Backend<f32>> {
     run_dir: Option<RunDir>,
     backend_name: String,
     threads: Option<usize>,
+    /// Tests: writes left before an injected stop.
+    stop_after: Option<usize>,
 }
 
 impl<B: Backend<f32>> Trainer<B> {
@@ -136,11 +138,16 @@ impl<B: Backend<f32>> Trainer<B> {
             run_dir: None,
             backend_name: String::new(),
             threads: None,
+            stop_after: None,
         })
     }
 
-    /// Continues the run in `dir` from its last checkpoint. `epochs`, when
-    /// given, replaces the configured total (to train further).
+    /// Continues the run in `dir` from its last checkpoint, or from the
+    /// start of its `config.json` when it was stopped before its first
+    /// checkpoint. `epochs`, when given, replaces the configured total (to
+    /// train further). `metrics.jsonl` and `summary.json` are rewritten from
+    /// the checkpoint, so after a kill between writes they describe the same
+    /// epoch as `last.safetensors` again.
     pub fn resume(
         backend: B,
         dataset: Arc<Dataset>,
@@ -148,20 +155,45 @@ impl<B: Backend<f32>> Trainer<B> {
         epochs: Option<usize>,
     ) -> Result<Self> {
         let run_dir = RunDir::open(dir)?;
-        let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
-        let mut cfg: TrainConfig = ckpt.json(state::CONFIG_KEY)?;
-        if let Some(e) = epochs {
-            cfg.epochs = e;
+        let with_epochs = |mut cfg: TrainConfig| {
+            if let Some(e) = epochs {
+                cfg.epochs = e;
+            }
+            cfg
+        };
+        if !run_dir.has_checkpoint() {
+            let cfg = with_epochs(run_dir.read_config()?.config);
+            let mut t = Trainer::new(backend, dataset, cfg)?;
+            for f in [run_dir::METRICS, run_dir::SUMMARY, run_dir::BEST] {
+                let path = run_dir.file(f);
+                if path.exists() {
+                    std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, "remove", e))?;
+                }
+            }
+            t.run_dir = Some(run_dir);
+            return Ok(t);
         }
+        let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
+        let cfg = with_epochs(ckpt.json(state::CONFIG_KEY)?);
         let mut t = Trainer::new(backend, dataset, cfg)?;
         t.restore(&ckpt)?;
+        run_dir.write_metrics(&t.state.history)?;
+        if let Some(s) = Summary::new(&t.cfg, &t.state, &t.backend_name, t.threads) {
+            run_dir.write_summary(&s)?;
+        }
         t.run_dir = Some(run_dir);
         Ok(t)
     }
 
-    /// Writes config, metrics, checkpoints and the summary into `dir` as the run goes.
-    pub fn with_run_dir(mut self, dir: &Path) -> Result<Self> {
-        let rd = RunDir::create(dir)?;
+    /// Writes config, metrics, checkpoints and the summary into `dir` as the
+    /// run goes; `dir` must not hold a run (see [`Trainer::with_new_run_dir`]).
+    pub fn with_run_dir(self, dir: &Path) -> Result<Self> {
+        self.with_new_run_dir(dir, false)
+    }
+
+    /// As [`Trainer::with_run_dir`]; `overwrite` replaces a run already there.
+    pub fn with_new_run_dir(mut self, dir: &Path, overwrite: bool) -> Result<Self> {
+        let rd = RunDir::create(dir, overwrite)?;
         let data = self.dataset.dir();
         let data = data.canonicalize().unwrap_or_else(|_| data.to_path_buf());
         rd.write_json(
@@ -173,6 +205,30 @@ impl<B: Backend<f32>> Trainer<B> {
         )?;
         self.run_dir = Some(rd);
         Ok(self)
+    }
+
+    /// Tests: makes the run stop with an error right after its `n`-th file
+    /// write from now (counting each checkpoint, metrics and summary write),
+    /// as a kill between two writes would.
+    #[doc(hidden)]
+    pub fn stop_after_writes(&mut self, n: usize) {
+        self.stop_after = Some(n);
+    }
+
+    fn wrote(&mut self) -> Result<()> {
+        match self.stop_after.as_mut() {
+            Some(0) | None => Ok(()),
+            Some(n) => {
+                *n -= 1;
+                if *n == 0 {
+                    Err(TrainError::RunDir(
+                        "stopped after a write (injected)".into(),
+                    ))
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// Recorded in the summary (the CLI knows which device it picked).
@@ -301,16 +357,24 @@ impl<B: Backend<f32>> Trainer<B> {
         record.epoch_seconds = started.elapsed().as_secs_f64();
         self.state.total_seconds += record.epoch_seconds;
         self.state.history.push(record.clone());
-        if let Some(rd) = &self.run_dir {
+        // Write order: best, last, metrics, summary. A kill in between leaves
+        // `last` ahead of metrics/summary at most; `--resume` rewrites those
+        // two from `last`, and a `best` ahead of `last` is rewritten when
+        // the resumed run replays that epoch.
+        if let Some(rd) = self.run_dir.clone() {
             let ckpt = self.checkpoint()?;
             if better {
                 ckpt.save(&rd.file(run_dir::BEST))?;
+                self.wrote()?;
             }
             ckpt.save(&rd.file(run_dir::LAST))?;
+            self.wrote()?;
             rd.write_metrics(&self.state.history)?;
+            self.wrote()?;
             if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads)
             {
                 rd.write_summary(&s)?;
+                self.wrote()?;
             }
         }
         obs.epoch_end(&record);

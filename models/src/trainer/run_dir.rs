@@ -23,6 +23,8 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const SUMMARY: &str = "summary.json";
 pub const BEST: &str = "best.safetensors";
 pub const LAST: &str = "last.safetensors";
+/// Every file a run writes.
+pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, SUMMARY, BEST, LAST];
 
 /// Reads `DIR/config.json`.
 pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
@@ -38,26 +40,38 @@ pub struct RunDir {
 }
 
 impl RunDir {
-    /// A new run directory: created if absent; refused if it already holds a
-    /// run (resuming is explicit, overwriting never happens silently).
-    pub fn create(dir: &Path) -> Result<RunDir, TrainError> {
+    /// A new run directory: created if absent; refused if it already holds
+    /// any run file (resuming is explicit) unless `overwrite`, which removes
+    /// them first. Stale temp files of interrupted writes are removed.
+    pub fn create(dir: &Path, overwrite: bool) -> Result<RunDir, TrainError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| TrainError::io(dir, "create the run directory", e))?;
-        for f in [CONFIG, METRICS, LAST] {
-            if dir.join(f).exists() {
-                return Err(TrainError::RunDir(format!(
-                    "{} already holds a run ({f} exists); continue it with --resume {} or choose another --out",
-                    dir.display(),
-                    dir.display()
-                )));
-            }
-        }
-        Ok(RunDir {
+        let rd = RunDir {
             dir: dir.to_path_buf(),
-        })
+        };
+        let held: Vec<&str> = RUN_FILES
+            .into_iter()
+            .filter(|f| dir.join(f).exists())
+            .collect();
+        if !held.is_empty() && !overwrite {
+            return Err(TrainError::RunDir(format!(
+                "{} already holds a run ({} exists); continue it with --resume {}, choose another --out, or pass --overwrite",
+                dir.display(),
+                held.join(", "),
+                dir.display()
+            )));
+        }
+        for f in held {
+            let path = dir.join(f);
+            std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, "remove", e))?;
+        }
+        rd.remove_stale_temps()?;
+        Ok(rd)
     }
 
-    /// An existing run directory, for `--resume`.
+    /// An existing run directory, for `--resume`: it must hold `config.json`
+    /// (a run killed before its first checkpoint starts over from it).
+    /// Stale temp files of interrupted writes are removed.
     pub fn open(dir: &Path) -> Result<RunDir, TrainError> {
         if !dir.is_dir() {
             return Err(TrainError::RunDir(format!(
@@ -65,15 +79,41 @@ impl RunDir {
                 dir.display()
             )));
         }
-        if !dir.join(LAST).is_file() {
+        if !dir.join(CONFIG).is_file() {
             return Err(TrainError::RunDir(format!(
-                "{}: no {LAST} to resume from (the run did not finish an epoch?)",
+                "{}: no {CONFIG}: not a run directory",
                 dir.display()
             )));
         }
-        Ok(RunDir {
+        let rd = RunDir {
             dir: dir.to_path_buf(),
-        })
+        };
+        rd.remove_stale_temps()?;
+        Ok(rd)
+    }
+
+    /// Whether a checkpoint to resume from exists (an epoch has finished).
+    pub fn has_checkpoint(&self) -> bool {
+        self.file(LAST).is_file()
+    }
+
+    /// Removes `.NAME.tmp-PID` files of the run's files: what an atomic write
+    /// leaves when the process dies between creating and renaming it.
+    fn remove_stale_temps(&self) -> Result<(), TrainError> {
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| TrainError::io(&self.dir, "list", e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| TrainError::io(&self.dir, "list", e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = RUN_FILES
+                .iter()
+                .any(|f| name.starts_with(&format!(".{f}.tmp-")));
+            if stale && entry.file_type().is_ok_and(|t| t.is_file()) {
+                let path = entry.path();
+                std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, "remove", e))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn path(&self) -> &Path {
