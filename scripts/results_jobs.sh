@@ -42,6 +42,7 @@ balancing=(
   "ogm-ge --method ogm-ge"
   "pmr --method pmr"
   "mmpareto --method mmpareto"
+  "agm --method agm"
 )
 for ds in default pca75; do for seed in 0 1 2; do for m in "${balancing[@]}"; do
   set -- $m; name=$1; shift

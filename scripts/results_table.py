@@ -119,6 +119,7 @@ METHODS = [
     ("ogm-ge", "OGM-GE (alpha 0.8)"),
     ("pmr", "PMR, PCE (alpha 1.0)"),
     ("mmpareto", "MMPareto (global norm scope)"),
+    ("agm", "AGM (alpha 2.5)"),
 ]
 
 

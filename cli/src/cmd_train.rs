@@ -7,9 +7,9 @@ use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
-    AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind, MmparetoParams,
-    ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, RunDir, TrainConfig,
-    Trainer, DEFAULT_ALPHA,
+    AgmParams, AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind,
+    MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams,
+    RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -31,12 +31,15 @@ pub struct Args {
     /// joint (concatenated features, one head), unimodal (one modality),
     /// ogm / ogm-ge (joint with on-the-fly gradient modulation, -ge adds
     /// Gaussian noise), pmr (joint plus the weaker modality's prototype
-    /// cross-entropy). Methods other than mla/unimodal use the joint model.
+    /// cross-entropy), mmpareto (plus one head per modality; Pareto
+    /// integration of multimodal and unimodal encoder gradients), agm
+    /// (Shapley-decomposed logits, each modality's gradient share scaled).
+    /// Methods other than mla/unimodal fuse with the concatenation head.
     #[arg(
         long,
         default_value = "mla",
         conflicts_with = "resume",
-        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr|mmpareto"
+        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr|mmpareto|agm"
     )]
     method: MethodKind,
     /// The modality of --method unimodal.
@@ -157,6 +160,31 @@ pub struct Args {
         conflicts_with = "resume"
     )]
     mmpareto_scale: Option<f64>,
+    /// AGM: alpha of kappa = exp(alpha (rbar - r)), >= 0. [default: 2.5, the
+    /// official README's AV-MNIST example]
+    #[arg(
+        long,
+        value_name = "ALPHA",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
+    agm_alpha: Option<f64>,
+    /// AGM: upper clamp of rbar - r (official CREMA-D 10, URFunny 7). [default: none]
+    #[arg(
+        long,
+        value_name = "C",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
+    agm_clamp: Option<f64>,
+    /// AGM: no gradient clipping (the official code clips to norm 1 when a
+    /// head gradient element leaves [-1, 1]).
+    #[arg(long, conflicts_with = "resume")]
+    agm_no_clip: bool,
+    /// AGM: keep the last kappa after the window, as the official hooks do.
+    /// [default: kappa 1 outside the window]
+    #[arg(long, conflicts_with = "resume")]
+    agm_stale_kappa: bool,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
     /// Train on a seeded random subset of this many train samples.
@@ -198,6 +226,7 @@ impl Args {
             }
         };
         let (ogm, pmr, mmpareto) = self.method_params()?;
+        let agm = self.agm_params()?;
         let cfg = TrainConfig {
             method: self.method,
             modality: self.modality.clone(),
@@ -219,6 +248,7 @@ impl Args {
             ogm,
             pmr,
             mmpareto,
+            agm,
             train_limit: self.train_limit,
             eval_limit: self.eval_limit,
         };
@@ -228,6 +258,39 @@ impl Args {
 }
 
 impl Args {
+    /// The AGM flags, checked against `--method`.
+    fn agm_params(&self) -> CliResult<Option<AgmParams>> {
+        let given: Vec<&str> = [
+            ("--agm-alpha", self.agm_alpha.is_some()),
+            ("--agm-clamp", self.agm_clamp.is_some()),
+            ("--agm-no-clip", self.agm_no_clip),
+            ("--agm-stale-kappa", self.agm_stale_kappa),
+        ]
+        .into_iter()
+        .filter(|(_, g)| *g)
+        .map(|(f, _)| f)
+        .collect();
+        if self.method != MethodKind::Agm {
+            if !given.is_empty() {
+                return Err(format!(
+                    "{} applies to --method agm only (got --method {})",
+                    given.join(", "),
+                    self.method
+                )
+                .into());
+            }
+            return Ok(None);
+        }
+        let d = AgmParams::default();
+        Ok(Some(AgmParams {
+            alpha: self.agm_alpha.unwrap_or(d.alpha),
+            window: self.modulation_window.unwrap_or(d.window),
+            clamp: self.agm_clamp.or(d.clamp),
+            clip: !self.agm_no_clip,
+            stale_kappa: self.agm_stale_kappa,
+        }))
+    }
+
     /// The method flags given, checked against `--method`.
     #[allow(clippy::type_complexity)]
     fn method_params(
@@ -261,8 +324,14 @@ impl Args {
             }
             _ if !is_ogm && !ogm_flags.is_empty() => Some((ogm_flags, "ogm or ogm-ge")),
             _ if m != MethodKind::Pmr && !pmr_flags.is_empty() => Some((pmr_flags, "pmr")),
-            _ if !is_ogm && m != MethodKind::Pmr && self.modulation_window.is_some() => {
-                Some((vec!["--modulation-window".into()], "ogm, ogm-ge or pmr"))
+            _ if !is_ogm
+                && !matches!(m, MethodKind::Pmr | MethodKind::Agm)
+                && self.modulation_window.is_some() =>
+            {
+                Some((
+                    vec!["--modulation-window".into()],
+                    "ogm, ogm-ge, pmr or agm",
+                ))
             }
             _ => None,
         };

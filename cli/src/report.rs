@@ -279,6 +279,13 @@ pub fn summary_table(s: &Summary) -> String {
             ),
             None => "pmr".into(),
         },
+        MethodKind::Agm => match &s.agm {
+            Some(p) => format!(
+                "agm (alpha {}, window {}, clip {}, stale kappa {})",
+                p.alpha, p.window, p.clip, p.stale_kappa
+            ),
+            None => "agm".into(),
+        },
         MethodKind::Mmpareto => match &s.mmpareto {
             Some(p) => format!("mmpareto (norm scope {}, scale {})", p.norm_scope, p.scale),
             None => "mmpareto".into(),

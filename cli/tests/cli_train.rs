@@ -266,6 +266,23 @@ fn baselines_and_bench_run() {
     a.extend_from_slice(&["--method", "pmr", "--pmr-alpha", "2", "--encoder", "mlp"]);
     ok(&a);
     let sp = json(&pmr.join("summary.json"));
+    let agm = runs.join("agm");
+    let mut a = train_args(s(data.path()), s(&agm), "1");
+    a.extend_from_slice(&[
+        "--method",
+        "agm",
+        "--agm-alpha",
+        "1.5",
+        "--agm-no-clip",
+        "--encoder",
+        "mlp",
+    ]);
+    let out = ok(&a);
+    assert!(
+        out.contains("agm (alpha 1.5, window 0:20, clip false"),
+        "{out}"
+    );
+    assert_eq!(json(&agm.join("summary.json"))["agm"]["clip"], false);
     // MMPareto: per-modality heads are in the checkpoint and `mla eval`
     // reproduces the summary's test numbers from it.
     let mp = runs.join("mmpareto");
@@ -417,6 +434,10 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     );
     let e = run(&["--method", "mmpareto", "--mmpareto-scale", "0"]);
     assert!(e.contains("--mmpareto-scale must be"), "{e}");
+    let e = run(&["--method", "joint", "--agm-stale-kappa"]);
+    assert!(e.contains("--agm-stale-kappa") && e.contains("agm"), "{e}");
+    let e = run(&["--method", "agm", "--agm-alpha", "-2"]);
+    assert!(e.contains("--agm-alpha must be"), "{e}");
     let e = run(&["--method", "pmr", "--pmr-momentum", "1"]);
     assert!(e.contains("--pmr-momentum must be in [0, 1)"), "{e}");
     let e = fails(&[
@@ -437,7 +458,7 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     // Unknown names are rejected by the argument parser (exit 2) with the valid ones.
     let e = fails(&["train", "--data", d, "--method", "lazy"]);
     assert!(
-        e.contains("lazy") && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto"),
+        e.contains("lazy") && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto, agm"),
         "{e}"
     );
     let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);

@@ -10,7 +10,7 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::data::Dataset;
 use mla_models::trainer::{
-    EpochWindow, MethodKind, OgmParams, PmrParams, Silent, TrainConfig, Trainer,
+    AgmParams, EpochWindow, MethodKind, OgmParams, PmrParams, Silent, TrainConfig, Trainer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -262,6 +262,7 @@ fn every_method_learns_two_and_three_modalities() {
             MethodKind::OgmGe,
             MethodKind::Pmr,
             MethodKind::Mmpareto,
+            MethodKind::Agm,
             MethodKind::Mla,
         ] {
             let c = TrainConfig {
@@ -300,6 +301,11 @@ fn every_method_learns_two_and_three_modalities() {
                     assert!(cos < 0.999 && cos >= -1.0, "{cos}");
                     assert!(st.get("conflict_fraction.image").is_some());
                 }
+                MethodKind::Agm => {
+                    let st = stats.expect("agm reports its coefficients");
+                    assert!(st.get("kappa_mean.image").unwrap() > 0.0);
+                    assert!(st.get("running_score.audio").unwrap() > 0.0);
+                }
                 MethodKind::Pmr => {
                     let st = stats.expect("pmr reports its prototype steps");
                     let f = st.get("prototype_loss_fraction.audio").unwrap();
@@ -318,6 +324,7 @@ fn methods_resume_exactly() {
     let cases = [
         cfg(MethodKind::OgmGe),
         cfg(MethodKind::Mmpareto),
+        cfg(MethodKind::Agm),
         TrainConfig {
             // Momentum so the stored prototypes matter on resume.
             pmr: Some(PmrParams {
@@ -360,6 +367,31 @@ fn methods_resume_exactly() {
         assert_eq!(params(&resumed), params(&full), "{tag}");
         assert_eq!(rs.test, fs.test, "{tag}");
     }
+}
+
+#[test]
+fn agm_with_alpha_zero_is_the_joint_step_up_to_summation_order() {
+    let (_d, ds) = dataset("m-agm", true);
+    let (_, joint) = stepped(&ds, cfg(MethodKind::Joint), 4);
+    let c = TrainConfig {
+        agm: Some(AgmParams {
+            alpha: 0.0,
+            clip: false,
+            ..AgmParams::default()
+        }),
+        ..cfg(MethodKind::Agm)
+    };
+    let (w0, agm) = stepped(&ds, c, 4);
+    for (name, a) in &agm {
+        for ((x, j), w) in a.iter().zip(&joint[name]).zip(&w0[name]) {
+            // The same update within float rounding of the decomposition.
+            let step = (j - w).abs().max(1e-7);
+            assert!((x - j).abs() <= 1e-3 * step + 1e-6, "{name}: {x} vs {j}");
+        }
+    }
+    // A non-zero alpha changes the steps.
+    let (_, moved) = stepped(&ds, cfg(MethodKind::Agm), 4);
+    assert_ne!(moved, joint);
 }
 
 #[test]
@@ -406,6 +438,11 @@ fn method_flags_belong_to_their_method() {
         ..cfg(MethodKind::Ogm)
     };
     assert!(c.validate().unwrap_err().contains("--ogm-alpha"));
+    let c = TrainConfig {
+        agm: Some(AgmParams::default()),
+        ..cfg(MethodKind::Ogm)
+    };
+    assert!(c.validate().unwrap_err().contains("--agm-"));
     let e = "ogm_ge".parse::<MethodKind>().unwrap_err();
     assert!(e.contains("ogm-ge") && e.contains("pmr"), "{e}");
 }

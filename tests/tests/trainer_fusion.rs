@@ -73,6 +73,7 @@ fn rules_and_modality_accuracy_match_a_direct_per_sample_computation() {
         MethodKind::OgmGe,
         MethodKind::Pmr,
         MethodKind::Mmpareto,
+        MethodKind::Agm,
     ] {
         check_method(&ds, method);
     }

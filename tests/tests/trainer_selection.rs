@@ -13,7 +13,7 @@ use mla_models::trainer::{run_dir, MethodKind, OptimizerKind, Silent, TrainConfi
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, TempDir};
 
-const METHODS: [MethodKind; 7] = [
+const METHODS: [MethodKind; 8] = [
     MethodKind::Mla,
     MethodKind::Joint,
     MethodKind::Unimodal,
@@ -21,6 +21,7 @@ const METHODS: [MethodKind; 7] = [
     MethodKind::OgmGe,
     MethodKind::Pmr,
     MethodKind::Mmpareto,
+    MethodKind::Agm,
 ];
 
 fn cfg(method: MethodKind) -> TrainConfig {

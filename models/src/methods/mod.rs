@@ -20,6 +20,7 @@
 //! Adding a method: one file here implementing [`Method`], a variant of
 //! [`MethodKind`], and one line in [`create`].
 
+pub mod agm;
 pub mod forgetting;
 pub mod gradops;
 pub mod joint;
@@ -136,6 +137,7 @@ pub fn create<B: Backend<f32>>(
         MethodKind::Ogm | MethodKind::OgmGe => Box::new(ogm::Ogm::new(cfg, layout)?),
         MethodKind::Pmr => Box::new(pmr::Pmr::new(backend, cfg, layout)?),
         MethodKind::Mmpareto => Box::new(mmpareto::Mmpareto::new(cfg, layout)?),
+        MethodKind::Agm => Box::new(agm::Agm::new(cfg, layout)?),
     })
 }
 

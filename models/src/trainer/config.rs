@@ -59,6 +59,7 @@ named_enum!(
         OgmGe = "ogm-ge",
         Pmr = "pmr",
         Mmpareto = "mmpareto",
+        Agm = "agm",
     }
 );
 
@@ -69,9 +70,11 @@ impl MethodKind {
         match self {
             MethodKind::Mla => HeadKind::Shared,
             MethodKind::Unimodal => HeadKind::Single,
-            MethodKind::Joint | MethodKind::Ogm | MethodKind::OgmGe | MethodKind::Pmr => {
-                HeadKind::Concat
-            }
+            MethodKind::Joint
+            | MethodKind::Ogm
+            | MethodKind::OgmGe
+            | MethodKind::Pmr
+            | MethodKind::Agm => HeadKind::Concat,
             MethodKind::Mmpareto => HeadKind::ConcatUnimodal,
         }
     }
@@ -199,6 +202,38 @@ impl Default for MmparetoParams {
     }
 }
 
+/// AGM hyper-parameters (BASELINES.md section 4).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AgmParams {
+    /// `kappa = exp(alpha (rbar - r))`. Default 2.5: the official README's
+    /// AV-MNIST example.
+    pub alpha: f64,
+    /// Default 0:20, the official parser's window.
+    pub window: EpochWindow,
+    /// Upper clamp of `rbar - r` (official CREMA-D 10, URFunny 7; none on
+    /// AV-MNIST, the default).
+    #[serde(default)]
+    pub clamp: Option<f64>,
+    /// Clip all gradients to norm 1 when a head-weight gradient element is
+    /// outside [-1, 1] (the official rule; default on).
+    pub clip: bool,
+    /// Keep the last kappa after the window (the official hooks' behaviour);
+    /// default off: kappa is 1 outside the window.
+    pub stale_kappa: bool,
+}
+
+impl Default for AgmParams {
+    fn default() -> Self {
+        AgmParams {
+            alpha: 2.5,
+            window: EpochWindow { start: 0, end: 20 },
+            clamp: None,
+            clip: true,
+            stale_kappa: false,
+        }
+    }
+}
+
 /// PMR (prototypical cross-entropy part) hyper-parameters (BASELINES.md section 5).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PmrParams {
@@ -272,6 +307,9 @@ pub struct TrainConfig {
     /// MMPareto parameters (`None`: the defaults; only with `--method mmpareto`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mmpareto: Option<MmparetoParams>,
+    /// AGM parameters (`None`: the defaults; only with `--method agm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agm: Option<AgmParams>,
     /// A seeded random subset of this many train samples.
     #[serde(default)]
     pub train_limit: Option<usize>,
@@ -305,6 +343,7 @@ impl Default for TrainConfig {
             ogm: None,
             pmr: None,
             mmpareto: None,
+            agm: None,
             train_limit: None,
             eval_limit: None,
         }
@@ -320,6 +359,9 @@ impl TrainConfig {
     }
     pub fn mmpareto_params(&self) -> MmparetoParams {
         self.mmpareto.unwrap_or_default()
+    }
+    pub fn agm_params(&self) -> AgmParams {
+        self.agm.unwrap_or_default()
     }
 
     /// Checks what can be checked without the dataset.
@@ -388,6 +430,22 @@ impl TrainConfig {
                 "the --mmpareto-* flags apply to --method mmpareto (got --method {})",
                 self.method
             ));
+        }
+        if self.agm.is_some() && self.method != MethodKind::Agm {
+            return Err(format!(
+                "the --agm-* flags apply to --method agm (got --method {})",
+                self.method
+            ));
+        }
+        let ag = self.agm_params();
+        if !(ag.alpha.is_finite() && ag.alpha >= 0.0) {
+            return Err(format!(
+                "--agm-alpha must be a number >= 0, got {}",
+                ag.alpha
+            ));
+        }
+        if ag.clamp.is_some_and(|c| !c.is_finite()) {
+            return Err("--agm-clamp must be a finite number".into());
         }
         let mp = self.mmpareto_params();
         if !(mp.scale.is_finite() && mp.scale > 0.0) {

@@ -19,9 +19,9 @@ mod state;
 pub mod stats;
 
 pub use config::{
-    AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind, MmparetoParams,
-    ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, TrainConfig,
-    DEFAULT_ALPHA,
+    AgmParams, AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind,
+    MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams,
+    TrainConfig, DEFAULT_ALPHA,
 };
 pub use error::{Result, TrainError};
 pub use eval::{load_fusion_fit, load_model, EvalOptions, SplitOutputs};

@@ -159,6 +159,9 @@ pub struct Summary {
     /// MMPareto: the parameters used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mmpareto: Option<super::config::MmparetoParams>,
+    /// AGM: the parameters used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agm: Option<super::config::AgmParams>,
     pub best_epoch: usize,
     pub epochs: usize,
     pub val: EvalMetrics,
@@ -211,6 +214,7 @@ impl Summary {
                 .then(|| cfg.ogm_params()),
             pmr: (cfg.method == MethodKind::Pmr).then(|| cfg.pmr_params()),
             mmpareto: (cfg.method == MethodKind::Mmpareto).then(|| cfg.mmpareto_params()),
+            agm: (cfg.method == MethodKind::Agm).then(|| cfg.agm_params()),
             best_epoch,
             epochs: state.epochs_done,
             val: state.best_val.clone()?,
