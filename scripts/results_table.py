@@ -126,23 +126,23 @@ METHODS = [
 def methods_table(groups, recipe):
     """Set D: the balancing methods on the same setting: fused accuracy and
     macro-F1, each modality alone, test Shapley contributions (zeroed input,
-    accuracy points), best epoch on validation, step-time cost."""
+    accuracy points) and v(none). Step times are in BENCHMARKS.md (these
+    runs share the cores with other work)."""
     rows = [(k, l) for k, l in METHODS if groups.get(("D", recipe, k))]
     if not rows:
         return
     print(f"\n#### 10,000-sample train subset, 3 epochs, recipe `{recipe}`: balancing methods\n")
-    print("| method | seeds | fused | fused macro-F1 | image alone | audio alone | Shapley image | Shapley audio | v(none) | train s/epoch |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| method | seeds | fused | fused macro-F1 | image alone | audio alone | Shapley image | Shapley audio | v(none) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for key, label in rows:
         rs = groups[("D", recipe, key)]
         t = [r["test"] for r in rs]
         mod = lambda name: [x["modality_accuracy"][name] for x in t if name in x["modality_accuracy"]]
         shap = lambda name: [x["shapley"]["dataset"][name] for x in t if x.get("shapley")]
         empty = [x["shapley"]["v_empty"] for x in t if x.get("shapley")]
-        secs = [r["train_seconds"] / r["epochs"] for r in rs]
         print(f"| {label} | {len(rs)} | {fmt([x['fused_accuracy'] for x in t])} | "
               f"{fmt([x['fused_macro_f1'] for x in t if 'fused_macro_f1' in x])} | {fmt(mod('image'))} | {fmt(mod('audio'))} | "
-              f"{fmt(shap('image'))} | {fmt(shap('audio'))} | {fmt(empty)} | {fmt(secs, 1.0, 0)} |")
+              f"{fmt(shap('image'))} | {fmt(shap('audio'))} | {fmt(empty)} |")
 
 
 if __name__ == "__main__":
