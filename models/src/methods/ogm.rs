@@ -18,8 +18,9 @@
 //! - `continuous`: `k_m = 1 - tanh(alpha relu(rho_m - 1))` for every
 //!   modality, with the same `rho_m`.
 //!
-//! Deviation: scores are means over the samples where a modality is
-//! present (the official code sums over the batch; with every modality
+//! A modality absent from a batch is left out of that step's comparison
+//! (with fewer than two present nothing is damped). Deviation: scores are
+//! means over the samples where a modality is present (the official code sums over the batch; with every modality
 //! present the ratios are the same). Host reads per step: the M scores.
 
 use super::gradops::{standard_normal, std_unbiased};
@@ -130,6 +131,21 @@ pub fn coefficients(scores: &[f64], alpha: f64, rule: OgmRule) -> Vec<f64> {
     }
 }
 
+/// [`coefficients`] among the modalities present in the batch (`None`:
+/// absent, it has no gradient and no score); with fewer than two present
+/// nothing is compared and every k is 1.
+pub fn present_coefficients(scores: &[Option<f64>], alpha: f64, rule: OgmRule) -> Vec<f64> {
+    let present: Vec<usize> = (0..scores.len()).filter(|&m| scores[m].is_some()).collect();
+    let mut k = vec![1.0; scores.len()];
+    if present.len() >= 2 {
+        let s: Vec<f64> = present.iter().map(|&m| scores[m].unwrap_or(0.0)).collect();
+        for (&m, v) in present.iter().zip(coefficients(&s, alpha, rule)) {
+            k[m] = v;
+        }
+    }
+    k
+}
+
 /// Whether OGM modulates a gradient tensor of these dims.
 pub fn modulated(dims: &[usize], tensors: ModulatedTensors) -> bool {
     match tensors {
@@ -190,13 +206,11 @@ impl<B: Backend<f32>> Method<B> for Ogm {
                     let name = &ctx.layout.modalities[mi];
                     let mb = &batch.modalities[ctx.layout.data_index[mi]];
                     scores.push(match h {
-                        // A modality absent from the batch scores 0: it is
-                        // never the dominant one.
-                        None => 0.0,
+                        None => None,
                         Some(h) => {
                             let z = ctx.model.modality_logits(&p, name, &h.detach())?;
                             let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
-                            true_class_score(&z.value().to_vec()?, &y, classes)
+                            Some(true_class_score(&z.value().to_vec()?, &y, classes))
                         }
                     });
                 }
@@ -205,7 +219,7 @@ impl<B: Backend<f32>> Method<B> for Ogm {
             (p.gradients(g), loss.into_value(), scores)
         };
         if active {
-            let k = coefficients(&scores, self.params.alpha, self.params.rule);
+            let k = present_coefficients(&scores, self.params.alpha, self.params.rule);
             let mut rng = Rng::derive(
                 self.seed,
                 NOISE_STREAM ^ ((ctx.epoch as u64) << 32 | ctx.step as u64),
@@ -379,6 +393,20 @@ mod tests {
             .to_vec()
             .unwrap();
         assert_eq!(again, noisy);
+    }
+
+    #[test]
+    fn absent_modalities_are_left_out_of_the_comparison() {
+        let k = present_coefficients(&[Some(0.2), None, Some(0.6)], 0.8, OgmRule::Official);
+        assert_eq!(k, {
+            let two = coefficients(&[0.2, 0.6], 0.8, OgmRule::Official);
+            vec![two[0], 1.0, two[1]]
+        });
+        // One modality present: nothing to compare, no damping.
+        assert_eq!(
+            present_coefficients(&[None, Some(0.9)], 0.8, OgmRule::Official),
+            vec![1.0, 1.0]
+        );
     }
 
     #[test]

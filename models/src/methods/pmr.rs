@@ -11,6 +11,7 @@
 //! by the mean prototype probability of the true class `s_m`:
 //! two modalities: the one with the smaller `s` (none on a tie, as the
 //! official code); more: every `m` with `s_m` below the mean of the others'.
+//! A modality absent from a batch is left out of that step's comparison.
 //!
 //! Deviations: distances are `sqrt(max(|h - P|^2, 1e-12))` (the official
 //! `sqrt` has an infinite gradient at distance 0); a class absent from the
@@ -160,6 +161,20 @@ pub fn weaker(scores: &[f64]) -> Vec<bool> {
         .collect()
 }
 
+/// [`weaker`] among the modalities present in the batch (`None`: absent);
+/// with fewer than two present, none.
+pub fn weaker_present(scores: &[Option<f64>]) -> Vec<bool> {
+    let present: Vec<usize> = (0..scores.len()).filter(|&m| scores[m].is_some()).collect();
+    let mut out = vec![false; scores.len()];
+    if present.len() >= 2 {
+        let s: Vec<f64> = present.iter().map(|&m| scores[m].unwrap_or(0.0)).collect();
+        for (&m, w) in present.iter().zip(weaker(&s)) {
+            out[m] = w;
+        }
+    }
+    out
+}
+
 impl<B: Backend<f32>> Method<B> for Pmr<B> {
     fn kind(&self) -> MethodKind {
         MethodKind::Pmr
@@ -232,18 +247,18 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
                 let mut scores = Vec::new();
                 for (mi, h) in f.feats.iter().enumerate() {
                     let (Some(h), Some(protos)) = (h, &self.protos[mi]) else {
-                        // Absent from the batch: never the weaker one here.
-                        scores.push(f64::INFINITY);
+                        // Absent from the batch: left out of the comparison.
+                        scores.push(None);
                         terms.push(None);
                         continue;
                     };
                     let mb = &batch.modalities[ctx.layout.data_index[mi]];
                     let z = prototype_logits(h, protos)?;
                     let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
-                    scores.push(true_class_score(&z.value().to_vec()?, &y, classes));
+                    scores.push(Some(true_class_score(&z.value().to_vec()?, &y, classes)));
                     terms.push(Some((z, labels_at(ctx.backend, batch, &mb.present)?)));
                 }
-                chosen = weaker(&scores);
+                chosen = weaker_present(&scores);
                 for (mi, t) in terms.iter().enumerate() {
                     if let (true, Some((z, y))) = (chosen[mi], t) {
                         loss = loss.add(&z.cross_entropy(y)?.scale(self.params.alpha)?)?;
@@ -411,7 +426,11 @@ mod tests {
         assert_eq!(weaker(&[0.5, 0.5]), vec![false, false]);
         // Three: below the mean of the other two.
         assert_eq!(weaker(&[0.2, 0.5, 0.9]), vec![true, true, false]);
-        // A modality absent from the batch (infinite score) is never weaker.
-        assert_eq!(weaker(&[0.4, f64::INFINITY]), vec![true, false]);
+        // A modality absent from the batch is left out; alone, none is weaker.
+        assert_eq!(weaker_present(&[Some(0.4), None]), vec![false, false]);
+        assert_eq!(
+            weaker_present(&[Some(0.4), None, Some(0.9)]),
+            vec![true, false, false]
+        );
     }
 }
