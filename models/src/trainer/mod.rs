@@ -1,13 +1,16 @@
 //! One trainer for MLA and its baselines, generic over the backend (DESIGN.md
 //! invariant 6). The loop (batches, evaluation, model selection, metrics,
-//! checkpoints) is shared; `mla`, `joint` and `unimodal` differ only in the
-//! per-batch step (`step.rs`) and in how logits are fused at evaluation
-//! (`eval.rs`).
+//! checkpoints, resume) is shared; the methods differ in their per-batch
+//! step and state (`crate::methods`, one file each behind the `Method`
+//! trait) and in how logits are fused at evaluation (`eval.rs`, from
+//! `MethodKind::head` and `MethodKind::fuses_by_rule`).
 //!
 //! Determinism (invariant 8): the model is initialised from the seed, the
-//! training order of epoch e is drawn from (seed, e), and nothing else is
-//! random, so the same seed, data, backend and thread count give the same
-//! metrics, and resuming after epoch k replays epochs k+1.. exactly.
+//! training order of epoch e is drawn from (seed, e), and the only other
+//! random numbers (OGM-GE's noise, PMR's prototype batches) come from
+//! streams derived from (seed, epoch, step), so the same seed, data, backend
+//! and thread count give the same metrics, and resuming after epoch k
+//! replays epochs k+1.. exactly.
 
 pub mod config;
 mod error;
