@@ -225,8 +225,12 @@ impl Args {
                 )
             }
         };
-        let (ogm, pmr, mmpareto) = self.method_params()?;
-        let agm = self.agm_params()?;
+        let MethodParams {
+            ogm,
+            pmr,
+            mmpareto,
+            agm,
+        } = self.method_params()?;
         let cfg = TrainConfig {
             method: self.method,
             modality: self.modality.clone(),
@@ -257,45 +261,18 @@ impl Args {
     }
 }
 
-impl Args {
-    /// The AGM flags, checked against `--method`.
-    fn agm_params(&self) -> CliResult<Option<AgmParams>> {
-        let given: Vec<&str> = [
-            ("--agm-alpha", self.agm_alpha.is_some()),
-            ("--agm-clamp", self.agm_clamp.is_some()),
-            ("--agm-no-clip", self.agm_no_clip),
-            ("--agm-stale-kappa", self.agm_stale_kappa),
-        ]
-        .into_iter()
-        .filter(|(_, g)| *g)
-        .map(|(f, _)| f)
-        .collect();
-        if self.method != MethodKind::Agm {
-            if !given.is_empty() {
-                return Err(format!(
-                    "{} applies to --method agm only (got --method {})",
-                    given.join(", "),
-                    self.method
-                )
-                .into());
-            }
-            return Ok(None);
-        }
-        let d = AgmParams::default();
-        Ok(Some(AgmParams {
-            alpha: self.agm_alpha.unwrap_or(d.alpha),
-            window: self.modulation_window.unwrap_or(d.window),
-            clamp: self.agm_clamp.or(d.clamp),
-            clip: !self.agm_no_clip,
-            stale_kappa: self.agm_stale_kappa,
-        }))
-    }
+/// The balancing methods' parameters from their flags (`None` for the
+/// methods not asked for).
+struct MethodParams {
+    ogm: Option<OgmParams>,
+    pmr: Option<PmrParams>,
+    mmpareto: Option<MmparetoParams>,
+    agm: Option<AgmParams>,
+}
 
+impl Args {
     /// The method flags given, checked against `--method`.
-    #[allow(clippy::type_complexity)]
-    fn method_params(
-        &self,
-    ) -> CliResult<(Option<OgmParams>, Option<PmrParams>, Option<MmparetoParams>)> {
+    fn method_params(&self) -> CliResult<MethodParams> {
         let m = self.method;
         let given = |flags: &[(&str, bool)]| -> Vec<String> {
             flags
@@ -317,8 +294,15 @@ impl Args {
             ("mmpareto-norm-scope", self.mmpareto_norm_scope.is_some()),
             ("mmpareto-scale", self.mmpareto_scale.is_some()),
         ]);
+        let agm_flags = given(&[
+            ("agm-alpha", self.agm_alpha.is_some()),
+            ("agm-clamp", self.agm_clamp.is_some()),
+            ("agm-no-clip", self.agm_no_clip),
+            ("agm-stale-kappa", self.agm_stale_kappa),
+        ]);
         let is_ogm = matches!(m, MethodKind::Ogm | MethodKind::OgmGe);
         let wrong = match () {
+            _ if m != MethodKind::Agm && !agm_flags.is_empty() => Some((agm_flags, "agm")),
             _ if m != MethodKind::Mmpareto && !mmpareto_flags.is_empty() => {
                 Some((mmpareto_flags, "mmpareto"))
             }
@@ -366,7 +350,22 @@ impl Args {
                 scale: self.mmpareto_scale.unwrap_or(d.scale),
             }
         });
-        Ok((ogm, pmr, mmpareto))
+        let agm = (m == MethodKind::Agm).then(|| {
+            let d = AgmParams::default();
+            AgmParams {
+                alpha: self.agm_alpha.unwrap_or(d.alpha),
+                window: self.modulation_window.unwrap_or(d.window),
+                clamp: self.agm_clamp.or(d.clamp),
+                clip: !self.agm_no_clip,
+                stale_kappa: self.agm_stale_kappa,
+            }
+        });
+        Ok(MethodParams {
+            ogm,
+            pmr,
+            mmpareto,
+            agm,
+        })
     }
 }
 
