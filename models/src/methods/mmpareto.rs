@@ -33,6 +33,8 @@ use mla_core::{Backend, Indices, Tape, Tensor};
 pub struct Mmpareto {
     params: MmparetoParams,
     names: Vec<String>,
+    /// `encoder.<modality>.` of each modality.
+    prefixes: Vec<String>,
     /// This epoch, per modality: sum of cos, conflict steps, steps.
     cos_sum: Vec<f64>,
     conflicts: Vec<u64>,
@@ -50,6 +52,11 @@ impl Mmpareto {
         Ok(Mmpareto {
             params: cfg.mmpareto_params(),
             names: layout.modalities.clone(),
+            prefixes: layout
+                .modalities
+                .iter()
+                .map(|m| Encoder::prefix_for(m))
+                .collect(),
             cos_sum: vec![0.0; m],
             conflicts: vec![0; m],
             steps: vec![0; m],
@@ -223,10 +230,11 @@ impl<B: Backend<f32>> Method<B> for Mmpareto {
             (p.gradients(g), loss.into_value())
         };
         let mut grads: Vec<(String, T32<B>)> = Vec::with_capacity(g1.len() + g2.len());
-        for (mi, name) in self.names.iter().enumerate() {
-            let prefix = Encoder::prefix_for(name);
-            let e1: Vec<&(String, T32<B>)> =
-                g1.iter().filter(|(n, _)| n.starts_with(&prefix)).collect();
+        for (mi, prefix) in self.prefixes.iter().enumerate() {
+            let e1: Vec<&(String, T32<B>)> = g1
+                .iter()
+                .filter(|(n, _)| n.starts_with(prefix.as_str()))
+                .collect();
             if e1.is_empty() {
                 continue; // absent from this batch
             }

@@ -154,14 +154,18 @@ pub(crate) fn upload<B: Backend<f32>>(
     Ok(Tensor::from_slice(backend, data, dims)?)
 }
 
+/// Labels of the rows at `present` (positions in the batch), on the host.
+pub(crate) fn host_labels(batch: &Batch, present: &[usize]) -> Vec<u32> {
+    present.iter().map(|&p| batch.labels[p]).collect()
+}
+
 /// Labels of the rows at `present` (positions in the batch).
 pub(crate) fn labels_at<B: Backend<f32>>(
     backend: &B,
     batch: &Batch,
     present: &[usize],
 ) -> Result<Indices<f32, B>> {
-    let v: Vec<u32> = present.iter().map(|&p| batch.labels[p]).collect();
-    Ok(Indices::new(backend, &v)?)
+    Ok(Indices::new(backend, &host_labels(batch, present))?)
 }
 
 /// One modality's rows of a batch on the device.

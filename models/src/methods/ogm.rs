@@ -24,7 +24,7 @@
 //! present the ratios are the same). Host reads per step: the M scores.
 
 use super::gradops::{standard_normal, std_unbiased};
-use super::{joint_forward, upload_batch, Method, StepCtx};
+use super::{host_labels, joint_forward, upload_batch, Method, StepCtx};
 use crate::data::Batch;
 use crate::encoders::Encoder;
 use crate::metrics::NamedValues;
@@ -44,6 +44,8 @@ pub struct Ogm {
     params: OgmParams,
     seed: u64,
     names: Vec<String>,
+    /// `encoder.<modality>.` of each modality.
+    prefixes: Vec<String>,
     /// This epoch: sums of k and damped-step counts per modality, steps in the window.
     k_sum: Vec<f64>,
     damped: Vec<u64>,
@@ -64,6 +66,11 @@ impl Ogm {
             params: cfg.ogm_params(),
             seed: cfg.seed,
             names: layout.modalities.clone(),
+            prefixes: layout
+                .modalities
+                .iter()
+                .map(|m| Encoder::prefix_for(m))
+                .collect(),
             k_sum: vec![0.0; m],
             damped: vec![0; m],
             steps: 0,
@@ -209,7 +216,7 @@ impl<B: Backend<f32>> Method<B> for Ogm {
                         None => None,
                         Some(h) => {
                             let z = ctx.model.modality_logits(&p, name, &h.detach())?;
-                            let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
+                            let y = host_labels(&batch, &mb.present);
                             Some(true_class_score(&z.value().to_vec()?, &y, classes))
                         }
                     });
@@ -224,9 +231,12 @@ impl<B: Backend<f32>> Method<B> for Ogm {
                 self.seed,
                 NOISE_STREAM ^ ((ctx.epoch as u64) << 32 | ctx.step as u64),
             );
-            let prefixes: Vec<String> = self.names.iter().map(|m| Encoder::prefix_for(m)).collect();
             for (name, g) in grads.iter_mut() {
-                let Some(mi) = prefixes.iter().position(|p| name.starts_with(p.as_str())) else {
+                let Some(mi) = self
+                    .prefixes
+                    .iter()
+                    .position(|p| name.starts_with(p.as_str()))
+                else {
                     continue;
                 };
                 if !modulated(g.dims(), self.params.tensors) {

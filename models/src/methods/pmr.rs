@@ -20,7 +20,9 @@
 //! Host reads per step: the M prototype scores.
 
 use super::ogm::true_class_score;
-use super::{joint_forward, labels_at, upload, upload_batch, EpochCtx, Method, StepCtx, T32};
+use super::{
+    host_labels, joint_forward, labels_at, upload, upload_batch, EpochCtx, Method, StepCtx, T32,
+};
 use crate::data::{Batch, Loader};
 use crate::metrics::NamedValues;
 use crate::model::Model;
@@ -203,7 +205,7 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
                     continue;
                 }
                 let h = features(ctx.model, ctx.layout, mi, &batch)?;
-                let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
+                let y = host_labels(&batch, &mb.present);
                 let (bs, bc) = class_sums(&h, &y, c, s);
                 sums[mi].iter_mut().zip(&bs).for_each(|(a, b)| *a += b);
                 counts[mi].iter_mut().zip(&bc).for_each(|(a, b)| *a += b);
@@ -254,7 +256,7 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
                     };
                     let mb = &batch.modalities[ctx.layout.data_index[mi]];
                     let z = prototype_logits(h, protos)?;
-                    let y: Vec<u32> = mb.present.iter().map(|&i| batch.labels[i]).collect();
+                    let y = host_labels(&batch, &mb.present);
                     scores.push(Some(true_class_score(&z.value().to_vec()?, &y, classes)));
                     terms.push(Some((z, labels_at(ctx.backend, batch, &mb.present)?)));
                 }
