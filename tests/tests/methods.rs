@@ -14,7 +14,7 @@ use mla_models::trainer::{
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use trainer_common::{history, synthetic, Synthetic, TempDir};
+use trainer_common::{history, stopped_and_resumed, synthetic, train_in, Synthetic, TempDir};
 
 fn cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
@@ -342,27 +342,8 @@ fn methods_resume_exactly() {
             ..c
         };
         let tag = c.method.to_string();
-        let mut full = Trainer::new(Cpu, ds.clone(), c.clone())
-            .unwrap()
-            .with_run_dir(&runs.join(&format!("full-{tag}")))
-            .unwrap();
-        let fs = full.run(&mut Silent).unwrap();
-        let part_dir = runs.join(&format!("part-{tag}"));
-        let mut part = Trainer::new(
-            Cpu,
-            ds.clone(),
-            TrainConfig {
-                epochs: 1,
-                ..c.clone()
-            },
-        )
-        .unwrap()
-        .with_run_dir(&part_dir)
-        .unwrap();
-        part.run(&mut Silent).unwrap();
-        drop(part);
-        let mut resumed = Trainer::resume(Cpu, ds.clone(), &part_dir, Some(3)).unwrap();
-        let rs = resumed.run(&mut Silent).unwrap();
+        let (full, fs) = train_in(&ds, c.clone(), &runs.join(&format!("full-{tag}")));
+        let (resumed, rs) = stopped_and_resumed(&ds, c, 1, &runs.join(&format!("part-{tag}")));
         assert_eq!(history(&resumed), history(&full), "{tag}");
         assert_eq!(params(&resumed), params(&full), "{tag}");
         assert_eq!(rs.test, fs.test, "{tag}");

@@ -13,7 +13,7 @@ use mla_models::data::Dataset;
 use mla_models::trainer::{run_dir, MethodKind, Silent, Summary, TrainConfig, Trainer};
 use std::path::Path;
 use std::sync::Arc;
-use trainer_common::{history, synthetic, Synthetic, TempDir};
+use trainer_common::{history, synthetic, train_in, Synthetic, TempDir};
 
 fn cfg() -> TrainConfig {
     TrainConfig {
@@ -55,11 +55,7 @@ fn a_run_stopped_after_any_write_resumes_to_the_uninterrupted_result() {
     let ds = Arc::new(Dataset::open(data.path()).unwrap());
     let runs = TempDir::new("crash-runs");
     let full_dir = runs.join("full");
-    let mut full = Trainer::new(Cpu, ds.clone(), cfg())
-        .unwrap()
-        .with_run_dir(&full_dir)
-        .unwrap();
-    let full_summary = full.run(&mut Silent).unwrap();
+    let (full, full_summary) = train_in(&ds, cfg(), &full_dir);
     let best_full = Checkpoint::load(&full_dir.join(run_dir::BEST)).unwrap();
     // Epoch 1 writes best, last, metrics, summary (4 writes); epoch 2 writes
     // 3 or 4 depending on whether it is a new best. Stop after each of the

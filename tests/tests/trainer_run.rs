@@ -12,7 +12,7 @@ use mla_models::trainer::{
     OptimizerKind, Silent, TrainConfig, TrainError, Trainer,
 };
 use std::sync::Arc;
-use trainer_common::{history, synthetic, Synthetic, TempDir};
+use trainer_common::{history, stopped_and_resumed, synthetic, train_in, Synthetic, TempDir};
 
 fn cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
@@ -157,30 +157,9 @@ fn resume_equals_an_uninterrupted_run() {
             ..cfg(MethodKind::Mla)
         };
         let full_dir = runs.join(&format!("full-{hgm}"));
-        let mut full = Trainer::new(Cpu, ds.clone(), c.clone())
-            .unwrap()
-            .with_run_dir(&full_dir)
-            .unwrap();
-        let full_summary = full.run(&mut Silent).unwrap();
-
+        let (full, full_summary) = train_in(&ds, c.clone(), &full_dir);
         let part_dir = runs.join(&format!("part-{hgm}"));
-        let mut part = Trainer::new(
-            Cpu,
-            ds.clone(),
-            TrainConfig {
-                epochs: 2,
-                ..c.clone()
-            },
-        )
-        .unwrap()
-        .with_run_dir(&part_dir)
-        .unwrap();
-        part.run(&mut Silent).unwrap();
-        drop(part);
-        let mut resumed = Trainer::resume(Cpu, ds.clone(), &part_dir, Some(4)).unwrap();
-        assert_eq!(resumed.state().epochs_done, 2);
-        let resumed_summary = resumed.run(&mut Silent).unwrap();
-
+        let (resumed, resumed_summary) = stopped_and_resumed(&ds, c, 2, &part_dir);
         assert_eq!(history(&resumed), history(&full), "hgm {hgm}");
         assert_eq!(resumed_summary.test, full_summary.test);
         assert_eq!(resumed_summary.val, full_summary.val);
@@ -336,11 +315,7 @@ fn checkpoint_reproduces_the_reported_test_metrics() {
     let ds = open(&data);
     let runs = TempDir::new("eval-runs");
     let dir = runs.join("run");
-    let mut t = Trainer::new(Cpu, ds.clone(), cfg(MethodKind::Mla))
-        .unwrap()
-        .with_run_dir(&dir)
-        .unwrap();
-    let s = t.run(&mut Silent).unwrap();
+    let (_, s) = train_in(&ds, cfg(MethodKind::Mla), &dir);
     let ckpt = Checkpoint::load(&dir.join(run_dir::BEST)).unwrap();
     let (model, layout, c) = load_model(&Cpu, &ds, &ckpt).unwrap();
     let fit = load_fusion_fit(&ckpt, &layout).unwrap();
@@ -489,18 +464,14 @@ fn crafted_metadata_is_refused_before_a_model_is_built() {
     let ds = open(&data);
     let runs = TempDir::new("crafted-runs");
     let dir = runs.join("run");
-    let mut t = Trainer::new(
-        Cpu,
-        ds.clone(),
+    train_in(
+        &ds,
         TrainConfig {
             epochs: 1,
             ..cfg(MethodKind::Mla)
         },
-    )
-    .unwrap()
-    .with_run_dir(&dir)
-    .unwrap();
-    t.run(&mut Silent).unwrap();
+        &dir,
+    );
     let good = Checkpoint::load(&dir.join(run_dir::LAST)).unwrap();
     // A feature size of 10^9 would size every layer: refused from the head's shape.
     let mut c = good.clone();
@@ -539,18 +510,14 @@ fn overflowing_logits_are_an_error_naming_modality_and_sample() {
     let ds = open(&data);
     let runs = TempDir::new("huge-head-runs");
     let dir = runs.join("run");
-    let mut t = Trainer::new(
-        Cpu,
-        ds.clone(),
+    train_in(
+        &ds,
         TrainConfig {
             epochs: 1,
             ..cfg(MethodKind::Mla)
         },
-    )
-    .unwrap()
-    .with_run_dir(&dir)
-    .unwrap();
-    t.run(&mut Silent).unwrap();
+        &dir,
+    );
     // Finite weights whose products overflow f32: the logits become infinite.
     let mut c = Checkpoint::load(&dir.join(run_dir::BEST)).unwrap();
     let w = c.get("head.weight").unwrap().clone();

@@ -9,9 +9,9 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::Dataset;
-use mla_models::trainer::{run_dir, MethodKind, OptimizerKind, Silent, TrainConfig, Trainer};
+use mla_models::trainer::{run_dir, MethodKind, OptimizerKind, TrainConfig, Trainer};
 use std::sync::Arc;
-use trainer_common::{synthetic, Synthetic, TempDir};
+use trainer_common::{synthetic, train_in, Synthetic, TempDir};
 
 const METHODS: [MethodKind; 8] = [
     MethodKind::Mla,
@@ -66,11 +66,7 @@ fn ties_keep_the_first_epoch_and_best_is_never_overwritten() {
             ..cfg(method)
         };
         let dir = runs.join(&format!("three-{method}"));
-        let mut t = Trainer::new(Cpu, ds.clone(), c.clone())
-            .unwrap()
-            .with_run_dir(&dir)
-            .unwrap();
-        let s = t.run(&mut Silent).unwrap();
+        let (t, s) = train_in(&ds, c.clone(), &dir);
         let h = &t.state().history;
         assert!(
             h.iter()
@@ -84,12 +80,7 @@ fn ties_keep_the_first_epoch_and_best_is_never_overwritten() {
             vec![true, false, false]
         );
         let one = runs.join(&format!("one-{method}"));
-        Trainer::new(Cpu, ds.clone(), TrainConfig { epochs: 1, ..c })
-            .unwrap()
-            .with_run_dir(&one)
-            .unwrap()
-            .run(&mut Silent)
-            .unwrap();
+        train_in(&ds, TrainConfig { epochs: 1, ..c }, &one);
         let best = weights(&Checkpoint::load(&dir.join(run_dir::BEST)).unwrap());
         let last = weights(&Checkpoint::load(&dir.join(run_dir::LAST)).unwrap());
         let epoch1 = weights(&Checkpoint::load(&one.join(run_dir::LAST)).unwrap());

@@ -4,11 +4,13 @@
 
 use mla_cpu::Cpu;
 use mla_models::data::npy::write_npy;
+use mla_models::data::Dataset;
 use mla_models::rng::Rng;
-use mla_models::trainer::{EpochRecord, Trainer};
+use mla_models::trainer::{EpochRecord, Silent, Summary, TrainConfig, Trainer};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// A fresh directory under the system temp dir, removed on drop.
 pub struct TempDir(PathBuf);
@@ -197,4 +199,38 @@ pub fn history(t: &Trainer<Cpu>) -> Vec<EpochRecord> {
         .iter()
         .map(|r| r.without_timing())
         .collect()
+}
+
+/// A fresh run of `cfg` on `ds` writing into the run directory `dir`,
+/// trained to its last epoch.
+pub fn train_in(ds: &Arc<Dataset>, cfg: TrainConfig, dir: &Path) -> (Trainer<Cpu>, Summary) {
+    let mut t = Trainer::new(Cpu, ds.clone(), cfg)
+        .unwrap()
+        .with_run_dir(dir)
+        .unwrap();
+    let s = t.run(&mut Silent).unwrap();
+    (t, s)
+}
+
+/// `cfg` trained for `first` epochs into `dir`, dropped, then resumed from
+/// `dir` up to `cfg.epochs`.
+pub fn stopped_and_resumed(
+    ds: &Arc<Dataset>,
+    cfg: TrainConfig,
+    first: usize,
+    dir: &Path,
+) -> (Trainer<Cpu>, Summary) {
+    let total = cfg.epochs;
+    drop(train_in(
+        ds,
+        TrainConfig {
+            epochs: first,
+            ..cfg
+        },
+        dir,
+    ));
+    let mut t = Trainer::resume(Cpu, ds.clone(), dir, Some(total)).unwrap();
+    assert_eq!(t.state().epochs_done, first);
+    let s = t.run(&mut Silent).unwrap();
+    (t, s)
 }
