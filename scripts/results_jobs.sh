@@ -43,6 +43,10 @@ balancing=(
   "pmr --method pmr"
   "mmpareto --method mmpareto"
   "agm --method agm"
+  "reconboost --method reconboost"
+  # One estimation of one epoch per copy before the first epoch: the
+  # defaults (10 x 10) would cost 30 extra epochs in a 3-epoch run.
+  "gblending --method gblending --gblending-every 0 --gblending-epochs 1"
 )
 for ds in default pca75; do for seed in 0 1 2; do for m in "${balancing[@]}"; do
   set -- $m; name=$1; shift

@@ -7,9 +7,10 @@ use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
-    AgmParams, AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind,
-    MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams,
-    RunDir, TrainConfig, Trainer, DEFAULT_ALPHA,
+    AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
+    HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule,
+    OptimizerKind, PmrParams, ReconboostParams, RunDir, StageSchedule, TrainConfig, Trainer,
+    DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,13 +34,17 @@ pub struct Args {
     /// Gaussian noise), pmr (joint plus the weaker modality's prototype
     /// cross-entropy), mmpareto (plus one head per modality; Pareto
     /// integration of multimodal and unimodal encoder gradients), agm
-    /// (Shapley-decomposed logits, each modality's gradient share scaled).
-    /// Methods other than mla/unimodal fuse with the concatenation head.
+    /// (Shapley-decomposed logits, each modality's gradient share scaled),
+    /// reconboost (stages alternating one modality's boosting step with a
+    /// correction of the whole ensemble, shared head), gblending (losses of
+    /// every modality's slice and the fused output, weighted by estimated
+    /// generalisation/overfitting). mla and reconboost fuse per-modality
+    /// logits by --fusion; the others use the concatenation head.
     #[arg(
         long,
         default_value = "mla",
         conflicts_with = "resume",
-        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr|mmpareto|agm"
+        value_name = "mla|joint|unimodal|ogm|ogm-ge|pmr|mmpareto|agm|reconboost|gblending"
     )]
     method: MethodKind,
     /// The modality of --method unimodal.
@@ -185,6 +190,46 @@ pub struct Args {
     /// [default: kappa 1 outside the window]
     #[arg(long, conflicts_with = "resume")]
     agm_stale_kappa: bool,
+    /// ReconBoost: weight w1 of the modality's own CE in phase 1, >= w2.
+    /// [default: 5.0, the official CREMA-D value]
+    #[arg(
+        long,
+        value_name = "W1",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
+    reconboost_w1: Option<f64>,
+    /// ReconBoost: weight w2 of the reconcilement term, in [0, w1]. [default: 1.0, official]
+    #[arg(
+        long,
+        value_name = "W2",
+        allow_negative_numbers = true,
+        conflicts_with = "resume"
+    )]
+    reconboost_w2: Option<f64>,
+    /// ReconBoost: epochs STAGE:CORRECT of each stage's phase 1 (one
+    /// modality) and phase 2 (the ensemble), STAGE >= 1. [default: 1:1,
+    /// BalanceBenchmark's; the official code runs 4:4]
+    #[arg(long, value_name = "STAGE:CORRECT", conflicts_with = "resume")]
+    reconboost_schedule: Option<StageSchedule>,
+    /// ReconBoost: keep one optimizer across phases (BalanceBenchmark).
+    /// [default: a fresh optimizer per phase, as the official code]
+    #[arg(long, conflicts_with = "resume")]
+    reconboost_keep_optimizer: bool,
+    /// G-Blending: re-estimate the weights before every N-th epoch; 0: once,
+    /// before the first. [default: 10, BalanceBenchmark's super_epoch]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    gblending_every: Option<usize>,
+    /// G-Blending: epochs each estimation trains a model copy per modality
+    /// and for the output, >= 1 (>= 2 with --gblending-rule bb).
+    /// [default: 10, BalanceBenchmark's super_epoch]
+    #[arg(long, value_name = "K", conflicts_with = "resume")]
+    gblending_epochs: Option<usize>,
+    /// G-Blending: paper (losses before and after the estimation, weight
+    /// max(G, 0)/O^2) or bb (BalanceBenchmark: "before" after the first
+    /// estimation epoch, |G/O^2|); both with per-sample mean losses. [default: paper]
+    #[arg(long, value_name = "paper|bb", conflicts_with = "resume")]
+    gblending_rule: Option<BlendRule>,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
     /// Train on a seeded random subset of this many train samples.
@@ -230,6 +275,8 @@ impl Args {
             pmr,
             mmpareto,
             agm,
+            reconboost,
+            gblending,
         } = self.method_params()?;
         let cfg = TrainConfig {
             method: self.method,
@@ -253,6 +300,8 @@ impl Args {
             pmr,
             mmpareto,
             agm,
+            reconboost,
+            gblending,
             train_limit: self.train_limit,
             eval_limit: self.eval_limit,
         };
@@ -268,6 +317,8 @@ struct MethodParams {
     pmr: Option<PmrParams>,
     mmpareto: Option<MmparetoParams>,
     agm: Option<AgmParams>,
+    reconboost: Option<ReconboostParams>,
+    gblending: Option<GblendingParams>,
 }
 
 impl Args {
@@ -300,8 +351,25 @@ impl Args {
             ("agm-no-clip", self.agm_no_clip),
             ("agm-stale-kappa", self.agm_stale_kappa),
         ]);
+        let reconboost_flags = given(&[
+            ("reconboost-w1", self.reconboost_w1.is_some()),
+            ("reconboost-w2", self.reconboost_w2.is_some()),
+            ("reconboost-schedule", self.reconboost_schedule.is_some()),
+            ("reconboost-keep-optimizer", self.reconboost_keep_optimizer),
+        ]);
+        let gblending_flags = given(&[
+            ("gblending-every", self.gblending_every.is_some()),
+            ("gblending-epochs", self.gblending_epochs.is_some()),
+            ("gblending-rule", self.gblending_rule.is_some()),
+        ]);
         let is_ogm = matches!(m, MethodKind::Ogm | MethodKind::OgmGe);
         let wrong = match () {
+            _ if m != MethodKind::Reconboost && !reconboost_flags.is_empty() => {
+                Some((reconboost_flags, "reconboost"))
+            }
+            _ if m != MethodKind::Gblending && !gblending_flags.is_empty() => {
+                Some((gblending_flags, "gblending"))
+            }
             _ if m != MethodKind::Agm && !agm_flags.is_empty() => Some((agm_flags, "agm")),
             _ if m != MethodKind::Mmpareto && !mmpareto_flags.is_empty() => {
                 Some((mmpareto_flags, "mmpareto"))
@@ -360,11 +428,30 @@ impl Args {
                 stale_kappa: self.agm_stale_kappa,
             }
         });
+        let reconboost = (m == MethodKind::Reconboost).then(|| {
+            let d = ReconboostParams::default();
+            ReconboostParams {
+                w1: self.reconboost_w1.unwrap_or(d.w1),
+                w2: self.reconboost_w2.unwrap_or(d.w2),
+                schedule: self.reconboost_schedule.unwrap_or(d.schedule),
+                reset_optimizer: !self.reconboost_keep_optimizer,
+            }
+        });
+        let gblending = (m == MethodKind::Gblending).then(|| {
+            let d = GblendingParams::default();
+            GblendingParams {
+                every: self.gblending_every.unwrap_or(d.every),
+                epochs: self.gblending_epochs.unwrap_or(d.epochs),
+                rule: self.gblending_rule.unwrap_or(d.rule),
+            }
+        });
         Ok(MethodParams {
             ogm,
             pmr,
             mmpareto,
             agm,
+            reconboost,
+            gblending,
         })
     }
 }

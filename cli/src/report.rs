@@ -134,8 +134,8 @@ pub fn metrics_table(
     let v = |f: &dyn Fn(&EvalMetrics) -> Option<f64>| val.map(f);
     let used = test.fusion_rule.unwrap_or(fusion);
     let fused_name = match method {
-        MethodKind::Mla if used != fusion => format!("fused ({fusion}: {used})"),
-        MethodKind::Mla => format!("fused ({fusion})"),
+        m if m.fuses_by_rule() && used != fusion => format!("fused ({fusion}: {used})"),
+        m if m.fuses_by_rule() => format!("fused ({fusion})"),
         MethodKind::Unimodal => "fused (= modality)".into(),
         m => format!("fused ({m}: concatenation head)"),
     };
@@ -166,6 +166,8 @@ pub fn metrics_table(
             format!("{name} (head slice)")
         } else if method.head() == HeadKind::ConcatUnimodal {
             format!("{name} (own head)")
+        } else if method.head() == HeadKind::Ensemble {
+            format!("{name} (beta x shared head)")
         } else {
             name.to_string()
         };
@@ -289,6 +291,24 @@ pub fn summary_table(s: &Summary) -> String {
         MethodKind::Mmpareto => match &s.mmpareto {
             Some(p) => format!("mmpareto (norm scope {}, scale {})", p.norm_scope, p.scale),
             None => "mmpareto".into(),
+        },
+        MethodKind::Reconboost => match &s.reconboost {
+            Some(p) => format!(
+                "reconboost (w1 {}, w2 {}, schedule {}, {} optimizer per phase, fusion {})",
+                p.w1,
+                p.w2,
+                p.schedule,
+                if p.reset_optimizer { "fresh" } else { "one" },
+                s.fusion
+            ),
+            None => "reconboost".into(),
+        },
+        MethodKind::Gblending => match &s.gblending {
+            Some(p) => format!(
+                "gblending (every {}, {} estimation epochs, {} rule)",
+                p.every, p.epochs, p.rule
+            ),
+            None => "gblending".into(),
         },
     };
     let mut out = format!(

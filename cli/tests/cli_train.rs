@@ -315,6 +315,60 @@ fn baselines_and_bench_run() {
         e["metrics"]["modality_accuracy"],
         sm["test"]["modality_accuracy"]
     );
+    // ReconBoost: beta is in the checkpoint (a new head kind) and `mla eval`
+    // reproduces the summary's test numbers, fused by rule.
+    let rb = runs.join("reconboost");
+    let mut a = train_args(s(data.path()), s(&rb), "2");
+    a.extend_from_slice(&[
+        "--method",
+        "reconboost",
+        "--reconboost-w1",
+        "4",
+        "--reconboost-schedule",
+        "1:1",
+        "--encoder",
+        "mlp",
+    ]);
+    let out = ok(&a);
+    assert!(
+        out.contains("reconboost (w1 4, w2 1, schedule 1:1, fresh optimizer per phase")
+            && out.contains("(beta x shared head)"),
+        "{out}"
+    );
+    let sr = json(&rb.join("summary.json"));
+    assert_eq!(sr["reconboost"]["w1"], 4.0);
+    let e: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--checkpoint",
+        s(&rb.join("best.safetensors")),
+        "--json",
+        "--backend",
+        "cpu",
+    ]))
+    .unwrap();
+    assert_eq!(e["metrics"]["fused_accuracy"], sr["test"]["fused_accuracy"]);
+    assert_eq!(e["metrics"]["fusion_accuracy"], sr["test"]["fusion_accuracy"]);
+    let gb = runs.join("gblending");
+    let mut a = train_args(s(data.path()), s(&gb), "1");
+    a.extend_from_slice(&[
+        "--method",
+        "gblending",
+        "--gblending-every",
+        "0",
+        "--gblending-epochs",
+        "2",
+        "--gblending-rule",
+        "bb",
+        "--encoder",
+        "mlp",
+    ]);
+    let out = ok(&a);
+    assert!(
+        out.contains("gblending (every 0, 2 estimation epochs, bb rule)"),
+        "{out}"
+    );
+    let metrics = std::fs::read_to_string(gb.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("weight.output"), "{metrics}");
     assert_eq!(sp["pmr"]["alpha"], 2.0);
     assert_eq!(sp["pmr"]["window"]["end"], 60);
     let out = ok(&[
@@ -438,6 +492,25 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("--agm-stale-kappa") && e.contains("agm"), "{e}");
     let e = run(&["--method", "agm", "--agm-alpha", "-2"]);
     assert!(e.contains("--agm-alpha must be"), "{e}");
+    let e = run(&["--method", "joint", "--reconboost-keep-optimizer"]);
+    assert!(
+        e.contains("--reconboost-keep-optimizer") && e.contains("reconboost"),
+        "{e}"
+    );
+    let e = run(&["--method", "reconboost", "--reconboost-w2", "9"]);
+    assert!(e.contains("w1 >= w2"), "{e}");
+    let e = run(&["--method", "mla", "--gblending-epochs", "3"]);
+    assert!(e.contains("--gblending-epochs") && e.contains("gblending"), "{e}");
+    let e = fails(&[
+        "train",
+        "--data",
+        d,
+        "--method",
+        "reconboost",
+        "--reconboost-schedule",
+        "0:2",
+    ]);
+    assert!(e.contains("STAGE:CORRECT"), "{e}");
     let e = run(&["--method", "pmr", "--pmr-momentum", "1"]);
     assert!(e.contains("--pmr-momentum must be in [0, 1)"), "{e}");
     let e = fails(&[
@@ -458,7 +531,8 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     // Unknown names are rejected by the argument parser (exit 2) with the valid ones.
     let e = fails(&["train", "--data", d, "--method", "lazy"]);
     assert!(
-        e.contains("lazy") && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto, agm"),
+        e.contains("lazy")
+            && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto, agm, reconboost, gblending"),
         "{e}"
     );
     let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);

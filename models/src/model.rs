@@ -8,6 +8,10 @@
 //! - [`HeadKind::ConcatUnimodal`] (MMPareto): the concatenation head plus one
 //!   head per modality (`heads.<modality>.weight [C, s]`, `.bias`), which
 //!   gives that modality's own logits (not a slice of the fused head).
+//! - [`HeadKind::Ensemble`] (ReconBoost): the shared head plus a learnable
+//!   scalar `head.beta [1]` (the "boost rate", initialised to 1 as in the
+//!   official code); a modality's logits are `beta * head(h_m)`, so the
+//!   ensemble `beta * sum_m head(h_m)` is the sum of the modality logits.
 //!
 //! A training step puts the parameters on a tape ([`Model::track`]), runs
 //! [`Model::features`] and a logits function, and calls backward; an
@@ -24,6 +28,8 @@ use mla_core::{Backend, Element, Indices, Tape, Tensor, Var};
 pub const HEAD_WEIGHT: &str = "head.weight";
 /// Name of the head's bias (never projected).
 pub const HEAD_BIAS: &str = "head.bias";
+/// Name of the [`HeadKind::Ensemble`] scale.
+pub const HEAD_BETA: &str = "head.beta";
 /// Prefix of every head parameter.
 pub const HEAD_PREFIX: &str = "head.";
 /// Prefix of the per-modality heads of [`HeadKind::ConcatUnimodal`].
@@ -37,6 +43,7 @@ pub enum HeadKind {
     Concat,
     Single,
     ConcatUnimodal,
+    Ensemble,
 }
 
 impl HeadKind {
@@ -87,7 +94,7 @@ impl ModelSpec {
             HeadKind::Concat | HeadKind::ConcatUnimodal => {
                 self.feature_size * self.modalities.len()
             }
-            HeadKind::Shared | HeadKind::Single => self.feature_size,
+            HeadKind::Shared | HeadKind::Single | HeadKind::Ensemble => self.feature_size,
         }
     }
 
@@ -179,6 +186,9 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         head.init(&mut params, spec.init, Activation::Linear, seed)?;
         for h in &unimodal_heads {
             h.init(&mut params, spec.init, Activation::Linear, seed)?;
+        }
+        if spec.head == HeadKind::Ensemble {
+            params.insert(HEAD_BETA, Tensor::from_slice(backend, &[T::one()], [1])?)?;
         }
         Ok(Model {
             spec,
@@ -300,6 +310,7 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         let m = self.modality_index(modality)?;
         match self.spec.head {
             HeadKind::Shared | HeadKind::Single => self.head.forward(p, h),
+            HeadKind::Ensemble => Ok(self.head.forward(p, h)?.mul(p.get(HEAD_BETA)?)?),
             HeadKind::ConcatUnimodal => self.unimodal_heads[m].forward(p, h),
             HeadKind::Concat => self.slice_logits(p, modality, h),
         }

@@ -188,6 +188,18 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
         Ok(())
     }
 
+    /// Forgets every parameter's state (momentum, Adam moments and step
+    /// counts): the optimizer is as freshly created (ReconBoost's per-phase
+    /// optimizer).
+    pub fn reset(&mut self) {
+        self.slots.clear();
+    }
+
+    /// Whether any parameter has optimizer state.
+    pub fn has_state(&self) -> bool {
+        !self.slots.is_empty()
+    }
+
     /// Number of steps `name` has taken under Adam (0 if never stepped or under SGD).
     pub fn param_steps(&self, name: &str) -> u64 {
         match self.slots.get(name) {

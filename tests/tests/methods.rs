@@ -10,7 +10,8 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::data::Dataset;
 use mla_models::trainer::{
-    AgmParams, EpochWindow, MethodKind, OgmParams, PmrParams, Silent, TrainConfig, Trainer,
+    AgmParams, EpochWindow, GblendingParams, MethodKind, OgmParams, PmrParams, ReconboostParams,
+    Silent, StageSchedule, TrainConfig, Trainer,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,6 +20,12 @@ use trainer_common::{history, stopped_and_resumed, synthetic, train_in, Syntheti
 fn cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
         method,
+        // One quick estimation (the default trains 3 copies x 10 epochs).
+        gblending: (method == MethodKind::Gblending).then_some(GblendingParams {
+            every: 2,
+            epochs: 1,
+            ..GblendingParams::default()
+        }),
         encoder: "mlp".into(),
         feature_size: 16,
         epochs: 1,
@@ -264,6 +271,8 @@ fn every_method_learns_two_and_three_modalities() {
             MethodKind::Mmpareto,
             MethodKind::Agm,
             MethodKind::Mla,
+            MethodKind::Reconboost,
+            MethodKind::Gblending,
         ] {
             let c = TrainConfig {
                 epochs: 3,
@@ -311,6 +320,24 @@ fn every_method_learns_two_and_three_modalities() {
                     let f = st.get("prototype_loss_fraction.audio").unwrap();
                     assert!((0.0..=1.0).contains(&f));
                 }
+                MethodKind::Reconboost => {
+                    let st = stats.expect("reconboost reports its stage");
+                    assert_eq!(st.get("phase"), Some(1.0));
+                    assert_eq!(st.get("trained.image"), Some(1.0));
+                    // Nothing else in the ensemble yet: q = 1 for every sample.
+                    assert_eq!(st.get("mean_q"), Some(1.0));
+                    let st3 = t.state().history[2].method_stats.clone().unwrap();
+                    let q = st3.get("mean_q").unwrap();
+                    assert!(q > 0.0 && q < 1.0, "{q}");
+                }
+                MethodKind::Gblending => {
+                    let st = stats.expect("gblending reports its weights");
+                    let w = st.get("weight.output").unwrap();
+                    assert!((0.0..=1.0).contains(&w));
+                    if touch {
+                        assert!(st.get("weight.touch").is_some());
+                    }
+                }
                 _ => assert!(stats.is_none()),
             }
         }
@@ -325,6 +352,20 @@ fn methods_resume_exactly() {
         cfg(MethodKind::OgmGe),
         cfg(MethodKind::Mmpareto),
         cfg(MethodKind::Agm),
+        cfg(MethodKind::Gblending),
+        // Stopped inside a phase (epochs 1-2 are phase 1): the resumed epoch
+        // must not reset the optimizer; 1:1 resumes at a phase start.
+        TrainConfig {
+            reconboost: Some(ReconboostParams {
+                schedule: StageSchedule {
+                    stage: 2,
+                    correct: 1,
+                },
+                ..ReconboostParams::default()
+            }),
+            ..cfg(MethodKind::Reconboost)
+        },
+        cfg(MethodKind::Reconboost),
         TrainConfig {
             // Momentum so the stored prototypes matter on resume.
             pmr: Some(PmrParams {
@@ -334,14 +375,14 @@ fn methods_resume_exactly() {
             ..cfg(MethodKind::Pmr)
         },
     ];
-    for c in cases {
+    for (i, c) in cases.into_iter().enumerate() {
         let c = TrainConfig {
             epochs: 3,
             momentum: 0.9,
             weight_decay: 1e-4,
             ..c
         };
-        let tag = c.method.to_string();
+        let tag = format!("{}-{i}", c.method);
         let (full, fs) = train_in(&ds, c.clone(), &runs.join(&format!("full-{tag}")));
         let (resumed, rs) = stopped_and_resumed(&ds, c, 1, &runs.join(&format!("part-{tag}")));
         assert_eq!(history(&resumed), history(&full), "{tag}");
@@ -424,6 +465,29 @@ fn method_flags_belong_to_their_method() {
         ..cfg(MethodKind::Ogm)
     };
     assert!(c.validate().unwrap_err().contains("--agm-"));
+    let c = TrainConfig {
+        reconboost: Some(ReconboostParams::default()),
+        ..cfg(MethodKind::Gblending)
+    };
+    assert!(c.validate().unwrap_err().contains("--reconboost-"));
+    let c = TrainConfig {
+        reconboost: Some(ReconboostParams {
+            w1: 1.0,
+            w2: 2.0,
+            ..ReconboostParams::default()
+        }),
+        ..cfg(MethodKind::Reconboost)
+    };
+    assert!(c.validate().unwrap_err().contains("w1 >= w2"));
+    let c = TrainConfig {
+        gblending: Some(GblendingParams {
+            epochs: 1,
+            rule: mla_models::trainer::BlendRule::Bb,
+            ..GblendingParams::default()
+        }),
+        ..cfg(MethodKind::Gblending)
+    };
+    assert!(c.validate().unwrap_err().contains("--gblending-epochs"));
     let e = "ogm_ge".parse::<MethodKind>().unwrap_err();
     assert!(e.contains("ogm-ge") && e.contains("pmr"), "{e}");
 }

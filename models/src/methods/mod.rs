@@ -22,12 +22,14 @@
 
 pub mod agm;
 pub mod forgetting;
+pub mod gblending;
 pub mod gradops;
 pub mod joint;
 pub mod mla;
 pub mod mmpareto;
 pub mod ogm;
 pub mod pmr;
+pub mod reconboost;
 pub mod unimodal;
 
 use crate::data::{Batch, Dataset};
@@ -67,6 +69,8 @@ pub struct EpochCtx<'a, B: Backend<f32>> {
     pub dataset: &'a Arc<Dataset>,
     /// The run's training samples.
     pub train: &'a [usize],
+    /// The run's validation samples (model selection; G-Blending's estimate).
+    pub val: &'a [usize],
     /// 1-based epoch about to be trained.
     pub epoch: usize,
 }
@@ -90,8 +94,9 @@ pub trait Method<B: Backend<f32>> {
         Ok(())
     }
 
-    /// Turns measurements that are not part of training (MLA's forgetting
-    /// probe) on or off; benchmarks time steps without them.
+    /// Off while a benchmark times steps: measurements that are not part of
+    /// training (MLA's forgetting probe) and per-epoch work that does not
+    /// change a step's cost (G-Blending's weight estimation) are skipped.
     fn set_measuring(&mut self, _on: bool) {}
 
     /// Prefix of the method's state tensors in a checkpoint.
@@ -138,6 +143,8 @@ pub fn create<B: Backend<f32>>(
         MethodKind::Pmr => Box::new(pmr::Pmr::new(backend, cfg, layout)?),
         MethodKind::Mmpareto => Box::new(mmpareto::Mmpareto::new(cfg, layout)?),
         MethodKind::Agm => Box::new(agm::Agm::new(cfg, layout)?),
+        MethodKind::Reconboost => Box::new(reconboost::Reconboost::new(cfg, layout)?),
+        MethodKind::Gblending => Box::new(gblending::Gblending::new(backend, cfg, layout)?),
     })
 }
 

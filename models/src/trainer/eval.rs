@@ -55,7 +55,7 @@ fn check_metadata(ckpt: &Checkpoint, cfg: &TrainConfig, layout: &ModelLayout) ->
     let head = ckpt.get(crate::model::HEAD_WEIGHT)?;
     let inputs = match cfg.method.head() {
         HeadKind::Concat | HeadKind::ConcatUnimodal => layout.modalities.len(),
-        HeadKind::Shared | HeadKind::Single => 1,
+        HeadKind::Shared | HeadKind::Single | HeadKind::Ensemble => 1,
     };
     let want = cfg
         .feature_size
@@ -485,7 +485,7 @@ impl SplitOutputs {
     /// the concat head, whose logits come from its slices.
     fn fusion_of(&self, rule: FusionRule, fit: Option<&FusionFit>) -> Result<Fusion> {
         Ok(match self.head {
-            HeadKind::Shared => rule.resolve(fit)?,
+            HeadKind::Shared | HeadKind::Ensemble => rule.resolve(fit)?,
             HeadKind::Single | HeadKind::Concat | HeadKind::ConcatUnimodal => {
                 FusionRule::Mean.resolve(None)?
             }

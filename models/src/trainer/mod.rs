@@ -22,9 +22,9 @@ mod state;
 pub mod stats;
 
 pub use config::{
-    AgmParams, AlphaMode, AlphaSchedule, EpochWindow, FusionRule, HgmMode, MethodKind,
-    MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams,
-    TrainConfig, DEFAULT_ALPHA,
+    AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
+    HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule,
+    OptimizerKind, PmrParams, ReconboostParams, StageSchedule, TrainConfig, DEFAULT_ALPHA,
 };
 pub use error::{Result, TrainError};
 pub use eval::{load_fusion_fit, load_model, EvalOptions, SplitOutputs};
@@ -38,7 +38,7 @@ use crate::fusion::{fit_fusion, FusionFit};
 use crate::methods::{self, EpochCtx, Method, StepCtx};
 use crate::metrics::NamedValues;
 use crate::model::Model;
-use crate::optim::{OptimConfig, Optimizer};
+use crate::optim::Optimizer;
 use mla_core::Backend;
 use std::path::Path;
 use std::sync::Arc;
@@ -90,13 +90,7 @@ impl<B: Backend<f32>> Trainer<B> {
     pub fn new(backend: B, dataset: Arc<Dataset>, cfg: TrainConfig) -> Result<Self> {
         cfg.validate().map_err(TrainError::Config)?;
         let (model, layout) = build_model(&backend, &dataset, &cfg)?;
-        let optim = Optimizer::new(OptimConfig {
-            kind: cfg.optimizer.to_model(),
-            lr: cfg.lr,
-            momentum: cfg.momentum,
-            weight_decay: cfg.weight_decay,
-            ..OptimConfig::default()
-        })?;
+        let optim = Optimizer::new(cfg.optim_config())?;
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
         let split =
             |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
@@ -396,15 +390,18 @@ impl<B: Backend<f32>> Trainer<B> {
         obs.epoch_start(epoch, self.cfg.epochs, batches, self.train.len());
         let mut stats = stats::EpochStats::new(self.layout.modalities.len());
         let mut pending = stats::Pending::default();
+        // Timed: a method's per-epoch preparation (PMR's prototypes,
+        // G-Blending's estimation) is part of its training cost.
+        let started = Instant::now();
         self.method.begin_epoch(&EpochCtx {
             cfg: &self.cfg,
             layout: &self.layout,
             model: &self.model,
             dataset: &self.dataset,
             train: &self.train,
+            val: &self.val,
             epoch,
         })?;
-        let started = Instant::now();
         let total_steps = (self.cfg.epochs * batches).max(2) - 1;
         for (b, batch) in loader.enumerate() {
             let batch = batch?;
@@ -477,6 +474,7 @@ impl<B: Backend<f32>> Trainer<B> {
                 model: &self.model,
                 dataset: &self.dataset,
                 train: &self.train,
+                val: &self.val,
                 epoch: epoch as usize,
             })?;
             for batch in loader {

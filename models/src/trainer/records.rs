@@ -162,6 +162,12 @@ pub struct Summary {
     /// AGM: the parameters used.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agm: Option<super::config::AgmParams>,
+    /// ReconBoost: the parameters used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reconboost: Option<super::config::ReconboostParams>,
+    /// G-Blending: the parameters used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gblending: Option<super::config::GblendingParams>,
     pub best_epoch: usize,
     pub epochs: usize,
     pub val: EvalMetrics,
@@ -215,6 +221,8 @@ impl Summary {
             pmr: (cfg.method == MethodKind::Pmr).then(|| cfg.pmr_params()),
             mmpareto: (cfg.method == MethodKind::Mmpareto).then(|| cfg.mmpareto_params()),
             agm: (cfg.method == MethodKind::Agm).then(|| cfg.agm_params()),
+            reconboost: (cfg.method == MethodKind::Reconboost).then(|| cfg.reconboost_params()),
+            gblending: (cfg.method == MethodKind::Gblending).then(|| cfg.gblending_params()),
             best_epoch,
             epochs: state.epochs_done,
             val: state.best_val.clone()?,
