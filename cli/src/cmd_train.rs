@@ -2,6 +2,7 @@
 //! flags MLA on AV-MNIST prepared into the cache on first use.
 
 use crate::backend::{self, BackendChoice, OnBackend};
+use crate::config_file;
 use crate::report::{summary_table, Progress};
 use crate::CliResult;
 use mla_core::Backend;
@@ -9,7 +10,7 @@ use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::trainer::{
     AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
     HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule,
-    OptimizerKind, PmrParams, ReconboostParams, RunDir, StageSchedule, TrainConfig, Trainer,
+    OptimizerKind, PmrParams, ReconboostParams, run_dir, RunDir, StageSchedule, TrainConfig, Trainer,
     DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
@@ -257,6 +258,54 @@ pub struct Args {
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     quiet: bool,
+    /// Read flags from a TOML file: every flag of `mla train` is a key of
+    /// the same name (`-` may be written `_`; switches take true/false),
+    /// e.g. `method = "joint"`, `epochs = 8`, `lr = 0.01`. Flags on the
+    /// command line override the file. Every run writes its resolved flags
+    /// to RUN_DIR/config.toml: `--config RUN_DIR/config.toml --out NEW`
+    /// trains the same configuration again.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The resolved flags (set by main from the parsed command line).
+    #[arg(skip)]
+    resolved: Option<toml::Table>,
+}
+
+impl Args {
+    pub fn with_resolved(self, resolved: toml::Table) -> Self {
+        Args {
+            resolved: Some(resolved),
+            ..self
+        }
+    }
+
+    /// `config.toml` of a fresh run: the resolved flags with the dataset,
+    /// backend and thread count actually used.
+    fn write_config_toml(&self, run: &RunDir, data: &Path, backend: &str) -> CliResult {
+        let Some(mut t) = self.resolved.clone() else {
+            return Ok(());
+        };
+        let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
+        t.insert("data".into(), toml::Value::String(data.display().to_string()));
+        t.insert("backend".into(), toml::Value::String(backend.into()));
+        t.insert("threads".into(), toml::Value::Integer(mla_cpu::num_threads() as i64));
+        run.write_text(run_dir::CONFIG_TOML, &config_file::render(&t)?)?;
+        Ok(())
+    }
+}
+
+/// On resume with a new `--epochs`, the run's `config.toml` (if it has one)
+/// records the new total.
+fn update_config_toml(run: &RunDir, epochs: usize) -> CliResult {
+    let path = run.file(run_dir::CONFIG_TOML);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(());
+    };
+    let mut t: toml::Table = toml::from_str(&text)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    t.insert("epochs".into(), toml::Value::Integer(epochs as i64));
+    run.write_text(run_dir::CONFIG_TOML, &config_file::render(&t)?)?;
+    Ok(())
 }
 
 impl Args {
@@ -476,7 +525,11 @@ impl OnBackend for Args {
                 if self.epochs.is_some_and(|e| e == 0) {
                     return Err("--epochs must be at least 1".into());
                 }
-                Trainer::resume(backend, open_dataset(&data)?, dir, self.epochs)?
+                let t = Trainer::resume(backend, open_dataset(&data)?, dir, self.epochs)?;
+                if let (Some(e), Some(rd)) = (self.epochs, t.run_dir()) {
+                    update_config_toml(rd, e)?;
+                }
+                t
             }
             None => {
                 let cfg = self.config()?;
@@ -485,8 +538,12 @@ impl OnBackend for Args {
                     None => default_dataset(&self.raw, self.cache_dir.as_deref(), self.quiet)?,
                 };
                 let out = self.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
-                Trainer::new(backend, open_dataset(&data)?, cfg)?
-                    .with_new_run_dir(&out, self.overwrite)?
+                let t = Trainer::new(backend, open_dataset(&data)?, cfg)?
+                    .with_new_run_dir(&out, self.overwrite)?;
+                if let Some(rd) = t.run_dir() {
+                    self.write_config_toml(rd, &data, name)?;
+                }
+                t
             }
         };
         trainer.set_environment(name, self.threads);

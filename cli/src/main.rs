@@ -6,9 +6,12 @@ mod cmd_bench;
 mod cmd_eval;
 mod cmd_prepare;
 mod cmd_train;
+mod cmd_report;
+mod cmd_sweep;
+mod config_file;
 mod report;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// Large step buffers are recycled instead of page-faulted in every step (see alloc.rs).
 #[global_allocator]
@@ -38,15 +41,36 @@ enum Command {
     Eval(cmd_eval::Args),
     /// Time training steps.
     Bench(cmd_bench::Args),
+    /// Train every combination of a grid of settings (resumable).
+    Sweep(cmd_sweep::Args),
+    /// Aggregate finished runs into a mean ± std table (Markdown, CSV).
+    Report(cmd_report::Args),
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // A flag given twice to `train` takes its last value: the command line
+    // comes after a config file's flags and overrides them.
+    let cmd = Cli::command().mut_subcommand("train", |c| c.args_override_self(true));
+    let train = cmd.find_subcommand("train").expect("train subcommand").clone();
+    let argv = match config_file::expand(std::env::args_os().collect(), &train) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let matches = cmd.get_matches_from(argv);
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Some(Command::Prepare(a)) => cmd_prepare::run(a),
-        Some(Command::Train(a)) => cmd_train::run(a),
+        Some(Command::Train(a)) => {
+            let m = matches.subcommand_matches("train").expect("train matches");
+            cmd_train::run(a.with_resolved(config_file::resolved(&train, m)))
+        }
         Some(Command::Eval(a)) => cmd_eval::run(a),
         Some(Command::Bench(a)) => cmd_bench::run(a),
+        Some(Command::Sweep(a)) => cmd_sweep::run(a, &train),
+        Some(Command::Report(a)) => cmd_report::run(a),
         None => {
             eprintln!("mla: no command given; try `mla train` or `mla --help`");
             std::process::exit(2);

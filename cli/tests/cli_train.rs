@@ -612,3 +612,169 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
         );
     }
 }
+
+#[test]
+fn config_files_set_flags_the_command_line_overrides_and_runs_reproduce() {
+    let data = synthetic("cli-config", &Synthetic::default());
+    let runs = TempDir::new("cli-config-runs");
+    let file = runs.join("run.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "# a run config\ndata = {:?}\nmethod = \"pmr\"\npmr_alpha = 2.0\nencoder = \"mlp\"\nepochs = 1\nbatch-size = 32\nlr = 0.02\nbackend = \"cpu\"\nthreads = 2\nquiet = true\n",
+            s(data.path())
+        ),
+    )
+    .unwrap();
+    let first = runs.join("first");
+    // The command line wins over the file (epochs 2, not 1).
+    ok(&["train", "--config", s(&file), "--out", s(&first), "--epochs", "2"]);
+    let sm = json(&first.join("summary.json"));
+    assert_eq!(sm["epochs"], 2);
+    assert_eq!(sm["method"], "pmr");
+    assert_eq!(sm["pmr"]["alpha"], 2.0);
+    let resolved = std::fs::read_to_string(first.join("config.toml")).unwrap();
+    for line in ["epochs = 2", "method = \"pmr\"", "pmr_alpha = 2", "threads = 2", "backend = \"cpu\"", "batch_size = 32"] {
+        assert!(resolved.contains(line), "{line}: {resolved}");
+    }
+    assert!(!resolved.contains("\nout ") && !resolved.contains("quiet"), "{resolved}");
+    // The resolved file reruns the same configuration, metric for metric.
+    let again = runs.join("again");
+    ok(&["train", "--config", s(&first.join("config.toml")), "--out", s(&again), "--quiet"]);
+    let sa = json(&again.join("summary.json"));
+    assert_eq!(sa["test"], sm["test"]);
+    assert_eq!(sa["val"], sm["val"]);
+    let evals = |dir: &Path| -> Vec<Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                serde_json::json!([v["val"], v["train_loss"], v["method_stats"]])
+            })
+            .collect()
+    };
+    assert_eq!(evals(&again), evals(&first));
+    // Resuming with a new total records it.
+    ok(&["train", "--resume", s(&first), "--epochs", "3", "--quiet", "--backend", "cpu"]);
+    let resolved = std::fs::read_to_string(first.join("config.toml")).unwrap();
+    assert!(resolved.contains("epochs = 3"), "{resolved}");
+
+    // Errors name the file, the line and the key; exit 2 before any work.
+    let bad = |name: &str, text: &str| {
+        let f = runs.join(name);
+        std::fs::write(&f, text).unwrap();
+        let out = mla(&["train", "--config", s(&f), "--out", s(&runs.join("never"))]);
+        assert_eq!(out.status.code(), Some(2), "{name}");
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(err.contains(name), "{err}");
+        err
+    };
+    let e = bad("unknown.toml", "method = \"joint\"\n\nlearning_rate = 3\n");
+    assert!(e.contains("line 3") && e.contains("learning_rate") && e.contains("feature_size"), "{e}");
+    let e = bad("type.toml", "lr = \"fast\"\n");
+    assert!(e.contains("line 1") && e.contains("`lr`") && e.contains("fast"), "{e}");
+    let e = bad("switch.toml", "\nquiet = 1\n");
+    assert!(e.contains("line 2") && e.contains("true or false"), "{e}");
+    let e = bad("method.toml", "method = \"lazy\"\n");
+    assert!(e.contains("lazy") && e.contains("reconboost"), "{e}");
+    let e = bad("nested.toml", "resume = \"somewhere\"\n");
+    assert!(e.contains("cannot be set in a config file"), "{e}");
+    let e = bad("syntax.toml", "method = \n");
+    assert!(e.contains("line 1"), "{e}");
+    assert!(!runs.join("never").exists());
+    let e = fails(&["train", "--config", "/no/such/run.toml"]);
+    assert!(e.contains("/no/such/run.toml"), "{e}");
+}
+
+#[test]
+fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
+    let data = synthetic("cli-sweep", &Synthetic::default());
+    let runs = TempDir::new("cli-sweep-runs");
+    let file = runs.join("sweep.toml");
+    let write = |epochs: u32| {
+        std::fs::write(
+            &file,
+            format!(
+                "[train]\ndata = {:?}\nencoder = \"mlp\"\nepochs = {epochs}\nbatch_size = 32\nlr = 0.02\nbackend = \"cpu\"\n\n[grid]\nmethod = [\"joint\", \"mla\"]\nseed = [0, 1]\n",
+                s(data.path())
+            ),
+        )
+        .unwrap();
+    };
+    write(1);
+    let out = runs.join("sweep");
+    let sweep = |extra: &[&str]| {
+        let mut a = vec!["sweep", s(&file), "--out", s(&out), "--jobs", "2", "--threads", "2"];
+        a.extend_from_slice(extra);
+        let o = mla(&a);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (_, err) = sweep(&[]);
+    assert!(err.contains("4 runs (0 already done)") && err.contains("all 4 runs done"), "{err}");
+    let names = ["method-joint_seed-0", "method-joint_seed-1", "method-mla_seed-0", "method-mla_seed-1"];
+    for n in names {
+        let sm = json(&out.join(n).join("summary.json"));
+        assert_eq!(sm["epochs"], 1, "{n}");
+        assert!(out.join(format!("{n}.log")).is_file());
+    }
+    assert_eq!(json(&out.join(names[3]).join("summary.json"))["seed"], 1);
+    // Finished runs are skipped.
+    let (_, err) = sweep(&[]);
+    assert!(err.contains("(4 already done)") && !err.contains("start"), "{err}");
+    // More epochs: every run is resumed, not restarted.
+    write(2);
+    let (dry, _) = sweep(&["--dry-run"]);
+    assert_eq!(dry.matches("partial").count(), 4, "{dry}");
+    let (_, err) = sweep(&[]);
+    assert_eq!(err.matches("(resumed)").count(), 4, "{err}");
+    let acc: Vec<f64> = names
+        .iter()
+        .map(|n| {
+            let sm = json(&out.join(n).join("summary.json"));
+            assert_eq!(sm["epochs"], 2, "{n}");
+            sm["test"]["fused_accuracy"].as_f64().unwrap() * 100.0
+        })
+        .collect();
+    // The report: one row per method, mean ± sample std of the two seeds.
+    let csv = runs.join("report.csv");
+    let md = ok(&["report", s(&out), "--csv", s(&csv)]);
+    assert!(md.starts_with("| method | runs | seeds | fused acc. (%)"), "{md}");
+    let mean = (acc[0] + acc[1]) / 2.0;
+    let std = ((acc[0] - mean).powi(2) + (acc[1] - mean).powi(2)).sqrt();
+    let row = md.lines().find(|l| l.starts_with("| joint |")).expect("joint row");
+    assert!(row.contains(&format!("| 2 | 0 1 | {mean:.2} ± {std:.2} |")), "{row}");
+    assert!(md.lines().any(|l| l.starts_with("| mla | 2 | 0 1 |")), "{md}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let joint: Vec<&str> = lines[1].split(',').collect();
+    assert_eq!(joint[0], "joint");
+    assert!((joint[3].parse::<f64>().unwrap() - mean).abs() < 1e-9, "{text}");
+    assert!((joint[4].parse::<f64>().unwrap() - std).abs() < 1e-9, "{text}");
+    let md = ok(&["report", s(&out), "--by", "seed", "--columns", "fused,rules"]);
+    assert!(md.contains("entropy (%)") && md.lines().filter(|l| l.starts_with("| 0 |")).count() == 1, "{md}");
+
+    // Bad sweep files: one error naming the line and key, nothing run.
+    let bad = |text: &str| {
+        std::fs::write(&file, text).unwrap();
+        fails(&["sweep", s(&file), "--out", s(&runs.join("never"))])
+    };
+    let e = bad("[grid]\nseed = 3\n");
+    assert!(e.contains("line 2") && e.contains("must be a list"), "{e}");
+    let e = bad("[train]\nepochs = 1\n[grid]\nepoch = [1, 2]\n");
+    assert!(e.contains("line 4") && e.contains("`epoch`"), "{e}");
+    let e = bad("[train]\nout = \"x\"\n");
+    assert!(e.contains("sets it for every run"), "{e}");
+    let e = bad("[grid]\nlr = [0.1, \"fast\"]\n");
+    assert!(e.contains("fast"), "{e}");
+    let e = bad("[trian]\nlr = 1\n");
+    assert!(e.contains("[train] and a [grid]"), "{e}");
+    assert!(!runs.join("never").exists());
+    let e = fails(&["report", s(&runs.join("never"))]);
+    assert!(e.contains("not a directory"), "{e}");
+}

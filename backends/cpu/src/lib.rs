@@ -28,7 +28,7 @@ use mla_core::{
 pub use alloc::{set_poison_uninit, tune_allocator};
 pub use gemm::CpuFloat;
 pub use simd::{active_isa, detected as detected_isa, set_isa_override, Isa};
-pub use threads::set_num_threads;
+pub use threads::{num_threads, set_num_threads};
 
 /// The CPU device. Cheap to clone.
 #[derive(Clone, Copy, Debug, Default)]

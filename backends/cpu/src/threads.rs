@@ -26,3 +26,9 @@ pub fn set_num_threads(n: usize) -> Result<()> {
         })?;
     Ok(())
 }
+
+/// The thread count of the backend's pool (what [`set_num_threads`] set, or
+/// rayon's default).
+pub fn num_threads() -> usize {
+    rayon::current_num_threads()
+}

@@ -23,8 +23,10 @@ pub const METRICS: &str = "metrics.jsonl";
 pub const SUMMARY: &str = "summary.json";
 pub const BEST: &str = "best.safetensors";
 pub const LAST: &str = "last.safetensors";
+/// The resolved `mla train` flags of the run (written by the CLI).
+pub const CONFIG_TOML: &str = "config.toml";
 /// Every file a run writes.
-pub const RUN_FILES: [&str; 5] = [CONFIG, METRICS, SUMMARY, BEST, LAST];
+pub const RUN_FILES: [&str; 6] = [CONFIG, CONFIG_TOML, METRICS, SUMMARY, BEST, LAST];
 
 /// Reads `DIR/config.json`.
 pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
@@ -127,6 +129,12 @@ impl RunDir {
 
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Writes a text file of the run atomically (temp file, then rename).
+    pub fn write_text(&self, name: &str, text: &str) -> Result<(), TrainError> {
+        write_atomic(&self.file(name), text.as_bytes())?;
+        Ok(())
     }
 
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), TrainError> {
