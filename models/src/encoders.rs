@@ -14,7 +14,8 @@ use crate::error::{ModelError, Result};
 use crate::init::{Activation, InitScheme};
 use crate::layers::{self, BatchNorm, BufferState, Conv2d, Linear, MaxPool2d};
 use crate::params::{ParamStore, TrackedParams};
-use mla_core::{Backend, Element, Var};
+use mla_core::{Backend, Element, Tensor, Var};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
@@ -598,6 +599,80 @@ impl ResNet {
         }
         for norm in self.norms() {
             norm.init(params, buffers)?;
+        }
+        Ok(())
+    }
+
+    /// Loads a torchvision-style ResNet-18 state dict (names without the
+    /// encoder prefix: `conv1.weight`, `layer1.0.bn1.running_mean`, ...) into
+    /// this encoder's parameters and buffers, which must have been created by
+    /// [`ResNet::init`]. The classifier (`fc.*`) is ignored: the encoder ends
+    /// at the pooled features. Every name and shape is checked before
+    /// anything is written; on a mismatch the error lists every missing,
+    /// unexpected, repeated and wrongly shaped entry.
+    pub fn load_torchvision<T: Element, B: Backend<T>>(
+        &self,
+        params: &mut ParamStore<B, T>,
+        buffers: &mut ParamStore<B, T>,
+        named: Vec<(String, Tensor<T, B>)>,
+    ) -> Result<()> {
+        let prefix = self.prefix();
+        // Full name -> (shape, whether it is a parameter rather than a buffer).
+        let expected: BTreeMap<String, (Vec<usize>, bool)> = self
+            .param_shapes()
+            .into_iter()
+            .map(|(n, s)| (n, (s, true)))
+            .chain(
+                self.buffer_shapes()
+                    .into_iter()
+                    .map(|(n, s)| (n, (s, false))),
+            )
+            .collect();
+        let mut problems = Vec::new();
+        let mut given = BTreeSet::new();
+        let mut accepted = Vec::new();
+        for (name, t) in named {
+            if name.starts_with("fc.") {
+                continue;
+            }
+            let full = format!("{prefix}{name}");
+            let Some((shape, is_param)) = expected.get(&full) else {
+                problems.push(format!("unexpected '{name}'"));
+                continue;
+            };
+            if !given.insert(full.clone()) {
+                problems.push(format!("'{name}' given twice"));
+            } else if shape.as_slice() != t.dims() {
+                problems.push(format!(
+                    "'{name}' has shape {:?}, expected {shape:?}",
+                    t.dims()
+                ));
+            } else if !(if *is_param { &*params } else { &*buffers }).contains(&full) {
+                problems.push(format!("'{name}' was not initialised in this model"));
+            } else {
+                accepted.push((full, *is_param, t));
+            }
+        }
+        for full in expected.keys().filter(|k| !given.contains(*k)) {
+            problems.push(format!("missing '{}'", &full[prefix.len()..]));
+        }
+        if !problems.is_empty() {
+            return Err(ModelError::state(
+                "ResNet-18 state dict",
+                format!(
+                    "{} encoder for modality '{}': {}",
+                    self.kind,
+                    self.modality,
+                    problems.join("; ")
+                ),
+            ));
+        }
+        for (full, is_param, t) in accepted {
+            if is_param {
+                params.set(&full, t)?;
+            } else {
+                buffers.set(&full, t)?;
+            }
         }
         Ok(())
     }

@@ -394,3 +394,85 @@ fn repeated_layers_compound_and_bad_updates_are_refused() {
         vec![2.0]
     );
 }
+
+/// A torchvision-named state dict (no prefix, with an `fc` classifier) whose
+/// tensors come from a formula loads into the right parameters and buffers;
+/// every missing, unexpected, repeated or wrongly shaped entry is listed in
+/// one error and nothing is written.
+#[test]
+fn torchvision_state_dicts_load_with_every_name_checked() {
+    let (net, mut params, mut buffers) = built(ResNetKind::ResNet18Small, 0.125, &[1, 8, 8]);
+    let prefix = "encoder.visual.";
+    let formula = |k: usize, dims: &[usize]| -> Tensor<f32, Cpu> {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n)
+            .map(|i| 0.01 * ((i as f32) * 0.7).sin() + k as f32 * 1e-3)
+            .collect();
+        Tensor::from_slice(&Cpu, &v, dims.to_vec()).unwrap()
+    };
+    let mut dict: Vec<(String, Tensor<f32, Cpu>)> = net
+        .param_shapes()
+        .into_iter()
+        .chain(net.buffer_shapes())
+        .enumerate()
+        .map(|(k, (n, s))| (n[prefix.len()..].to_string(), formula(k, &s)))
+        .collect();
+    dict.push(("fc.weight".into(), formula(0, &[10, 64])));
+    dict.push(("fc.bias".into(), formula(0, &[10])));
+
+    let mut broken = dict.clone();
+    broken.retain(|(n, _)| n != "layer3.1.bn2.running_var");
+    broken.push(("layer9.0.conv1.weight".into(), formula(0, &[1])));
+    let i = broken
+        .iter()
+        .position(|(n, _)| n == "conv1.weight")
+        .unwrap();
+    broken[i].1 = formula(0, &[8, 3, 3, 3]);
+    broken.push(("bn1.bias".into(), formula(0, &[8])));
+    let before = params
+        .get("encoder.visual.bn1.bias")
+        .unwrap()
+        .to_vec()
+        .unwrap();
+    let msg = net
+        .load_torchvision(&mut params, &mut buffers, broken)
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "missing 'layer3.1.bn2.running_var'",
+        "unexpected 'layer9.0.conv1.weight'",
+        "'conv1.weight' has shape [8, 3, 3, 3], expected [8, 1, 3, 3]",
+        "'bn1.bias' given twice",
+        "modality 'visual'",
+    ] {
+        assert!(msg.contains(needle), "{needle} not in: {msg}");
+    }
+    assert_eq!(
+        params
+            .get("encoder.visual.bn1.bias")
+            .unwrap()
+            .to_vec()
+            .unwrap(),
+        before
+    );
+
+    net.load_torchvision(&mut params, &mut buffers, dict.clone())
+        .unwrap();
+    for (name, t) in &dict {
+        if name.starts_with("fc.") {
+            assert!(!params.contains(&format!("{prefix}{name}")));
+            continue;
+        }
+        let full = format!("{prefix}{name}");
+        let stored = if params.contains(&full) {
+            params.get(&full)
+        } else {
+            buffers.get(&full)
+        };
+        assert_eq!(
+            stored.unwrap().to_vec().unwrap(),
+            t.to_vec().unwrap(),
+            "{name}"
+        );
+    }
+}
