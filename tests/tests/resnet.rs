@@ -11,6 +11,8 @@ use mla_models::rng::Rng;
 use mla_models::ModelError;
 
 type Store = ParamStore<Cpu, f32>;
+/// `(buffer name, new values)` from one pass.
+type Updates = Vec<(String, Vec<f32>)>;
 
 fn built(kind: ResNetKind, wm: f64, shape: &[usize]) -> (ResNet, Store, Store) {
     let net = ResNet::new("visual", kind, wm, shape).unwrap();
@@ -33,7 +35,7 @@ fn run(
     buffers: &Store,
     x: &Tensor<f32, Cpu>,
     mode: Mode,
-) -> (Vec<f32>, Vec<usize>, Vec<(String, Vec<f32>)>) {
+) -> (Vec<f32>, Vec<usize>, Updates) {
     let tape = Tape::no_grad(&Cpu);
     let p = params.track(&tape, |_| false);
     let mut state = BufferState::new(mode, buffers);
