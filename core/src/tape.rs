@@ -527,20 +527,23 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
         stride: usize,
         pad: usize,
     ) -> Result<Self> {
-        let out = self.conv2d(w, stride, pad)?;
-        let Some(b) = bias else {
-            return Ok(out);
-        };
-        self.same_tape("conv2d", b)?;
-        let oc = w.dims()[0];
-        if b.dims() != [oc] {
-            return Err(Error::invalid(
-                "conv2d",
-                format!("bias must have shape [{oc}] (one value per output channel)"),
-                &[self.dims(), w.dims(), b.dims()],
-            ));
+        // The bias is checked first, so a bad one records nothing on the tape;
+        // a weight that is not `[oc, c, kh, kw]` is left to conv2d's own check.
+        if let (Some(b), &[oc, _, _, _]) = (bias, w.dims()) {
+            self.same_tape("conv2d", b)?;
+            if b.dims() != [oc] {
+                return Err(Error::invalid(
+                    "conv2d",
+                    format!("bias must have shape [{oc}] (one value per output channel)"),
+                    &[self.dims(), w.dims(), b.dims()],
+                ));
+            }
         }
-        out.add(&b.reshape([oc, 1, 1])?)
+        let out = self.conv2d(w, stride, pad)?;
+        match bias {
+            None => Ok(out),
+            Some(b) => out.add(&b.reshape([w.dims()[0], 1, 1])?),
+        }
     }
     pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Self> {
         self.max_pool2d_pad(k, stride, 0)

@@ -302,6 +302,14 @@ fn conv2d_bias_must_match_the_output_channels() {
     let tape = Tape::new(&Cpu);
     let x = tape.var(t(&[1, 2, 5, 5]));
     let w = tape.var(t(&[3, 2, 3, 3]));
+    let bad = tape.var(t(&[2]));
+    let before = tape.len();
+    expect(
+        x.conv2d_bias(&w, Some(&bad), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 3, 3], &[2]],
+    );
+    assert_eq!(tape.len(), before, "a rejected bias must record nothing");
     expect(
         x.conv2d_bias(&w, Some(&tape.var(t(&[2]))), 1, 0),
         "conv2d",
