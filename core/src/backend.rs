@@ -6,7 +6,7 @@
 //! discovered on the device side).
 
 use crate::element::Element;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::fmt::Debug;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -96,8 +96,11 @@ impl Conv2dGeometry {
     }
 }
 
-/// Geometry of a 2-D pooling over `planes = n * c` planes of `h x w`, no padding,
-/// output sizes rounded down.
+/// Geometry of a 2-D pooling over `planes = n * c` planes of `h x w`, output
+/// sizes rounded down. Window `(oy, ox)` covers input rows
+/// `oy * stride - pad ..` and columns `ox * stride - pad ..`; positions in the
+/// padding never win a max (PyTorch's -inf padding) and `pad <= k / 2`, so every
+/// window holds at least one input element. Average pooling has `pad == 0`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pool2dGeometry {
     pub planes: usize,
@@ -106,8 +109,32 @@ pub struct Pool2dGeometry {
     pub kh: usize,
     pub kw: usize,
     pub stride: usize,
+    pub pad: usize,
     pub oh: usize,
     pub ow: usize,
+}
+
+/// Batch normalisation of `x` viewed as `[n, c, inner]` (NCHW: `inner = h * w`;
+/// `[n, features]`: `inner = 1`), statistics per channel over `n * inner` values.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BatchNormGeometry {
+    pub n: usize,
+    pub c: usize,
+    pub inner: usize,
+    pub eps: f64,
+}
+
+impl BatchNormGeometry {
+    /// Values each channel's statistics are taken over.
+    pub fn count(&self) -> usize {
+        self.n * self.inner
+    }
+    pub fn len(&self) -> usize {
+        self.n * self.c * self.inner
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -310,4 +337,50 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
         s: usize,
         alpha: f64,
     ) -> Result<Option<Self::Storage>>;
+
+    // ---- Ops with a default that reports them missing ----
+    //
+    // Newer ops start on the CPU backend; a backend without its own kernel
+    // inherits these defaults and fails with an error naming the op and the
+    // backend instead of failing to compile (the CUDA kernels are a separate
+    // piece of work).
+
+    /// Training-mode batch normalisation, affine: per channel `mean` and biased
+    /// `var` over the batch, `y = (x - mean) / sqrt(var + eps) * weight + bias`.
+    /// Returns `(y, mean, var)`, the statistics as `[c]` buffers.
+    fn batch_norm(
+        &self,
+        x: &Self::Storage,
+        weight: &Self::Storage,
+        bias: &Self::Storage,
+        g: &BatchNormGeometry,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)> {
+        let _ = (x, weight, bias, g);
+        Err(not_implemented("batch_norm", self.name()))
+    }
+
+    /// Backward of [`Backend::batch_norm`] given its input, the output gradient
+    /// and the saved batch statistics. Returns `(dx, dweight, dbias)`.
+    #[allow(clippy::too_many_arguments)]
+    fn batch_norm_backward(
+        &self,
+        x: &Self::Storage,
+        grad: &Self::Storage,
+        mean: &Self::Storage,
+        var: &Self::Storage,
+        weight: &Self::Storage,
+        g: &BatchNormGeometry,
+    ) -> Result<(Self::Storage, Self::Storage, Self::Storage)> {
+        let _ = (x, grad, mean, var, weight, g);
+        Err(not_implemented("batch_norm_backward", self.name()))
+    }
+}
+
+/// The error of an op a backend has no kernel for yet.
+pub fn not_implemented(op: &'static str, backend: &'static str) -> Error {
+    Error::backend(
+        op,
+        backend,
+        format!("{op} is not implemented on the {backend} backend yet"),
+    )
 }

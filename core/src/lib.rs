@@ -18,11 +18,14 @@ pub mod tape;
 pub mod tensor;
 
 pub use backend::{
-    AdamConfig, Backend, BinaryOp, Conv2dGeometry, GemmConfig, Pool2dGeometry, SgdConfig, UnaryOp,
+    not_implemented, AdamConfig, Backend, BatchNormGeometry, BinaryOp, Conv2dGeometry, GemmConfig,
+    Pool2dGeometry, SgdConfig, UnaryOp,
 };
 pub use element::{DType, Element};
 pub use error::{Dims, Error, Result};
+pub use ops::batch_norm::{batch_norm_geometry, BatchNormConfig, BatchNormStats, BatchNormTrain};
 pub use ops::conv::conv2d_geometry;
+pub use ops::dropout::dropout_mask;
 pub use ops::pool::pool2d_geometry;
 pub use shape::Shape;
 pub use tape::{Gradients, Tape, Var};

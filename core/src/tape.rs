@@ -2,10 +2,13 @@
 //! backward rule); `backward` walks it once in reverse. A tape lives for one
 //! step: drop it (or let `backward` drain it) and every saved activation goes.
 
-use crate::backend::{Backend, BinaryOp, Conv2dGeometry, Pool2dGeometry, UnaryOp};
+use crate::backend::{
+    Backend, BatchNormGeometry, BinaryOp, Conv2dGeometry, Pool2dGeometry, UnaryOp,
+};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::ops;
+use crate::ops::batch_norm::{BatchNormConfig, BatchNormStats};
 use crate::shape::Shape;
 use crate::tensor::{Indices, Tensor};
 use std::cell::{Cell, RefCell};
@@ -66,6 +69,13 @@ enum Op<T: Element, B: Backend<T>> {
     AvgPool2d {
         g: Pool2dGeometry,
         in_dims: Vec<usize>,
+    },
+    BatchNorm {
+        x: Tensor<T, B>,
+        weight: Tensor<T, B>,
+        mean: Tensor<T, B>,
+        var: Tensor<T, B>,
+        g: BatchNormGeometry,
     },
     Softmax {
         y: Tensor<T, B>,
@@ -330,6 +340,13 @@ fn backward_rule<T: Element, B: Backend<T>>(
         Op::AvgPool2d { g, in_dims } => {
             vec![Some(ops::pool::avg_pool2d_backward(&g, &in_dims, grad)?)]
         }
+        Op::BatchNorm {
+            x,
+            weight,
+            mean,
+            var,
+            g,
+        } => ops::batch_norm::batch_norm_backward(&x, &weight, &mean, &var, &g, grad, needs)?,
         Op::Softmax { y, log } => vec![Some(ops::softmax::softmax_backward(&y, log, grad)?)],
         Op::CrossEntropy { probs, labels } => vec![Some(ops::softmax::cross_entropy_backward(
             &probs, &labels, grad,
@@ -502,8 +519,38 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
                 g,
             }))
     }
+    /// 2-D convolution with an optional `[oc]` bias added per output channel.
+    pub fn conv2d_bias(
+        &self,
+        w: &Self,
+        bias: Option<&Self>,
+        stride: usize,
+        pad: usize,
+    ) -> Result<Self> {
+        // The bias is checked first, so a bad one records nothing on the tape;
+        // a weight that is not `[oc, c, kh, kw]` is left to conv2d's own check.
+        if let (Some(b), &[oc, _, _, _]) = (bias, w.dims()) {
+            self.same_tape("conv2d", b)?;
+            if b.dims() != [oc] {
+                return Err(Error::invalid(
+                    "conv2d",
+                    format!("bias must have shape [{oc}] (one value per output channel)"),
+                    &[self.dims(), w.dims(), b.dims()],
+                ));
+            }
+        }
+        let out = self.conv2d(w, stride, pad)?;
+        match bias {
+            None => Ok(out),
+            Some(b) => out.add(&b.reshape([w.dims()[0], 1, 1])?),
+        }
+    }
     pub fn max_pool2d(&self, k: usize, stride: usize) -> Result<Self> {
-        let (v, argmax, g) = self.value.max_pool2d_full(k, stride)?;
+        self.max_pool2d_pad(k, stride, 0)
+    }
+    /// Max pooling with `pad` on every side; padding never wins (PyTorch's -inf).
+    pub fn max_pool2d_pad(&self, k: usize, stride: usize, pad: usize) -> Result<Self> {
+        let (v, argmax, g) = self.value.max_pool2d_full(k, stride, pad)?;
         Ok(self.tape.record(v, &[self.node], || Op::MaxPool2d {
             argmax,
             g,
@@ -517,12 +564,13 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
             in_dims: self.dims().to_vec(),
         }))
     }
+    /// Average over each whole plane: `[n, c, h, w] -> [n, c, 1, 1]`.
     pub fn global_avg_pool2d(&self) -> Result<Self> {
         let d = self.dims();
-        if d.len() != 4 {
+        if d.len() != 4 || d[2] == 0 || d[3] == 0 {
             return Err(Error::invalid(
                 "global_avg_pool2d",
-                "expected input [n, c, h, w]",
+                "expected input [n, c, h, w] with a non-empty plane",
                 &[d],
             ));
         }
@@ -531,6 +579,87 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
             g,
             in_dims: d.to_vec(),
         }))
+    }
+
+    /// Training-mode batch normalisation of `[n, c, ...]` with `[c]` weight and
+    /// bias (gradients for all three); returns the output and the running
+    /// statistics updated with this batch (buffers, outside the graph).
+    pub fn batch_norm_train(
+        &self,
+        weight: &Self,
+        bias: &Self,
+        running: &BatchNormStats<T, B>,
+        cfg: &BatchNormConfig,
+    ) -> Result<(Self, BatchNormStats<T, B>)> {
+        self.same_tape("batch_norm", weight)?;
+        self.same_tape("batch_norm", bias)?;
+        let t = self
+            .value
+            .batch_norm_train(&weight.value, &bias.value, running, cfg)?;
+        let (mean, var, g) = (t.mean, t.var, t.geometry);
+        let y = self
+            .tape
+            .record(t.out, &[self.node, weight.node, bias.node], || {
+                Op::BatchNorm {
+                    x: self.value.clone(),
+                    weight: weight.value.clone(),
+                    mean,
+                    var,
+                    g,
+                }
+            });
+        Ok((y, t.running))
+    }
+
+    /// Evaluation-mode batch normalisation with the running statistics: a
+    /// per-channel affine map (same ops as `Tensor::batch_norm_eval`), with
+    /// gradients for the input, the weight and the bias.
+    pub fn batch_norm_eval(
+        &self,
+        weight: &Self,
+        bias: &Self,
+        running: &BatchNormStats<T, B>,
+        cfg: &BatchNormConfig,
+    ) -> Result<Self> {
+        self.same_tape("batch_norm", weight)?;
+        self.same_tape("batch_norm", bias)?;
+        let params = [
+            weight.dims(),
+            bias.dims(),
+            running.mean.dims(),
+            running.var.dims(),
+        ];
+        let g = ops::batch_norm::batch_norm_geometry(self.dims(), &params, cfg, false)?;
+        let sd = self
+            .tape
+            .constant(running.var.affine(1.0, cfg.eps)?.sqrt()?);
+        let mean = self.tape.constant(running.mean.clone());
+        let scale = weight.div(&sd)?;
+        let shift = bias.sub(&mean.mul(&scale)?)?;
+        let dims = ops::batch_norm::channel_dims(self.value.rank(), g.c);
+        self.mul(&scale.reshape(dims.clone())?)?
+            .add(&shift.reshape(dims)?)
+    }
+
+    /// Dropout with drop probability `p` in training (mask drawn from
+    /// `uniform`, a seeded stream of draws in `[0, 1)`); the identity otherwise.
+    pub fn dropout(
+        &self,
+        p: f64,
+        training: bool,
+        uniform: &mut dyn FnMut() -> f64,
+    ) -> Result<Self> {
+        ops::dropout::check_p(p, self.dims())?;
+        if !training || p == 0.0 {
+            return Ok(self.clone());
+        }
+        let mask = ops::dropout::dropout_mask(
+            self.value.backend(),
+            self.value.shape().clone(),
+            p,
+            uniform,
+        )?;
+        self.mul(&self.tape.constant(mask))
     }
 
     pub fn softmax(&self) -> Result<Self> {

@@ -69,6 +69,42 @@ pub fn uniform<T: Element, B: Backend<T>>(
     bound: f64,
     rng: &mut Rng,
 ) -> Result<Tensor<T, B>> {
+    from_draws(backend, shape, || bound * (2.0 * rng.uniform() - 1.0))
+}
+
+/// A tensor of `N(0, std^2)` values.
+pub fn normal<T: Element, B: Backend<T>>(
+    backend: &B,
+    shape: &[usize],
+    std: f64,
+    rng: &mut Rng,
+) -> Result<Tensor<T, B>> {
+    from_draws(backend, shape, || std * rng.normal())
+}
+
+/// Kaiming-normal initialisation in fan_out mode for a layer followed by a
+/// ReLU: `N(0, 2 / fan_out)`, what torchvision's ResNet uses for every conv.
+pub fn kaiming_normal_fan_out<T: Element, B: Backend<T>>(
+    backend: &B,
+    shape: &[usize],
+    seed: u64,
+    name: &str,
+) -> Result<Tensor<T, B>> {
+    let fan_out = fans(shape).1.max(1);
+    normal(
+        backend,
+        shape,
+        (2.0 / fan_out as f64).sqrt(),
+        &mut param_rng(seed, name),
+    )
+}
+
+/// A tensor of `shape` filled, in row-major order, by `draw`.
+fn from_draws<T: Element, B: Backend<T>>(
+    backend: &B,
+    shape: &[usize],
+    mut draw: impl FnMut() -> f64,
+) -> Result<Tensor<T, B>> {
     // Shapes come from data files and checkpoints: an overflowing product or a size the
     // allocator refuses is an error, never a `capacity overflow` panic or an abort.
     let too_big = || {
@@ -82,7 +118,7 @@ pub fn uniform<T: Element, B: Backend<T>>(
         .ok_or_else(too_big)?;
     let mut data: Vec<T> = Vec::new();
     data.try_reserve_exact(n).map_err(|_| too_big())?;
-    data.extend((0..n).map(|_| T::lit(bound * (2.0 * rng.uniform() - 1.0))));
+    data.extend((0..n).map(|_| T::lit(draw())));
     Ok(Tensor::from_slice(backend, &data, shape.to_vec())?)
 }
 

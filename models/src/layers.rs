@@ -5,7 +5,7 @@
 use crate::error::{ModelError, Result};
 use crate::init::{self, Activation, InitScheme};
 use crate::params::{ParamStore, TrackedParams};
-use mla_core::{Backend, Element, Var};
+use mla_core::{Backend, BatchNormConfig, BatchNormStats, Element, Tensor, Var};
 
 /// `y = x W^T + b` over `[batch, in]` inputs; `W` is `[out, in]`, `b` is `[out]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,7 +87,7 @@ impl Linear {
 }
 
 /// 2-D convolution over NCHW inputs, square kernel, zero padding, plus a
-/// per-channel bias (broadcast as `[oc, 1, 1]`).
+/// per-channel bias (broadcast as `[oc, 1, 1]`) unless built [`Conv2d::without_bias`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Conv2d {
     pub name: String,
@@ -96,6 +96,8 @@ pub struct Conv2d {
     pub kernel: usize,
     pub stride: usize,
     pub pad: usize,
+    /// Whether the layer has a `<name>.bias` parameter.
+    pub bias: bool,
 }
 
 impl Conv2d {
@@ -114,6 +116,21 @@ impl Conv2d {
             kernel,
             stride,
             pad,
+            bias: true,
+        }
+    }
+    /// A convolution without bias (followed by batch norm, whose shift replaces it).
+    pub fn without_bias(
+        name: impl Into<String>,
+        in_channels: usize,
+        out_channels: usize,
+        kernel: usize,
+        stride: usize,
+        pad: usize,
+    ) -> Self {
+        Conv2d {
+            bias: false,
+            ..Self::new(name, in_channels, out_channels, kernel, stride, pad)
         }
     }
     pub fn weight_name(&self) -> String {
@@ -131,10 +148,11 @@ impl Conv2d {
         ]
     }
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        vec![
-            (self.weight_name(), self.weight_shape()),
-            (self.bias_name(), vec![self.out_channels]),
-        ]
+        let mut v = vec![(self.weight_name(), self.weight_shape())];
+        if self.bias {
+            v.push((self.bias_name(), vec![self.out_channels]));
+        }
+        v
     }
 
     /// Output plane size for an `h x w` input (None if the kernel does not fit).
@@ -160,6 +178,10 @@ impl Conv2d {
         let shape = self.weight_shape();
         let fan_in = init::fans(&shape).0;
         let w = init::weight(store.backend(), scheme, act, &shape, seed, &wn)?;
+        store.insert(wn, w)?;
+        if !self.bias {
+            return Ok(());
+        }
         let b = init::bias(
             store.backend(),
             scheme,
@@ -168,8 +190,24 @@ impl Conv2d {
             seed,
             &bn,
         )?;
-        store.insert(wn, w)?;
         store.insert(bn, b)
+    }
+
+    /// Kaiming-normal weight (fan_out, ReLU gain) and a zero bias if any:
+    /// torchvision's ResNet initialisation.
+    pub fn init_kaiming_fan_out<T: Element, B: Backend<T>>(
+        &self,
+        store: &mut ParamStore<B, T>,
+        seed: u64,
+    ) -> Result<()> {
+        let wn = self.weight_name();
+        let w = init::kaiming_normal_fan_out(store.backend(), &self.weight_shape(), seed, &wn)?;
+        store.insert(wn, w)?;
+        if self.bias {
+            let b = Tensor::zeros(store.backend(), [self.out_channels])?;
+            store.insert(self.bias_name(), b)?;
+        }
+        Ok(())
     }
 
     pub fn forward<'t, T: Element, B: Backend<T>>(
@@ -189,10 +227,194 @@ impl Conv2d {
             });
         }
         let w = p.get(&self.weight_name())?;
-        let b = p
-            .get(&self.bias_name())?
-            .reshape([self.out_channels, 1, 1])?;
-        Ok(x.conv2d(w, self.stride, self.pad)?.add(&b)?)
+        let b = if self.bias {
+            Some(p.get(&self.bias_name())?)
+        } else {
+            None
+        };
+        Ok(x.conv2d_bias(w, b, self.stride, self.pad)?)
+    }
+}
+
+/// Whether batch norm normalises with the batch's statistics and updates its
+/// running ones (training) or normalises with the running ones (evaluation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}
+
+/// What a forward pass through batch-norm layers needs besides the parameters:
+/// the mode, the running-statistics buffers to read, and (in training) the
+/// buffers' new values. New values are collected rather than written, so the
+/// caller decides when they land (after a successful step, and only for the
+/// encoder that ran), and a failed step leaves the buffers as they were.
+pub struct BufferState<'a, B, T = f32>
+where
+    T: Element,
+    B: Backend<T>,
+{
+    pub mode: Mode,
+    pub buffers: &'a ParamStore<B, T>,
+    /// `(buffer name, new value)` in the order the layers ran.
+    pub updates: Vec<(String, Tensor<T, B>)>,
+}
+
+impl<'a, T: Element, B: Backend<T>> BufferState<'a, B, T> {
+    pub fn new(mode: Mode, buffers: &'a ParamStore<B, T>) -> Self {
+        BufferState {
+            mode,
+            buffers,
+            updates: Vec::new(),
+        }
+    }
+
+    /// The current value of a buffer: its latest update in this pass if a
+    /// layer already ran (a layer applied twice compounds its updates, as in
+    /// PyTorch), the stored value otherwise.
+    pub fn current(&self, name: &str) -> Result<&Tensor<T, B>> {
+        match self.updates.iter().rev().find(|(n, _)| n == name) {
+            Some((_, t)) => Ok(t),
+            None => self.buffers.get(name),
+        }
+    }
+
+    /// The collected `(buffer name, new value)` updates, for [`apply_updates`]
+    /// once the pass (and its borrow of the buffers) is over.
+    pub fn into_updates(self) -> Vec<(String, Tensor<T, B>)> {
+        self.updates
+    }
+}
+
+/// Writes buffer updates from a [`BufferState`] into `store`: every name must
+/// exist there with the same shape (checked before anything is written, so a
+/// bad update leaves the store unchanged).
+pub fn apply_updates<T: Element, B: Backend<T>>(
+    store: &mut ParamStore<B, T>,
+    updates: Vec<(String, Tensor<T, B>)>,
+) -> Result<()> {
+    for (name, t) in &updates {
+        let have = store.get(name)?;
+        if have.dims() != t.dims() {
+            return Err(ModelError::ShapeMismatch {
+                what: "buffer",
+                name: name.clone(),
+                expected: have.dims().to_vec(),
+                got: t.dims().to_vec(),
+            });
+        }
+    }
+    for (name, t) in updates {
+        store.set(&name, t)?;
+    }
+    Ok(())
+}
+
+/// Batch normalisation over the channel axis of `[batch, channels, ...]`
+/// (PyTorch's BatchNorm2d / BatchNorm1d, affine, momentum 0.1, eps 1e-5).
+/// Parameters `<name>.weight`, `<name>.bias`; buffers `<name>.running_mean`,
+/// `<name>.running_var` and `<name>.num_batches_tracked` (a count kept as
+/// PyTorch does, so state dicts line up; it does not enter the arithmetic
+/// because the momentum is fixed).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BatchNorm {
+    pub name: String,
+    pub channels: usize,
+    pub cfg: BatchNormConfig,
+}
+
+impl BatchNorm {
+    pub fn new(name: impl Into<String>, channels: usize) -> Self {
+        BatchNorm {
+            name: name.into(),
+            channels,
+            cfg: BatchNormConfig::default(),
+        }
+    }
+    pub fn weight_name(&self) -> String {
+        format!("{}.weight", self.name)
+    }
+    pub fn bias_name(&self) -> String {
+        format!("{}.bias", self.name)
+    }
+    pub fn running_mean_name(&self) -> String {
+        format!("{}.running_mean", self.name)
+    }
+    pub fn running_var_name(&self) -> String {
+        format!("{}.running_var", self.name)
+    }
+    pub fn num_batches_tracked_name(&self) -> String {
+        format!("{}.num_batches_tracked", self.name)
+    }
+    pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        vec![
+            (self.weight_name(), vec![self.channels]),
+            (self.bias_name(), vec![self.channels]),
+        ]
+    }
+    pub fn buffer_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        vec![
+            (self.running_mean_name(), vec![self.channels]),
+            (self.running_var_name(), vec![self.channels]),
+            (self.num_batches_tracked_name(), vec![]),
+        ]
+    }
+
+    /// Weight 1 and bias 0; running mean 0, running variance 1, no batches seen.
+    pub fn init<T: Element, B: Backend<T>>(
+        &self,
+        params: &mut ParamStore<B, T>,
+        buffers: &mut ParamStore<B, T>,
+    ) -> Result<()> {
+        let c = self.channels;
+        params.insert(
+            self.weight_name(),
+            Tensor::full(params.backend(), T::one(), [c])?,
+        )?;
+        params.insert(self.bias_name(), Tensor::zeros(params.backend(), [c])?)?;
+        let fresh = BatchNormStats::new(buffers.backend(), c)?;
+        buffers.insert(self.running_mean_name(), fresh.mean)?;
+        buffers.insert(self.running_var_name(), fresh.var)?;
+        let zero = Tensor::zeros(buffers.backend(), Vec::<usize>::new())?;
+        buffers.insert(self.num_batches_tracked_name(), zero)
+    }
+
+    pub fn forward<'t, T: Element, B: Backend<T>>(
+        &self,
+        p: &TrackedParams<'t, B, T>,
+        state: &mut BufferState<'_, B, T>,
+        x: &Var<'t, T, B>,
+    ) -> Result<Var<'t, T, B>> {
+        let d = x.dims();
+        if d.len() < 2 || d[1] != self.channels {
+            return Err(ModelError::BadInput {
+                what: format!("batch norm layer '{}'", self.name),
+                why: format!("expected input [batch, {}, ...]", self.channels),
+                shape: d.to_vec(),
+            });
+        }
+        let (w, b) = (p.get(&self.weight_name())?, p.get(&self.bias_name())?);
+        // Buffers are read as plain tensors: they never enter the graph.
+        let (mn, vn, cn) = (
+            self.running_mean_name(),
+            self.running_var_name(),
+            self.num_batches_tracked_name(),
+        );
+        let running = BatchNormStats {
+            mean: state.current(&mn)?.clone(),
+            var: state.current(&vn)?.clone(),
+        };
+        match state.mode {
+            Mode::Eval => Ok(x.batch_norm_eval(w, b, &running, &self.cfg)?),
+            Mode::Train => {
+                let (y, new) = x.batch_norm_train(w, b, &running, &self.cfg)?;
+                let count = state.current(&cn)?.affine(1.0, 1.0)?;
+                state.updates.push((mn, new.mean));
+                state.updates.push((vn, new.var));
+                state.updates.push((cn, count));
+                Ok(y)
+            }
+        }
     }
 }
 

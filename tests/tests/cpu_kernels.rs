@@ -659,20 +659,30 @@ proptest! {
     fn pooling_matches_naive(
         planes in 1usize..5, h in 1usize..11, w in 1usize..11,
         // The 2x2 / stride 2 window of the encoders has its own code path.
-        (kh, kw, stride) in prop_oneof![Just((2usize, 2usize, 2usize)), (1usize..4, 1usize..4, 1usize..4)],
+        (kh, kw, stride) in prop_oneof![Just((2usize, 2usize, 2usize)), Just((3, 3, 2)), (1usize..4, 1usize..4, 1usize..4)],
+        pad in prop_oneof![Just(0usize), Just(1)],
         quantise in any::<bool>(), nan_at in proptest::option::of(0usize..400), seed in any::<u64>(),
     ) {
-        prop_assume!(kh <= h && kw <= w);
-        let g = Pool2dGeometry { planes, h, w, kh, kw, stride, oh: (h - kh) / stride + 1, ow: (w - kw) / stride + 1 };
+        // PyTorch's bound (pad <= k / 2); average pooling takes no padding.
+        prop_assume!(pad <= kh / 2 && pad <= kw / 2);
+        prop_assume!(kh <= h + 2 * pad && kw <= w + 2 * pad);
+        let g = Pool2dGeometry { planes, h, w, kh, kw, stride, pad, oh: (h + 2 * pad - kh) / stride + 1, ow: (w + 2 * pad - kw) / stride + 1 };
         // Quantised values make ties common (the first maximum must win).
         let mut x: Vec<f32> = values(seed, planes * h * w).iter().map(|&v| if quantise { (v * 2.0).round() } else { v }).collect();
         if let Some(i) = nan_at.filter(|&i| i < x.len()) {
             x[i] = f32::NAN;
         }
         let (y, arg) = Backend::<f32>::max_pool2d(&Cpu, &x, &g).unwrap();
-        let avg = Backend::<f32>::avg_pool2d(&Cpu, &x, &g).unwrap();
         let n_out = planes * g.oh * g.ow;
-        prop_assert_eq!((y.len(), arg.len(), avg.len()), (n_out, n_out, n_out));
+        prop_assert_eq!((y.len(), arg.len()), (n_out, n_out));
+        let avg = if pad == 0 {
+            let avg = Backend::<f32>::avg_pool2d(&Cpu, &x, &g).unwrap();
+            prop_assert_eq!(avg.len(), n_out);
+            Some(avg)
+        } else {
+            prop_assert!(Backend::<f32>::avg_pool2d(&Cpu, &x, &g).is_err(), "avg_pool2d accepted padding");
+            None
+        };
         let grad = values(seed ^ 4, n_out);
         let mut want_dmax = vec![0.0f64; x.len()];
         let mut want_davg = vec![0.0f64; x.len()];
@@ -683,7 +693,13 @@ proptest! {
                     let (mut best, mut sum) = (None::<usize>, 0.0f64);
                     for ki in 0..kh {
                         for kj in 0..kw {
-                            let i = (oy * stride + ki) * w + ox * stride + kj;
+                            // Positions in the padding are -inf: skipped, they never win.
+                            let iy = (oy * stride + ki) as isize - pad as isize;
+                            let ix = (ox * stride + kj) as isize - pad as isize;
+                            if iy < 0 || ix < 0 || iy as usize >= h || ix as usize >= w {
+                                continue;
+                            }
+                            let i = iy as usize * w + ix as usize;
                             let v = x[p * h * w + i];
                             sum += v as f64;
                             best = match best {
@@ -696,22 +712,108 @@ proptest! {
                             want_davg[p * h * w + i] += grad[o] as f64 / (kh * kw) as f64;
                         }
                     }
-                    let b = best.unwrap();
+                    let b = best.expect("every window holds an input element");
                     prop_assert_eq!(arg[o] as usize, b, "argmax at output {} ({:?})", o, g);
                     prop_assert_eq!(y[o].to_bits(), x[p * h * w + b].to_bits());
-                    let mean = sum / (kh * kw) as f64;
-                    prop_assert!(avg[o].is_nan() && mean.is_nan() || (avg[o] as f64 - mean).abs() <= 1e-6 * (1.0 + mean.abs()), "avg at {}: {} vs {}", o, avg[o], mean);
+                    if let Some(avg) = &avg {
+                        let mean = sum / (kh * kw) as f64;
+                        prop_assert!(avg[o].is_nan() && mean.is_nan() || (avg[o] as f64 - mean).abs() <= 1e-6 * (1.0 + mean.abs()), "avg at {}: {} vs {}", o, avg[o], mean);
+                    }
                     want_dmax[p * h * w + b] += grad[o] as f64;
                 }
             }
         }
         let dmax = Backend::<f32>::max_pool2d_backward(&Cpu, &grad, &arg, &g).unwrap();
-        let davg = Backend::<f32>::avg_pool2d_backward(&Cpu, &grad, &g).unwrap();
         for i in 0..x.len() {
             prop_assert!((dmax[i] as f64 - want_dmax[i]).abs() <= 1e-5 * (1.0 + want_dmax[i].abs()), "max backward at {}", i);
-            prop_assert!((davg[i] as f64 - want_davg[i]).abs() <= 1e-5 * (1.0 + want_davg[i].abs()), "avg backward at {}", i);
+        }
+        if avg.is_some() {
+            let davg = Backend::<f32>::avg_pool2d_backward(&Cpu, &grad, &g).unwrap();
+            for i in 0..x.len() {
+                prop_assert!((davg[i] as f64 - want_davg[i]).abs() <= 1e-5 * (1.0 + want_davg[i].abs()), "avg backward at {}", i);
+            }
         }
     }
+}
+
+// ---- batch norm against naive loops ----
+
+use mla_core::BatchNormGeometry;
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// The fused f32 kernels against f64 loops written from the definitions:
+    /// biased batch variance, `y = xhat * w + b`, and the backward as sums
+    /// over the channel of the chain rule through mean and variance
+    /// (not the closed form the kernel uses).
+    #[test]
+    fn batch_norm_matches_naive(
+        n in 1usize..6, c in 1usize..5, inner in prop_oneof![Just(1usize), 1usize..40],
+        offset in -4.0f32..4.0, seed in any::<u64>(),
+    ) {
+        let count = n * inner;
+        prop_assume!(count >= 2);
+        let g = BatchNormGeometry { n, c, inner, eps: 1e-5 };
+        let x: Vec<f32> = values(seed, n * c * inner).iter().map(|v| v + offset).collect();
+        let w = values(seed ^ 1, c);
+        let b = values(seed ^ 2, c);
+        let dy = values(seed ^ 3, n * c * inner);
+        let (y, mean, var) = Backend::<f32>::batch_norm(&Cpu, &x, &w, &b, &g).unwrap();
+        let (dx, dw, db) = Backend::<f32>::batch_norm_backward(&Cpu, &x, &dy, &mean, &var, &w, &g).unwrap();
+        prop_assert_eq!((y.len(), dx.len(), mean.len(), var.len(), dw.len(), db.len()), (x.len(), x.len(), c, c, c, c));
+        let at = |i: usize, ch: usize, j: usize| (i * c + ch) * inner + j;
+        let m = count as f64;
+        for ch in 0..c {
+            let idx: Vec<usize> = (0..n).flat_map(|i| (0..inner).map(move |j| at(i, ch, j))).collect();
+            let mu = idx.iter().map(|&k| x[k] as f64).sum::<f64>() / m;
+            let v = idx.iter().map(|&k| (x[k] as f64 - mu).powi(2)).sum::<f64>() / m;
+            let is = 1.0 / (v + 1e-5).sqrt();
+            prop_assert!((mean[ch] as f64 - mu).abs() <= 1e-6 * (1.0 + mu.abs()), "mean {} vs {}", mean[ch], mu);
+            prop_assert!((var[ch] as f64 - v).abs() <= 1e-5 * (1e-3 + v), "var {} vs {}", var[ch], v);
+            let (wc, bc) = (w[ch] as f64, b[ch] as f64);
+            // dL/dxhat, then through var and mean by the chain rule.
+            let dxhat: Vec<f64> = idx.iter().map(|&k| dy[k] as f64 * wc).collect();
+            let dvar: f64 = idx.iter().zip(&dxhat).map(|(&k, &d)| d * (x[k] as f64 - mu) * -0.5 * is.powi(3)).sum();
+            let dmu: f64 = dxhat.iter().map(|d| -d * is).sum::<f64>()
+                + dvar * idx.iter().map(|&k| -2.0 * (x[k] as f64 - mu)).sum::<f64>() / m;
+            let (mut want_dw, mut want_db) = (0.0, 0.0);
+            for (&k, &d) in idx.iter().zip(&dxhat) {
+                let xh = (x[k] as f64 - mu) * is;
+                let want_y = xh * wc + bc;
+                // f32 rounding of x - mean grows with |mean| / std.
+                let tol = 1e-5 * (1.0 + want_y.abs() + (mu.abs() * is * wc.abs()));
+                prop_assert!((y[k] as f64 - want_y).abs() <= tol, "y at {}: {} vs {}", k, y[k], want_y);
+                let want_dx = d * is + dvar * 2.0 * (x[k] as f64 - mu) / m + dmu / m;
+                let scale: f64 = is * wc.abs() * idx.iter().map(|&k| (dy[k] as f64).abs()).sum::<f64>() / m;
+                let tol = 1e-4 * (1e-3 + want_dx.abs() + scale * (1.0 + mu.abs() * is));
+                prop_assert!((dx[k] as f64 - want_dx).abs() <= tol, "dx at {}: {} vs {} ({:?})", k, dx[k], want_dx, g);
+                want_dw += dy[k] as f64 * xh;
+                want_db += dy[k] as f64;
+            }
+            prop_assert!((dw[ch] as f64 - want_dw).abs() <= 1e-4 * (1.0 + m.sqrt()) * (1.0 + mu.abs() * is), "dweight {} vs {}", dw[ch], want_dw);
+            prop_assert!((db[ch] as f64 - want_db).abs() <= 1e-5 * (1.0 + m), "dbias {} vs {}", db[ch], want_db);
+        }
+    }
+}
+
+#[test]
+fn batch_norm_kernels_reject_short_buffers() {
+    let g = BatchNormGeometry {
+        n: 2,
+        c: 3,
+        inner: 4,
+        eps: 1e-5,
+    };
+    let x = values(1, 24);
+    let (w, short) = (values(2, 3), values(3, 2));
+    let err = Backend::<f32>::batch_norm(&Cpu, &x, &w, &short, &g).unwrap_err();
+    assert_eq!(err.op(), Some("batch_norm"));
+    let err = Backend::<f32>::batch_norm(&Cpu, &x[..23].to_vec(), &w, &w, &g).unwrap_err();
+    assert_eq!(err.op(), Some("batch_norm"));
+    let err = Backend::<f32>::batch_norm_backward(&Cpu, &x, &x[..20].to_vec(), &w, &w, &w, &g)
+        .unwrap_err();
+    assert_eq!(err.op(), Some("batch_norm_backward"));
 }
 
 #[test]

@@ -112,6 +112,7 @@ fn errors_found_on_the_device_are_reported(cuda: &Cuda) {
         kh: 2,
         kw: 2,
         stride: 2,
+        pad: 0,
         oh: 1,
         ow: 2,
     };

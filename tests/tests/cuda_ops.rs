@@ -754,7 +754,8 @@ fn pool_strategy() -> impl Strategy<Value = (Pool2dGeometry, bool, u64)> + Clone
         .prop_filter_map(
             "kernel fits",
             |(planes, h, w, kh, kw, stride, ties, seed)| {
-                let g = pool2d_geometry("max_pool2d", &[1, planes, h, w], kh, kw, stride).ok()?;
+                let g =
+                    pool2d_geometry("max_pool2d", &[1, planes, h, w], kh, kw, stride, 0).ok()?;
                 Some((g, ties, seed))
             },
         )
@@ -922,4 +923,42 @@ fn rls_project_small_shapes_match_cpu() {
         |(s, c, g, seed)| case_rls::<f32>(&cuda, s, c, g, seed),
         |(s, c, g, seed)| case_rls::<f64>(&cuda, s, c, g, seed),
     );
+}
+
+/// The ResNet ops whose CUDA kernels are not written yet fail with an error
+/// naming the op and the backend (never a panic or a wrong result); batch
+/// norm in evaluation mode and dropout are built from existing kernels and run.
+#[test]
+fn ops_without_cuda_kernels_name_the_op() {
+    use mla_core::{BatchNormConfig, BatchNormStats, Tensor};
+    let Some(cuda) = cuda() else { return };
+    let t = |dims: &[usize]| {
+        let n: usize = dims.iter().product();
+        let v: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        Tensor::<f32, Cuda>::from_slice(&cuda, &v, dims.to_vec()).unwrap()
+    };
+    let x = t(&[2, 3, 4, 4]);
+    let (w, b) = (t(&[3]), t(&[3]));
+    let stats = BatchNormStats::new(&cuda, 3).unwrap();
+    let cfg = BatchNormConfig::default();
+    let err = x
+        .batch_norm_train(&w, &b, &stats, &cfg)
+        .map(|o| o.out)
+        .unwrap_err();
+    assert_eq!(err.op(), Some("batch_norm"));
+    assert!(
+        err.to_string()
+            .contains("not implemented on the cuda backend"),
+        "{err}"
+    );
+    let err = x.max_pool2d_pad(3, 2, 1).unwrap_err();
+    assert_eq!(err.op(), Some("max_pool2d"));
+    assert!(err.to_string().contains("cuda"), "{err}");
+    assert_eq!(
+        x.batch_norm_eval(&w, &b, &stats, &cfg).unwrap().dims(),
+        &[2, 3, 4, 4]
+    );
+    let mut rng = Rng::new(1);
+    let y = x.dropout(0.5, true, &mut || rng.uniform()).unwrap();
+    assert_eq!(y.dims(), &[2, 3, 4, 4]);
 }

@@ -276,6 +276,139 @@ fn pools_reject_bad_geometry() {
 }
 
 #[test]
+fn padded_max_pool_rejects_bad_padding() {
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(t(&[1, 2, 4, 3]));
+    // More than half the kernel: a window could lie wholly in the padding.
+    expect(x.max_pool2d_pad(3, 2, 2), "max_pool2d", &[&[1, 2, 4, 3]]);
+    expect(x.max_pool2d_pad(1, 1, 1), "max_pool2d", &[&[1, 2, 4, 3]]);
+    expect(
+        t(&[1, 2, 4, 3]).max_pool2d_pad(2, 0, 1),
+        "max_pool2d",
+        &[&[1, 2, 4, 3]],
+    );
+    // Padding makes a kernel larger than the plane fit, as in PyTorch.
+    assert_eq!(x.max_pool2d_pad(5, 1, 2).unwrap().dims(), &[1, 2, 4, 3]);
+    assert_eq!(x.max_pool2d_pad(3, 2, 1).unwrap().dims(), &[1, 2, 2, 2]);
+    expect(
+        tape.var(t(&[1, 2, 0, 3])).global_avg_pool2d(),
+        "global_avg_pool2d",
+        &[&[1, 2, 0, 3]],
+    );
+}
+
+#[test]
+fn conv2d_bias_must_match_the_output_channels() {
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(t(&[1, 2, 5, 5]));
+    let w = tape.var(t(&[3, 2, 3, 3]));
+    let bad = tape.var(t(&[2]));
+    let before = tape.len();
+    expect(
+        x.conv2d_bias(&w, Some(&bad), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 3, 3], &[2]],
+    );
+    assert_eq!(tape.len(), before, "a rejected bias must record nothing");
+    expect(
+        x.conv2d_bias(&w, Some(&tape.var(t(&[2]))), 1, 0),
+        "conv2d",
+        &[&[1, 2, 5, 5], &[3, 2, 3, 3], &[2]],
+    );
+    expect(
+        x.conv2d_bias(&w, Some(&tape.var(t(&[1, 3, 1, 1]))), 1, 0),
+        "conv2d",
+        &[&[1, 3, 1, 1]],
+    );
+    let y = x.conv2d_bias(&w, Some(&tape.var(t(&[3]))), 2, 1).unwrap();
+    assert_eq!(y.dims(), &[1, 3, 3, 3]);
+    assert_eq!(x.conv2d_bias(&w, None, 2, 1).unwrap().dims(), &[1, 3, 3, 3]);
+}
+
+#[test]
+fn batch_norm_rejects_bad_shapes_and_settings() {
+    use mla_core::{BatchNormConfig, BatchNormStats};
+    let tape = Tape::new(&Cpu);
+    let cfg = BatchNormConfig::default();
+    let stats = |c: usize| BatchNormStats::new(&Cpu, c).unwrap();
+    let x = tape.var(t(&[2, 3, 4, 4]));
+    let (w3, b3) = (tape.var(t(&[3])), tape.var(t(&[3])));
+    let (w2, b2) = (tape.var(t(&[2])), tape.var(t(&[2])));
+    expect(
+        x.batch_norm_train(&w2, &b2, &stats(2), &cfg),
+        "batch_norm",
+        &[&[2, 3, 4, 4], &[2]],
+    );
+    expect(
+        x.batch_norm_train(&w3, &b3, &stats(2), &cfg),
+        "batch_norm",
+        &[&[2, 3, 4, 4], &[3], &[2]],
+    );
+    expect(
+        x.batch_norm_eval(&w3, &tape.var(t(&[3, 1])), &stats(3), &cfg),
+        "batch_norm",
+        &[&[2, 3, 4, 4], &[3, 1]],
+    );
+    expect(
+        tape.var(t(&[6]))
+            .batch_norm_train(&w3, &b3, &stats(3), &cfg),
+        "batch_norm",
+        &[&[6], &[3]],
+    );
+    // One value per channel: no unbiased variance (PyTorch refuses too) ...
+    expect(
+        tape.var(t(&[1, 3]))
+            .batch_norm_train(&w3, &b3, &stats(3), &cfg),
+        "batch_norm",
+        &[&[1, 3], &[3]],
+    );
+    // ... but evaluation is fine.
+    let y = tape
+        .var(t(&[1, 3]))
+        .batch_norm_eval(&w3, &b3, &stats(3), &cfg)
+        .unwrap();
+    assert_eq!(y.dims(), &[1, 3]);
+    for bad in [
+        BatchNormConfig {
+            momentum: 1.5,
+            ..cfg
+        },
+        BatchNormConfig {
+            momentum: f64::NAN,
+            ..cfg
+        },
+        BatchNormConfig { eps: 0.0, ..cfg },
+        BatchNormConfig { eps: -1.0, ..cfg },
+    ] {
+        expect(
+            x.batch_norm_train(&w3, &b3, &stats(3), &bad),
+            "batch_norm",
+            &[&[2, 3, 4, 4]],
+        );
+    }
+    expect(
+        x.value()
+            .batch_norm_train(w3.value(), b2.value(), &stats(3), &cfg)
+            .map(|o| o.out),
+        "batch_norm",
+        &[&[2, 3, 4, 4], &[2]],
+    );
+}
+
+#[test]
+fn dropout_rejects_bad_probabilities() {
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(t(&[2, 5]));
+    let mut zero = || 0.0;
+    for p in [-0.1, 1.5, f64::NAN] {
+        expect(x.dropout(p, true, &mut zero), "dropout", &[&[2, 5]]);
+        // Checked in evaluation too, so a bad setting is caught before training.
+        expect(x.dropout(p, false, &mut zero), "dropout", &[&[2, 5]]);
+        expect(x.value().dropout(p, true, &mut zero), "dropout", &[&[2, 5]]);
+    }
+}
+
+#[test]
 fn softmax_family_rejects_bad_inputs() {
     let tape = Tape::new(&Cpu);
     expect(tape.var(t(&[])).softmax(), "softmax", &[&[]]);

@@ -51,6 +51,37 @@ proptest! {
     }
 
     #[test]
+    fn padded_max_pool2d(
+        n in 1usize..3, c in 1usize..3, (k, pad) in prop_oneof![Just((3usize, 1usize)), Just((2, 1)), Just((5, 2)), Just((3, 0))],
+        h in 1usize..8, w in 1usize..8, stride in 1usize..4, seed in any::<u64>(),
+    ) {
+        prop_assume!(k <= h + 2 * pad && k <= w + 2 * pad);
+        let mut rng = Rng::new(seed);
+        let x = [Input::new(distinct(&mut rng, n * c * h * w, 0.05), &[n, c, h, w])];
+        check_gradients(seed, &x, |v| v[0].max_pool2d_pad(k, stride, pad))
+            .map_err(|e| TestCaseError::fail(format!("max_pool2d k {k} stride {stride} pad {pad} on [{n}, {c}, {h}, {w}]: {e}")))?;
+    }
+
+    #[test]
+    fn conv2d_with_bias(
+        n in 1usize..3, c in 1usize..3, oc in 1usize..4, h in 1usize..7, w in 1usize..7,
+        kh in 1usize..4, kw in 1usize..4, stride in 1usize..4, pad in 0usize..3, seed in any::<u64>(),
+    ) {
+        let (kh, kw) = (kh.min(h + 2 * pad), kw.min(w + 2 * pad));
+        let mut rng = Rng::new(seed);
+        let inputs = [
+            Input::new(uniform(&mut rng, n * c * h * w, -1.0, 1.0), &[n, c, h, w]),
+            Input::new(uniform(&mut rng, oc * c * kh * kw, -1.0, 1.0), &[oc, c, kh, kw]),
+            Input::new(uniform(&mut rng, oc, -1.0, 1.0), &[oc]),
+        ];
+        check_gradients(seed, &inputs, |v| v[0].conv2d_bias(&v[1], Some(&v[2]), stride, pad)).map_err(|e| {
+            TestCaseError::fail(format!(
+                "conv2d + bias x [{n}, {c}, {h}, {w}] w [{oc}, {c}, {kh}, {kw}] stride {stride} pad {pad}: {e}"
+            ))
+        })?;
+    }
+
+    #[test]
     fn avg_pools(
         n in 1usize..3, c in 1usize..3, k in 1usize..4, extra_h in 0usize..5, extra_w in 0usize..5,
         stride in 1usize..4, seed in any::<u64>(),

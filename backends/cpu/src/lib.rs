@@ -7,6 +7,7 @@
 //! for how matrixmultiply's own pool is kept from running at the same time.
 
 mod alloc;
+mod batch_norm;
 mod conv;
 mod elementwise;
 mod gemm;
@@ -21,8 +22,8 @@ mod strided;
 mod threads;
 
 use mla_core::{
-    AdamConfig, Backend, BinaryOp, Conv2dGeometry, Element, Error, GemmConfig, Pool2dGeometry,
-    Result, SgdConfig, UnaryOp,
+    AdamConfig, Backend, BatchNormGeometry, BinaryOp, Conv2dGeometry, Element, Error, GemmConfig,
+    Pool2dGeometry, Result, SgdConfig, UnaryOp,
 };
 
 pub use alloc::{set_poison_uninit, tune_allocator};
@@ -221,10 +222,33 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         Ok(pool::max_pool2d_backward(grad, argmax, g))
     }
     fn avg_pool2d(&self, x: &Vec<T>, g: &Pool2dGeometry) -> Result<Vec<T>> {
+        no_avg_padding("avg_pool2d", g)?;
         Ok(pool::avg_pool2d(x, g))
     }
     fn avg_pool2d_backward(&self, grad: &Vec<T>, g: &Pool2dGeometry) -> Result<Vec<T>> {
+        no_avg_padding("avg_pool2d_backward", g)?;
         Ok(pool::avg_pool2d_backward(grad, g))
+    }
+
+    fn batch_norm(
+        &self,
+        x: &Vec<T>,
+        weight: &Vec<T>,
+        bias: &Vec<T>,
+        g: &BatchNormGeometry,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        batch_norm::batch_norm(x, weight, bias, g)
+    }
+    fn batch_norm_backward(
+        &self,
+        x: &Vec<T>,
+        grad: &Vec<T>,
+        mean: &Vec<T>,
+        var: &Vec<T>,
+        weight: &Vec<T>,
+        g: &BatchNormGeometry,
+    ) -> Result<(Vec<T>, Vec<T>, Vec<T>)> {
+        batch_norm::batch_norm_backward(x, grad, mean, var, weight, g)
     }
 
     fn sgd_step(
@@ -260,6 +284,20 @@ impl<T: CpuFloat> Backend<T> for Cpu {
         alpha: f64,
     ) -> Result<Option<Vec<T>>> {
         Ok(rls::rls_project(p, r, grad_w, c, s, alpha))
+    }
+}
+
+/// Average pooling has no padded form (the divisor would be ambiguous); the
+/// tensor layer never asks for one, this guards direct backend calls.
+fn no_avg_padding(op: &'static str, g: &Pool2dGeometry) -> Result<()> {
+    if g.pad == 0 {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            op,
+            format!("average pooling takes no padding, got pad {}", g.pad),
+            &[&[g.planes, g.h, g.w]],
+        ))
     }
 }
 

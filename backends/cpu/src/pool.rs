@@ -1,6 +1,8 @@
 //! 2-D pooling over `planes` independent `h x w` planes, several planes per
 //! rayon task. Windows are read row by row from slices (no per-element index
 //! arithmetic or bounds test); the common 2x2 / stride 2 max pool has its own loop.
+//! Max pooling with padding clips each window to the plane instead of reading
+//! a padded copy: the padding is -inf, so it never wins and needs no storage.
 
 use crate::alloc::{uninit_vec, zeroed_vec};
 use crate::{CpuFloat, PAR_CHUNK};
@@ -29,7 +31,7 @@ fn max_plane<T: CpuFloat>(
     g: &Pool2dGeometry,
 ) {
     let w = g.w;
-    if g.kh == 2 && g.kw == 2 && g.stride == 2 {
+    if g.kh == 2 && g.kw == 2 && g.stride == 2 && g.pad == 0 {
         for oy in 0..g.oh {
             let r0 = &src[2 * oy * w..][..2 * g.ow];
             let r1 = &src[(2 * oy + 1) * w..][..2 * g.ow];
@@ -61,14 +63,17 @@ fn max_plane<T: CpuFloat>(
         return;
     }
     for oy in 0..g.oh {
+        let rows = clipped(oy, g.stride, g.pad, g.kh, g.h);
         for ox in 0..g.ow {
-            let start = oy * g.stride * w + ox * g.stride;
+            let cols = clipped(ox, g.stride, g.pad, g.kw, w);
+            // The geometry keeps pad <= k / 2, so the clipped window is never empty.
+            let start = rows.start * w + cols.start;
             let (mut bv, mut bi) = (src[start], start);
-            for ki in 0..g.kh {
-                let row = start + ki * w;
-                for (kj, &v) in src[row..row + g.kw].iter().enumerate() {
+            for iy in rows.clone() {
+                let row = iy * w;
+                for (ix, &v) in src[row + cols.start..row + cols.end].iter().enumerate() {
                     if beats(v, bv) {
-                        (bv, bi) = (v, row + kj);
+                        (bv, bi) = (v, row + cols.start + ix);
                     }
                 }
             }
@@ -76,6 +81,13 @@ fn max_plane<T: CpuFloat>(
             arg[oy * g.ow + ox].write(bi as u32);
         }
     }
+}
+
+/// Input rows (or columns) of window `o`: `o * stride - pad ..` for `k`, clipped to `0..size`.
+#[inline]
+fn clipped(o: usize, stride: usize, pad: usize, k: usize, size: usize) -> std::ops::Range<usize> {
+    let start = o * stride;
+    start.saturating_sub(pad)..(start + k).saturating_sub(pad).min(size)
 }
 
 pub(crate) fn max_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> (Vec<T>, Vec<u32>) {

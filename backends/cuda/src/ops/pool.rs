@@ -205,6 +205,23 @@ fn geo(g: &Pool2dGeometry) -> PoolGeo {
     }
 }
 
+/// The kernels here read unpadded windows; padded pooling is part of the
+/// CUDA work for the ResNet ops, not yet done.
+fn no_padding(op: &'static str, g: &Pool2dGeometry) -> Result<()> {
+    if g.pad == 0 {
+        Ok(())
+    } else {
+        Err(mla_core::Error::backend(
+            op,
+            "cuda",
+            format!(
+                "pooling with padding (pad {}) is not implemented on the cuda backend yet",
+                g.pad
+            ),
+        ))
+    }
+}
+
 fn kernel_name(base: &'static str, g: &Pool2dGeometry) -> String {
     let small = g.planes * g.h * g.w < (1 << 31);
     format!("{base}_{}", if small { "u32" } else { "u64" })
@@ -220,6 +237,7 @@ pub(crate) fn max_pool2d<T: CudaFloat>(
     g: &Pool2dGeometry,
 ) -> Result<(DeviceBuffer<T>, DeviceBuffer<u32>)> {
     let op = "max_pool2d";
+    no_padding(op, g)?;
     need_len(op, "input", x.len(), g.planes * g.h * g.w)?;
     dev.enter(op)?;
     let n = g.planes * g.oh * g.ow;
@@ -248,6 +266,7 @@ pub(crate) fn max_pool2d_backward<T: CudaFloat>(
     g: &Pool2dGeometry,
 ) -> Result<DeviceBuffer<T>> {
     let op = "max_pool2d_backward";
+    no_padding(op, g)?;
     let n_out = g.planes * g.oh * g.ow;
     need_len(op, "grad", grad.len(), n_out)?;
     need_len(op, "argmax", argmax.len(), n_out)?;
@@ -284,6 +303,7 @@ pub(crate) fn avg_pool2d<T: CudaFloat>(
     g: &Pool2dGeometry,
 ) -> Result<DeviceBuffer<T>> {
     let op = "avg_pool2d";
+    no_padding(op, g)?;
     need_len(op, "input", x.len(), g.planes * g.h * g.w)?;
     dev.enter(op)?;
     let n = g.planes * g.oh * g.ow;
@@ -310,6 +330,7 @@ pub(crate) fn avg_pool2d_backward<T: CudaFloat>(
     g: &Pool2dGeometry,
 ) -> Result<DeviceBuffer<T>> {
     let op = "avg_pool2d_backward";
+    no_padding(op, g)?;
     need_len(op, "grad", grad.len(), g.planes * g.oh * g.ow)?;
     dev.enter(op)?;
     let n = g.planes * g.h * g.w;
