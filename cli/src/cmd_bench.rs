@@ -21,6 +21,12 @@ pub struct Args {
     modality: Option<String>,
     #[arg(long, value_name = "SPEC", default_value = "cnn")]
     encoder: String,
+    /// [default: 128; with resnet encoders 512 x --width-mult]
+    #[arg(long, value_name = "S")]
+    feature_size: Option<usize>,
+    /// Width multiplier of resnet encoders.
+    #[arg(long, default_value_t = 1.0, value_name = "X")]
+    width_mult: f64,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// HGM of MLA steps. [default: owm for mla]
@@ -83,6 +89,10 @@ impl OnBackend for Args {
             method: self.method,
             modality: self.modality.clone(),
             encoder: self.encoder.clone(),
+            feature_size: self.feature_size.unwrap_or_else(|| {
+                mla_models::encoders::default_feature_size(&self.encoder, self.width_mult)
+            }),
+            width_mult: self.width_mult,
             batch_size: self.batch_size,
             hgm,
             alpha: self.alpha,

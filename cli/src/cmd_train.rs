@@ -7,6 +7,7 @@ use crate::report::{summary_table, Progress};
 use crate::CliResult;
 use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
+use mla_models::encoders::default_feature_size;
 use mla_models::trainer::{
     AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
     HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule,
@@ -51,7 +52,10 @@ pub struct Args {
     /// The modality of --method unimodal.
     #[arg(long, value_name = "NAME", conflicts_with = "resume")]
     modality: Option<String>,
-    /// Encoder of every modality (cnn, mlp) or one per modality: image=cnn,audio=mlp.
+    /// Encoder of every modality (cnn, mlp, resnet18, resnet18-small) or one
+    /// per modality: image=cnn,audio=resnet18-small. ResNet encoders need
+    /// [C, H, W] or [T, C, H, W] inputs and run on the CPU backend only (the
+    /// CUDA backend lacks batch norm for now).
     #[arg(
         long,
         value_name = "SPEC",
@@ -59,9 +63,14 @@ pub struct Args {
         conflicts_with = "resume"
     )]
     encoder: String,
-    /// Size of every encoder's feature vector.
-    #[arg(long, default_value_t = 128, conflicts_with = "resume")]
-    feature_size: usize,
+    /// Size of every encoder's feature vector. [default: 128; with resnet18
+    /// or resnet18-small encoders their last stage's width, 512 x --width-mult]
+    #[arg(long, value_name = "S", conflicts_with = "resume")]
+    feature_size: Option<usize>,
+    /// Width multiplier of resnet18 / resnet18-small encoders (0.25 gives
+    /// stage widths 16-32-64-128).
+    #[arg(long, default_value_t = 1.0, value_name = "X", conflicts_with = "resume")]
+    width_mult: f64,
     /// Training epochs; with --resume, the new total to train up to. [default: 3]
     #[arg(long)]
     epochs: Option<usize>,
@@ -281,7 +290,13 @@ impl Args {
 
     /// `config.toml` of a fresh run: the resolved flags with the dataset,
     /// backend and thread count actually used.
-    fn write_config_toml(&self, run: &RunDir, data: &Path, backend: &str) -> CliResult {
+    fn write_config_toml(
+        &self,
+        run: &RunDir,
+        data: &Path,
+        backend: &str,
+        feature_size: usize,
+    ) -> CliResult {
         let Some(mut t) = self.resolved.clone() else {
             return Ok(());
         };
@@ -289,6 +304,7 @@ impl Args {
         t.insert("data".into(), toml::Value::String(data.display().to_string()));
         t.insert("backend".into(), toml::Value::String(backend.into()));
         t.insert("threads".into(), toml::Value::Integer(mla_cpu::num_threads() as i64));
+        t.insert("feature_size".into(), toml::Value::Integer(feature_size as i64));
         run.write_text(run_dir::CONFIG_TOML, &config_file::render(&t)?)?;
         Ok(())
     }
@@ -331,7 +347,10 @@ impl Args {
             method: self.method,
             modality: self.modality.clone(),
             encoder: self.encoder.clone(),
-            feature_size: self.feature_size,
+            feature_size: self
+                .feature_size
+                .unwrap_or_else(|| default_feature_size(&self.encoder, self.width_mult)),
+            width_mult: self.width_mult,
             epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
             batch_size: self.batch_size,
             eval_batch_size: self.eval_batch_size.unwrap_or(self.batch_size),
@@ -541,7 +560,7 @@ impl OnBackend for Args {
                 let t = Trainer::new(backend, open_dataset(&data)?, cfg)?
                     .with_new_run_dir(&out, self.overwrite)?;
                 if let Some(rd) = t.run_dir() {
-                    self.write_config_toml(rd, &data, name)?;
+                    self.write_config_toml(rd, &data, name, t.config().feature_size)?;
                 }
                 t
             }

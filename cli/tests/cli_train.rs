@@ -348,6 +348,24 @@ fn baselines_and_bench_run() {
     .unwrap();
     assert_eq!(e["metrics"]["fused_accuracy"], sr["test"]["fused_accuracy"]);
     assert_eq!(e["metrics"]["fusion_accuracy"], sr["test"]["fusion_accuracy"]);
+    // ResNet encoders: the feature size follows the width; batch-norm
+    // statistics are in the checkpoint, so `mla eval` reproduces the summary.
+    let rn = runs.join("resnet");
+    let mut a = train_args(s(data.path()), s(&rn), "1");
+    a.extend_from_slice(&["--method", "joint", "--encoder", "resnet18-small", "--width-mult", "0.125"]);
+    ok(&a);
+    assert_eq!(json(&rn.join("config.json"))["feature_size"], 64);
+    let srn = json(&rn.join("summary.json"));
+    let e: Value = serde_json::from_str(&ok(&[
+        "eval",
+        "--checkpoint",
+        s(&rn.join("best.safetensors")),
+        "--json",
+        "--backend",
+        "cpu",
+    ]))
+    .unwrap();
+    assert_eq!(e["metrics"]["fused_accuracy"], srn["test"]["fused_accuracy"]);
     let gb = runs.join("gblending");
     let mut a = train_args(s(data.path()), s(&gb), "1");
     a.extend_from_slice(&[
@@ -492,6 +510,10 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("--agm-stale-kappa") && e.contains("agm"), "{e}");
     let e = run(&["--method", "agm", "--agm-alpha", "-2"]);
     assert!(e.contains("--agm-alpha must be"), "{e}");
+    let e = run(&["--encoder", "resnet18-small", "--width-mult", "0.125", "--feature-size", "10"]);
+    assert!(e.contains("--feature-size 64"), "{e}");
+    let e = run(&["--encoder", "resnet18", "--width-mult", "0"]);
+    assert!(e.contains("--width-mult"), "{e}");
     let e = run(&["--method", "joint", "--reconboost-keep-optimizer"]);
     assert!(
         e.contains("--reconboost-keep-optimizer") && e.contains("reconboost"),

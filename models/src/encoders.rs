@@ -31,16 +31,23 @@ pub const CNN_CHANNELS: [usize; 2] = [32, 64];
 pub enum EncoderKind {
     Mlp,
     Cnn,
+    ResNet(ResNetKind),
 }
 
 impl EncoderKind {
-    pub const NAMES: [&'static str; 2] = ["mlp", "cnn"];
+    pub const NAMES: [&'static str; 4] = ["mlp", "cnn", "resnet18", "resnet18-small"];
 
     pub fn as_str(self) -> &'static str {
         match self {
             EncoderKind::Mlp => "mlp",
             EncoderKind::Cnn => "cnn",
+            EncoderKind::ResNet(k) => k.as_str(),
         }
+    }
+
+    /// Whether the encoder has batch-norm buffers (and a training mode).
+    pub fn has_buffers(self) -> bool {
+        matches!(self, EncoderKind::ResNet(_))
     }
 }
 
@@ -56,6 +63,8 @@ impl FromStr for EncoderKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "mlp" => Ok(EncoderKind::Mlp),
             "cnn" => Ok(EncoderKind::Cnn),
+            "resnet18" => Ok(EncoderKind::ResNet(ResNetKind::ResNet18)),
+            "resnet18-small" => Ok(EncoderKind::ResNet(ResNetKind::ResNet18Small)),
             _ => Err(ModelError::unknown("encoder", s.trim(), &Self::NAMES)),
         }
     }
@@ -129,7 +138,7 @@ pub fn parse_encoder_spec(spec: &str, modalities: &[&str]) -> Result<Vec<Encoder
         .collect())
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 enum Net {
     Mlp {
         fc1: Linear,
@@ -141,10 +150,11 @@ enum Net {
         pool: MaxPool2d,
         fc: Linear,
     },
+    ResNet(ResNet),
 }
 
 /// One modality's encoder: input `[batch, ...input_shape]` -> features `[batch, s]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Encoder {
     modality: String,
     kind: EncoderKind,
@@ -155,12 +165,16 @@ pub struct Encoder {
 
 impl Encoder {
     /// Builds the architecture for one modality's input shape (per sample,
-    /// without the batch axis). `cnn` needs `[C, H, W]` with H, W >= 4 (two 2x2 poolings).
+    /// without the batch axis). `cnn` needs `[C, H, W]` with H, W >= 4 (two
+    /// 2x2 poolings). A ResNet's feature size is its last stage's width
+    /// (512 times `width_mult`), which `feature_size` must equal; the other
+    /// encoders ignore `width_mult`.
     pub fn new(
         modality: &str,
         kind: EncoderKind,
         input_shape: &[usize],
         feature_size: usize,
+        width_mult: f64,
     ) -> Result<Self> {
         let bad = |why: String| ModelError::BadInput {
             what: format!("{kind} encoder for modality '{modality}'"),
@@ -219,6 +233,17 @@ impl Encoder {
                     fc: Linear::new(format!("{prefix}fc"), flat, feature_size),
                 }
             }
+            EncoderKind::ResNet(rk) => {
+                let net = ResNet::new(modality, rk, width_mult, input_shape)?;
+                if net.feature_size() != feature_size {
+                    return Err(ModelError::Config(format!(
+                        "{rk} with width multiplier {width_mult} gives {} features per sample (modality '{modality}'), but the feature size is {feature_size}; pass --feature-size {}",
+                        net.feature_size(),
+                        net.feature_size()
+                    )));
+                }
+                Net::ResNet(net)
+            }
         };
         Ok(Encoder {
             modality: modality.to_string(),
@@ -254,12 +279,20 @@ impl Encoder {
         match &self.net {
             Net::Mlp { fc1, .. } => fc1.in_features,
             Net::Cnn { fc, .. } => fc.in_features,
+            Net::ResNet(r) => r.feature_size(),
         }
     }
 
-    /// Every parameter (name, shape), in layer order.
+    /// Every parameter (name, shape), in layer order (ResNet: sorted, with
+    /// its batch-norm buffers, which the model keeps among its parameters).
     pub fn param_shapes(&self) -> Vec<(String, Vec<usize>)> {
         match &self.net {
+            Net::ResNet(r) => {
+                let mut v = r.param_shapes();
+                v.extend(r.buffer_shapes());
+                v.sort();
+                v
+            }
             Net::Mlp { fc1, fc2 } => [fc1.param_shapes(), fc2.param_shapes()].concat(),
             Net::Cnn {
                 conv1, conv2, fc, ..
@@ -281,6 +314,16 @@ impl Encoder {
     ) -> Result<()> {
         let act = Activation::Relu;
         match &self.net {
+            Net::ResNet(r) => {
+                // Buffers live beside the parameters in the model's store;
+                // they never get a gradient, so no optimizer touches them.
+                let mut buffers = ParamStore::new(store.backend());
+                r.init(store, &mut buffers, seed)?;
+                for (name, t) in buffers.iter() {
+                    store.insert(name, t.clone())?;
+                }
+                Ok(())
+            }
             Net::Mlp { fc1, fc2 } => {
                 fc1.init(store, scheme, act, seed)?;
                 fc2.init(store, scheme, act, seed)
@@ -295,10 +338,12 @@ impl Encoder {
         }
     }
 
-    /// `[batch, ...input_shape] -> [batch, s]`.
+    /// `[batch, ...input_shape] -> [batch, s]`; `state` holds the batch-norm
+    /// buffers and collects their updates (unused by cnn and mlp).
     pub fn forward<'t, T: Element, B: Backend<T>>(
         &self,
         p: &TrackedParams<'t, B, T>,
+        state: &mut BufferState<'_, B, T>,
         x: &Var<'t, T, B>,
     ) -> Result<Var<'t, T, B>> {
         let d = x.dims();
@@ -326,6 +371,7 @@ impl Encoder {
                 let h = layers::flatten(&h)?;
                 layers::relu(&fc.forward(p, &h)?)
             }
+            Net::ResNet(r) => r.forward(p, state, x),
         }
     }
 }
@@ -374,6 +420,17 @@ impl FromStr for ResNetKind {
             "resnet18-small" => Ok(ResNetKind::ResNet18Small),
             _ => Err(ModelError::unknown("encoder", s.trim(), &Self::NAMES)),
         }
+    }
+}
+
+/// The feature size an encoder spec implies when none is given: a ResNet's
+/// last stage width (512 times `width_mult`, rounded) if the spec names a
+/// ResNet, else the cnn/mlp default (128).
+pub fn default_feature_size(spec: &str, width_mult: f64) -> usize {
+    if spec.to_ascii_lowercase().contains("resnet18") {
+        ((RESNET18_WIDTHS[3] as f64 * width_mult).round() as usize).max(1)
+    } else {
+        crate::model::DEFAULT_FEATURE_SIZE
     }
 }
 

@@ -20,7 +20,8 @@
 use crate::encoders::{Encoder, EncoderKind};
 use crate::error::{ModelError, Result};
 use crate::init::{Activation, InitScheme};
-use crate::layers::Linear;
+use crate::layers::{apply_updates, BufferState, Linear, Mode};
+use std::sync::Mutex;
 use crate::params::{ParamStore, TrackedParams};
 use mla_core::{Backend, Element, Indices, Tape, Tensor, Var};
 
@@ -56,7 +57,7 @@ impl HeadKind {
 /// Architecture of a model: modalities with their per-sample input shapes
 /// (from the dataset), one encoder kind per modality (same order), the
 /// feature size `s`, the number of classes and the head.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModelSpec {
     pub modalities: Vec<(String, Vec<usize>)>,
     pub encoders: Vec<EncoderKind>,
@@ -64,6 +65,8 @@ pub struct ModelSpec {
     pub num_classes: usize,
     pub head: HeadKind,
     pub init: InitScheme,
+    /// Width multiplier of ResNet encoders (1: torchvision's widths).
+    pub width_mult: f64,
 }
 
 impl ModelSpec {
@@ -81,6 +84,7 @@ impl ModelSpec {
             num_classes,
             head,
             init: InitScheme::default(),
+            width_mult: 1.0,
         }
     }
 
@@ -151,7 +155,12 @@ where
     head: Linear,
     /// [`HeadKind::ConcatUnimodal`]: one head per modality, in spec order.
     unimodal_heads: Vec<Linear>,
+    /// Parameters, and the batch-norm buffers of ResNet encoders (no
+    /// gradient ever reaches a buffer, so no optimizer steps one).
     params: ParamStore<B, T>,
+    /// Batch-norm buffer updates of the forward passes since the last
+    /// [`Model::commit_buffers`], in order (later ones build on earlier ones).
+    pending: Mutex<Vec<(String, Tensor<T, B>)>>,
 }
 
 impl<T: Element, B: Backend<T>> Model<B, T> {
@@ -162,7 +171,9 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
             .modalities
             .iter()
             .zip(&spec.encoders)
-            .map(|((m, shape), &kind)| Encoder::new(m, kind, shape, spec.feature_size))
+            .map(|((m, shape), &kind)| {
+                Encoder::new(m, kind, shape, spec.feature_size, spec.width_mult)
+            })
             .collect::<Result<Vec<_>>>()?;
         let head = Linear::new("head", spec.head_inputs(), spec.num_classes);
         let unimodal_heads: Vec<Linear> = match spec.head {
@@ -196,6 +207,7 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
             head,
             unimodal_heads,
             params,
+            pending: Mutex::new(Vec::new()),
         })
     }
 
@@ -227,6 +239,10 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
     /// Swaps in another set of parameters (a snapshot or a checkpoint) with the
     /// same names and shapes.
     pub fn set_params(&mut self, params: ParamStore<B, T>) -> Result<()> {
+        self.pending
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         let named = params
             .iter()
             .map(|(n, t)| (n.to_string(), t.clone()))
@@ -255,13 +271,53 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
     }
 
     /// `phi_m(x)`: `[batch, ...input_shape] -> [batch, s]`.
+    ///
+    /// Batch norm (ResNet encoders) runs in training mode on a gradient tape
+    /// and in evaluation mode on a no-grad tape (`Tape::no_grad`: evaluation,
+    /// probes, prototypes). Training-mode passes leave their new running
+    /// statistics pending; they are read by later passes and written to the
+    /// buffers by [`Model::commit_buffers`] (the trainer does it after each
+    /// step), so only the encoders that ran change.
     pub fn features<'t>(
         &self,
         p: &TrackedParams<'t, B, T>,
         modality: &str,
         x: &Var<'t, T, B>,
     ) -> Result<Var<'t, T, B>> {
-        self.encoder(modality)?.forward(p, x)
+        let enc = self.encoder(modality)?;
+        if !enc.kind().has_buffers() {
+            return enc.forward(p, &mut BufferState::new(Mode::Eval, &self.params), x);
+        }
+        let mode = if x.tape().grad_enabled() {
+            Mode::Train
+        } else {
+            Mode::Eval
+        };
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let overlay;
+        let store = if pending.is_empty() {
+            &self.params
+        } else {
+            let mut s = self.params.clone();
+            apply_updates(&mut s, pending.clone())?;
+            overlay = s;
+            &overlay
+        };
+        let mut state = BufferState::new(mode, store);
+        let h = enc.forward(p, &mut state, x)?;
+        pending.extend(state.into_updates());
+        Ok(h)
+    }
+
+    /// Writes the pending batch-norm statistics into the buffers.
+    pub fn commit_buffers(&mut self) -> Result<()> {
+        let pending = std::mem::take(self.pending.get_mut().unwrap_or_else(|e| e.into_inner()));
+        apply_updates(&mut self.params, pending)
+    }
+
+    /// Whether the model has batch-norm buffers.
+    pub fn has_buffers(&self) -> bool {
+        self.encoders.iter().any(|e| e.kind().has_buffers())
     }
 
     /// The head on its input: `[batch, s]` (shared, single) or `[batch, M*s]` (concat).

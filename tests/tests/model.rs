@@ -125,7 +125,7 @@ fn mlp_accepts_any_shape_and_checks_it() {
 
 #[test]
 fn cnn_rejects_bad_input_shapes_clearly() {
-    let err = Encoder::new("audio", EncoderKind::Cnn, &[40, 63], 128)
+    let err = Encoder::new("audio", EncoderKind::Cnn, &[40, 63], 128, 1.0)
         .unwrap_err()
         .to_string();
     assert!(
@@ -133,12 +133,12 @@ fn cnn_rejects_bad_input_shapes_clearly() {
             && err.contains("[channels, height, width]"),
         "{err}"
     );
-    let err = Encoder::new("tiny", EncoderKind::Cnn, &[1, 3, 9], 128)
+    let err = Encoder::new("tiny", EncoderKind::Cnn, &[1, 3, 9], 128, 1.0)
         .unwrap_err()
         .to_string();
     assert!(err.contains("at least 4"), "{err}");
     // Smallest accepted plane, odd sizes rounded down: 5x7 -> 2x3 -> 1x1.
-    let e = Encoder::new("ok", EncoderKind::Cnn, &[2, 5, 7], 8).unwrap();
+    let e = Encoder::new("ok", EncoderKind::Cnn, &[2, 5, 7], 8, 1.0).unwrap();
     assert_eq!(e.flatten_size(), 64);
     let model: Model<Cpu> =
         Model::new(&Cpu, avmnist_spec(EncoderKind::Cnn, HeadKind::Shared), 0).unwrap();

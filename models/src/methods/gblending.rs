@@ -168,6 +168,7 @@ impl<B: Backend<f32>> Gblending<B> {
                     (p.gradients(g), loss.into_value().to_scalar()? as f64)
                 };
                 optim.step(copy.params_mut(), &grads)?;
+                copy.commit_buffers()?;
                 sum += loss * batch.len() as f64;
                 count += batch.len() as u64;
             }

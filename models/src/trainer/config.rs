@@ -365,6 +365,10 @@ impl Default for PmrParams {
     }
 }
 
+fn one() -> f64 {
+    1.0
+}
+
 /// Default HGM alpha. alpha competes with `r^T P r`, the squared norm of the
 /// batch-mean feature projected on what P has not yet seen; ReLU features of
 /// the cnn encoders have a large mean, so a small alpha makes P forget almost
@@ -383,9 +387,14 @@ pub struct TrainConfig {
     /// The one modality of `unimodal`.
     #[serde(default)]
     pub modality: Option<String>,
-    /// Encoder spec: `cnn`, `mlp`, or per modality `image=cnn,audio=mlp`.
+    /// Encoder spec: `cnn`, `mlp`, `resnet18`, `resnet18-small`, or per
+    /// modality `image=cnn,audio=mlp`.
     pub encoder: String,
     pub feature_size: usize,
+    /// Width multiplier of ResNet encoders (their feature size is
+    /// `512 * width_mult`, rounded).
+    #[serde(default = "one")]
+    pub width_mult: f64,
     pub epochs: usize,
     pub batch_size: usize,
     /// Batch size of evaluation passes (results do not depend on it: fusion
@@ -441,6 +450,7 @@ impl Default for TrainConfig {
             modality: None,
             encoder: "cnn".into(),
             feature_size: 128,
+            width_mult: 1.0,
             epochs: 3,
             batch_size: 64,
             eval_batch_size: 64,
@@ -508,6 +518,12 @@ impl TrainConfig {
             if v == 0 {
                 return Err(format!("{flag} must be at least 1"));
             }
+        }
+        if !(self.width_mult.is_finite() && self.width_mult > 0.0 && self.width_mult <= 64.0) {
+            return Err(format!(
+                "--width-mult must be in (0, 64], got {}",
+                self.width_mult
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(format!("--lr must be a positive number, got {}", self.lr));

@@ -70,5 +70,6 @@ pub fn build_model<B: Backend<f32>>(
         head,
     );
     spec.feature_size = cfg.feature_size;
+    spec.width_mult = cfg.width_mult;
     Ok((Model::new(backend, spec, cfg.seed)?, layout))
 }

@@ -436,7 +436,9 @@ impl<B: Backend<f32>> Trainer<B> {
             step,
             progress: progress.clamp(0.0, 1.0),
         };
-        self.method.step(&mut ctx, batch, pending)
+        self.method.step(&mut ctx, batch, pending)?;
+        // Batch-norm statistics of the encoders that ran in this step.
+        Ok(self.model.commit_buffers()?)
     }
 
     /// Times training steps for benchmarks: `warmup` untimed steps, then
