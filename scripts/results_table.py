@@ -120,6 +120,8 @@ METHODS = [
     ("pmr", "PMR, PCE (alpha 1.0)"),
     ("mmpareto", "MMPareto (global norm scope)"),
     ("agm", "AGM (alpha 2.5)"),
+    ("reconboost", "ReconBoost (w1 5, w2 1, stages 1:1, fusion auto)"),
+    ("gblending", "G-Blending (one 1-epoch estimation, paper rule)"),
 ]
 
 
