@@ -353,6 +353,16 @@ pub fn summary_table(s: &Summary) -> String {
         "  time: {:.1} s training ({:.0} samples/s on {}), {:.1} s in all\n",
         s.train_seconds, s.samples_per_second, s.backend, s.total_seconds
     ));
+    if let Some(p) = &s.provenance {
+        let mem = s
+            .peak_rss_bytes
+            .map(|b| format!(", peak memory {:.0} MiB", b as f64 / (1 << 20) as f64))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  {} parameters{mem}; mla {} ({}), cpu {}, dataset {}\n",
+            p.parameters, p.mla_version, p.git_commit, p.cpu_model, p.dataset_hash
+        ));
+    }
     out
 }
 

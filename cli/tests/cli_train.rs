@@ -665,6 +665,16 @@ fn config_files_set_flags_the_command_line_overrides_and_runs_reproduce() {
     ok(&["train", "--config", s(&first.join("config.toml")), "--out", s(&again), "--quiet"]);
     let sa = json(&again.join("summary.json"));
     assert_eq!(sa["test"], sm["test"]);
+    // Provenance and cost: the same build and dataset for both runs.
+    for k in ["mla_version", "git_commit", "cpu_model", "dataset_hash", "parameters"] {
+        assert_eq!(sa["provenance"][k], sm["provenance"][k], "{k}");
+    }
+    let hash = sm["provenance"]["dataset_hash"].as_str().unwrap();
+    assert!(hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()), "{hash}");
+    assert!(!sm["provenance"]["git_commit"].as_str().unwrap().is_empty());
+    assert!(sm["provenance"]["parameters"].as_u64().unwrap() > 1000);
+    assert_eq!(sm["epoch_train_seconds"].as_array().unwrap().len(), 2);
+    assert!(sm["peak_rss_bytes"].as_u64().unwrap() > 0);
     assert_eq!(sa["val"], sm["val"]);
     let evals = |dir: &Path| -> Vec<Value> {
         std::fs::read_to_string(dir.join("metrics.jsonl"))

@@ -63,9 +63,10 @@ impl FromStr for EncoderKind {
         match s.trim().to_ascii_lowercase().as_str() {
             "mlp" => Ok(EncoderKind::Mlp),
             "cnn" => Ok(EncoderKind::Cnn),
-            "resnet18" => Ok(EncoderKind::ResNet(ResNetKind::ResNet18)),
-            "resnet18-small" => Ok(EncoderKind::ResNet(ResNetKind::ResNet18Small)),
-            _ => Err(ModelError::unknown("encoder", s.trim(), &Self::NAMES)),
+            other => other
+                .parse::<ResNetKind>()
+                .map(EncoderKind::ResNet)
+                .map_err(|_| ModelError::unknown("encoder", s.trim(), &Self::NAMES)),
         }
     }
 }

@@ -68,6 +68,15 @@ fn batch_norm_statistics_move_only_for_the_encoders_that_ran() {
         }
     }
     assert!(moved_image > 30, "{moved_image} image buffers moved");
+    // The summary's parameter count leaves the buffers out.
+    let trainable: usize = after
+        .iter()
+        .filter(|(n, _)| !is_buffer(n))
+        .map(|(_, v)| v.len())
+        .sum();
+    let prov = mla_models::trainer::provenance::Provenance::of(&ds, t.model());
+    assert_eq!(prov.parameters as usize, trainable);
+    assert!(trainable < after.values().map(Vec::len).sum::<usize>());
     assert_eq!(after["encoder.image.bn1.num_batches_tracked"], vec![3.0]);
     // No optimizer state for a buffer: no gradient reaches one.
     let names: Vec<String> = t.model().params().names().map(String::from).collect();

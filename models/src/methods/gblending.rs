@@ -91,12 +91,7 @@ pub struct Gblending<B: Backend<f32>> {
 
 impl<B: Backend<f32>> Gblending<B> {
     pub fn new(backend: &B, cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
-        let m = layout.modalities.len();
-        if m < 2 {
-            return Err(TrainError::Config(format!(
-                "--method gblending blends two or more modalities; the model has {m}"
-            )));
-        }
+        let m = super::balanced_modalities(cfg, layout)?;
         Ok(Gblending {
             params: cfg.gblending_params(),
             cfg: cfg.clone(),

@@ -43,12 +43,7 @@ pub struct Mmpareto {
 
 impl Mmpareto {
     pub fn new(cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
-        let m = layout.modalities.len();
-        if m < 2 {
-            return Err(TrainError::Config(format!(
-                "--method mmpareto balances two or more modalities; the model has {m}"
-            )));
-        }
+        let m = super::balanced_modalities(cfg, layout)?;
         Ok(Mmpareto {
             params: cfg.mmpareto_params(),
             names: layout.modalities.clone(),

@@ -148,6 +148,19 @@ pub fn create<B: Backend<f32>>(
     })
 }
 
+/// The model's number of modalities, refused below two: a balancing method
+/// needs two or more to balance.
+pub(crate) fn balanced_modalities(cfg: &TrainConfig, layout: &ModelLayout) -> Result<usize> {
+    let m = layout.modalities.len();
+    if m < 2 {
+        return Err(TrainError::Config(format!(
+            "--method {} balances two or more modalities; the model has {m}",
+            cfg.method
+        )));
+    }
+    Ok(m)
+}
+
 /// Uploads a modality's batch rows as `[n, ...shape]`.
 pub(crate) fn upload<B: Backend<f32>>(
     backend: &B,

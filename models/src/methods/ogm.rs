@@ -33,7 +33,7 @@ use crate::trainer::config::{MethodKind, ModulatedTensors, OgmParams, OgmRule, T
 use crate::trainer::layout::ModelLayout;
 use crate::trainer::records::EpochRecord;
 use crate::trainer::stats::Pending;
-use crate::trainer::{Result, TrainError};
+use crate::trainer::Result;
 use mla_core::{Backend, Indices, Tape, Tensor};
 
 /// Label of the noise streams (with the epoch and step).
@@ -54,13 +54,7 @@ pub struct Ogm {
 
 impl Ogm {
     pub fn new(cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
-        let m = layout.modalities.len();
-        if m < 2 {
-            return Err(TrainError::Config(format!(
-                "--method {} balances two or more modalities; the model has {m}",
-                cfg.method
-            )));
-        }
+        let m = super::balanced_modalities(cfg, layout)?;
         Ok(Ogm {
             kind: cfg.method,
             params: cfg.ogm_params(),

@@ -56,12 +56,7 @@ pub struct Pmr<B: Backend<f32>> {
 
 impl<B: Backend<f32>> Pmr<B> {
     pub fn new(backend: &B, cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
-        let m = layout.modalities.len();
-        if m < 2 {
-            return Err(TrainError::Config(format!(
-                "--method pmr balances two or more modalities; the model has {m}"
-            )));
-        }
+        let m = super::balanced_modalities(cfg, layout)?;
         Ok(Pmr {
             params: cfg.pmr_params(),
             seed: cfg.seed,

@@ -39,7 +39,7 @@ use crate::trainer::config::{MethodKind, ReconboostParams, TrainConfig};
 use crate::trainer::layout::ModelLayout;
 use crate::trainer::records::EpochRecord;
 use crate::trainer::stats::Pending;
-use crate::trainer::{Result, TrainError};
+use crate::trainer::Result;
 use mla_core::{Backend, Indices, Tape, Tensor, Var};
 
 pub struct Reconboost {
@@ -60,12 +60,7 @@ pub struct Reconboost {
 
 impl Reconboost {
     pub fn new(cfg: &TrainConfig, layout: &ModelLayout) -> Result<Self> {
-        let m = layout.modalities.len();
-        if m < 2 {
-            return Err(TrainError::Config(format!(
-                "--method reconboost boosts over two or more modalities; the model has {m}"
-            )));
-        }
+        super::balanced_modalities(cfg, layout)?;
         Ok(Reconboost {
             params: cfg.reconboost_params(),
             names: layout.modalities.clone(),

@@ -16,6 +16,7 @@ pub mod config;
 mod error;
 pub mod eval;
 pub mod layout;
+pub mod provenance;
 pub mod records;
 pub mod run_dir;
 mod state;
@@ -81,6 +82,7 @@ pub struct Trainer<B: Backend<f32>> {
     run_dir: Option<RunDir>,
     backend_name: String,
     threads: Option<usize>,
+    provenance: provenance::Provenance,
     /// Tests: writes left before an injected stop.
     stop_after: Option<usize>,
 }
@@ -119,6 +121,7 @@ impl<B: Backend<f32>> Trainer<B> {
             test = seeded_subset(&test, n, cfg.seed);
         }
         let method = methods::create(&backend, &cfg, &layout, &dataset, &val)?;
+        let provenance = provenance::Provenance::of(&dataset, &model);
         Ok(Trainer {
             backend,
             cfg,
@@ -135,6 +138,7 @@ impl<B: Backend<f32>> Trainer<B> {
             run_dir: None,
             backend_name: String::new(),
             threads: None,
+            provenance,
             stop_after: None,
         })
     }
@@ -175,7 +179,7 @@ impl<B: Backend<f32>> Trainer<B> {
         let mut t = Trainer::new(backend, dataset, cfg)?;
         t.restore(&ckpt)?;
         run_dir.write_metrics(&t.state.history)?;
-        if let Some(s) = Summary::new(&t.cfg, &t.state, &t.backend_name, t.threads) {
+        if let Some(s) = Summary::new(&t.cfg, &t.state, &t.backend_name, t.threads, &t.provenance) {
             run_dir.write_summary(&s)?;
         }
         t.run_dir = Some(run_dir);
@@ -273,7 +277,7 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     pub fn summary(&self) -> Result<Summary> {
-        Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads)
+        Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads, &self.provenance)
             .ok_or_else(|| TrainError::Config("no epoch has been trained yet".into()))
     }
 
@@ -368,7 +372,7 @@ impl<B: Backend<f32>> Trainer<B> {
             self.wrote()?;
             rd.write_metrics(&self.state.history)?;
             self.wrote()?;
-            if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads)
+            if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads, &self.provenance)
             {
                 rd.write_summary(&s)?;
                 self.wrote()?;

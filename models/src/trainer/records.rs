@@ -195,6 +195,16 @@ pub struct Summary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threads: Option<usize>,
     pub train_samples_per_epoch: u64,
+    /// Training time of each epoch (steps and per-epoch method work).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub epoch_train_seconds: Vec<f64>,
+    /// Peak resident memory of the training process when the summary was
+    /// written, in bytes (Linux; `None` elsewhere).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
+    /// Build, machine, dataset and model size behind the numbers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provenance: Option<super::provenance::Provenance>,
 }
 
 impl Summary {
@@ -203,6 +213,7 @@ impl Summary {
         state: &TrainerState,
         backend: &str,
         threads: Option<usize>,
+        provenance: &super::provenance::Provenance,
     ) -> Option<Summary> {
         let best_epoch = state.best_epoch?;
         let last = state.history.last()?;
@@ -253,6 +264,9 @@ impl Summary {
             backend: backend.to_string(),
             threads,
             train_samples_per_epoch: last.train_samples,
+            epoch_train_seconds: state.history.iter().map(|r| r.train_seconds).collect(),
+            peak_rss_bytes: super::provenance::peak_rss_bytes(),
+            provenance: Some(provenance.clone()),
         })
     }
 }
