@@ -37,7 +37,15 @@ pub struct Args {
     csv: Option<PathBuf>,
 }
 
-const COLUMNS: [&str; 7] = ["fused", "rules", "modalities", "f1", "shapley", "gap", "time"];
+const COLUMNS: [&str; 7] = [
+    "fused",
+    "rules",
+    "modalities",
+    "f1",
+    "shapley",
+    "gap",
+    "time",
+];
 
 /// One finished run.
 struct Run {
@@ -71,14 +79,20 @@ fn load(dir: &Path) -> CliResult<Run> {
         let p = dir.join(name);
         let meta = std::fs::metadata(&p).map_err(|e| format!("{}: {e}", p.display()))?;
         if meta.len() > 64 << 20 {
-            return Err(format!("{}: {} bytes is too large for a run file", p.display(), meta.len()));
+            return Err(format!(
+                "{}: {} bytes is too large for a run file",
+                p.display(),
+                meta.len()
+            ));
         }
         std::fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()))
     };
     let summary: Value = serde_json::from_str(&read("summary.json")?)
         .map_err(|e| format!("{}: {e}", dir.join("summary.json").display()))?;
     let flags: toml::Table = match read("config.toml") {
-        Ok(t) => toml::from_str(&t).map_err(|e| format!("{}: {e}", dir.join("config.toml").display()))?,
+        Ok(t) => {
+            toml::from_str(&t).map_err(|e| format!("{}: {e}", dir.join("config.toml").display()))?
+        }
         Err(_) => {
             return Err(format!(
                 "{}: no config.toml (the run was made by an older mla); its flags are unknown",
@@ -87,10 +101,7 @@ fn load(dir: &Path) -> CliResult<Run> {
             .into())
         }
     };
-    Ok(Run {
-        flags,
-        summary,
-    })
+    Ok(Run { flags, summary })
 }
 
 /// Mean and sample standard deviation (0 for one value).
@@ -144,7 +155,9 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
         match w.as_str() {
             "fused" => out.push((
                 "fused acc. (%)".into(),
-                runs.iter().map(|r| scaled(r, &[split, "fused_accuracy"], pct)).collect(),
+                runs.iter()
+                    .map(|r| scaled(r, &[split, "fused_accuracy"], pct))
+                    .collect(),
             )),
             "rules" => {
                 for rule in names_under(&[split, "fusion_accuracy"]) {
@@ -168,7 +181,9 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
             }
             "f1" => out.push((
                 "fused macro-F1".into(),
-                runs.iter().map(|r| get(r, &[split, "fused_macro_f1"])).collect(),
+                runs.iter()
+                    .map(|r| get(r, &[split, "fused_macro_f1"]))
+                    .collect(),
             )),
             "shapley" => {
                 for m in names_under(&[split, "shapley", "dataset"]) {
@@ -182,7 +197,9 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
             }
             "gap" => out.push((
                 "modality gap".into(),
-                runs.iter().map(|r| get(r, &[split, "modality_gap"])).collect(),
+                runs.iter()
+                    .map(|r| get(r, &[split, "modality_gap"]))
+                    .collect(),
             )),
             "time" => out.push((
                 "train time (s)".into(),
@@ -197,7 +214,11 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
 pub fn run(args: Args) -> CliResult {
     for c in &args.columns {
         if !COLUMNS.contains(&c.as_str()) {
-            return Err(format!("--columns: unknown column {c:?}; expected some of: {}", COLUMNS.join(", ")).into());
+            return Err(format!(
+                "--columns: unknown column {c:?}; expected some of: {}",
+                COLUMNS.join(", ")
+            )
+            .into());
         }
     }
     let mut dirs = Vec::new();
@@ -210,7 +231,10 @@ pub fn run(args: Args) -> CliResult {
     if dirs.is_empty() {
         return Err("no finished runs (summary.json) under the given directories".into());
     }
-    let runs = dirs.iter().map(|d| load(d)).collect::<CliResult<Vec<_>>>()?;
+    let runs = dirs
+        .iter()
+        .map(|d| load(d))
+        .collect::<CliResult<Vec<_>>>()?;
     // Flags that can differ without changing the result's meaning are not
     // grouping keys by default.
     let quiet_keys = ["seed", "threads", "backend"];
@@ -219,7 +243,11 @@ pub fn run(args: Args) -> CliResult {
         Some(b) => {
             for k in b {
                 if !all_keys.contains(&k.replace('-', "_")) {
-                    return Err(format!("--by {k}: no run has this key; keys: {}", all_keys.iter().cloned().collect::<Vec<_>>().join(", ")).into());
+                    return Err(format!(
+                        "--by {k}: no run has this key; keys: {}",
+                        all_keys.iter().cloned().collect::<Vec<_>>().join(", ")
+                    )
+                    .into());
                 }
             }
             b.iter().map(|k| k.replace('-', "_")).collect()
@@ -242,7 +270,10 @@ pub fn run(args: Args) -> CliResult {
             .map(|k| {
                 let v = r.flags.get(k).map(show_value).unwrap_or_else(|| "-".into());
                 if k == "data" {
-                    Path::new(&v).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or(v)
+                    Path::new(&v)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or(v)
                 } else {
                     v
                 }
@@ -260,7 +291,12 @@ pub fn run(args: Args) -> CliResult {
     }
     let cols = columns(&runs, &args.split, &args.columns);
     let mut md = String::new();
-    let head: Vec<String> = by.iter().cloned().chain(["runs".to_string(), "seeds".to_string()]).chain(cols.iter().map(|(n, _)| n.clone())).collect();
+    let head: Vec<String> = by
+        .iter()
+        .cloned()
+        .chain(["runs".to_string(), "seeds".to_string()])
+        .chain(cols.iter().map(|(n, _)| n.clone()))
+        .collect();
     let _ = writeln!(md, "| {} |", head.join(" | "));
     let _ = writeln!(md, "|{}|", vec!["---"; head.len()].join("|"));
     let mut csv = String::new();
@@ -268,14 +304,31 @@ pub fn run(args: Args) -> CliResult {
         .iter()
         .cloned()
         .chain(["runs".to_string(), "seeds".to_string()])
-        .chain(cols.iter().flat_map(|(n, _)| [format!("{n} mean"), format!("{n} std")]))
+        .chain(
+            cols.iter()
+                .flat_map(|(n, _)| [format!("{n} mean"), format!("{n} std")]),
+        )
         .collect();
-    let _ = writeln!(csv, "{}", csv_head.iter().map(|h| csv_field(h)).collect::<Vec<_>>().join(","));
+    let _ = writeln!(
+        csv,
+        "{}",
+        csv_head
+            .iter()
+            .map(|h| csv_field(h))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
     for l in &order {
         let idx = &groups[l];
         let seeds: Vec<String> = idx
             .iter()
-            .map(|&i| runs[i].flags.get("seed").map(show_value).unwrap_or_else(|| "-".into()))
+            .map(|&i| {
+                runs[i]
+                    .flags
+                    .get("seed")
+                    .map(show_value)
+                    .unwrap_or_else(|| "-".into())
+            })
             .collect();
         let mut cells: Vec<String> = l.clone();
         cells.push(idx.len().to_string());
@@ -289,13 +342,33 @@ pub fn run(args: Args) -> CliResult {
                 continue;
             }
             let (m, s) = mean_std(&xs);
-            let missing = if xs.len() < idx.len() { format!(" ({} of {})", xs.len(), idx.len()) } else { String::new() };
-            cells.push(if xs.len() > 1 { format!("{m:.2} ± {s:.2}{missing}") } else { format!("{m:.2}{missing}") });
+            let missing = if xs.len() < idx.len() {
+                format!(" ({} of {})", xs.len(), idx.len())
+            } else {
+                String::new()
+            };
+            cells.push(if xs.len() > 1 {
+                format!("{m:.2} ± {s:.2}{missing}")
+            } else {
+                format!("{m:.2}{missing}")
+            });
             csv_cells.push(format!("{m}"));
-            csv_cells.push(if xs.len() > 1 { format!("{s}") } else { String::new() });
+            csv_cells.push(if xs.len() > 1 {
+                format!("{s}")
+            } else {
+                String::new()
+            });
         }
         let _ = writeln!(md, "| {} |", cells.join(" | "));
-        let _ = writeln!(csv, "{}", csv_cells.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
+        let _ = writeln!(
+            csv,
+            "{}",
+            csv_cells
+                .iter()
+                .map(|c| csv_field(c))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
     }
     print!("{md}");
     println!(

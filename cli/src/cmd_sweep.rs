@@ -69,7 +69,10 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
         let mut out: Vec<_> = t
             .iter()
             .map(|(k, v)| {
-                let line = lines.get(&(name.to_string(), k.clone())).copied().unwrap_or(0);
+                let line = lines
+                    .get(&(name.to_string(), k.clone()))
+                    .copied()
+                    .unwrap_or(0);
                 (line, k.clone(), v.clone())
             })
             .collect();
@@ -92,7 +95,10 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
     for (line, key, value) in &grid {
         let at = format!("{shown} line {line}: [grid] key `{key}`");
         check_sweep_key(key, &at)?;
-        if fixed.iter().any(|(_, k, _)| k.replace('_', "-") == key.replace('_', "-")) {
+        if fixed
+            .iter()
+            .any(|(_, k, _)| k.replace('_', "-") == key.replace('_', "-"))
+        {
             return Err(format!("{at} is also in [train]; set it in one table").into());
         }
         let toml::Value::Array(values) = value else {
@@ -172,7 +178,13 @@ fn label(v: &toml::Value) -> String {
         other => other.to_string(),
     };
     raw.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
         .collect()
 }
 
@@ -300,7 +312,11 @@ pub fn run(args: Args, train: &ClapCommand) -> CliResult {
             eprintln!(
                 "[sweep] start {} ({})",
                 p.name,
-                if st == State::Partial { "resumed" } else { "new" }
+                if st == State::Partial {
+                    "resumed"
+                } else {
+                    "new"
+                }
             );
             running.push((p.name.clone(), child, Instant::now()));
         }
@@ -352,7 +368,10 @@ pub fn run(args: Args, train: &ClapCommand) -> CliResult {
         )
         .into());
     }
-    eprintln!("[sweep] all {total} runs done in {}", clock(started.elapsed().as_secs_f64()));
+    eprintln!(
+        "[sweep] all {total} runs done in {}",
+        clock(started.elapsed().as_secs_f64())
+    );
     Ok(())
 }
 

@@ -9,10 +9,10 @@ use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
 use mla_models::encoders::default_feature_size;
 use mla_models::trainer::{
-    AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
-    HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule,
-    OptimizerKind, PmrParams, ReconboostParams, run_dir, RunDir, StageSchedule, TrainConfig, Trainer,
-    DEFAULT_ALPHA,
+    run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule,
+    GblendingParams, HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams,
+    OgmRule, OptimizerKind, PmrParams, ReconboostParams, RunDir, StageSchedule, TrainConfig,
+    Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -69,7 +69,12 @@ pub struct Args {
     feature_size: Option<usize>,
     /// Width multiplier of resnet18 / resnet18-small encoders (0.25 gives
     /// stage widths 16-32-64-128).
-    #[arg(long, default_value_t = 1.0, value_name = "X", conflicts_with = "resume")]
+    #[arg(
+        long,
+        default_value_t = 1.0,
+        value_name = "X",
+        conflicts_with = "resume"
+    )]
     width_mult: f64,
     /// Training epochs; with --resume, the new total to train up to. [default: 3]
     #[arg(long)]
@@ -301,10 +306,19 @@ impl Args {
             return Ok(());
         };
         let data = std::fs::canonicalize(data).unwrap_or_else(|_| data.to_path_buf());
-        t.insert("data".into(), toml::Value::String(data.display().to_string()));
+        t.insert(
+            "data".into(),
+            toml::Value::String(data.display().to_string()),
+        );
         t.insert("backend".into(), toml::Value::String(backend.into()));
-        t.insert("threads".into(), toml::Value::Integer(mla_cpu::num_threads() as i64));
-        t.insert("feature_size".into(), toml::Value::Integer(feature_size as i64));
+        t.insert(
+            "threads".into(),
+            toml::Value::Integer(mla_cpu::num_threads() as i64),
+        );
+        t.insert(
+            "feature_size".into(),
+            toml::Value::Integer(feature_size as i64),
+        );
         run.write_text(run_dir::CONFIG_TOML, &config_file::render(&t)?)?;
         Ok(())
     }
@@ -317,8 +331,8 @@ fn update_config_toml(run: &RunDir, epochs: usize) -> CliResult {
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(());
     };
-    let mut t: toml::Table = toml::from_str(&text)
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut t: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     t.insert("epochs".into(), toml::Value::Integer(epochs as i64));
     run.write_text(run_dir::CONFIG_TOML, &config_file::render(&t)?)?;
     Ok(())

@@ -104,15 +104,26 @@ pub fn flag_args(
         .get_arguments()
         .find(|a| a.get_long() == Some(long.as_str()))
     else {
-        return Err(format!("{at} is not a flag of `mla train`; the keys are: {}", keys(train)).into());
+        return Err(format!(
+            "{at} is not a flag of `mla train`; the keys are: {}",
+            keys(train)
+        )
+        .into());
     };
     if NOT_IN_FILE.contains(&long.as_str()) {
-        return Err(format!("{at} cannot be set in a config file; pass --{long} on the command line").into());
+        return Err(format!(
+            "{at} cannot be set in a config file; pass --{long} on the command line"
+        )
+        .into());
     }
     let is_switch = matches!(arg.get_action(), ArgAction::SetTrue);
     let value = match (value, is_switch) {
         (toml::Value::Boolean(on), true) => {
-            return Ok(if *on { vec![format!("--{long}")] } else { Vec::new() })
+            return Ok(if *on {
+                vec![format!("--{long}")]
+            } else {
+                Vec::new()
+            })
         }
         (_, true) => return Err(format!("{at} is a switch: true or false").into()),
         (toml::Value::String(s), false) => s.clone(),
@@ -133,7 +144,11 @@ pub fn flag_args(
     ];
     if let Err(e) = train.clone().try_get_matches_from(probe) {
         let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or("").trim_start_matches("error: ");
+        let first = msg
+            .lines()
+            .next()
+            .unwrap_or("")
+            .trim_start_matches("error: ");
         return Err(format!("{at}: {first}").into());
     }
     Ok(vec![format!("--{long}"), value])

@@ -5,9 +5,9 @@ mod backend;
 mod cmd_bench;
 mod cmd_eval;
 mod cmd_prepare;
-mod cmd_train;
 mod cmd_report;
 mod cmd_sweep;
+mod cmd_train;
 mod config_file;
 mod report;
 
@@ -51,7 +51,10 @@ fn main() {
     // A flag given twice to `train` takes its last value: the command line
     // comes after a config file's flags and overrides them.
     let cmd = Cli::command().mut_subcommand("train", |c| c.args_override_self(true));
-    let train = cmd.find_subcommand("train").expect("train subcommand").clone();
+    let train = cmd
+        .find_subcommand("train")
+        .expect("train subcommand")
+        .clone();
     let argv = match config_file::expand(std::env::args_os().collect(), &train) {
         Ok(a) => a,
         Err(e) => {

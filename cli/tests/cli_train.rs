@@ -347,12 +347,22 @@ fn baselines_and_bench_run() {
     ]))
     .unwrap();
     assert_eq!(e["metrics"]["fused_accuracy"], sr["test"]["fused_accuracy"]);
-    assert_eq!(e["metrics"]["fusion_accuracy"], sr["test"]["fusion_accuracy"]);
+    assert_eq!(
+        e["metrics"]["fusion_accuracy"],
+        sr["test"]["fusion_accuracy"]
+    );
     // ResNet encoders: the feature size follows the width; batch-norm
     // statistics are in the checkpoint, so `mla eval` reproduces the summary.
     let rn = runs.join("resnet");
     let mut a = train_args(s(data.path()), s(&rn), "1");
-    a.extend_from_slice(&["--method", "joint", "--encoder", "resnet18-small", "--width-mult", "0.125"]);
+    a.extend_from_slice(&[
+        "--method",
+        "joint",
+        "--encoder",
+        "resnet18-small",
+        "--width-mult",
+        "0.125",
+    ]);
     ok(&a);
     assert_eq!(json(&rn.join("config.json"))["feature_size"], 64);
     let srn = json(&rn.join("summary.json"));
@@ -365,7 +375,10 @@ fn baselines_and_bench_run() {
         "cpu",
     ]))
     .unwrap();
-    assert_eq!(e["metrics"]["fused_accuracy"], srn["test"]["fused_accuracy"]);
+    assert_eq!(
+        e["metrics"]["fused_accuracy"],
+        srn["test"]["fused_accuracy"]
+    );
     let gb = runs.join("gblending");
     let mut a = train_args(s(data.path()), s(&gb), "1");
     a.extend_from_slice(&[
@@ -510,7 +523,14 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("--agm-stale-kappa") && e.contains("agm"), "{e}");
     let e = run(&["--method", "agm", "--agm-alpha", "-2"]);
     assert!(e.contains("--agm-alpha must be"), "{e}");
-    let e = run(&["--encoder", "resnet18-small", "--width-mult", "0.125", "--feature-size", "10"]);
+    let e = run(&[
+        "--encoder",
+        "resnet18-small",
+        "--width-mult",
+        "0.125",
+        "--feature-size",
+        "10",
+    ]);
     assert!(e.contains("--feature-size 64"), "{e}");
     let e = run(&["--encoder", "resnet18", "--width-mult", "0"]);
     assert!(e.contains("--width-mult"), "{e}");
@@ -522,7 +542,10 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     let e = run(&["--method", "reconboost", "--reconboost-w2", "9"]);
     assert!(e.contains("w1 >= w2"), "{e}");
     let e = run(&["--method", "mla", "--gblending-epochs", "3"]);
-    assert!(e.contains("--gblending-epochs") && e.contains("gblending"), "{e}");
+    assert!(
+        e.contains("--gblending-epochs") && e.contains("gblending"),
+        "{e}"
+    );
     let e = fails(&[
         "train",
         "--data",
@@ -554,7 +577,9 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     let e = fails(&["train", "--data", d, "--method", "lazy"]);
     assert!(
         e.contains("lazy")
-            && e.contains("mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto, agm, reconboost, gblending"),
+            && e.contains(
+                "mla, joint, unimodal, ogm, ogm-ge, pmr, mmpareto, agm, reconboost, gblending"
+            ),
         "{e}"
     );
     let e = fails(&["train", "--data", d, "--hgm", "orthogonal"]);
@@ -650,27 +675,61 @@ fn config_files_set_flags_the_command_line_overrides_and_runs_reproduce() {
     .unwrap();
     let first = runs.join("first");
     // The command line wins over the file (epochs 2, not 1).
-    ok(&["train", "--config", s(&file), "--out", s(&first), "--epochs", "2"]);
+    ok(&[
+        "train",
+        "--config",
+        s(&file),
+        "--out",
+        s(&first),
+        "--epochs",
+        "2",
+    ]);
     let sm = json(&first.join("summary.json"));
     assert_eq!(sm["epochs"], 2);
     assert_eq!(sm["method"], "pmr");
     assert_eq!(sm["pmr"]["alpha"], 2.0);
     let resolved = std::fs::read_to_string(first.join("config.toml")).unwrap();
-    for line in ["epochs = 2", "method = \"pmr\"", "pmr_alpha = 2", "threads = 2", "backend = \"cpu\"", "batch_size = 32"] {
+    for line in [
+        "epochs = 2",
+        "method = \"pmr\"",
+        "pmr_alpha = 2",
+        "threads = 2",
+        "backend = \"cpu\"",
+        "batch_size = 32",
+    ] {
         assert!(resolved.contains(line), "{line}: {resolved}");
     }
-    assert!(!resolved.contains("\nout ") && !resolved.contains("quiet"), "{resolved}");
+    assert!(
+        !resolved.contains("\nout ") && !resolved.contains("quiet"),
+        "{resolved}"
+    );
     // The resolved file reruns the same configuration, metric for metric.
     let again = runs.join("again");
-    ok(&["train", "--config", s(&first.join("config.toml")), "--out", s(&again), "--quiet"]);
+    ok(&[
+        "train",
+        "--config",
+        s(&first.join("config.toml")),
+        "--out",
+        s(&again),
+        "--quiet",
+    ]);
     let sa = json(&again.join("summary.json"));
     assert_eq!(sa["test"], sm["test"]);
     // Provenance and cost: the same build and dataset for both runs.
-    for k in ["mla_version", "git_commit", "cpu_model", "dataset_hash", "parameters"] {
+    for k in [
+        "mla_version",
+        "git_commit",
+        "cpu_model",
+        "dataset_hash",
+        "parameters",
+    ] {
         assert_eq!(sa["provenance"][k], sm["provenance"][k], "{k}");
     }
     let hash = sm["provenance"]["dataset_hash"].as_str().unwrap();
-    assert!(hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()), "{hash}");
+    assert!(
+        hash.len() == 8 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "{hash}"
+    );
     assert!(!sm["provenance"]["git_commit"].as_str().unwrap().is_empty());
     assert!(sm["provenance"]["parameters"].as_u64().unwrap() > 1000);
     assert_eq!(sm["epoch_train_seconds"].as_array().unwrap().len(), 2);
@@ -688,7 +747,16 @@ fn config_files_set_flags_the_command_line_overrides_and_runs_reproduce() {
     };
     assert_eq!(evals(&again), evals(&first));
     // Resuming with a new total records it.
-    ok(&["train", "--resume", s(&first), "--epochs", "3", "--quiet", "--backend", "cpu"]);
+    ok(&[
+        "train",
+        "--resume",
+        s(&first),
+        "--epochs",
+        "3",
+        "--quiet",
+        "--backend",
+        "cpu",
+    ]);
     let resolved = std::fs::read_to_string(first.join("config.toml")).unwrap();
     assert!(resolved.contains("epochs = 3"), "{resolved}");
 
@@ -703,9 +771,15 @@ fn config_files_set_flags_the_command_line_overrides_and_runs_reproduce() {
         err
     };
     let e = bad("unknown.toml", "method = \"joint\"\n\nlearning_rate = 3\n");
-    assert!(e.contains("line 3") && e.contains("learning_rate") && e.contains("feature_size"), "{e}");
+    assert!(
+        e.contains("line 3") && e.contains("learning_rate") && e.contains("feature_size"),
+        "{e}"
+    );
     let e = bad("type.toml", "lr = \"fast\"\n");
-    assert!(e.contains("line 1") && e.contains("`lr`") && e.contains("fast"), "{e}");
+    assert!(
+        e.contains("line 1") && e.contains("`lr`") && e.contains("fast"),
+        "{e}"
+    );
     let e = bad("switch.toml", "\nquiet = 1\n");
     assert!(e.contains("line 2") && e.contains("true or false"), "{e}");
     let e = bad("method.toml", "method = \"lazy\"\n");
@@ -737,7 +811,16 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
     write(1);
     let out = runs.join("sweep");
     let sweep = |extra: &[&str]| {
-        let mut a = vec!["sweep", s(&file), "--out", s(&out), "--jobs", "2", "--threads", "2"];
+        let mut a = vec![
+            "sweep",
+            s(&file),
+            "--out",
+            s(&out),
+            "--jobs",
+            "2",
+            "--threads",
+            "2",
+        ];
         a.extend_from_slice(extra);
         let o = mla(&a);
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -747,8 +830,16 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
         )
     };
     let (_, err) = sweep(&[]);
-    assert!(err.contains("4 runs (0 already done)") && err.contains("all 4 runs done"), "{err}");
-    let names = ["method-joint_seed-0", "method-joint_seed-1", "method-mla_seed-0", "method-mla_seed-1"];
+    assert!(
+        err.contains("4 runs (0 already done)") && err.contains("all 4 runs done"),
+        "{err}"
+    );
+    let names = [
+        "method-joint_seed-0",
+        "method-joint_seed-1",
+        "method-mla_seed-0",
+        "method-mla_seed-1",
+    ];
     for n in names {
         let sm = json(&out.join(n).join("summary.json"));
         assert_eq!(sm["epochs"], 1, "{n}");
@@ -757,7 +848,10 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
     assert_eq!(json(&out.join(names[3]).join("summary.json"))["seed"], 1);
     // Finished runs are skipped.
     let (_, err) = sweep(&[]);
-    assert!(err.contains("(4 already done)") && !err.contains("start"), "{err}");
+    assert!(
+        err.contains("(4 already done)") && !err.contains("start"),
+        "{err}"
+    );
     // More epochs: every run is resumed, not restarted.
     write(2);
     let (dry, _) = sweep(&["--dry-run"]);
@@ -775,21 +869,49 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
     // The report: one row per method, mean ± sample std of the two seeds.
     let csv = runs.join("report.csv");
     let md = ok(&["report", s(&out), "--csv", s(&csv)]);
-    assert!(md.starts_with("| method | runs | seeds | fused acc. (%)"), "{md}");
+    assert!(
+        md.starts_with("| method | runs | seeds | fused acc. (%)"),
+        "{md}"
+    );
     let mean = (acc[0] + acc[1]) / 2.0;
     let std = ((acc[0] - mean).powi(2) + (acc[1] - mean).powi(2)).sqrt();
-    let row = md.lines().find(|l| l.starts_with("| joint |")).expect("joint row");
-    assert!(row.contains(&format!("| 2 | 0 1 | {mean:.2} ± {std:.2} |")), "{row}");
-    assert!(md.lines().any(|l| l.starts_with("| mla | 2 | 0 1 |")), "{md}");
+    let row = md
+        .lines()
+        .find(|l| l.starts_with("| joint |"))
+        .expect("joint row");
+    assert!(
+        row.contains(&format!("| 2 | 0 1 | {mean:.2} ± {std:.2} |")),
+        "{row}"
+    );
+    assert!(
+        md.lines().any(|l| l.starts_with("| mla | 2 | 0 1 |")),
+        "{md}"
+    );
     let text = std::fs::read_to_string(&csv).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 3, "{text}");
     let joint: Vec<&str> = lines[1].split(',').collect();
     assert_eq!(joint[0], "joint");
-    assert!((joint[3].parse::<f64>().unwrap() - mean).abs() < 1e-9, "{text}");
-    assert!((joint[4].parse::<f64>().unwrap() - std).abs() < 1e-9, "{text}");
-    let md = ok(&["report", s(&out), "--by", "seed", "--columns", "fused,rules"]);
-    assert!(md.contains("entropy (%)") && md.lines().filter(|l| l.starts_with("| 0 |")).count() == 1, "{md}");
+    assert!(
+        (joint[3].parse::<f64>().unwrap() - mean).abs() < 1e-9,
+        "{text}"
+    );
+    assert!(
+        (joint[4].parse::<f64>().unwrap() - std).abs() < 1e-9,
+        "{text}"
+    );
+    let md = ok(&[
+        "report",
+        s(&out),
+        "--by",
+        "seed",
+        "--columns",
+        "fused,rules",
+    ]);
+    assert!(
+        md.contains("entropy (%)") && md.lines().filter(|l| l.starts_with("| 0 |")).count() == 1,
+        "{md}"
+    );
 
     // Bad sweep files: one error naming the line and key, nothing run.
     let bad = |text: &str| {

@@ -21,9 +21,9 @@ use crate::encoders::{Encoder, EncoderKind};
 use crate::error::{ModelError, Result};
 use crate::init::{Activation, InitScheme};
 use crate::layers::{apply_updates, BufferState, Linear, Mode};
-use std::sync::Mutex;
 use crate::params::{ParamStore, TrackedParams};
 use mla_core::{Backend, Element, Indices, Tape, Tensor, Var};
+use std::sync::Mutex;
 
 /// Name of the head's weight (the one HGM projects).
 pub const HEAD_WEIGHT: &str = "head.weight";

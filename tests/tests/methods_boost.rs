@@ -143,7 +143,10 @@ fn reconboost_phase_one_loss_and_gradient_match_a_direct_f64_computation() {
     };
     let w = sample_weights(&p, &q, c);
     for (&wi, &qi) in w.iter().zip(&q) {
-        assert!(((p.w1 - p.w2) / c as f64..=p.w1 / c as f64).contains(&wi), "{wi} at q {qi}");
+        assert!(
+            ((p.w1 - p.w2) / c as f64..=p.w1 / c as f64).contains(&wi),
+            "{wi} at q {qi}"
+        );
     }
     let tape = Tape::new(&Cpu);
     let zv = tape.var(Tensor::from_slice(&Cpu, &z, [n, c]).unwrap());
@@ -165,14 +168,19 @@ fn reconboost_phase_one_loss_and_gradient_match_a_direct_f64_computation() {
         }
         assert!((true_class_prob(&row, y) - (row[y] - lse).exp()).abs() < 1e-12);
     }
-    assert!((got - want).abs() < 1e-5 * want.abs().max(1.0), "{got} vs {want}");
+    assert!(
+        (got - want).abs() < 1e-5 * want.abs().max(1.0),
+        "{got} vs {want}"
+    );
     for (g, w) in gz.iter().zip(&want_g) {
         assert!((*g as f64 - w).abs() < 1e-6, "{g} vs {w}");
     }
     // w2 = 0: the loss is (w1 / C) CE.
     let p0 = ReconboostParams { w2: 0.0, ..p };
     let l0 = weighted_ce(&zv, &labels, &sample_weights(&p0, &q, c)).unwrap();
-    let ce = zv.cross_entropy(&Indices::new(&Cpu, &labels).unwrap()).unwrap();
+    let ce = zv
+        .cross_entropy(&Indices::new(&Cpu, &labels).unwrap())
+        .unwrap();
     let (a, b) = (
         l0.value().to_vec().unwrap()[0] as f64,
         ce.value().to_vec().unwrap()[0] as f64 * p.w1 / c as f64,
@@ -205,7 +213,17 @@ fn reconboost_schedule_alternates_modalities_and_grows_the_ensemble() {
     let three: Vec<_> = (1..=9).map(|e| schedule_at(&p, 3, e).1).collect();
     assert_eq!(
         three,
-        vec![Some(0), Some(0), None, Some(1), Some(1), None, Some(2), Some(2), None]
+        vec![
+            Some(0),
+            Some(0),
+            None,
+            Some(1),
+            Some(1),
+            None,
+            Some(2),
+            Some(2),
+            None
+        ]
     );
     let starts: Vec<bool> = (1..=6).map(|e| starts_phase(&p, e)).collect();
     assert_eq!(starts, vec![true, false, true, true, false, true]);
@@ -227,10 +245,23 @@ fn reconboost_modality_logits_are_beta_times_the_shared_head() {
     let p = model.track(&tape, |_| false);
     let x = Tensor::from_slice(&Cpu, &vec![0.3f32; 2 * 64], [2, 1, 8, 8]).unwrap();
     let h = model.features(&p, "image", &tape.constant(x)).unwrap();
-    let z = model.modality_logits(&p, "image", &h).unwrap().into_value().to_vec().unwrap();
-    let g = model.head_logits(&p, &h).unwrap().into_value().to_vec().unwrap();
+    let z = model
+        .modality_logits(&p, "image", &h)
+        .unwrap()
+        .into_value()
+        .to_vec()
+        .unwrap();
+    let g = model
+        .head_logits(&p, &h)
+        .unwrap()
+        .into_value()
+        .to_vec()
+        .unwrap();
     for (a, b) in z.iter().zip(&g) {
-        assert!((a - beta * b).abs() <= 1e-6 * b.abs().max(1.0), "{a} vs {beta} * {b}");
+        assert!(
+            (a - beta * b).abs() <= 1e-6 * b.abs().max(1.0),
+            "{a} vs {beta} * {b}"
+        );
     }
 }
 
@@ -269,10 +300,7 @@ fn gblending_weights_are_nonnegative_normalised_and_symmetric() {
     assert!((l.raw_weight(BlendRule::Bb) - 0.5 / 0.25).abs() < 1e-12);
     // A configuration whose validation loss grew gets no weight under the
     // paper's rule (BalanceBenchmark's |G| gives it one).
-    let worse = BlendLosses {
-        val_now: 2.5,
-        ..l
-    };
+    let worse = BlendLosses { val_now: 2.5, ..l };
     assert_eq!(worse.raw_weight(BlendRule::Paper), 0.0);
     assert!(worse.raw_weight(BlendRule::Bb) > 0.0);
     // Nothing generalises: uniform.
@@ -346,7 +374,10 @@ fn gblending_step_is_the_gradient_of_the_weighted_per_logit_ces() {
             scatter_rows(&h, &mb.present, n).unwrap()
         });
     }
-    assert!(batch.modalities[1].present.len() < n, "the batch must miss audio");
+    assert!(
+        batch.modalities[1].present.len() < n,
+        "the batch must miss audio"
+    );
     let refs: Vec<_> = full.iter().collect();
     let z = model.joint_logits(&p, &refs).unwrap();
     let fused = z
@@ -362,7 +393,10 @@ fn gblending_step_is_the_gradient_of_the_weighted_per_logit_ces() {
         let gr = gr.to_vec().unwrap();
         for ((a, b), gi) in after[&name].iter().zip(&before[&name]).zip(&gr) {
             let want = b - c.lr as f32 * gi;
-            assert!((a - want).abs() <= 1e-5 * want.abs().max(1e-2), "{name}: {a} vs {want}");
+            assert!(
+                (a - want).abs() <= 1e-5 * want.abs().max(1e-2),
+                "{name}: {a} vs {want}"
+            );
         }
     }
 }

@@ -10,9 +10,7 @@ use mla_cpu::Cpu;
 use mla_models::data::loader::make_batch;
 use mla_models::data::{Dataset, Split};
 use mla_models::fusion::FusionRule;
-use mla_models::trainer::{
-    EvalOptions, GblendingParams, MethodKind, Silent, TrainConfig, Trainer,
-};
+use mla_models::trainer::{EvalOptions, GblendingParams, MethodKind, Silent, TrainConfig, Trainer};
 use std::sync::Arc;
 use trainer_common::{synthetic, Synthetic, AUDIO_SHAPE, IMAGE_SHAPE};
 
@@ -90,8 +88,16 @@ fn check_method(ds: &Arc<Dataset>, method: MethodKind) {
         method,
         // ReconBoost trains one modality per epoch, at (w1 - w2 q) / C of
         // the CE's step size: three epochs reach both modalities.
-        epochs: if method == MethodKind::Reconboost { 3 } else { 1 },
-        lr: if method == MethodKind::Reconboost { 0.01 } else { 0.002 },
+        epochs: if method == MethodKind::Reconboost {
+            3
+        } else {
+            1
+        },
+        lr: if method == MethodKind::Reconboost {
+            0.01
+        } else {
+            0.002
+        },
         gblending: (method == MethodKind::Gblending).then_some(GblendingParams {
             every: 0,
             epochs: 1,

@@ -42,7 +42,9 @@ fn params(t: &Trainer<Cpu>) -> Params {
 }
 
 fn is_buffer(name: &str) -> bool {
-    name.ends_with("running_mean") || name.ends_with("running_var") || name.ends_with("num_batches_tracked")
+    name.ends_with("running_mean")
+        || name.ends_with("running_var")
+        || name.ends_with("num_batches_tracked")
 }
 
 #[test]
@@ -106,12 +108,17 @@ fn resnet_models_learn_and_resume_exactly() {
             ..cfg(m)
         };
         let (full, fs) = train_in(&ds, c.clone(), &runs.join(&format!("full-{m}")));
-        let (resumed, rs) = stopped_and_resumed(&ds, c.clone(), 1, &runs.join(&format!("part-{m}")));
+        let (resumed, rs) =
+            stopped_and_resumed(&ds, c.clone(), 1, &runs.join(&format!("part-{m}")));
         assert_eq!(history(&resumed), history(&full), "{m}");
         assert_eq!(params(&resumed), params(&full), "{m}");
         assert_eq!(rs.test, fs.test, "{m}");
         // 4 classes: chance is 0.25.
-        assert!(fs.test.fused_accuracy > 0.5, "{m}: {}", fs.test.fused_accuracy);
+        assert!(
+            fs.test.fused_accuracy > 0.5,
+            "{m}: {}",
+            fs.test.fused_accuracy
+        );
     }
 }
 
@@ -119,9 +126,19 @@ fn resnet_models_learn_and_resume_exactly() {
 fn a_feature_size_other_than_the_resnet_width_is_a_clear_error() {
     let d = synthetic("rn-size", &Synthetic::default());
     let ds = Arc::new(Dataset::open(d.path()).unwrap());
-    let e = match Trainer::new(Cpu, ds, TrainConfig { feature_size: 128, ..cfg(MethodKind::Joint) }) {
+    let e = match Trainer::new(
+        Cpu,
+        ds,
+        TrainConfig {
+            feature_size: 128,
+            ..cfg(MethodKind::Joint)
+        },
+    ) {
         Ok(_) => panic!("a wrong feature size was accepted"),
         Err(e) => e.to_string(),
     };
-    assert!(e.contains("resnet18-small") && e.contains("--feature-size 64"), "{e}");
+    assert!(
+        e.contains("resnet18-small") && e.contains("--feature-size 64"),
+        "{e}"
+    );
 }

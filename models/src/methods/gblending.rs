@@ -55,8 +55,7 @@ pub struct BlendLosses {
 impl BlendLosses {
     /// The unnormalised weight of this configuration under `rule`.
     pub fn raw_weight(&self, rule: BlendRule) -> f64 {
-        let overfit =
-            (self.val_now - self.train_now) - (self.val_pre - self.train_pre);
+        let overfit = (self.val_now - self.train_now) - (self.val_pre - self.train_pre);
         let o2 = (overfit * overfit).max(MIN_O_SQ);
         match rule {
             BlendRule::Paper => (self.val_pre - self.val_now).max(0.0) / o2,
@@ -185,7 +184,10 @@ impl<B: Backend<f32>> Gblending<B> {
             train_now,
             val_now,
         };
-        if ![train_pre, val_pre, train_now, val_now].iter().all(|v| v.is_finite()) {
+        if ![train_pre, val_pre, train_now, val_now]
+            .iter()
+            .all(|v| v.is_finite())
+        {
             return Err(TrainError::Config(format!(
                 "G-Blending estimation (epoch {}, {}): a loss is not finite: {l:?}",
                 ctx.epoch,
@@ -219,7 +221,8 @@ impl<B: Backend<f32>> Gblending<B> {
             let tape = Tape::no_grad(&self.backend);
             let p = model.track(&tape, |_| false);
             let f = joint_forward(model, ctx.layout, &p, &tape, inputs, batch.len())?;
-            sum += f.logits.cross_entropy(&labels)?.into_value().to_scalar()? as f64 * batch.len() as f64;
+            sum += f.logits.cross_entropy(&labels)?.into_value().to_scalar()? as f64
+                * batch.len() as f64;
             count += batch.len() as u64;
         }
         Ok(sum / count.max(1) as f64)
@@ -261,7 +264,10 @@ impl<B: Backend<f32>> Method<B> for Gblending<B> {
         self.estimated = None;
         if self.estimating && self.estimates_before(ctx.epoch) {
             let losses = self.estimate(ctx)?;
-            let raw: Vec<f64> = losses.iter().map(|l| l.raw_weight(self.params.rule)).collect();
+            let raw: Vec<f64> = losses
+                .iter()
+                .map(|l| l.raw_weight(self.params.rule))
+                .collect();
             self.weights = normalise(&raw);
             self.estimated = Some(losses);
         }
@@ -341,7 +347,9 @@ impl<B: Backend<f32>> Method<B> for Gblending<B> {
                 .scalar(&k)
                 .filter(|v| v.is_finite() && *v >= 0.0)
                 .ok_or_else(|| {
-                    TrainError::Config(format!("G-Blending state `{k}` missing, negative or not finite"))
+                    TrainError::Config(format!(
+                        "G-Blending state `{k}` missing, negative or not finite"
+                    ))
                 })?;
             w.push(v);
         }

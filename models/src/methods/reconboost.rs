@@ -34,7 +34,7 @@
 use super::{labels_at, upload, EpochCtx, Method, StepCtx};
 use crate::data::Batch;
 use crate::metrics::NamedValues;
-use crate::model::{scatter_rows, Model, HEAD_BETA, HEAD_BIAS, HEAD_WEIGHT, HEAD_PREFIX};
+use crate::model::{scatter_rows, Model, HEAD_BETA, HEAD_BIAS, HEAD_PREFIX, HEAD_WEIGHT};
 use crate::trainer::config::{MethodKind, ReconboostParams, TrainConfig};
 use crate::trainer::layout::ModelLayout;
 use crate::trainer::records::EpochRecord;
@@ -117,7 +117,9 @@ pub fn weighted_ce<'t, B: Backend<f32>>(
     for (i, (&y, &wi)) in labels.iter().zip(weights).enumerate() {
         w[i * c + y as usize] = (wi / n as f64) as f32;
     }
-    let wt = z.tape().constant(Tensor::from_slice(z.value().backend(), &w, [n, c])?);
+    let wt = z
+        .tape()
+        .constant(Tensor::from_slice(z.value().backend(), &w, [n, c])?);
     Ok(z.log_softmax()?.mul(&wt)?.sum_all()?.neg()?)
 }
 
@@ -141,10 +143,19 @@ impl Reconboost {
                 continue;
             }
             let name = &ctx.layout.modalities[k];
-            let x = upload(ctx.backend, &kb.data, kb.present.len(), &ctx.layout.shapes[k])?;
+            let x = upload(
+                ctx.backend,
+                &kb.data,
+                kb.present.len(),
+                &ctx.layout.shapes[k],
+            )?;
             let h = ctx.model.features(&p, name, &tape.constant(x))?;
             // beta * g(h_k): the member's share of F.
-            let z = ctx.model.modality_logits(&p, name, &h)?.into_value().to_vec()?;
+            let z = ctx
+                .model
+                .modality_logits(&p, name, &h)?
+                .into_value()
+                .to_vec()?;
             for (row, &pos) in kb.present.iter().enumerate() {
                 seen[pos] = true;
                 for j in 0..c {
@@ -183,7 +194,12 @@ impl Reconboost {
         let weights = sample_weights(&self.params, &q, ctx.layout.num_classes);
         let labels: Vec<u32> = mb.present.iter().map(|&p| batch.labels[p]).collect();
         let name = &ctx.layout.modalities[mi];
-        let x = upload(ctx.backend, &mb.data, mb.present.len(), &ctx.layout.shapes[mi])?;
+        let x = upload(
+            ctx.backend,
+            &mb.data,
+            mb.present.len(),
+            &ctx.layout.shapes[mi],
+        )?;
         let prefix = Model::<B>::encoder_prefix(name);
         let (grads, loss) = {
             let tape = Tape::new(ctx.backend);
@@ -209,7 +225,11 @@ impl Reconboost {
     ) -> Result<()> {
         let n = batch.len();
         let members: Vec<usize> = (0..self.members)
-            .filter(|&k| !batch.modalities[ctx.layout.data_index[k]].present.is_empty())
+            .filter(|&k| {
+                !batch.modalities[ctx.layout.data_index[k]]
+                    .present
+                    .is_empty()
+            })
             .collect();
         if members.is_empty() {
             return Ok(());
@@ -235,7 +255,12 @@ impl Reconboost {
             for &k in &members {
                 let kb = &batch.modalities[ctx.layout.data_index[k]];
                 let name = &ctx.layout.modalities[k];
-                let x = upload(ctx.backend, &kb.data, kb.present.len(), &ctx.layout.shapes[k])?;
+                let x = upload(
+                    ctx.backend,
+                    &kb.data,
+                    kb.present.len(),
+                    &ctx.layout.shapes[k],
+                )?;
                 let h = ctx.model.features(&p, name, &tape.constant(x))?;
                 let z = ctx.model.modality_logits(&p, name, &h)?;
                 let z = if kb.present.len() == n {

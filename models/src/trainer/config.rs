@@ -268,9 +268,7 @@ impl fmt::Display for StageSchedule {
 impl FromStr for StageSchedule {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("expected STAGE:CORRECT epochs (STAGE >= 1, CORRECT >= 0), got {s:?}")
-        };
+        let bad = || format!("expected STAGE:CORRECT epochs (STAGE >= 1, CORRECT >= 0), got {s:?}");
         let (a, b) = s.split_once(':').ok_or_else(bad)?;
         let stage: usize = a.trim().parse().map_err(|_| bad())?;
         let correct: usize = b.trim().parse().map_err(|_| bad())?;

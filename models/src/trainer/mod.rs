@@ -277,8 +277,14 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     pub fn summary(&self) -> Result<Summary> {
-        Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads, &self.provenance)
-            .ok_or_else(|| TrainError::Config("no epoch has been trained yet".into()))
+        Summary::new(
+            &self.cfg,
+            &self.state,
+            &self.backend_name,
+            self.threads,
+            &self.provenance,
+        )
+        .ok_or_else(|| TrainError::Config("no epoch has been trained yet".into()))
     }
 
     /// One epoch: the steps, validation, model selection (test of a new best),
@@ -372,8 +378,13 @@ impl<B: Backend<f32>> Trainer<B> {
             self.wrote()?;
             rd.write_metrics(&self.state.history)?;
             self.wrote()?;
-            if let Some(s) = Summary::new(&self.cfg, &self.state, &self.backend_name, self.threads, &self.provenance)
-            {
+            if let Some(s) = Summary::new(
+                &self.cfg,
+                &self.state,
+                &self.backend_name,
+                self.threads,
+                &self.provenance,
+            ) {
                 rd.write_summary(&s)?;
                 self.wrote()?;
             }

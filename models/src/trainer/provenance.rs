@@ -79,7 +79,9 @@ pub fn dataset_hash(dir: &std::path::Path) -> String {
 
 /// Regular files under `dir` (relative names, `depth` levels of folders).
 fn list_files(dir: &std::path::Path, rel: &str, depth: usize, out: &mut Vec<(String, u64)>) {
-    let Ok(rd) = std::fs::read_dir(dir) else { return };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in rd.filter_map(|e| e.ok()) {
         let name = format!("{rel}{}", e.file_name().to_string_lossy());
         let Ok(ft) = e.file_type() else { continue };
