@@ -35,6 +35,7 @@ use super::{labels_at, upload, EpochCtx, Method, StepCtx};
 use crate::data::Batch;
 use crate::metrics::NamedValues;
 use crate::model::{scatter_rows, Model, HEAD_BETA, HEAD_BIAS, HEAD_PREFIX, HEAD_WEIGHT};
+use crate::params::TrackedParams;
 use crate::trainer::config::{MethodKind, ReconboostParams, TrainConfig};
 use crate::trainer::layout::ModelLayout;
 use crate::trainer::records::EpochRecord;
@@ -123,6 +124,26 @@ pub fn weighted_ce<'t, B: Backend<f32>>(
     Ok(z.log_softmax()?.mul(&wt)?.sum_all()?.neg()?)
 }
 
+/// `beta * g(phi_k(x_k))` on the rows of `batch` that have modality `k`.
+fn member_logits<'t, B: Backend<f32>>(
+    ctx: &StepCtx<'_, B>,
+    tape: &'t Tape<f32, B>,
+    p: &TrackedParams<'t, B>,
+    batch: &Batch,
+    k: usize,
+) -> Result<Var<'t, f32, B>> {
+    let kb = &batch.modalities[ctx.layout.data_index[k]];
+    let name = &ctx.layout.modalities[k];
+    let x = upload(
+        ctx.backend,
+        &kb.data,
+        kb.present.len(),
+        &ctx.layout.shapes[k],
+    )?;
+    let h = ctx.model.features(p, name, &tape.constant(x))?;
+    Ok(ctx.model.modality_logits(p, name, &h)?)
+}
+
 impl Reconboost {
     /// `q_i` of the rows of modality `mi` from the other ensemble members.
     fn reconcile_q<B: Backend<f32>>(
@@ -142,18 +163,8 @@ impl Reconboost {
             if kb.present.is_empty() {
                 continue;
             }
-            let name = &ctx.layout.modalities[k];
-            let x = upload(
-                ctx.backend,
-                &kb.data,
-                kb.present.len(),
-                &ctx.layout.shapes[k],
-            )?;
-            let h = ctx.model.features(&p, name, &tape.constant(x))?;
             // beta * g(h_k): the member's share of F.
-            let z = ctx
-                .model
-                .modality_logits(&p, name, &h)?
+            let z = member_logits(ctx, &tape, &p, batch, k)?
                 .into_value()
                 .to_vec()?;
             for (row, &pos) in kb.present.iter().enumerate() {
@@ -254,15 +265,7 @@ impl Reconboost {
             let mut sum: Option<Var<'_, f32, B>> = None;
             for &k in &members {
                 let kb = &batch.modalities[ctx.layout.data_index[k]];
-                let name = &ctx.layout.modalities[k];
-                let x = upload(
-                    ctx.backend,
-                    &kb.data,
-                    kb.present.len(),
-                    &ctx.layout.shapes[k],
-                )?;
-                let h = ctx.model.features(&p, name, &tape.constant(x))?;
-                let z = ctx.model.modality_logits(&p, name, &h)?;
+                let z = member_logits(ctx, &tape, &p, batch, k)?;
                 let z = if kb.present.len() == n {
                     z
                 } else {
