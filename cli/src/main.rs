@@ -4,11 +4,13 @@ mod alloc;
 mod backend;
 mod cmd_bench;
 mod cmd_eval;
+mod cmd_plot;
 mod cmd_prepare;
 mod cmd_report;
 mod cmd_sweep;
 mod cmd_train;
 mod config_file;
+mod plot;
 mod report;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
@@ -45,6 +47,8 @@ enum Command {
     Sweep(cmd_sweep::Args),
     /// Aggregate finished runs into a mean ± std table (Markdown, CSV).
     Report(cmd_report::Args),
+    /// Plot a metric per epoch of one or more runs as an SVG line chart.
+    Plot(cmd_plot::Args),
 }
 
 fn main() {
@@ -74,6 +78,7 @@ fn main() {
         Some(Command::Bench(a)) => cmd_bench::run(a),
         Some(Command::Sweep(a)) => cmd_sweep::run(a, &train),
         Some(Command::Report(a)) => cmd_report::run(a),
+        Some(Command::Plot(a)) => cmd_plot::run(a),
         None => {
             eprintln!("mla: no command given; try `mla train` or `mla --help`");
             std::process::exit(2);
