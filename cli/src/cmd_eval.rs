@@ -4,18 +4,20 @@
 //! contributions to the fused accuracy.
 
 use crate::backend::{self, BackendChoice, OnBackend};
+use crate::perturb::PerturbArgs;
 use crate::report::{fusion_fit_lines, metrics_table, shapley_line};
 use crate::CliResult;
 use mla_core::Backend;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
 use mla_models::shapley::Removal;
+use mla_models::trainer::records::MissingReport;
 use mla_models::trainer::{eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-enum SplitArg {
+pub enum SplitArg {
     Train,
     #[value(alias = "val")]
     Validation,
@@ -63,6 +65,8 @@ pub struct Args {
     /// Remove this modality at test time (repeat for several).
     #[arg(long, value_name = "NAME")]
     drop_modality: Vec<String>,
+    #[command(flatten)]
+    perturb: PerturbArgs,
     /// Fusion of MLA's per-modality logits (entropy, mean, calibrated,
     /// weighted, weighted-entropy, auto), with the parameters the run fitted
     /// on validation and stored in the checkpoint. [default: the run's]
@@ -82,6 +86,27 @@ pub struct Args {
     backend: BackendChoice,
 }
 
+/// The dataset to evaluate `checkpoint` on: `data` when given, else the
+/// dataset of the run the checkpoint belongs to (its `config.json`).
+pub fn data_dir(checkpoint: &Path, data: Option<&Path>) -> CliResult<PathBuf> {
+    if let Some(d) = data {
+        return Ok(d.to_path_buf());
+    }
+    let dir = checkpoint
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !dir.join(run_dir::CONFIG).is_file() {
+        return Err(format!(
+            "--data DIR is required: {} has no {} next to it naming its dataset",
+            checkpoint.display(),
+            run_dir::CONFIG
+        )
+        .into());
+    }
+    Ok(run_dir::read_config(dir)?.data)
+}
+
 pub fn run(args: Args) -> CliResult {
     backend::set_threads(args.threads)?;
     backend::dispatch(args.backend, args)
@@ -92,25 +117,7 @@ impl OnBackend for Args {
 
     fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
         let ckpt = Checkpoint::load(&self.checkpoint)?;
-        let data = match &self.data {
-            Some(d) => d.clone(),
-            None => {
-                let dir = self
-                    .checkpoint
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty())
-                    .unwrap_or(std::path::Path::new("."));
-                if !dir.join(run_dir::CONFIG).is_file() {
-                    return Err(format!(
-                        "--data DIR is required: {} has no {} next to it naming its dataset",
-                        self.checkpoint.display(),
-                        run_dir::CONFIG
-                    )
-                    .into());
-                }
-                run_dir::read_config(dir)?.data
-            }
-        };
+        let data = data_dir(&self.checkpoint, self.data.as_deref())?;
         let dataset = Arc::new(Dataset::open(&data)?);
         let (model, layout, cfg) = load_model(&backend, &dataset, &ckpt)?;
         let fit = load_fusion_fit(&ckpt, &layout)?;
@@ -119,14 +126,16 @@ impl OnBackend for Args {
         if samples.is_empty() {
             return Err(format!("{}: the {split} split is empty", data.display()).into());
         }
+        let perturbed = self.perturb.apply(&dataset, &samples)?;
         let opts = EvalOptions {
             fusion: self.fusion,
             fit: fit.clone(),
             drop: self.drop_modality.clone(),
             gap: true,
             shapley: self.shapley_removal.into(),
+            corrupt: perturbed.corrupt.clone(),
         };
-        let m = eval::evaluate(&model, &cfg, &layout, &dataset, &samples, &opts)?;
+        let m = eval::evaluate(&model, &cfg, &layout, &perturbed.dataset, &samples, &opts)?;
         let fusion = self.fusion.unwrap_or(cfg.fusion);
         if self.json {
             let out = serde_json::json!({
@@ -137,6 +146,9 @@ impl OnBackend for Args {
                 "fusion": fusion,
                 "fusion_fit": fit,
                 "dropped": self.drop_modality,
+                "missing": perturbed.mask.as_ref().map(MissingReport::of),
+                "corrupt": self.perturb.corrupt,
+                "corrupt_seed": (!self.perturb.corrupt.is_empty()).then_some(self.perturb.corrupt_seed),
                 "backend": name,
                 "metrics": m,
             });
@@ -148,9 +160,10 @@ impl OnBackend for Args {
                 format!(", without {}", self.drop_modality.join(", "))
             };
             println!(
-                "{} on the {split} split of {}{dropped} ({} samples):",
+                "{} on the {split} split of {}{dropped}{} ({} samples):",
                 self.checkpoint.display(),
                 data.display(),
+                self.perturb.describe(),
                 m.samples
             );
             print!(

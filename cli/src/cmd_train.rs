@@ -6,13 +6,13 @@ use crate::config_file;
 use crate::report::{summary_table, Progress};
 use crate::CliResult;
 use mla_core::Backend;
-use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset};
+use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset, MissingPolicy, MissingRates};
 use mla_models::encoders::default_feature_size;
 use mla_models::trainer::{
     run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule,
-    GblendingParams, HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams,
-    OgmRule, OptimizerKind, PmrParams, ReconboostParams, RunDir, StageSchedule, TrainConfig,
-    Trainer, DEFAULT_ALPHA,
+    GblendingParams, HgmMode, MethodKind, MissingTrain, MmparetoParams, ModulatedTensors,
+    NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, ReconboostParams, RunDir,
+    StageSchedule, TrainConfig, Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -247,6 +247,24 @@ pub struct Args {
     gblending_rule: Option<BlendRule>,
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
+    /// Hide modalities of train samples at these rates, on top of what the
+    /// dataset lacks: `image=0.5,audio=0.3`, or `all=0.3` (a named modality
+    /// overrides `all`); rates in [0, 1). A seeded per-sample mask over the
+    /// whole train split (before --train-limit), stored in
+    /// RUN_DIR/missing_mask.json and kept on --resume; validation and test
+    /// stay complete. Each method meets a hidden modality as one missing
+    /// from the dataset (see the README).
+    #[arg(long, value_name = "NAME=RATE,...", conflicts_with = "resume")]
+    missing_rate: Option<MissingRates>,
+    /// What a train sample the mask would leave with no modality gets:
+    /// keep-one (one of its modalities back, drawn uniformly; the observed
+    /// rates, in the summary, fall short of the targets by these) or strict
+    /// (an error). [default: keep-one]
+    #[arg(long, value_name = "keep-one|strict", conflicts_with = "resume")]
+    missing_policy: Option<MissingPolicy>,
+    /// Seed of the mask. [default: --seed]
+    #[arg(long, value_name = "N", conflicts_with = "resume")]
+    missing_seed: Option<u64>,
     /// Train on a seeded random subset of this many train samples.
     #[arg(long, value_name = "N", conflicts_with = "resume")]
     train_limit: Option<usize>,
@@ -349,6 +367,19 @@ impl Args {
                 )
             }
         };
+        if self.missing_rate.is_none() {
+            if let Some(flag) = [
+                ("--missing-policy", self.missing_policy.is_some()),
+                ("--missing-seed", self.missing_seed.is_some()),
+            ]
+            .iter()
+            .find_map(|(f, given)| given.then_some(f))
+            {
+                return Err(
+                    format!("{flag} applies to a --missing-rate mask; none is given").into(),
+                );
+            }
+        }
         let MethodParams {
             ogm,
             pmr,
@@ -384,6 +415,11 @@ impl Args {
             agm,
             reconboost,
             gblending,
+            missing: self.missing_rate.clone().map(|rates| MissingTrain {
+                rates,
+                policy: self.missing_policy.unwrap_or_default(),
+                seed: self.missing_seed.unwrap_or(self.seed),
+            }),
             train_limit: self.train_limit,
             eval_limit: self.eval_limit,
         };

@@ -7,9 +7,11 @@ mod cmd_eval;
 mod cmd_plot;
 mod cmd_prepare;
 mod cmd_report;
+mod cmd_robustness;
 mod cmd_sweep;
 mod cmd_train;
 mod config_file;
+mod perturb;
 mod plot;
 mod report;
 
@@ -45,6 +47,9 @@ enum Command {
     Bench(cmd_bench::Args),
     /// Train every combination of a grid of settings (resumable).
     Sweep(cmd_sweep::Args),
+    /// Evaluate a checkpoint at every level of a missing rate or corruption
+    /// of one modality: accuracy curve, relative and effective robustness.
+    Robustness(cmd_robustness::Args),
     /// Aggregate finished runs into a mean ± std table (Markdown, CSV).
     Report(cmd_report::Args),
     /// Plot a metric per epoch of one or more runs as an SVG line chart.
@@ -79,6 +84,7 @@ fn main() {
         Some(Command::Sweep(a)) => cmd_sweep::run(a, &train),
         Some(Command::Report(a)) => cmd_report::run(a),
         Some(Command::Plot(a)) => cmd_plot::run(a),
+        Some(Command::Robustness(a)) => cmd_robustness::run(a),
         None => {
             eprintln!("mla: no command given; try `mla train` or `mla --help`");
             std::process::exit(2);

@@ -349,6 +349,28 @@ pub fn summary_table(s: &Summary) -> String {
             f.join(", ")
         ));
     }
+    if let Some(m) = &s.missing {
+        let parts: Vec<String> = m
+            .modalities
+            .iter()
+            .map(|x| {
+                format!(
+                    "{} {:.2}% of {} (target {}%)",
+                    x.name,
+                    100.0 * x.observed_rate,
+                    x.eligible,
+                    100.0 * x.rate
+                )
+            })
+            .collect();
+        out.push_str(&format!(
+            "  missing on purpose (train, seed {}, {}): {}; {} samples given a modality back\n",
+            m.seed,
+            m.policy,
+            parts.join(", "),
+            m.restored
+        ));
+    }
     out.push_str(&format!(
         "  time: {:.1} s training ({:.0} samples/s on {}), {:.1} s in all\n",
         s.train_seconds, s.samples_per_second, s.backend, s.total_seconds

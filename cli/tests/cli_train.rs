@@ -2,57 +2,15 @@
 //! dataset, and every bad-input path ending in one clear error line and a
 //! non-zero exit.
 
+mod cli_common;
 #[path = "../../tests/tests/trainer_common/mod.rs"]
 mod trainer_common;
 
+use cli_common::{fails, json, mla, ok, s};
+
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
 use trainer_common::{synthetic, Synthetic, TempDir};
-
-const BIN: &str = env!("CARGO_BIN_EXE_mla");
-
-fn mla(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("run mla")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = mla(args);
-    assert!(
-        out.status.success(),
-        "mla {args:?} failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Runs a command that must fail with exactly one `error:` line on stderr; returns it.
-fn fails(args: &[&str]) -> String {
-    let out = mla(args);
-    assert!(
-        !out.status.success(),
-        "mla {args:?} should fail; stdout: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!err.contains("panicked"), "mla {args:?} panicked: {err}");
-    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
-    assert_eq!(
-        errors.len(),
-        1,
-        "mla {args:?}: expected one error line: {err}"
-    );
-    errors[0].to_string()
-}
-
-fn json(path: &Path) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 const QUICK: [&str; 10] = [
     "--batch-size",

@@ -27,6 +27,7 @@ pub mod model;
 pub mod optim;
 pub mod params;
 pub mod rng;
+pub mod robustness;
 pub mod shapley;
 pub mod trainer;
 

@@ -9,6 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use serde_json::Value;
 
@@ -144,16 +145,18 @@ impl PartialEq<Row<'_>> for Vec<f32> {
     }
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct ModalityData {
-    data: NpyArray,
+    /// Shared: a dataset with a missing-modality mask on top ([`Dataset::with_hidden`])
+    /// maps the same file.
+    data: Arc<NpyArray>,
     rows: usize,
     row_len: usize,
     /// Row of `data` per sample (-1 = missing); None = row i belongs to sample i.
     index: Option<Vec<i64>>,
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Dataset {
     dir: PathBuf,
     manifest: Value,
@@ -418,7 +421,7 @@ impl Dataset {
             };
             modalities.push(ModalityInfo { name: mname, shape });
             data.push(ModalityData {
-                data: arr,
+                data: Arc::new(arr),
                 rows,
                 row_len,
                 index,
@@ -570,6 +573,46 @@ impl Dataset {
             return Err(e);
         }
         Ok(true)
+    }
+}
+
+impl Dataset {
+    /// This dataset with `hidden[m]` (sample ids) missing modality `m` on top of what it
+    /// already lacks: the files stay shared, only the sample-to-row index changes, so
+    /// every reader (loader, `has`, `row`) sees the mask. Refused when an id is out of
+    /// range or a sample would be left with no modality at all.
+    pub fn with_hidden(&self, hidden: &[Vec<usize>]) -> Result<Dataset, DataError> {
+        if hidden.len() != self.data.len() {
+            return Err(DataError::InvalidArgument(format!(
+                "a missing-modality mask for {} modalities on a dataset with {}",
+                hidden.len(),
+                self.data.len()
+            )));
+        }
+        let mut out = self.clone();
+        let n = self.len();
+        for (d, ids) in out.data.iter_mut().zip(hidden) {
+            if ids.is_empty() {
+                continue;
+            }
+            let index = d.index.get_or_insert_with(|| (0..n as i64).collect());
+            for &s in ids {
+                if s >= n {
+                    return Err(DataError::SampleOutOfRange { sample: s, len: n });
+                }
+                index[s] = -1;
+            }
+        }
+        if let Some(s) = hidden
+            .iter()
+            .flatten()
+            .find(|&&s| (0..out.data.len()).all(|m| !out.has(m, s)))
+        {
+            return Err(DataError::InvalidArgument(format!(
+                "the missing-modality mask leaves sample {s} with no modality"
+            )));
+        }
+        Ok(out)
     }
 }
 

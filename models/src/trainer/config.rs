@@ -2,6 +2,7 @@
 //! to `RUN_DIR/config.json` and into every checkpoint, so `--resume` and
 //! `mla eval` rebuild exactly the same model and training.
 
+use crate::data::{MissingPolicy, MissingRates};
 pub use crate::fusion::FusionRule;
 pub use crate::hgm::{AlphaMode, AlphaSchedule, HgmMode};
 use serde::{Deserialize, Serialize};
@@ -431,12 +432,26 @@ pub struct TrainConfig {
     /// G-Blending parameters (`None`: the defaults; only with `--method gblending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gblending: Option<GblendingParams>,
+    /// Modalities hidden on purpose in the train split (`None`: only what
+    /// the dataset lacks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<MissingTrain>,
     /// A seeded random subset of this many train samples.
     #[serde(default)]
     pub train_limit: Option<usize>,
     /// Seeded random subsets of this many validation and test samples (quick runs).
     #[serde(default)]
     pub eval_limit: Option<usize>,
+}
+
+/// `--missing-rate`: the train split's mask, drawn once from `seed` and
+/// stored in the run directory (see `data::missing`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MissingTrain {
+    pub rates: MissingRates,
+    #[serde(default)]
+    pub policy: MissingPolicy,
+    pub seed: u64,
 }
 
 impl Default for TrainConfig {
@@ -468,6 +483,7 @@ impl Default for TrainConfig {
             agm: None,
             reconboost: None,
             gblending: None,
+            missing: None,
             train_limit: None,
             eval_limit: None,
         }

@@ -8,7 +8,7 @@ use super::layout::{build_model, ModelLayout};
 use super::records::EvalMetrics;
 use super::{named, Result, TrainError};
 use crate::checkpoint::Checkpoint;
-use crate::data::{Dataset, Loader};
+use crate::data::{Corruptor, Dataset, Loader};
 use crate::fusion::{calibration_errors, Fusion, FusionFit, LogitTable};
 use crate::methods::upload;
 use crate::metrics::{argmax, Confusion, Counter, GapAccumulator, NamedValues};
@@ -90,6 +90,8 @@ pub struct EvalOptions {
     pub gap: bool,
     /// How modalities are removed for the Shapley values in the metrics.
     pub shapley: Removal,
+    /// Test-time corruptions of the inputs (`--corrupt`).
+    pub corrupt: Option<Arc<Corruptor>>,
 }
 
 /// What one pass over a split leaves on the host: per-modality logits of
@@ -206,7 +208,10 @@ pub fn collect<B: Backend<f32>>(
     )?;
     let mut first = 0usize;
     for batch in loader {
-        let batch = batch?;
+        let mut batch = batch?;
+        if let Some(c) = &opts.corrupt {
+            c.apply(&mut batch);
+        }
         let n = batch.len();
         // Per modality: (row of each batch position or None, host logits).
         let mut rows_of: Vec<Vec<Option<usize>>> = vec![vec![None; n]; m_count];

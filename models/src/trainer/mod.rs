@@ -24,8 +24,8 @@ pub mod stats;
 
 pub use config::{
     AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
-    HgmMode, MethodKind, MmparetoParams, ModulatedTensors, NormScope, OgmParams, OgmRule,
-    OptimizerKind, PmrParams, ReconboostParams, StageSchedule, TrainConfig, DEFAULT_ALPHA,
+    HgmMode, MethodKind, MissingTrain, MmparetoParams, ModulatedTensors, NormScope, OgmParams,
+    OgmRule, OptimizerKind, PmrParams, ReconboostParams, StageSchedule, TrainConfig, DEFAULT_ALPHA,
 };
 pub use error::{Result, TrainError};
 pub use eval::{load_fusion_fit, load_model, EvalOptions, SplitOutputs};
@@ -34,7 +34,7 @@ pub use records::{EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{seeded_subset, Dataset, Loader, Split};
+use crate::data::{seeded_subset, Dataset, Loader, MissingMask, Split};
 use crate::fusion::{fit_fusion, FusionFit};
 use crate::methods::{self, EpochCtx, Method, StepCtx};
 use crate::metrics::NamedValues;
@@ -83,6 +83,8 @@ pub struct Trainer<B: Backend<f32>> {
     backend_name: String,
     threads: Option<usize>,
     provenance: provenance::Provenance,
+    /// The train split's `--missing-rate` mask, already applied to `dataset`.
+    mask: Option<MissingMask>,
     /// Tests: writes left before an injected stop.
     stop_after: Option<usize>,
 }
@@ -90,7 +92,36 @@ pub struct Trainer<B: Backend<f32>> {
 impl<B: Backend<f32>> Trainer<B> {
     /// A fresh run of `cfg` on `dataset`.
     pub fn new(backend: B, dataset: Arc<Dataset>, cfg: TrainConfig) -> Result<Self> {
+        Self::build(backend, dataset, cfg, None)
+    }
+
+    /// As [`Trainer::new`]; with `stored`, the run's mask as its run directory
+    /// holds it instead of a fresh draw.
+    fn build(
+        backend: B,
+        dataset: Arc<Dataset>,
+        cfg: TrainConfig,
+        stored: Option<MissingMask>,
+    ) -> Result<Self> {
         cfg.validate().map_err(TrainError::Config)?;
+        let mask = match &cfg.missing {
+            None => None,
+            Some(spec) => Some(match stored {
+                Some(m) => {
+                    m.check(&dataset)?;
+                    m
+                }
+                None => {
+                    let rates = spec.rates.resolve(&dataset, false)?;
+                    let train = dataset.indices(Split::Train);
+                    MissingMask::draw(&dataset, &train, &rates, spec.seed, spec.policy)?
+                }
+            }),
+        };
+        let dataset = match &mask {
+            Some(m) => Arc::new(m.apply(&dataset)?),
+            None => dataset,
+        };
         let (model, layout) = build_model(&backend, &dataset, &cfg)?;
         let optim = Optimizer::new(cfg.optim_config())?;
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
@@ -139,8 +170,52 @@ impl<B: Backend<f32>> Trainer<B> {
             backend_name: String::new(),
             threads: None,
             provenance,
+            mask,
             stop_after: None,
         })
+    }
+
+    /// The train split's missing-modality mask (`--missing-rate`).
+    pub fn missing_mask(&self) -> Option<&MissingMask> {
+        self.mask.as_ref()
+    }
+
+    /// The mask stored in `run_dir` for a config with `--missing-rate`,
+    /// checked against the config (a run's mask never changes); `None` when
+    /// the config has none or the run stopped before writing it (it is
+    /// drawn again: the draw is a function of the config).
+    fn stored_mask(run_dir: &RunDir, cfg: &TrainConfig) -> Result<Option<MissingMask>> {
+        let (Some(spec), path) = (&cfg.missing, run_dir.file(run_dir::MASK)) else {
+            return Ok(None);
+        };
+        if !path.is_file() {
+            return Ok(None);
+        }
+        let m = MissingMask::read(&path)?;
+        if m.seed != spec.seed || m.policy != spec.policy {
+            return Err(TrainError::RunDir(format!(
+                "{}: drawn with seed {} and policy {}, the run's config has seed {} and policy {}",
+                path.display(),
+                m.seed,
+                m.policy,
+                spec.seed,
+                spec.policy
+            )));
+        }
+        Ok(Some(m))
+    }
+
+    /// The summary of the run so far.
+    fn make_summary(&self) -> Option<Summary> {
+        let mut s = Summary::new(
+            &self.cfg,
+            &self.state,
+            &self.backend_name,
+            self.threads,
+            &self.provenance,
+        )?;
+        s.missing = self.mask.as_ref().map(records::MissingReport::of);
+        Some(s)
     }
 
     /// Continues the run in `dir` from its last checkpoint, or from the
@@ -164,7 +239,9 @@ impl<B: Backend<f32>> Trainer<B> {
         };
         if !run_dir.has_checkpoint() {
             let cfg = with_epochs(run_dir.read_config()?.config);
-            let mut t = Trainer::new(backend, dataset, cfg)?;
+            let stored = Self::stored_mask(&run_dir, &cfg)?;
+            let mut t = Trainer::build(backend, dataset, cfg, stored)?;
+            t.write_mask(&run_dir)?;
             for f in [run_dir::METRICS, run_dir::SUMMARY, run_dir::BEST] {
                 let path = run_dir.file(f);
                 if path.exists() {
@@ -176,10 +253,12 @@ impl<B: Backend<f32>> Trainer<B> {
         }
         let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
         let cfg = with_epochs(ckpt.json(state::CONFIG_KEY)?);
-        let mut t = Trainer::new(backend, dataset, cfg)?;
+        let stored = Self::stored_mask(&run_dir, &cfg)?;
+        let mut t = Trainer::build(backend, dataset, cfg, stored)?;
+        t.write_mask(&run_dir)?;
         t.restore(&ckpt)?;
         run_dir.write_metrics(&t.state.history)?;
-        if let Some(s) = Summary::new(&t.cfg, &t.state, &t.backend_name, t.threads, &t.provenance) {
+        if let Some(s) = t.make_summary() {
             run_dir.write_summary(&s)?;
         }
         t.run_dir = Some(run_dir);
@@ -204,8 +283,18 @@ impl<B: Backend<f32>> Trainer<B> {
                 config: self.cfg.clone(),
             },
         )?;
+        self.write_mask(&rd)?;
         self.run_dir = Some(rd);
         Ok(self)
+    }
+
+    /// Stores the mask in the run directory (for `--resume` and for the
+    /// record), unless it is there already.
+    fn write_mask(&self, rd: &RunDir) -> Result<()> {
+        match &self.mask {
+            Some(m) if !rd.file(run_dir::MASK).is_file() => rd.write_json(run_dir::MASK, m),
+            _ => Ok(()),
+        }
     }
 
     /// Tests: makes the run stop with an error right after its `n`-th file
@@ -277,14 +366,8 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     pub fn summary(&self) -> Result<Summary> {
-        Summary::new(
-            &self.cfg,
-            &self.state,
-            &self.backend_name,
-            self.threads,
-            &self.provenance,
-        )
-        .ok_or_else(|| TrainError::Config("no epoch has been trained yet".into()))
+        self.make_summary()
+            .ok_or_else(|| TrainError::Config("no epoch has been trained yet".into()))
     }
 
     /// One epoch: the steps, validation, model selection (test of a new best),
@@ -378,13 +461,7 @@ impl<B: Backend<f32>> Trainer<B> {
             self.wrote()?;
             rd.write_metrics(&self.state.history)?;
             self.wrote()?;
-            if let Some(s) = Summary::new(
-                &self.cfg,
-                &self.state,
-                &self.backend_name,
-                self.threads,
-                &self.provenance,
-            ) {
+            if let Some(s) = self.make_summary() {
                 rd.write_summary(&s)?;
                 self.wrote()?;
             }

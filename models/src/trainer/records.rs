@@ -205,6 +205,56 @@ pub struct Summary {
     /// Build, machine, dataset and model size behind the numbers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provenance: Option<super::provenance::Provenance>,
+    /// `--missing-rate`: what the train split's mask hides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing: Option<MissingReport>,
+}
+
+/// The summary's account of a missing-modality mask (the ids are in the
+/// run directory's `missing_mask.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MissingReport {
+    pub seed: u64,
+    pub policy: crate::data::MissingPolicy,
+    /// Samples the mask was drawn over (the train split).
+    pub samples: usize,
+    /// Samples `keep-one` gave a modality back.
+    pub restored: usize,
+    pub modalities: Vec<MissingModalityReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MissingModalityReport {
+    pub name: String,
+    /// The target rate.
+    pub rate: f64,
+    /// Samples that had the modality before the mask.
+    pub eligible: usize,
+    pub hidden: usize,
+    /// `hidden / eligible`.
+    pub observed_rate: f64,
+}
+
+impl MissingReport {
+    pub fn of(m: &crate::data::MissingMask) -> MissingReport {
+        MissingReport {
+            seed: m.seed,
+            policy: m.policy,
+            samples: m.samples,
+            restored: m.restored,
+            modalities: m
+                .modalities
+                .iter()
+                .map(|x| MissingModalityReport {
+                    name: x.name.clone(),
+                    rate: x.rate,
+                    eligible: x.eligible,
+                    hidden: x.hidden.len(),
+                    observed_rate: x.observed_rate(),
+                })
+                .collect(),
+        }
+    }
 }
 
 impl Summary {
@@ -267,6 +317,7 @@ impl Summary {
             epoch_train_seconds: state.history.iter().map(|r| r.train_seconds).collect(),
             peak_rss_bytes: super::provenance::peak_rss_bytes(),
             provenance: Some(provenance.clone()),
+            missing: None,
         })
     }
 }

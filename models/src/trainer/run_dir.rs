@@ -25,8 +25,10 @@ pub const BEST: &str = "best.safetensors";
 pub const LAST: &str = "last.safetensors";
 /// The resolved `mla train` flags of the run (written by the CLI).
 pub const CONFIG_TOML: &str = "config.toml";
+/// The train split's `--missing-rate` mask (`data::MissingMask` as JSON).
+pub const MASK: &str = "missing_mask.json";
 /// Every file a run writes.
-pub const RUN_FILES: [&str; 6] = [CONFIG, CONFIG_TOML, METRICS, SUMMARY, BEST, LAST];
+pub const RUN_FILES: [&str; 7] = [CONFIG, CONFIG_TOML, METRICS, SUMMARY, BEST, LAST, MASK];
 
 /// Reads `DIR/config.json`.
 pub fn read_config(dir: &Path) -> Result<RunConfig, TrainError> {
