@@ -57,6 +57,14 @@ enum Command {
 }
 
 fn main() {
+    // `mla report ... | head` closes stdout early: end quietly as other Unix
+    // tools do, instead of a panic from println! on a broken pipe.
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to the default before any
+    // thread starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     // A flag given twice to `train` takes its last value: the command line
     // comes after a config file's flags and overrides them.
     let cmd = Cli::command().mut_subcommand("train", |c| c.args_override_self(true));
