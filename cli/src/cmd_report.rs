@@ -33,8 +33,13 @@ pub struct Args {
     #[arg(long, default_value = "test", value_parser = ["test", "val"])]
     split: String,
     /// Also write the table as CSV (mean and std in separate columns).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "robustness")]
     csv: Option<PathBuf>,
+    /// Aggregate the `robustness.json` files of `mla robustness` under the
+    /// directories instead of runs: one row per method, modality, kind and
+    /// levels, mean ± std over the checkpoints.
+    #[arg(long)]
+    robustness: bool,
 }
 
 const COLUMNS: [&str; 7] = [
@@ -53,8 +58,14 @@ struct Run {
     summary: Value,
 }
 
+/// Directories under `dir` (itself included, `depth` levels down) holding
+/// `file`; a directory holding it is not searched further.
 fn find_runs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> CliResult {
-    if dir.join("summary.json").is_file() {
+    find_holding(dir, "summary.json", depth, out)
+}
+
+pub fn find_holding(dir: &Path, file: &str, depth: usize, out: &mut Vec<PathBuf>) -> CliResult {
+    if dir.join(file).is_file() {
         out.push(dir.to_path_buf());
         return Ok(());
     }
@@ -69,7 +80,7 @@ fn find_runs(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) -> CliResult {
         .collect();
     subs.sort();
     for s in subs {
-        find_runs(&s, depth - 1, out)?;
+        find_holding(&s, file, depth - 1, out)?;
     }
     Ok(())
 }
@@ -212,6 +223,9 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
 }
 
 pub fn run(args: Args) -> CliResult {
+    if args.robustness {
+        return crate::cmd_robustness::report(&args.dirs);
+    }
     for c in &args.columns {
         if !COLUMNS.contains(&c.as_str()) {
             return Err(format!(

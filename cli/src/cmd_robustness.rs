@@ -470,6 +470,84 @@ fn plot(r: &Report, path: &Path) -> CliResult {
     )
 }
 
+/// `mla report --robustness DIR...`: the robustness reports under the
+/// directories, one Markdown row per (method, modality, kind, levels).
+pub fn report(dirs: &[PathBuf]) -> CliResult {
+    let mut found = Vec::new();
+    for d in dirs {
+        if !d.is_dir() {
+            return Err(format!("{}: not a directory", d.display()).into());
+        }
+        crate::cmd_report::find_holding(d, JSON, 3, &mut found)?;
+    }
+    if found.is_empty() {
+        return Err(format!("no {JSON} under the given directories").into());
+    }
+    let reports = found
+        .iter()
+        .map(|d| Report::read(&d.join(JSON)))
+        .collect::<CliResult<Vec<_>>>()?;
+    print!("{}", aggregate(&reports));
+    println!(
+        "\n{} robustness reports; mean ± sample std over the checkpoints of a row \
+         (each checkpoint's value is its mean over the perturbation seeds); accuracy in %.",
+        reports.len()
+    );
+    Ok(())
+}
+
+/// The Markdown table of [`report`].
+pub fn aggregate(reports: &[Report]) -> String {
+    let key = |r: &Report| {
+        let levels: Vec<String> = r.levels.iter().map(|l| l.level.to_string()).collect();
+        (
+            r.method.clone(),
+            r.modality.clone(),
+            r.kind.name(),
+            levels.join(","),
+        )
+    };
+    let mut groups: Vec<((String, String, &str, String), Vec<&Report>)> = Vec::new();
+    for r in reports {
+        let k = key(r);
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(r),
+            None => groups.push((k, vec![r])),
+        }
+    }
+    groups.sort_by(|a, b| (&a.0 .1, a.0 .2, &a.0 .0).cmp(&(&b.0 .1, b.0 .2, &b.0 .0)));
+    let pm = |xs: Vec<f64>, scale: f64| {
+        let (m, s) = mean_std(&xs);
+        let digits = if scale == 1.0 { 4 } else { 2 };
+        format!("{:.digits$} ± {:.digits$}", scale * m, scale * s)
+    };
+    let mut out = String::from(
+        "| modality | kind | method | levels | checkpoints | clean acc. | acc. at last level | relative robustness | effective robustness |\n|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for ((method, modality, kind, levels), rs) in &groups {
+        let first = rs.iter().map(|r| r.levels[0].fused_accuracy.mean).collect();
+        let last = rs
+            .iter()
+            .map(|r| r.levels[r.levels.len() - 1].fused_accuracy.mean)
+            .collect();
+        let rel = rs.iter().map(|r| r.relative_robustness).collect();
+        let eff: Vec<f64> = rs.iter().filter_map(|r| r.effective_robustness).collect();
+        let eff = if eff.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{} ({} refs)", pm(eff.clone(), 1.0), eff.len())
+        };
+        out += &format!(
+            "| {modality} | {kind} | {method} | {levels} | {} | {} | {} | {} | {eff} |\n",
+            rs.len(),
+            pm(first, 100.0),
+            pm(last, 100.0),
+            pm(rel, 1.0),
+        );
+    }
+    out
+}
+
 /// One row per level: means and standard deviations over the seeds.
 pub fn csv(r: &Report) -> String {
     let mut head = vec![

@@ -230,6 +230,28 @@ fn robustness_writes_the_curve_its_scores_and_a_plot() {
     assert!((sum - gap.iter().sum::<f64>()).abs() < 1e-12);
     let own = rob("joint", "rob-self", &["--reference", s(&ref_path)]);
     assert_eq!(own["effective_robustness"].as_f64().unwrap(), 0.0);
+    // `mla report --robustness`: one row per method (three joint reports, one mla).
+    let table = ok(&["report", "--robustness", s(runs.path())]);
+    let row = |method: &str| {
+        table
+            .lines()
+            .find(|l| l.contains(&format!("| {method} |")))
+            .unwrap_or_else(|| panic!("no {method} row: {table}"))
+            .to_string()
+    };
+    assert!(row("joint").contains("| 3 |"), "{table}");
+    let mla_row = row("mla");
+    assert!(
+        mla_row.contains(&format!(
+            "{:.4} ± 0.0000",
+            mla["relative_robustness"].as_f64().unwrap()
+        )),
+        "{mla_row}"
+    );
+    assert!(
+        mla_row.contains(&format!("{eff:.4} ± 0.0000 (1 refs)")),
+        "{mla_row}"
+    );
     // A reference over other levels or another perturbation is refused.
     let ckpt = runs.join("mla/best.safetensors");
     let base = |levels: &'static str, kind: &'static str| {
