@@ -591,3 +591,29 @@ fn levels_parse_from_ranges_and_lists() {
         assert!(parse_levels(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn every_method_trains_and_resumes_exactly_under_a_mask() {
+    let (_d, ds) = open(&Synthetic::default(), "mask-all-methods");
+    let runs = TempDir::new("mask-all-methods-runs");
+    for &method in MethodKind::ALL {
+        let cfg = TrainConfig {
+            modality: (method == MethodKind::Unimodal).then(|| "audio".into()),
+            missing: Some(MissingTrain {
+                rates: "all=0.3".parse().unwrap(),
+                policy: MissingPolicy::KeepOne,
+                seed: 2,
+            }),
+            ..small_cfg(method)
+        };
+        let full_dir = runs.join(&format!("{method}-full"));
+        let (full, summary) = train_in(&ds, cfg.clone(), &full_dir);
+        assert!(summary.test.fused_accuracy.is_finite(), "{method}");
+        let m = summary.missing.as_ref().unwrap();
+        assert!(m.restored > 0, "{method}: all=0.3 empties some samples");
+        assert!(m.modalities.iter().all(|x| x.hidden > 0), "{method}");
+        let (resumed, _) =
+            stopped_and_resumed(&ds, cfg, 1, &runs.join(&format!("{method}-resumed")));
+        assert_eq!(history(&full), history(&resumed), "{method}");
+    }
+}
