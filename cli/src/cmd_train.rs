@@ -9,10 +9,10 @@ use mla_core::Backend;
 use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset, MissingPolicy, MissingRates};
 use mla_models::encoders::default_feature_size;
 use mla_models::trainer::{
-    run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule,
-    GblendingParams, HgmMode, MethodKind, MissingTrain, MmparetoParams, ModulatedTensors,
-    NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, ReconboostParams, RunDir,
-    StageSchedule, TrainConfig, Trainer, DEFAULT_ALPHA,
+    run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EncoderInit, EpochWindow, FusionRule,
+    GblendingParams, HgmMode, LrSchedule, MethodKind, MissingTrain, MmparetoParams,
+    ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, ReconboostParams,
+    RunDir, StageSchedule, TrainConfig, Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -76,6 +76,14 @@ pub struct Args {
         conflicts_with = "resume"
     )]
     width_mult: f64,
+    /// Start encoders from torchvision-style ResNet-18 weights instead of
+    /// at random: MODALITY=FILE,... where FILE is a plain safetensors state
+    /// dict (PyTorch: `safetensors.torch.save_file(resnet.state_dict(),
+    /// FILE)`; names conv1.weight, layer1.0.bn1.running_mean, ...; fc.*
+    /// ignored), for a resnet18 or resnet18-small encoder of the same input
+    /// channels and widths. Every name and shape is checked first.
+    #[arg(long, value_name = "MODALITY=FILE,...", conflicts_with = "resume")]
+    init_encoder: Option<EncoderInit>,
     /// Training epochs; with --resume, the new total to train up to. [default: 3]
     #[arg(long)]
     epochs: Option<usize>,
@@ -89,6 +97,17 @@ pub struct Args {
     /// Learning rate.
     #[arg(long, default_value_t = 0.01, conflicts_with = "resume")]
     lr: f64,
+    /// Learning rate per epoch e of E: constant, cosine (lr (1 + cos(pi
+    /// (e-1)/E)) / 2, to 0 per epoch) or step:N:GAMMA (lr GAMMA^floor((e-1)/N)).
+    /// Each epoch's rate is in metrics.jsonl. G-Blending's estimation copies
+    /// train at --lr.
+    #[arg(
+        long,
+        default_value = "constant",
+        value_name = "SCHEDULE",
+        conflicts_with = "resume"
+    )]
+    lr_schedule: LrSchedule,
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9, conflicts_with = "resume")]
     momentum: f64,
@@ -396,11 +415,13 @@ impl Args {
                 .feature_size
                 .unwrap_or_else(|| default_feature_size(&self.encoder, self.width_mult)),
             width_mult: self.width_mult,
+            init_encoder: self.init_encoder.clone().unwrap_or_default(),
             epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
             batch_size: self.batch_size,
             eval_batch_size: self.eval_batch_size.unwrap_or(self.batch_size),
             optimizer: self.optimizer,
             lr: self.lr,
+            lr_schedule: self.lr_schedule,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
             hgm,

@@ -470,34 +470,7 @@ impl Checkpoint {
     /// Reads and verifies `path`; only a regular file is read (a FIFO would block, a
     /// device never end), into memory allocated fallibly.
     pub fn load(path: &Path) -> Result<Self> {
-        use crate::data::DataError;
-        use std::io::Read;
-        let io = |op: &'static str, source: std::io::Error| CheckpointError::Io {
-            path: path.to_path_buf(),
-            op,
-            source,
-        };
-        let (file, len) = crate::data::files::open_regular(path).map_err(|e| match e {
-            DataError::NotRegularFile { kind, .. } => CheckpointError::NotRegular {
-                path: path.to_path_buf(),
-                kind,
-            },
-            DataError::MissingFile { .. } => io("read", std::io::ErrorKind::NotFound.into()),
-            DataError::Io { action, source, .. } => io(action, source),
-            other => io("read", std::io::Error::other(other.to_string())),
-        })?;
-        let mut bytes = Vec::new();
-        bytes
-            .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
-            .map_err(|_| CheckpointError::OutOfMemory {
-                path: path.to_path_buf(),
-                bytes: len,
-            })?;
-        // Never more than the length checked above, should the file grow meanwhile.
-        file.take(len)
-            .read_to_end(&mut bytes)
-            .map_err(|e| io("read", e))?;
-        Self::from_bytes(&bytes, path)
+        Self::from_bytes(&read_regular(path)?, path)
     }
 
     /// Writes atomically to `path` (see the module docs).
@@ -505,6 +478,63 @@ impl Checkpoint {
         let bytes = self.to_bytes()?;
         write_atomic(path, &bytes)
     }
+}
+
+/// The bytes of the regular file `path`, read into memory allocated fallibly (never
+/// more than the length checked first, should the file grow meanwhile).
+fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    use crate::data::DataError;
+    use std::io::Read;
+    let io = |op: &'static str, source: std::io::Error| CheckpointError::Io {
+        path: path.to_path_buf(),
+        op,
+        source,
+    };
+    let (file, len) = crate::data::files::open_regular(path).map_err(|e| match e {
+        DataError::NotRegularFile { kind, .. } => CheckpointError::NotRegular {
+            path: path.to_path_buf(),
+            kind,
+        },
+        DataError::MissingFile { .. } => io("read", std::io::ErrorKind::NotFound.into()),
+        DataError::Io { action, source, .. } => io(action, source),
+        other => io("read", std::io::Error::other(other.to_string())),
+    })?;
+    let mut bytes = Vec::new();
+    bytes
+        .try_reserve_exact(usize::try_from(len).unwrap_or(usize::MAX))
+        .map_err(|_| CheckpointError::OutOfMemory {
+            path: path.to_path_buf(),
+            bytes: len,
+        })?;
+    file.take(len)
+        .read_to_end(&mut bytes)
+        .map_err(|e| io("read", e))?;
+    Ok(bytes)
+}
+
+/// The f32 tensors of a plain safetensors file, such as PyTorch's
+/// `safetensors.torch.save_file(model.state_dict(), path)` writes (no mla
+/// metadata or checksums), in file order; every value must be finite.
+pub fn read_state_dict(path: &Path) -> Result<Vec<(String, StoredTensor)>> {
+    let bytes = read_regular(path)?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Malformed {
+        path: path.to_path_buf(),
+        msg: e.to_string(),
+    })?;
+    let mut out = Vec::new();
+    for (name, view) in st.iter() {
+        let t = stored_from_view(name, &view, path)?;
+        if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+            return Err(CheckpointError::NonFinite {
+                path: path.to_path_buf(),
+                name: name.to_string(),
+                index,
+                value,
+            });
+        }
+        out.push((name.to_string(), t));
+    }
+    Ok(out)
 }
 
 fn stored_from_view(name: &str, view: &TensorView<'_>, path: &Path) -> Result<StoredTensor> {

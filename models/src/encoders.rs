@@ -265,6 +265,14 @@ impl Encoder {
     pub fn modality(&self) -> &str {
         &self.modality
     }
+    /// The ResNet behind a `resnet18` / `resnet18-small` encoder.
+    pub fn resnet(&self) -> Option<&ResNet> {
+        match &self.net {
+            Net::ResNet(r) => Some(r),
+            _ => None,
+        }
+    }
+
     pub fn kind(&self) -> EncoderKind {
         self.kind
     }

@@ -250,6 +250,40 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         self.params.load_named(named)
     }
 
+    /// Loads a torchvision-style ResNet-18 state dict (`conv1.weight`,
+    /// `layer1.0.bn1.running_mean`, ...; `fc.*` ignored) into `modality`'s
+    /// encoder: its parameters and batch-norm buffers. Every name and shape
+    /// is checked before anything is written (see
+    /// [`crate::encoders::ResNet::load_torchvision`]).
+    pub fn init_encoder(
+        &mut self,
+        modality: &str,
+        named: Vec<(String, Tensor<T, B>)>,
+    ) -> Result<()> {
+        let i = self.modality_index(modality)?;
+        let enc = &self.encoders[i];
+        let Some(resnet) = enc.resnet() else {
+            return Err(ModelError::state(
+                "encoder initialisation",
+                format!(
+                    "modality '{modality}' has a {} encoder; only resnet18 and resnet18-small load torchvision weights",
+                    enc.kind()
+                ),
+            ));
+        };
+        // The model keeps the buffers among its parameters; the loader wants
+        // them apart, and they go back once it has checked everything.
+        let mut buffers = ParamStore::new(self.params.backend());
+        for (name, _) in resnet.buffer_shapes() {
+            buffers.insert(name.clone(), self.params.get(&name)?.clone())?;
+        }
+        resnet.load_torchvision(&mut self.params, &mut buffers, named)?;
+        for (name, t) in buffers.iter() {
+            self.params.set(name, t.clone())?;
+        }
+        Ok(())
+    }
+
     /// Puts the parameters on a tape (see [`ParamStore::track`]).
     pub fn track<'t>(
         &self,

@@ -425,3 +425,92 @@ impl<T: Element, B: Backend<T>> Optimizer<B, T> {
         Ok(())
     }
 }
+
+/// The learning rate over the epochs, set at the start of each epoch:
+/// `constant`; `cosine` (`lr * (1 + cos(pi (e - 1) / E)) / 2` in epoch e of
+/// E, PyTorch's CosineAnnealingLR to 0 stepped per epoch); `step:N:G`
+/// (`lr * G^floor((e - 1) / N)`, StepLR as the OGM-GE and BalanceBenchmark
+/// recipes use it). A function of the epoch alone, so resuming is exact.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum LrSchedule {
+    #[default]
+    Constant,
+    Cosine,
+    Step {
+        every: usize,
+        gamma: f64,
+    },
+}
+
+impl LrSchedule {
+    /// The learning rate of 1-based `epoch` of `epochs`, from `lr`.
+    pub fn at(self, lr: f64, epoch: usize, epochs: usize) -> f64 {
+        let e = epoch.saturating_sub(1) as f64;
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => {
+                lr * (1.0 + (std::f64::consts::PI * e / epochs.max(1) as f64).cos()) / 2.0
+            }
+            LrSchedule::Step { every, gamma } => {
+                lr * gamma.powi((epoch.saturating_sub(1) / every.max(1)) as i32)
+            }
+        }
+    }
+}
+
+impl fmt::Display for LrSchedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LrSchedule::Constant => f.write_str("constant"),
+            LrSchedule::Cosine => f.write_str("cosine"),
+            LrSchedule::Step { every, gamma } => write!(f, "step:{every}:{gamma}"),
+        }
+    }
+}
+
+impl FromStr for LrSchedule {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self> {
+        let t = s.trim().to_ascii_lowercase();
+        let bad = |why: &str| {
+            ModelError::bad_spec(
+                "learning-rate schedule",
+                s.trim(),
+                format!("{why}; expected constant, cosine or step:N:GAMMA (N >= 1 epochs, 0 < GAMMA <= 1)"),
+            )
+        };
+        match t.split(':').collect::<Vec<_>>().as_slice() {
+            ["constant"] => Ok(LrSchedule::Constant),
+            ["cosine"] => Ok(LrSchedule::Cosine),
+            ["step", n, g] => {
+                let every: usize = n
+                    .parse()
+                    .map_err(|_| bad(&format!("'{n}' is not a whole number of epochs")))?;
+                let gamma: f64 = g
+                    .parse()
+                    .map_err(|_| bad(&format!("'{g}' is not a number")))?;
+                if every == 0 {
+                    return Err(bad("N must be at least 1"));
+                }
+                if !(gamma > 0.0 && gamma <= 1.0) {
+                    return Err(bad(&format!("GAMMA {gamma} is outside (0, 1]")));
+                }
+                Ok(LrSchedule::Step { every, gamma })
+            }
+            _ => Err(bad("unknown form")),
+        }
+    }
+}
+
+impl serde::Serialize for LrSchedule {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for LrSchedule {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}

@@ -5,6 +5,7 @@
 use crate::data::{MissingPolicy, MissingRates};
 pub use crate::fusion::FusionRule;
 pub use crate::hgm::{AlphaMode, AlphaSchedule, HgmMode};
+pub use crate::optim::LrSchedule;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -402,6 +403,9 @@ pub struct TrainConfig {
     pub eval_batch_size: usize,
     pub optimizer: OptimizerKind,
     pub lr: f64,
+    /// The learning rate per epoch (`--lr-schedule`).
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     pub momentum: f64,
     pub weight_decay: f64,
     pub hgm: HgmMode,
@@ -432,6 +436,9 @@ pub struct TrainConfig {
     /// G-Blending parameters (`None`: the defaults; only with `--method gblending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gblending: Option<GblendingParams>,
+    /// Encoders initialised from weight files instead of at random.
+    #[serde(default, skip_serializing_if = "EncoderInit::is_empty")]
+    pub init_encoder: EncoderInit,
     /// Modalities hidden on purpose in the train split (`None`: only what
     /// the dataset lacks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -442,6 +449,63 @@ pub struct TrainConfig {
     /// Seeded random subsets of this many validation and test samples (quick runs).
     #[serde(default)]
     pub eval_limit: Option<usize>,
+}
+
+/// `--init-encoder image=FILE,...`: torchvision-style ResNet-18 weights
+/// (a plain safetensors state dict) for some modalities' encoders.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct EncoderInit(pub Vec<(String, std::path::PathBuf)>);
+
+impl FromStr for EncoderInit {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out: Vec<(String, std::path::PathBuf)> = Vec::new();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (m, f) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--init-encoder {part:?}: expected MODALITY=FILE"))?;
+            let (m, f) = (m.trim(), f.trim());
+            if m.is_empty() || f.is_empty() {
+                return Err(format!("--init-encoder {part:?}: expected MODALITY=FILE"));
+            }
+            if out.iter().any(|(n, _)| n == m) {
+                return Err(format!("--init-encoder: {m} is given twice"));
+            }
+            out.push((m.to_string(), f.into()));
+        }
+        Ok(EncoderInit(out))
+    }
+}
+
+impl EncoderInit {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for EncoderInit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(m, p)| format!("{m}={}", p.display()))
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+impl Serialize for EncoderInit {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for EncoderInit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// `--missing-rate`: the train split's mask, drawn once from `seed` and
@@ -469,6 +533,7 @@ impl Default for TrainConfig {
             eval_batch_size: 64,
             optimizer: OptimizerKind::Sgd,
             lr: 0.01,
+            lr_schedule: LrSchedule::Constant,
             momentum: 0.9,
             weight_decay: 1e-4,
             hgm: HgmMode::Owm,
@@ -483,6 +548,7 @@ impl Default for TrainConfig {
             agm: None,
             reconboost: None,
             gblending: None,
+            init_encoder: EncoderInit::default(),
             missing: None,
             train_limit: None,
             eval_limit: None,

@@ -23,9 +23,10 @@ mod state;
 pub mod stats;
 
 pub use config::{
-    AgmParams, AlphaMode, AlphaSchedule, BlendRule, EpochWindow, FusionRule, GblendingParams,
-    HgmMode, MethodKind, MissingTrain, MmparetoParams, ModulatedTensors, NormScope, OgmParams,
-    OgmRule, OptimizerKind, PmrParams, ReconboostParams, StageSchedule, TrainConfig, DEFAULT_ALPHA,
+    AgmParams, AlphaMode, AlphaSchedule, BlendRule, EncoderInit, EpochWindow, FusionRule,
+    GblendingParams, HgmMode, LrSchedule, MethodKind, MissingTrain, MmparetoParams,
+    ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, ReconboostParams,
+    StageSchedule, TrainConfig, DEFAULT_ALPHA,
 };
 pub use error::{Result, TrainError};
 pub use eval::{load_fusion_fit, load_model, EvalOptions, SplitOutputs};
@@ -92,16 +93,18 @@ pub struct Trainer<B: Backend<f32>> {
 impl<B: Backend<f32>> Trainer<B> {
     /// A fresh run of `cfg` on `dataset`.
     pub fn new(backend: B, dataset: Arc<Dataset>, cfg: TrainConfig) -> Result<Self> {
-        Self::build(backend, dataset, cfg, None)
+        Self::build(backend, dataset, cfg, None, true)
     }
 
     /// As [`Trainer::new`]; with `stored`, the run's mask as its run directory
-    /// holds it instead of a fresh draw.
+    /// holds it instead of a fresh draw; `init`: load `--init-encoder`'s
+    /// weights (not when a checkpoint replaces them anyway).
     fn build(
         backend: B,
         dataset: Arc<Dataset>,
         cfg: TrainConfig,
         stored: Option<MissingMask>,
+        init: bool,
     ) -> Result<Self> {
         cfg.validate().map_err(TrainError::Config)?;
         let mask = match &cfg.missing {
@@ -122,7 +125,24 @@ impl<B: Backend<f32>> Trainer<B> {
             Some(m) => Arc::new(m.apply(&dataset)?),
             None => dataset,
         };
-        let (model, layout) = build_model(&backend, &dataset, &cfg)?;
+        let (mut model, layout) = build_model(&backend, &dataset, &cfg)?;
+        if init {
+            for (modality, path) in &cfg.init_encoder.0 {
+                if !layout.modalities.contains(modality) {
+                    return Err(TrainError::Config(format!(
+                        "--init-encoder {modality}=...: the model has modalities {}",
+                        layout.modalities.join(", ")
+                    )));
+                }
+                let named = crate::checkpoint::read_state_dict(path)?
+                    .into_iter()
+                    .map(|(n, t)| Ok((n, t.to_tensor(&backend)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                model
+                    .init_encoder(modality, named)
+                    .map_err(|e| TrainError::Config(format!("{}: {e}", path.display())))?;
+            }
+        }
         let optim = Optimizer::new(cfg.optim_config())?;
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
         let split =
@@ -240,7 +260,7 @@ impl<B: Backend<f32>> Trainer<B> {
         if !run_dir.has_checkpoint() {
             let cfg = with_epochs(run_dir.read_config()?.config);
             let stored = Self::stored_mask(&run_dir, &cfg)?;
-            let mut t = Trainer::build(backend, dataset, cfg, stored)?;
+            let mut t = Trainer::build(backend, dataset, cfg, stored, true)?;
             t.write_mask(&run_dir)?;
             for f in [run_dir::METRICS, run_dir::SUMMARY, run_dir::BEST] {
                 let path = run_dir.file(f);
@@ -254,7 +274,7 @@ impl<B: Backend<f32>> Trainer<B> {
         let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
         let cfg = with_epochs(ckpt.json(state::CONFIG_KEY)?);
         let stored = Self::stored_mask(&run_dir, &cfg)?;
-        let mut t = Trainer::build(backend, dataset, cfg, stored)?;
+        let mut t = Trainer::build(backend, dataset, cfg, stored, false)?;
         t.write_mask(&run_dir)?;
         t.restore(&ckpt)?;
         run_dir.write_metrics(&t.state.history)?;
@@ -405,6 +425,7 @@ impl<B: Backend<f32>> Trainer<B> {
         let mut record = EpochRecord {
             epoch,
             train_loss: stats.mean_loss(),
+            lr: Some(self.optim.config().lr),
             train_loss_by_modality: stats
                 .loss_by_modality(&self.layout.modalities, self.cfg.method),
             hgm_surviving_fraction: None,
@@ -479,6 +500,8 @@ impl<B: Backend<f32>> Trainer<B> {
             epoch as u64,
         )?;
         let batches = loader.num_batches();
+        let lr = self.cfg.lr_schedule.at(self.cfg.lr, epoch, self.cfg.epochs);
+        self.optim.set_lr(lr)?;
         obs.epoch_start(epoch, self.cfg.epochs, batches, self.train.len());
         let mut stats = stats::EpochStats::new(self.layout.modalities.len());
         let mut pending = stats::Pending::default();

@@ -73,6 +73,10 @@ pub struct EpochRecord {
     pub epoch: usize,
     /// Mean training loss over the epoch's steps (over every modality step for MLA).
     pub train_loss: f64,
+    /// The learning rate of the epoch (`--lr-schedule`); absent in records
+    /// written before schedules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr: Option<f64>,
     /// MLA: mean loss of each modality's steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub train_loss_by_modality: Option<NamedValues>,
