@@ -6,7 +6,9 @@ use crate::config_file;
 use crate::report::{summary_table, Progress};
 use crate::CliResult;
 use mla_core::Backend;
-use mla_models::data::{prepare_avmnist, AvmnistOptions, Dataset, MissingPolicy, MissingRates};
+use mla_models::data::{
+    prepare_avmnist, AugmentSpec, AvmnistOptions, Dataset, MissingPolicy, MissingRates,
+};
 use mla_models::encoders::default_feature_size;
 use mla_models::trainer::{
     run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EncoderInit, EpochWindow, FusionRule,
@@ -84,6 +86,14 @@ pub struct Args {
     /// channels and widths. Every name and shape is checked first.
     #[arg(long, value_name = "MODALITY=FILE,...", conflicts_with = "resume")]
     init_encoder: Option<EncoderInit>,
+    /// Augment the training steps' inputs: MODALITY=crop:P (torchvision's
+    /// RandomCrop with zero padding P: shifted by up to P pixels each way),
+    /// MODALITY=flip (RandomHorizontalFlip, p 0.5) or MODALITY=crop:P+flip,
+    /// comma-separated, for rows laid out [.., H, W]. Seeded per (seed,
+    /// epoch, sample); evaluation, probes and method-side passes (PMR's
+    /// prototypes, G-Blending's estimation) see the inputs as they are.
+    #[arg(long, value_name = "MODALITY=OPS,...", conflicts_with = "resume")]
+    augment: Option<AugmentSpec>,
     /// Training epochs; with --resume, the new total to train up to. [default: 3]
     #[arg(long)]
     epochs: Option<usize>,
@@ -416,6 +426,7 @@ impl Args {
                 .unwrap_or_else(|| default_feature_size(&self.encoder, self.width_mult)),
             width_mult: self.width_mult,
             init_encoder: self.init_encoder.clone().unwrap_or_default(),
+            augment: self.augment.clone().unwrap_or_default(),
             epochs: self.epochs.unwrap_or(TrainConfig::default().epochs),
             batch_size: self.batch_size,
             eval_batch_size: self.eval_batch_size.unwrap_or(self.batch_size),

@@ -1,5 +1,6 @@
 //! Datasets: the mla-dataset/1 reader, AV-MNIST preparation, the mini-batch loader.
 
+pub mod augment;
 pub mod avmnist;
 pub mod corrupt;
 pub mod dataset;
@@ -9,6 +10,7 @@ pub mod loader;
 pub mod missing;
 pub mod npy;
 
+pub use augment::{AugmentSpec, Augmentation, Augmenter};
 pub use avmnist::{prepare_avmnist, AvmnistOptions, PrepareReport};
 pub use corrupt::{Corruption, CorruptionKind, Corruptor, ModalityStats};
 pub use dataset::{Dataset, ModalityInfo, Row, Split};

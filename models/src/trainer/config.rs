@@ -2,7 +2,7 @@
 //! to `RUN_DIR/config.json` and into every checkpoint, so `--resume` and
 //! `mla eval` rebuild exactly the same model and training.
 
-use crate::data::{MissingPolicy, MissingRates};
+use crate::data::{AugmentSpec, MissingPolicy, MissingRates};
 pub use crate::fusion::FusionRule;
 pub use crate::hgm::{AlphaMode, AlphaSchedule, HgmMode};
 pub use crate::optim::LrSchedule;
@@ -436,6 +436,9 @@ pub struct TrainConfig {
     /// G-Blending parameters (`None`: the defaults; only with `--method gblending`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gblending: Option<GblendingParams>,
+    /// Training-time crops and flips (`--augment`).
+    #[serde(default, skip_serializing_if = "AugmentSpec::is_empty")]
+    pub augment: AugmentSpec,
     /// Encoders initialised from weight files instead of at random.
     #[serde(default, skip_serializing_if = "EncoderInit::is_empty")]
     pub init_encoder: EncoderInit,
@@ -548,6 +551,7 @@ impl Default for TrainConfig {
             agm: None,
             reconboost: None,
             gblending: None,
+            augment: AugmentSpec::default(),
             init_encoder: EncoderInit::default(),
             missing: None,
             train_limit: None,

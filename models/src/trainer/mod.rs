@@ -35,7 +35,7 @@ pub use records::{EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::Checkpoint;
-use crate::data::{seeded_subset, Dataset, Loader, MissingMask, Split};
+use crate::data::{seeded_subset, Augmenter, Dataset, Loader, MissingMask, Split};
 use crate::fusion::{fit_fusion, FusionFit};
 use crate::methods::{self, EpochCtx, Method, StepCtx};
 use crate::metrics::NamedValues;
@@ -86,6 +86,8 @@ pub struct Trainer<B: Backend<f32>> {
     provenance: provenance::Provenance,
     /// The train split's `--missing-rate` mask, already applied to `dataset`.
     mask: Option<MissingMask>,
+    /// `--augment`: crops and flips of the training steps' batches.
+    augmenter: Option<Augmenter>,
     /// Tests: writes left before an injected stop.
     stop_after: Option<usize>,
 }
@@ -144,6 +146,11 @@ impl<B: Backend<f32>> Trainer<B> {
             }
         }
         let optim = Optimizer::new(cfg.optim_config())?;
+        let augmenter = if cfg.augment.is_empty() {
+            None
+        } else {
+            Some(Augmenter::new(&dataset, &cfg.augment, cfg.seed)?)
+        };
         let has_any = |s: &usize| layout.data_index.iter().any(|&d| dataset.has(d, *s));
         let split =
             |sp: Split| -> Vec<usize> { dataset.indices(sp).into_iter().filter(has_any).collect() };
@@ -191,6 +198,7 @@ impl<B: Backend<f32>> Trainer<B> {
             threads: None,
             provenance,
             mask,
+            augmenter,
             stop_after: None,
         })
     }
@@ -519,7 +527,10 @@ impl<B: Backend<f32>> Trainer<B> {
         })?;
         let total_steps = (self.cfg.epochs * batches).max(2) - 1;
         for (b, batch) in loader.enumerate() {
-            let batch = batch?;
+            let mut batch = batch?;
+            if let Some(a) = &self.augmenter {
+                a.apply(&mut batch, epoch as u64);
+            }
             stats.samples += batch.len() as u64;
             let done = (epoch - 1) * batches + b;
             let progress = done as f64 / total_steps as f64;
