@@ -40,6 +40,11 @@ pub struct Args {
     /// levels, mean ± std over the checkpoints.
     #[arg(long)]
     robustness: bool,
+    /// With --robustness: also draw one SVG per modality and kind into this
+    /// directory (`MODALITY-KIND.svg`), a curve per method with the
+    /// checkpoints' std as error bars.
+    #[arg(long, value_name = "DIR", requires = "robustness")]
+    plot: Option<PathBuf>,
 }
 
 const COLUMNS: [&str; 7] = [
@@ -224,7 +229,7 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
 
 pub fn run(args: Args) -> CliResult {
     if args.robustness {
-        return crate::cmd_robustness::report(&args.dirs);
+        return crate::cmd_robustness::report(&args.dirs, args.plot.as_deref());
     }
     for c in &args.columns {
         if !COLUMNS.contains(&c.as_str()) {

@@ -472,7 +472,7 @@ fn plot(r: &Report, path: &Path) -> CliResult {
 
 /// `mla report --robustness DIR...`: the robustness reports under the
 /// directories, one Markdown row per (method, modality, kind, levels).
-pub fn report(dirs: &[PathBuf]) -> CliResult {
+pub fn report(dirs: &[PathBuf], plot_dir: Option<&Path>) -> CliResult {
     let mut found = Vec::new();
     for d in dirs {
         if !d.is_dir() {
@@ -488,12 +488,68 @@ pub fn report(dirs: &[PathBuf]) -> CliResult {
         .map(|d| Report::read(&d.join(JSON)))
         .collect::<CliResult<Vec<_>>>()?;
     print!("{}", aggregate(&reports));
+    if let Some(dir) = plot_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+        for (name, plot) in curves(&reports) {
+            write_line_svg(
+                &dir.join(format!("{name}.svg")),
+                &LinePlot {
+                    title: &name,
+                    x_label: "level",
+                    y_label: "fused accuracy %",
+                    series: &plot,
+                },
+            )?;
+        }
+    }
     println!(
         "\n{} robustness reports; mean ± sample std over the checkpoints of a row \
          (each checkpoint's value is its mean over the perturbation seeds); accuracy in %.",
         reports.len()
     );
     Ok(())
+}
+
+/// Per (modality, kind): one series per method (and levels), the mean over
+/// its checkpoints of their mean fused accuracy, the checkpoints' std as
+/// error bars.
+fn curves(reports: &[Report]) -> Vec<(String, Vec<Series>)> {
+    let mut out: Vec<(String, Vec<Series>)> = Vec::new();
+    let mut groups: Vec<((String, String, String), Vec<&Report>)> = Vec::new();
+    for r in reports {
+        let levels: Vec<String> = r.levels.iter().map(|l| l.level.to_string()).collect();
+        let k = (
+            format!("{}-{}", r.modality, r.kind.name()),
+            r.method.clone(),
+            levels.join(","),
+        );
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(r),
+            None => groups.push((k, vec![r])),
+        }
+    }
+    groups.sort_by(|a, b| a.0.cmp(&b.0));
+    for ((plot, method, _), rs) in groups {
+        let n = rs.iter().map(|r| r.levels.len()).min().unwrap_or(0);
+        let (points, err): (Vec<(f64, f64)>, Vec<f64>) = (0..n)
+            .map(|i| {
+                let accs: Vec<f64> = rs.iter().map(|r| r.levels[i].fused_accuracy.mean).collect();
+                let (m, s) = mean_std(&accs);
+                ((rs[0].levels[i].level, 100.0 * m), 100.0 * s)
+            })
+            .unzip();
+        let series = Series {
+            name: format!("{method} ({} checkpoints)", rs.len()),
+            points,
+            err: Some(err),
+        };
+        match out.iter_mut().find(|(p, _)| *p == plot) {
+            Some((_, v)) => v.push(series),
+            None => out.push((plot, vec![series])),
+        }
+    }
+    out
 }
 
 /// The Markdown table of [`report`].

@@ -231,7 +231,16 @@ fn robustness_writes_the_curve_its_scores_and_a_plot() {
     let own = rob("joint", "rob-self", &["--reference", s(&ref_path)]);
     assert_eq!(own["effective_robustness"].as_f64().unwrap(), 0.0);
     // `mla report --robustness`: one row per method (three joint reports, one mla).
-    let table = ok(&["report", "--robustness", s(runs.path())]);
+    let plots = runs.join("plots");
+    let table = ok(&[
+        "report",
+        "--robustness",
+        s(runs.path()),
+        "--plot",
+        s(&plots),
+    ]);
+    let svg = std::fs::read_to_string(plots.join("image-dropout.svg")).unwrap();
+    assert!(svg.contains("joint (3 checkpoints)") && svg.contains("mla (1 checkpoints)"));
     let row = |method: &str| {
         table
             .lines()
