@@ -250,10 +250,28 @@ pub fn run(args: Args) -> CliResult {
     if dirs.is_empty() {
         return Err("no finished runs (summary.json) under the given directories".into());
     }
-    let runs = dirs
-        .iter()
-        .map(|d| load(d))
-        .collect::<CliResult<Vec<_>>>()?;
+    let mut runs = Vec::new();
+    for d in &dirs {
+        let r = load(d)?;
+        // A run still training (or killed) writes its summary every epoch:
+        // averaging it in would mix budgets.
+        let done = r.summary["epochs"].as_i64();
+        let want = r.flags.get("epochs").and_then(|v| v.as_integer());
+        match (done, want) {
+            (Some(done), Some(want)) if done < want => {
+                eprintln!(
+                    "mla report: skipped {}: {done} of its {want} epochs trained (unfinished)",
+                    d.display()
+                );
+            }
+            _ => runs.push(r),
+        }
+    }
+    if runs.is_empty() {
+        return Err(
+            "no finished runs under the given directories (every run found is unfinished)".into(),
+        );
+    }
     // Flags that can differ without changing the result's meaning are not
     // grouping keys by default.
     let quiet_keys = ["seed", "threads", "backend"];

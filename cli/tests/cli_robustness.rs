@@ -367,3 +367,28 @@ fn bad_perturbations_are_one_clear_error() {
     ])
     .contains("nothing.json"));
 }
+
+#[test]
+fn report_skips_unfinished_runs() {
+    let data = synthetic("cli-report-unfinished", &Synthetic::default());
+    let runs = TempDir::new("cli-report-unfinished-runs");
+    let d = s(data.path());
+    train(d, &runs.join("done"), "2", &[]);
+    train(d, &runs.join("killed"), "2", &[]);
+    // As if killed after its first epoch of two: the summary says 1 epoch.
+    let toml_path = runs.join("killed/config.toml");
+    let t = std::fs::read_to_string(&toml_path).unwrap();
+    std::fs::write(&toml_path, t.replace("epochs = 1", "epochs = 2")).unwrap();
+    let out = cli_common::mla(&["report", s(runs.path())]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("killed") && stderr.contains("1 of its 2 epochs"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("1 runs from") || stdout.contains("| 1 |"),
+        "{stdout}"
+    );
+}
