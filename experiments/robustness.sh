@@ -2,11 +2,12 @@
 # Test-time robustness of trained checkpoints (README, "Missing modalities and
 # corruptions"): every kind of perturbation of each modality, one
 # `mla robustness` run each, joint's curve the reference of the others'.
-#   experiments/robustness-pca75.sh MLA_BIN OUT_DIR NAME=RUN_DIR...
+#   [KINDS="audio-missing audio-timemask"] experiments/robustness.sh MLA_BIN OUT_DIR NAME=RUN_DIR...
 # The first NAME=RUN_DIR pair of each seed should be joint (the reference);
 # e.g. joint-s0=runs/D/D-pca75-joint-s0 mla-s0=runs/D/D-pca75-mla-s0.
 # Levels: fractions 0, 0.25, 0.5, 0.75, 1; gaussian 0, 0.5, 1, 1.5, 2 standard
 # deviations; 2 perturbation seeds; a seeded subset of 2,000 test samples.
+# KINDS, when set, keeps only those MODALITY-KIND curves.
 set -eu
 mla=$1; out=$2; shift 2
 curves=(
@@ -19,6 +20,7 @@ for pair in "$@"; do
   seed=${name##*-}                       # joint-s0 -> s0
   for c in "${curves[@]}"; do
     set -- $c; m=$1; kind=$2; levels=$3
+    if [ -n "${KINDS:-}" ] && [[ " $KINDS " != *" $m-$kind "* ]]; then continue; fi
     dir=$out/$name/$m-$kind
     [ -f "$dir/robustness.json" ] && continue
     ref=$out/joint-$seed/$m-$kind/robustness.json
