@@ -302,6 +302,18 @@ fn training_stores_the_mask_and_resumes_exactly() {
             Ok(_) => panic!("{method}: a foreign mask was accepted"),
         };
         assert!(err.contains("seed"), "{err}");
+        let mut other = stored.clone();
+        other.modalities[0].rate = 0.5;
+        std::fs::write(
+            resumed_dir.join(run_dir::MASK),
+            serde_json::to_string(&other).unwrap(),
+        )
+        .unwrap();
+        let err = match Trainer::resume(Cpu, ds.clone(), &resumed_dir, Some(3)) {
+            Err(e) => e.to_string(),
+            Ok(_) => panic!("{method}: a mask of other rates was accepted"),
+        };
+        assert!(err.contains("rates"), "{err}");
     }
 }
 

@@ -212,7 +212,11 @@ impl<B: Backend<f32>> Trainer<B> {
     /// checked against the config (a run's mask never changes); `None` when
     /// the config has none or the run stopped before writing it (it is
     /// drawn again: the draw is a function of the config).
-    fn stored_mask(run_dir: &RunDir, cfg: &TrainConfig) -> Result<Option<MissingMask>> {
+    fn stored_mask(
+        run_dir: &RunDir,
+        cfg: &TrainConfig,
+        dataset: &Dataset,
+    ) -> Result<Option<MissingMask>> {
         let (Some(spec), path) = (&cfg.missing, run_dir.file(run_dir::MASK)) else {
             return Ok(None);
         };
@@ -220,6 +224,15 @@ impl<B: Backend<f32>> Trainer<B> {
             return Ok(None);
         }
         let m = MissingMask::read(&path)?;
+        let rates = spec.rates.resolve(dataset, false)?;
+        let stored: Vec<f64> = m.modalities.iter().map(|x| x.rate).collect();
+        if stored != rates {
+            return Err(TrainError::RunDir(format!(
+                "{}: drawn with rates {stored:?}, the run's config has {}",
+                path.display(),
+                spec.rates
+            )));
+        }
         if m.seed != spec.seed || m.policy != spec.policy {
             return Err(TrainError::RunDir(format!(
                 "{}: drawn with seed {} and policy {}, the run's config has seed {} and policy {}",
@@ -267,7 +280,7 @@ impl<B: Backend<f32>> Trainer<B> {
         };
         if !run_dir.has_checkpoint() {
             let cfg = with_epochs(run_dir.read_config()?.config);
-            let stored = Self::stored_mask(&run_dir, &cfg)?;
+            let stored = Self::stored_mask(&run_dir, &cfg, &dataset)?;
             let mut t = Trainer::build(backend, dataset, cfg, stored, true)?;
             t.write_mask(&run_dir)?;
             for f in [run_dir::METRICS, run_dir::SUMMARY, run_dir::BEST] {
@@ -281,7 +294,7 @@ impl<B: Backend<f32>> Trainer<B> {
         }
         let ckpt = Checkpoint::load(&run_dir.file(run_dir::LAST))?;
         let cfg = with_epochs(ckpt.json(state::CONFIG_KEY)?);
-        let stored = Self::stored_mask(&run_dir, &cfg)?;
+        let stored = Self::stored_mask(&run_dir, &cfg, &dataset)?;
         let mut t = Trainer::build(backend, dataset, cfg, stored, false)?;
         t.write_mask(&run_dir)?;
         t.restore(&ckpt)?;
