@@ -10,9 +10,13 @@ use crate::CliResult;
 use mla_core::Backend;
 use mla_models::checkpoint::Checkpoint;
 use mla_models::data::{Dataset, Split};
+use mla_models::fusion::FusionFit;
+use mla_models::model::Model;
 use mla_models::shapley::Removal;
 use mla_models::trainer::records::MissingReport;
-use mla_models::trainer::{eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule};
+use mla_models::trainer::{
+    eval, load_fusion_fit, load_model, run_dir, EvalOptions, FusionRule, ModelLayout, TrainConfig,
+};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -52,16 +56,63 @@ impl From<RemovalArg> for Removal {
     }
 }
 
+/// Which checkpoint to evaluate on which split of which dataset (`mla eval`
+/// and `mla robustness`).
 #[derive(clap::Args)]
-pub struct Args {
-    /// A checkpoint written by `mla train` (best.safetensors or last.safetensors).
+pub struct Target {
+    /// A checkpoint written by `mla train` (best.safetensors or
+    /// last.safetensors; any method).
     #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
+    pub checkpoint: PathBuf,
     /// Dataset directory. [default: the dataset of the run the checkpoint belongs to]
     #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
+    pub data: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "test")]
-    split: SplitArg,
+    pub split: SplitArg,
+}
+
+/// A checkpoint loaded for evaluation: its model, the dataset and the
+/// (non-empty) split's samples.
+pub struct Loaded<B: Backend<f32>> {
+    pub data: PathBuf,
+    pub dataset: Arc<Dataset>,
+    pub model: Model<B>,
+    pub layout: ModelLayout,
+    pub cfg: TrainConfig,
+    pub fit: Option<FusionFit>,
+    pub split: Split,
+    pub samples: Vec<usize>,
+}
+
+impl Target {
+    pub fn load<B: Backend<f32>>(&self, backend: &B) -> CliResult<Loaded<B>> {
+        let ckpt = Checkpoint::load(&self.checkpoint)?;
+        let data = data_dir(&self.checkpoint, self.data.as_deref())?;
+        let dataset = Arc::new(Dataset::open(&data)?);
+        let (model, layout, cfg) = load_model(backend, &dataset, &ckpt)?;
+        let fit = load_fusion_fit(&ckpt, &layout)?;
+        let split: Split = self.split.into();
+        let samples = dataset.indices(split);
+        if samples.is_empty() {
+            return Err(format!("{}: the {split} split is empty", data.display()).into());
+        }
+        Ok(Loaded {
+            data,
+            dataset,
+            model,
+            layout,
+            cfg,
+            fit,
+            split,
+            samples,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    target: Target,
     /// Remove this modality at test time (repeat for several).
     #[arg(long, value_name = "NAME")]
     drop_modality: Vec<String>,
@@ -116,16 +167,16 @@ impl OnBackend for Args {
     type Output = ();
 
     fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
-        let ckpt = Checkpoint::load(&self.checkpoint)?;
-        let data = data_dir(&self.checkpoint, self.data.as_deref())?;
-        let dataset = Arc::new(Dataset::open(&data)?);
-        let (model, layout, cfg) = load_model(&backend, &dataset, &ckpt)?;
-        let fit = load_fusion_fit(&ckpt, &layout)?;
-        let split: Split = self.split.into();
-        let samples = dataset.indices(split);
-        if samples.is_empty() {
-            return Err(format!("{}: the {split} split is empty", data.display()).into());
-        }
+        let Loaded {
+            data,
+            dataset,
+            model,
+            layout,
+            cfg,
+            fit,
+            split,
+            samples,
+        } = self.target.load(&backend)?;
         let perturbed = self.perturb.apply(&dataset, &samples)?;
         let opts = EvalOptions {
             fusion: self.fusion,
@@ -139,7 +190,7 @@ impl OnBackend for Args {
         let fusion = self.fusion.unwrap_or(cfg.fusion);
         if self.json {
             let out = serde_json::json!({
-                "checkpoint": self.checkpoint,
+                "checkpoint": self.target.checkpoint,
                 "data": data,
                 "split": split.to_string(),
                 "method": cfg.method,
@@ -161,7 +212,7 @@ impl OnBackend for Args {
             };
             println!(
                 "{} on the {split} split of {}{dropped}{} ({} samples):",
-                self.checkpoint.display(),
+                self.target.checkpoint.display(),
                 data.display(),
                 self.perturb.describe(),
                 m.samples

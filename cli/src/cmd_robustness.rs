@@ -4,23 +4,20 @@
 //! effective robustness (see `mla_models::robustness`).
 
 use crate::backend::{self, BackendChoice, OnBackend};
-use crate::cmd_eval::{data_dir, SplitArg};
+use crate::cmd_eval::{Loaded, Target};
 use crate::cmd_report::mean_std;
 use crate::perturb::masked;
 use crate::plot::{write_line_svg, LinePlot, Series};
 use crate::CliResult;
 use mla_core::Backend;
-use mla_models::checkpoint::{write_atomic, Checkpoint};
+use mla_models::checkpoint::write_atomic;
 use mla_models::data::{
-    seeded_subset, Corruption, CorruptionKind, Corruptor, Dataset, MissingPolicy, MissingRates,
-    Split,
+    seeded_subset, Corruption, CorruptionKind, Corruptor, MissingPolicy, MissingRates,
 };
 use mla_models::robustness::{
     effective_robustness, effective_robustness_sum, parse_levels, relative_robustness,
 };
-use mla_models::trainer::{
-    eval, load_fusion_fit, load_model, EvalMetrics, EvalOptions, FusionRule,
-};
+use mla_models::trainer::{eval, EvalMetrics, EvalOptions, FusionRule};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -65,14 +62,8 @@ impl KindArg {
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A checkpoint written by `mla train` (of any method).
-    #[arg(long, value_name = "FILE")]
-    checkpoint: PathBuf,
-    /// Dataset directory. [default: the dataset of the run the checkpoint belongs to]
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "test")]
-    split: SplitArg,
+    #[command(flatten)]
+    target: Target,
     /// The modality to perturb.
     #[arg(long, value_name = "NAME")]
     modality: String,
@@ -230,10 +221,16 @@ impl OnBackend for Args {
             .transpose()?;
         std::fs::create_dir_all(&self.out)
             .map_err(|e| format!("{}: cannot create: {e}", self.out.display()))?;
-        let ckpt = Checkpoint::load(&self.checkpoint)?;
-        let data = data_dir(&self.checkpoint, self.data.as_deref())?;
-        let dataset = Arc::new(Dataset::open(&data)?);
-        let (model, layout, cfg) = load_model(&backend, &dataset, &ckpt)?;
+        let Loaded {
+            data,
+            dataset,
+            model,
+            layout,
+            cfg,
+            fit,
+            split,
+            mut samples,
+        } = self.target.load(&backend)?;
         if !layout.modalities.contains(&self.modality) {
             return Err(format!(
                 "--modality {}: the model has modalities {}",
@@ -242,17 +239,11 @@ impl OnBackend for Args {
             )
             .into());
         }
-        let fit = load_fusion_fit(&ckpt, &layout)?;
-        let split: Split = self.split.into();
-        let mut samples = dataset.indices(split);
         if let Some(n) = self.limit {
             if n == 0 {
                 return Err("--limit must be at least 1".into());
             }
             samples = seeded_subset(&samples, n, 0);
-        }
-        if samples.is_empty() {
-            return Err(format!("{}: the {split} split is empty", data.display()).into());
         }
         let corruptor = match self.kind.corruption() {
             None => None,
@@ -360,7 +351,7 @@ impl OnBackend for Args {
         };
         let report = Report {
             format: FORMAT.into(),
-            checkpoint: self.checkpoint.clone(),
+            checkpoint: self.target.checkpoint.clone(),
             data,
             split: split.to_string(),
             method: cfg.method.to_string(),
@@ -511,16 +502,15 @@ pub fn report(dirs: &[PathBuf], plot_dir: Option<&Path>) -> CliResult {
     Ok(())
 }
 
-/// Per (modality, kind): one series per method (and levels), the mean over
-/// its checkpoints of their mean fused accuracy, the checkpoints' std as
-/// error bars.
-fn curves(reports: &[Report]) -> Vec<(String, Vec<Series>)> {
-    let mut out: Vec<(String, Vec<Series>)> = Vec::new();
-    let mut groups: Vec<((String, String, String), Vec<&Report>)> = Vec::new();
+/// The reports grouped by (modality, kind, method, levels), in that order.
+#[allow(clippy::type_complexity)]
+fn grouped(reports: &[Report]) -> Vec<((String, &'static str, String, String), Vec<&Report>)> {
+    let mut groups: Vec<((String, &'static str, String, String), Vec<&Report>)> = Vec::new();
     for r in reports {
         let levels: Vec<String> = r.levels.iter().map(|l| l.level.to_string()).collect();
         let k = (
-            format!("{}-{}", r.modality, r.kind.name()),
+            r.modality.clone(),
+            r.kind.name(),
             r.method.clone(),
             levels.join(","),
         );
@@ -530,7 +520,16 @@ fn curves(reports: &[Report]) -> Vec<(String, Vec<Series>)> {
         }
     }
     groups.sort_by(|a, b| a.0.cmp(&b.0));
-    for ((plot, method, _), rs) in groups {
+    groups
+}
+
+/// Per (modality, kind): one series per method (and levels), the mean over
+/// its checkpoints of their mean fused accuracy, the checkpoints' std as
+/// error bars.
+fn curves(reports: &[Report]) -> Vec<(String, Vec<Series>)> {
+    let mut out: Vec<(String, Vec<Series>)> = Vec::new();
+    for ((modality, kind, method, _), rs) in grouped(reports) {
+        let plot = format!("{modality}-{kind}");
         let n = rs.iter().map(|r| r.levels.len()).min().unwrap_or(0);
         let (points, err): (Vec<(f64, f64)>, Vec<f64>) = (0..n)
             .map(|i| {
@@ -554,24 +553,6 @@ fn curves(reports: &[Report]) -> Vec<(String, Vec<Series>)> {
 
 /// The Markdown table of [`report`].
 pub fn aggregate(reports: &[Report]) -> String {
-    let key = |r: &Report| {
-        let levels: Vec<String> = r.levels.iter().map(|l| l.level.to_string()).collect();
-        (
-            r.method.clone(),
-            r.modality.clone(),
-            r.kind.name(),
-            levels.join(","),
-        )
-    };
-    let mut groups: Vec<((String, String, &str, String), Vec<&Report>)> = Vec::new();
-    for r in reports {
-        let k = key(r);
-        match groups.iter_mut().find(|(g, _)| *g == k) {
-            Some((_, v)) => v.push(r),
-            None => groups.push((k, vec![r])),
-        }
-    }
-    groups.sort_by(|a, b| (&a.0 .1, a.0 .2, &a.0 .0).cmp(&(&b.0 .1, b.0 .2, &b.0 .0)));
     let pm = |xs: Vec<f64>, scale: f64| {
         let (m, s) = mean_std(&xs);
         let digits = if scale == 1.0 { 4 } else { 2 };
@@ -580,7 +561,7 @@ pub fn aggregate(reports: &[Report]) -> String {
     let mut out = String::from(
         "| modality | kind | method | levels | checkpoints | clean acc. | acc. at last level | relative robustness | effective robustness |\n|---|---|---|---|---|---|---|---|---|\n",
     );
-    for ((method, modality, kind, levels), rs) in &groups {
+    for ((modality, kind, method, levels), rs) in &grouped(reports) {
         let first = rs.iter().map(|r| r.levels[0].fused_accuracy.mean).collect();
         let last = rs
             .iter()

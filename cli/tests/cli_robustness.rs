@@ -118,22 +118,15 @@ fn eval_at_level_zero_is_plain_eval_and_rate_one_is_dropping() {
         metrics(&all_missing)["fused_accuracy"]
     );
     // A test-time mask and a corruption are seeded: same seed, same numbers.
-    let a = eval(&[
+    let seeded = [
         "--missing-rate",
         "audio=0.5",
         "--missing-seed",
         "3",
         "--corrupt",
         "image=saltpepper:0.3",
-    ]);
-    let b = eval(&[
-        "--missing-rate",
-        "audio=0.5",
-        "--missing-seed",
-        "3",
-        "--corrupt",
-        "image=saltpepper:0.3",
-    ]);
+    ];
+    let (a, b) = (eval(&seeded), eval(&seeded));
     assert_eq!(metrics(&a), metrics(&b));
     assert_eq!(a["missing"]["modalities"][1]["name"], "audio");
     assert_ne!(metrics(&a), metrics(&plain));

@@ -450,14 +450,7 @@ impl Checkpoint {
                     "tensor `{name}` does not match its checksum"
                 )));
             }
-            if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-                return Err(CheckpointError::NonFinite {
-                    path: path.to_path_buf(),
-                    name: name.to_string(),
-                    index,
-                    value,
-                });
-            }
+            check_finite(name, &t, path)?;
             tensors.insert(name.to_string(), t);
         }
         Ok(Checkpoint {
@@ -524,17 +517,23 @@ pub fn read_state_dict(path: &Path) -> Result<Vec<(String, StoredTensor)>> {
     let mut out = Vec::new();
     for (name, view) in st.iter() {
         let t = stored_from_view(name, &view, path)?;
-        if let Some((index, &value)) = t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
-            return Err(CheckpointError::NonFinite {
-                path: path.to_path_buf(),
-                name: name.to_string(),
-                index,
-                value,
-            });
-        }
+        check_finite(name, &t, path)?;
         out.push((name.to_string(), t));
     }
     Ok(out)
+}
+
+/// Refuses a tensor holding a NaN or an infinity, naming the first.
+fn check_finite(name: &str, t: &StoredTensor, path: &Path) -> Result<()> {
+    match t.data.iter().enumerate().find(|(_, v)| !v.is_finite()) {
+        Some((index, &value)) => Err(CheckpointError::NonFinite {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            index,
+            value,
+        }),
+        None => Ok(()),
+    }
 }
 
 fn stored_from_view(name: &str, view: &TensorView<'_>, path: &Path) -> Result<StoredTensor> {

@@ -45,14 +45,16 @@ pub fn relative_robustness(levels: &[f64], accuracy: &[f64]) -> Result<f64, Stri
 }
 
 /// `accuracy - (reference + accuracy[0] - reference[0])` at each level: the gain over
-/// the reference once both start at the same accuracy.
-fn shifted_gap(accuracy: &[f64], reference: &[f64]) -> Vec<f64> {
+/// the reference once both start at the same accuracy (both curves checked).
+fn shifted_gap(levels: &[f64], accuracy: &[f64], reference: &[f64]) -> Result<Vec<f64>, String> {
+    check(levels, accuracy)?;
+    check(levels, reference)?;
     let offset = accuracy[0] - reference[0];
-    accuracy
+    Ok(accuracy
         .iter()
         .zip(reference)
         .map(|(a, r)| a - (r + offset))
-        .collect()
+        .collect())
 }
 
 /// Area of the shifted gap to `reference` (same levels), levels normalised to [0, 1].
@@ -61,9 +63,7 @@ pub fn effective_robustness(
     accuracy: &[f64],
     reference: &[f64],
 ) -> Result<f64, String> {
-    check(levels, accuracy)?;
-    check(levels, reference)?;
-    Ok(area(levels, &shifted_gap(accuracy, reference)))
+    Ok(area(levels, &shifted_gap(levels, accuracy, reference)?))
 }
 
 /// MultiBench's form: the sum of the shifted gap over the levels.
@@ -72,9 +72,7 @@ pub fn effective_robustness_sum(
     accuracy: &[f64],
     reference: &[f64],
 ) -> Result<f64, String> {
-    check(levels, accuracy)?;
-    check(levels, reference)?;
-    Ok(shifted_gap(accuracy, reference).iter().sum())
+    Ok(shifted_gap(levels, accuracy, reference)?.iter().sum())
 }
 
 /// Levels written `START:END:STEP` (END included when the steps reach it within a

@@ -290,29 +290,24 @@ fn training_stores_the_mask_and_resumes_exactly() {
         assert_eq!(history(&full), history(&resumed), "{method}");
         assert_eq!(resumed.missing_mask(), Some(&mask));
         // A stored mask that does not belong to the config is refused on resume.
+        let refused = |other: &MissingMask, what: &str| -> String {
+            std::fs::write(
+                resumed_dir.join(run_dir::MASK),
+                serde_json::to_string(other).unwrap(),
+            )
+            .unwrap();
+            match Trainer::resume(Cpu, ds.clone(), &resumed_dir, Some(3)) {
+                Err(e) => e.to_string(),
+                Ok(_) => panic!("{method}: a mask of another {what} was accepted"),
+            }
+        };
         let mut other = stored.clone();
         other.seed += 1;
-        std::fs::write(
-            resumed_dir.join(run_dir::MASK),
-            serde_json::to_string(&other).unwrap(),
-        )
-        .unwrap();
-        let err = match Trainer::resume(Cpu, ds.clone(), &resumed_dir, Some(3)) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("{method}: a foreign mask was accepted"),
-        };
+        let err = refused(&other, "seed");
         assert!(err.contains("seed"), "{err}");
         let mut other = stored.clone();
         other.modalities[0].rate = 0.5;
-        std::fs::write(
-            resumed_dir.join(run_dir::MASK),
-            serde_json::to_string(&other).unwrap(),
-        )
-        .unwrap();
-        let err = match Trainer::resume(Cpu, ds.clone(), &resumed_dir, Some(3)) {
-            Err(e) => e.to_string(),
-            Ok(_) => panic!("{method}: a mask of other rates was accepted"),
-        };
+        let err = refused(&other, "rate");
         assert!(err.contains("rates"), "{err}");
     }
 }
