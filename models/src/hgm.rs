@@ -372,11 +372,25 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         if self.mode == HgmMode::None {
             return Ok(());
         }
-        let slot = grads.iter_mut().find(|(n, _)| n == HEAD_WEIGHT).ok_or_else(|| ModelError::MissingParam {
-            name: HEAD_WEIGHT.into(),
-            context: format!("HGM step of modality '{modality}': no head gradient among the step's gradients"),
-        })?;
+        let slot = head_grad(modality, grads)?;
         slot.1 = self.project(modality, features, &slot.1)?;
+        Ok(())
+    }
+
+    /// As [`Hgm::apply`] with the batch mean of the features given (`[s]`):
+    /// a data-parallel step reduces it over the global batch first.
+    pub fn apply_mean(
+        &mut self,
+        modality: &str,
+        mean: &Tensor<T, B>,
+        grads: &mut [(String, Tensor<T, B>)],
+    ) -> Result<()> {
+        self.index(modality)?;
+        if self.mode == HgmMode::None {
+            return Ok(());
+        }
+        let slot = head_grad(modality, grads)?;
+        slot.1 = self.project_mean(modality, mean, &slot.1)?;
         Ok(())
     }
 
@@ -388,7 +402,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         features: &Tensor<T, B>,
         grad_w: &Tensor<T, B>,
     ) -> Result<Tensor<T, B>> {
-        let m = self.index(modality)?;
+        self.index(modality)?;
         if self.mode == HgmMode::None {
             return Ok(grad_w.clone());
         }
@@ -401,6 +415,28 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
                 shape: fd.to_vec(),
             });
         }
+        self.project_mean(modality, &features.mean_axis(0, false)?, grad_w)
+    }
+
+    /// As [`Hgm::project`] with the batch mean of the features (`[s]`).
+    pub fn project_mean(
+        &mut self,
+        modality: &str,
+        mean: &Tensor<T, B>,
+        grad_w: &Tensor<T, B>,
+    ) -> Result<Tensor<T, B>> {
+        let m = self.index(modality)?;
+        if self.mode == HgmMode::None {
+            return Ok(grad_w.clone());
+        }
+        let s = self.feature_size;
+        if mean.dims() != [s] {
+            return Err(ModelError::BadInput {
+                what: format!("HGM step of modality '{modality}'"),
+                why: format!("the feature mean must be [{s}]"),
+                shape: mean.dims().to_vec(),
+            });
+        }
         let gd = grad_w.dims();
         if gd.len() != 2 || gd[1] != s {
             return Err(ModelError::BadInput {
@@ -411,8 +447,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         }
         let c = gd[0];
         let backend = grad_w.backend().clone();
-        let r = features.mean_axis(0, false)?;
-        let r = self.scaled_mean(r)?;
+        let r = self.scaled_mean(mean.clone())?;
         let projected = match self.mode {
             HgmMode::Owm => {
                 let out = backend.rls_project(
@@ -643,4 +678,20 @@ fn check_alpha(alpha: f64) -> Result<()> {
             "HGM alpha must be positive and finite, got {alpha}"
         )))
     }
+}
+
+/// The `head.weight` entry of a step's gradients.
+fn head_grad<'g, T: Element, B: Backend<T>>(
+    modality: &str,
+    grads: &'g mut [(String, Tensor<T, B>)],
+) -> Result<&'g mut (String, Tensor<T, B>)> {
+    grads
+        .iter_mut()
+        .find(|(n, _)| n == HEAD_WEIGHT)
+        .ok_or_else(|| ModelError::MissingParam {
+            name: HEAD_WEIGHT.into(),
+            context: format!(
+                "HGM step of modality '{modality}': no head gradient among the step's gradients"
+            ),
+        })
 }

@@ -15,6 +15,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod encoders;
 pub mod error;
 pub mod fusion;

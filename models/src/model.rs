@@ -349,6 +349,16 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
         apply_updates(&mut self.params, pending)
     }
 
+    /// Names of the batch-norm buffers the model keeps among its parameters.
+    pub fn buffer_names(&self) -> Vec<String> {
+        self.encoders
+            .iter()
+            .filter_map(|e| e.resnet())
+            .flat_map(|r| r.buffer_shapes())
+            .map(|(n, _)| n)
+            .collect()
+    }
+
     /// Whether the model has batch-norm buffers.
     pub fn has_buffers(&self) -> bool {
         self.encoders.iter().any(|e| e.kind().has_buffers())

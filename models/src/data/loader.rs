@@ -112,6 +112,26 @@ impl Loader {
         shuffle: Option<u64>,
         epoch: u64,
     ) -> Result<Loader, DataError> {
+        Self::share(dataset, samples, batch_size, shuffle, epoch, 0, 1)
+    }
+
+    /// As [`Loader::new`], each batch cut to rank `rank`'s share of it in a
+    /// data-parallel job of `world` ranks ([`crate::dist::share`]): every
+    /// rank sees the same number of batches, a share may be empty.
+    pub fn share(
+        dataset: Arc<Dataset>,
+        samples: Vec<usize>,
+        batch_size: usize,
+        shuffle: Option<u64>,
+        epoch: u64,
+        rank: usize,
+        world: usize,
+    ) -> Result<Loader, DataError> {
+        if world == 0 || rank >= world {
+            return Err(DataError::InvalidArgument(format!(
+                "rank {rank} of a job of {world} ranks"
+            )));
+        }
         if batch_size == 0 {
             return Err(DataError::InvalidArgument(
                 "batch size must be at least 1".into(),
@@ -130,7 +150,8 @@ impl Loader {
             .name("mla-loader".into())
             .spawn(move || {
                 for chunk in order.chunks(batch_size) {
-                    let batch = make_batch(&dataset, chunk);
+                    let mine = &chunk[crate::dist::share(chunk.len(), rank, world)];
+                    let batch = make_batch(&dataset, mine);
                     let failed = batch.is_err();
                     // A send error means the loader was dropped: stop quietly.
                     if tx.send(batch).is_err() || failed {

@@ -1,7 +1,7 @@
 //! `joint`: every encoder on its present samples, features concatenated,
 //! one head, cross-entropy on the fused logits, every parameter updated.
 
-use super::{joint_forward, upload_batch, Method, StepCtx};
+use super::{joint_forward, sum_over_ranks, upload_batch, Method, StepCtx};
 use crate::data::Batch;
 use crate::trainer::config::MethodKind;
 use crate::trainer::stats::Pending;
@@ -21,15 +21,30 @@ impl<B: Backend<f32>> Method<B> for Joint {
         batch: &Batch,
         out: &mut Pending<B>,
     ) -> Result<()> {
-        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-        let labels = Indices::new(ctx.backend, &batch.labels)?;
-        let (grads, loss) = {
+        let n = batch.len();
+        // A rank's share of the last global batch may be empty.
+        let local = if n == 0 {
+            None
+        } else {
+            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+            let labels = Indices::new(ctx.backend, &batch.labels)?;
             let tape = Tape::new(ctx.backend);
             let p = ctx.model.track(&tape, |_| true);
-            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, n)?;
             let loss = f.logits.cross_entropy(&labels)?;
             let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value())
+            Some((p.gradients(g), loss.into_value()))
+        };
+        let (grads, loss) = match (ctx.dist, local) {
+            (None, Some(l)) => l,
+            (None, None) => return Ok(()),
+            (Some(d), local) => {
+                let l = local.as_ref().map(|(g, l)| (g.as_slice(), l));
+                match sum_over_ranks(d, ctx.backend, ctx.model, |_| true, l, n, &[])? {
+                    Some(r) => (r.grads, r.loss),
+                    None => return Ok(()),
+                }
+            }
         };
         ctx.optim.step(ctx.model.params_mut(), &grads)?;
         out.push(ctx.step, None, loss);

@@ -5,7 +5,7 @@
 //! gradient, so the optimizer gives them no momentum or weight-decay step.
 
 use super::forgetting::{Probe, PROBE_EVERY};
-use super::{labels_at, upload, Method, StepCtx};
+use super::{labels_at, sum_over_ranks, upload, Method, StepCtx};
 use crate::data::{Batch, Dataset};
 use crate::hgm::Hgm;
 use crate::metrics::NamedValues;
@@ -77,24 +77,22 @@ impl<B: Backend<f32>> Mla<B> {
             .map(|k| probe.features(ctx.model, ctx.layout, k))
             .collect::<Result<Vec<_>>>()?;
         for mi in 0..m {
-            let stepped = !batch.modalities[ctx.layout.data_index[mi]]
-                .present
-                .is_empty();
-            let others: Vec<usize> = (0..m)
-                .filter(|&k| k != mi && stepped && feats[k].is_some())
-                .collect();
+            // Scores before the step, kept when the step happens (under data
+            // parallelism only the reduction knows whether some rank had rows).
+            let others: Vec<usize> = (0..m).filter(|&k| k != mi && feats[k].is_some()).collect();
             let mut before = Vec::with_capacity(others.len());
             for &k in &others {
                 before.push(probe.score(ctx.model, ctx.layout, k, feats[k].as_ref().unwrap())?);
             }
-            modality_step(ctx, batch, mi, self.hgm.as_mut(), out)?;
+            let stepped = modality_step(ctx, batch, mi, self.hgm.as_mut(), out)?;
+            if !stepped {
+                continue;
+            }
             for (&k, b) in others.iter().zip(&before) {
                 let after = probe.score(ctx.model, ctx.layout, k, feats[k].as_ref().unwrap())?;
                 probe.record(k, b, &after);
             }
-            if stepped {
-                feats[mi] = probe.features(ctx.model, ctx.layout, mi)?;
-            }
+            feats[mi] = probe.features(ctx.model, ctx.layout, mi)?;
         }
         Ok(())
     }
@@ -182,26 +180,23 @@ impl<B: Backend<f32>> Method<B> for Mla<B> {
 /// One unimodal step on model modality `mi` through the shared (MLA) or own
 /// (unimodal) head: features, head, CE, backward, HGM (when given) on
 /// `grad(head.weight)`, optimizer step on that encoder and the head only.
+/// Returns whether the step happened (some row of the batch, over every
+/// rank under data parallelism, has the modality).
 pub(crate) fn modality_step<B: Backend<f32>>(
     ctx: &mut StepCtx<'_, B>,
     batch: &Batch,
     mi: usize,
     hgm: Option<&mut Hgm<B>>,
     out: &mut Pending<B>,
-) -> Result<()> {
+) -> Result<bool> {
     let mb = &batch.modalities[ctx.layout.data_index[mi]];
-    if mb.present.is_empty() {
-        return Ok(());
-    }
     let name = &ctx.layout.modalities[mi];
-    let x = upload(
-        ctx.backend,
-        &mb.data,
-        mb.present.len(),
-        &ctx.layout.shapes[mi],
-    )?;
-    let labels = labels_at(ctx.backend, batch, &mb.present)?;
-    let (mut grads, loss, h) = {
+    let rows = mb.present.len();
+    let local = if rows == 0 {
+        None
+    } else {
+        let x = upload(ctx.backend, &mb.data, rows, &ctx.layout.shapes[mi])?;
+        let labels = labels_at(ctx.backend, batch, &mb.present)?;
         let tape = Tape::new(ctx.backend);
         let p = ctx.model.track(&tape, Model::<B>::step_trainable(name));
         let h = ctx.model.features(&p, name, &tape.constant(x))?;
@@ -209,13 +204,50 @@ pub(crate) fn modality_step<B: Backend<f32>>(
         let loss = logits.cross_entropy(&labels)?;
         let g = tape.backward(&loss)?;
         // Only the feature values leave the block: HGM's r is detached.
-        (p.gradients(g), loss.into_value(), h.into_value())
+        Some((p.gradients(g), loss.into_value(), h.into_value()))
     };
+    let Some(dist) = ctx.dist else {
+        let Some((mut grads, loss, h)) = local else {
+            return Ok(false);
+        };
+        if let Some(hgm) = hgm {
+            hgm.apply(name, &h, &mut grads)?;
+        }
+        drop(h);
+        ctx.optim.step(ctx.model.params_mut(), &grads)?;
+        out.push(ctx.step, Some(mi), loss);
+        return Ok(true);
+    };
+    // HGM's r is the mean feature over the global batch: the feature sums
+    // travel with the gradients.
+    let s = ctx.model.spec().feature_size;
+    let sums = match (&local, hgm.is_some()) {
+        (_, false) => Vec::new(),
+        (None, true) => vec![0f32; s],
+        (Some((_, _, h)), true) => {
+            let mut acc = vec![0f32; s];
+            for row in h.to_vec()?.chunks(s) {
+                for (a, x) in acc.iter_mut().zip(row) {
+                    *a += x;
+                }
+            }
+            acc
+        }
+    };
+    let l = local.as_ref().map(|(g, l, _)| (g.as_slice(), l));
+    let trainable = Model::<B>::step_trainable(name);
+    let Some(mut r) = sum_over_ranks(dist, ctx.backend, ctx.model, trainable, l, rows, &sums)?
+    else {
+        return Ok(false);
+    };
+    drop(local);
     if let Some(hgm) = hgm {
-        hgm.apply(name, &h, &mut grads)?;
+        let inv = 1.0 / r.rows as f32;
+        let mean: Vec<f32> = r.extra.iter().map(|x| x * inv).collect();
+        let mean = mla_core::Tensor::from_slice(ctx.backend, &mean, vec![s])?;
+        hgm.apply_mean(name, &mean, &mut r.grads)?;
     }
-    drop(h);
-    ctx.optim.step(ctx.model.params_mut(), &grads)?;
-    out.push(ctx.step, Some(mi), loss);
-    Ok(())
+    ctx.optim.step(ctx.model.params_mut(), &r.grads)?;
+    out.push(ctx.step, Some(mi), r.loss);
+    Ok(true)
 }

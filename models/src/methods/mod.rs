@@ -33,6 +33,7 @@ pub mod reconboost;
 pub mod unimodal;
 
 use crate::data::{Batch, Dataset};
+use crate::dist::{Dist, Reduced};
 use crate::model::{scatter_rows, Model};
 use crate::optim::Optimizer;
 use crate::params::{StateDict, TrackedParams};
@@ -59,6 +60,9 @@ pub struct StepCtx<'a, B: Backend<f32>> {
     pub step: usize,
     /// Fraction of the run's steps done before this one, in [0, 1].
     pub progress: f64,
+    /// Data-parallel training: the job this rank belongs to (the batch is
+    /// this rank's share of the global batch).
+    pub dist: Option<&'a Dist>,
 }
 
 /// What a method may read before an epoch's steps.
@@ -260,4 +264,55 @@ pub(crate) fn joint_forward<'t, B: Backend<f32>>(
     let refs: Vec<_> = full.iter().collect();
     let logits = model.joint_logits(p, &refs)?;
     Ok(JointForward { feats, logits })
+}
+
+/// A data-parallel step's gradients, loss and extras summed over ranks.
+pub(crate) struct RankSum<B: Backend<f32>> {
+    pub grads: Vec<(String, T32<B>)>,
+    /// The global batch's mean loss, as a `[]` tensor.
+    pub loss: T32<B>,
+    /// Rows of the global batch the step ran on.
+    pub rows: usize,
+    /// The `extra` values summed over ranks.
+    pub extra: Vec<f32>,
+}
+
+/// Reduces one step over the ranks of `dist`: `local` is this rank's
+/// gradients and mean loss over its `rows` (`None`: its share had none),
+/// `trainable` the parameters the step may train. `None` when no rank had a
+/// row: the step does not happen anywhere.
+pub(crate) fn sum_over_ranks<B: Backend<f32>>(
+    dist: &Dist,
+    backend: &B,
+    model: &Model<B>,
+    trainable: impl Fn(&str) -> bool,
+    local: Option<(&[(String, T32<B>)], &T32<B>)>,
+    rows: usize,
+    extra: &[f32],
+) -> Result<Option<RankSum<B>>> {
+    let buffers = model.buffer_names();
+    let names: Vec<(String, Vec<usize>)> = model
+        .params()
+        .iter()
+        .filter(|(n, _)| trainable(n) && !buffers.iter().any(|b| b == n))
+        .map(|(n, t)| (n.to_string(), t.dims().to_vec()))
+        .collect();
+    let mut with_loss = Vec::with_capacity(extra.len() + 1);
+    with_loss.push(match local {
+        Some((_, loss)) => loss.to_scalar()? * rows as f32,
+        None => 0.0,
+    });
+    with_loss.extend_from_slice(extra);
+    let Some(Reduced { grads, rows, extra }) =
+        dist.mean_gradients(backend, &names, local.map(|l| l.0), rows, &with_loss)?
+    else {
+        return Ok(None);
+    };
+    let loss = Tensor::from_slice(backend, &[extra[0] / rows as f32], Vec::<usize>::new())?;
+    Ok(Some(RankSum {
+        grads,
+        loss,
+        rows,
+        extra: extra[1..].to_vec(),
+    }))
 }

@@ -22,6 +22,6 @@ impl<B: Backend<f32>> Method<B> for Unimodal {
         batch: &Batch,
         out: &mut Pending<B>,
     ) -> Result<()> {
-        modality_step(ctx, batch, 0, None, out)
+        modality_step(ctx, batch, 0, None, out).map(|_| ())
     }
 }

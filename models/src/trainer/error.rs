@@ -33,6 +33,9 @@ pub enum TrainError {
     },
     #[error("{0}")]
     RunDir(String),
+    /// Data-parallel training: a collective failed, or ranks disagree.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// An evaluation error with the epoch and split it happened in.
     #[error("epoch {epoch}, {split} split: {source}")]
     During {

@@ -31,11 +31,12 @@ pub use config::{
 pub use error::{Result, TrainError};
 pub use eval::{load_fusion_fit, load_model, EvalOptions, SplitOutputs};
 pub use layout::{build_model, ModelLayout};
-pub use records::{EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
+pub use records::{DistRecord, EpochRecord, EvalMetrics, Forgetting, Summary, TrainerState};
 pub use run_dir::{RunConfig, RunDir};
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{seeded_subset, Augmenter, Dataset, Loader, MissingMask, Split};
+use crate::dist::{self, Dist};
 use crate::fusion::{fit_fusion, FusionFit};
 use crate::methods::{self, EpochCtx, Method, StepCtx};
 use crate::metrics::NamedValues;
@@ -90,6 +91,8 @@ pub struct Trainer<B: Backend<f32>> {
     augmenter: Option<Augmenter>,
     /// Tests: writes left before an injected stop.
     stop_after: Option<usize>,
+    /// Data-parallel training: this rank's job.
+    dist: Option<Dist>,
 }
 
 impl<B: Backend<f32>> Trainer<B> {
@@ -200,7 +203,64 @@ impl<B: Backend<f32>> Trainer<B> {
             mask,
             augmenter,
             stop_after: None,
+            dist: None,
         })
+    }
+
+    /// Trains as one rank of a data-parallel job (README, "Distributed
+    /// training"). Every rank must build the same trainer (config, data,
+    /// resume point). Only methods whose step is reduced over the global
+    /// batch are accepted; the others are refused rather than trained with
+    /// per-rank statistics.
+    pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
+        const REDUCED: [MethodKind; 3] = [MethodKind::Joint, MethodKind::Unimodal, MethodKind::Mla];
+        if !REDUCED.contains(&self.cfg.method) {
+            return Err(TrainError::Config(format!(
+                "--distributed trains --method {} only; {} keeps per-step statistics (scores, cosines, prototypes, stages) that are not reduced over ranks yet",
+                REDUCED.map(|m| m.to_string()).join(", "),
+                self.cfg.method
+            )));
+        }
+        let d = Dist::new(comm);
+        if d.rank() >= d.world() {
+            return Err(TrainError::Distributed(format!(
+                "rank {} of a job of {}",
+                d.rank(),
+                d.world()
+            )));
+        }
+        // The ranks must start from the same state: a resumed run on one
+        // rank and a fresh one on another would otherwise train apart.
+        let c = self.state_checksum()?;
+        check_agree(
+            &d,
+            c,
+            "at the start (same config, data and --resume point on every rank?)",
+        )?;
+        d.take_traffic();
+        self.dist = Some(d);
+        Ok(())
+    }
+
+    /// This rank's index and the job's size (0 and 1 without a job).
+    pub fn rank_and_world(&self) -> (usize, usize) {
+        self.dist.as_ref().map_or((0, 1), |d| (d.rank(), d.world()))
+    }
+
+    /// FNV-1a of the weights, buffers, optimizer and method state.
+    fn state_checksum(&self) -> Result<u64> {
+        let weights = crate::params::StateDict {
+            tensors: self
+                .model
+                .params()
+                .iter()
+                .map(|(n, t)| (n.to_string(), t.clone()))
+                .collect(),
+            scalars: Vec::new(),
+        };
+        let optim = self.optim.state();
+        let method = self.method.state()?;
+        dist::checksum(&[&weights, &optim, &method])
     }
 
     /// The train split's missing-modality mask (`--missing-rate`).
@@ -271,7 +331,32 @@ impl<B: Backend<f32>> Trainer<B> {
         dir: &Path,
         epochs: Option<usize>,
     ) -> Result<Self> {
-        let run_dir = RunDir::open(dir)?;
+        Self::resume_from(backend, dataset, dir, epochs, true)
+    }
+
+    /// As [`Trainer::resume`] without writing to `dir` and without a run
+    /// directory: a data-parallel rank other than 0 reads the run rank 0
+    /// writes.
+    pub fn resume_reading(
+        backend: B,
+        dataset: Arc<Dataset>,
+        dir: &Path,
+        epochs: Option<usize>,
+    ) -> Result<Self> {
+        Self::resume_from(backend, dataset, dir, epochs, false)
+    }
+
+    fn resume_from(
+        backend: B,
+        dataset: Arc<Dataset>,
+        dir: &Path,
+        epochs: Option<usize>,
+        write: bool,
+    ) -> Result<Self> {
+        let run_dir = match write {
+            true => RunDir::open(dir)?,
+            false => RunDir::open_reading(dir)?,
+        };
         let with_epochs = |mut cfg: TrainConfig| {
             if let Some(e) = epochs {
                 cfg.epochs = e;
@@ -282,6 +367,9 @@ impl<B: Backend<f32>> Trainer<B> {
             let cfg = with_epochs(run_dir.read_config()?.config);
             let stored = Self::stored_mask(&run_dir, &cfg, &dataset)?;
             let mut t = Trainer::build(backend, dataset, cfg, stored, true)?;
+            if !write {
+                return Ok(t);
+            }
             t.write_mask(&run_dir)?;
             for f in [run_dir::METRICS, run_dir::SUMMARY, run_dir::BEST] {
                 let path = run_dir.file(f);
@@ -296,8 +384,11 @@ impl<B: Backend<f32>> Trainer<B> {
         let cfg = with_epochs(ckpt.json(state::CONFIG_KEY)?);
         let stored = Self::stored_mask(&run_dir, &cfg, &dataset)?;
         let mut t = Trainer::build(backend, dataset, cfg, stored, false)?;
-        t.write_mask(&run_dir)?;
         t.restore(&ckpt)?;
+        if !write {
+            return Ok(t);
+        }
+        t.write_mask(&run_dir)?;
         run_dir.write_metrics(&t.state.history)?;
         if let Some(s) = t.make_summary() {
             run_dir.write_summary(&s)?;
@@ -417,6 +508,10 @@ impl<B: Backend<f32>> Trainer<B> {
         let started = Instant::now();
         let epoch = self.state.epochs_done + 1;
         let stats = self.train_epoch(epoch, obs)?;
+        let distributed = match &self.dist {
+            None => None,
+            Some(_) => Some(self.sync_ranks(epoch)?),
+        };
 
         obs.evaluating(Split::Validation);
         let gap = EvalOptions {
@@ -454,6 +549,7 @@ impl<B: Backend<f32>> Trainer<B> {
             hgm_alpha: None,
             forgetting: None,
             method_stats: None,
+            distributed,
             val: val.clone(),
             best: better,
             train_samples: stats.samples,
@@ -513,12 +609,15 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<stats::EpochStats> {
-        let loader = Loader::new(
+        let (rank, world) = self.rank_and_world();
+        let loader = Loader::share(
             self.dataset.clone(),
             self.train.clone(),
             self.cfg.batch_size,
             Some(self.cfg.seed),
             epoch as u64,
+            rank,
+            world,
         )?;
         let batches = loader.num_batches();
         let lr = self.cfg.lr_schedule.at(self.cfg.lr, epoch, self.cfg.epochs);
@@ -544,7 +643,9 @@ impl<B: Backend<f32>> Trainer<B> {
             if let Some(a) = &self.augmenter {
                 a.apply(&mut batch, epoch as u64);
             }
-            stats.samples += batch.len() as u64;
+            // Samples of the global batch: a rank holds its share only.
+            let global = (self.train.len() - b * self.cfg.batch_size).min(self.cfg.batch_size);
+            stats.samples += global as u64;
             let done = (epoch - 1) * batches + b;
             let progress = done as f64 / total_steps as f64;
             self.step(&batch, epoch, b + 1, progress, &mut pending)?;
@@ -555,6 +656,30 @@ impl<B: Backend<f32>> Trainer<B> {
         }
         stats.seconds = started.elapsed().as_secs_f64();
         Ok(stats)
+    }
+
+    /// The end of a data-parallel epoch: rank 0's batch-norm buffers on
+    /// every rank (each trained its own on its shares, as PyTorch DDP
+    /// does), then a check that every rank holds the same state.
+    fn sync_ranks(&mut self, epoch: usize) -> Result<DistRecord> {
+        let d = self.dist.as_ref().expect("called with a job");
+        let names = self.model.buffer_names();
+        let mut buffers = names
+            .iter()
+            .map(|n| Ok((n.clone(), self.model.params().get(n)?.clone())))
+            .collect::<Result<Vec<_>>>()?;
+        d.broadcast_from_root(&mut buffers)?;
+        for (n, t) in buffers {
+            self.model.params_mut().set(&n, t)?;
+        }
+        let c = self.state_checksum()?;
+        let d = self.dist.as_ref().expect("called with a job");
+        check_agree(d, c, &format!("after epoch {epoch}"))?;
+        Ok(DistRecord {
+            world: d.world(),
+            state_checksum: format!("{c:016x}"),
+            allreduce: d.take_traffic(),
+        })
     }
 
     fn step(
@@ -574,6 +699,7 @@ impl<B: Backend<f32>> Trainer<B> {
             epoch,
             step,
             progress: progress.clamp(0.0, 1.0),
+            dist: self.dist.as_ref(),
         };
         self.method.step(&mut ctx, batch, pending)?;
         // Batch-norm statistics of the encoders that ran in this step.
@@ -678,6 +804,23 @@ impl<B: Backend<f32>> Trainer<B> {
     fn restore(&mut self, ckpt: &Checkpoint) -> Result<()> {
         state::restore(self, ckpt)
     }
+}
+
+/// Fails unless every rank of `d` has checksum `c`.
+fn check_agree(d: &Dist, c: u64, when: &str) -> Result<()> {
+    let all = d.gather_checksums(c)?;
+    if all.iter().any(|&x| x != c) {
+        let list: Vec<String> = all
+            .iter()
+            .enumerate()
+            .map(|(r, x)| format!("rank {r}: {x:016x}"))
+            .collect();
+        return Err(TrainError::Distributed(format!(
+            "the ranks' states differ {when}: {}",
+            list.join(", ")
+        )));
+    }
+    Ok(())
 }
 
 pub(crate) fn named(names: &[String], values: Vec<Option<f64>>) -> NamedValues {

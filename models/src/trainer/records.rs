@@ -97,6 +97,9 @@ pub struct EpochRecord {
     /// per modality, PMR's share of steps with a prototype loss, ...).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method_stats: Option<NamedValues>,
+    /// Data-parallel training (`--distributed`): what the ranks exchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistRecord>,
     pub val: EvalMetrics,
     /// Whether this epoch became the best (highest validation fused accuracy so far).
     pub best: bool,
@@ -117,9 +120,29 @@ impl EpochRecord {
             train_seconds: 0.0,
             epoch_seconds: 0.0,
             samples_per_second: 0.0,
+            distributed: self.distributed.as_ref().map(|d| DistRecord {
+                allreduce: crate::dist::Traffic {
+                    seconds: 0.0,
+                    ..d.allreduce
+                },
+                ..d.clone()
+            }),
             ..self.clone()
         }
     }
+}
+
+/// An epoch of data-parallel training.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DistRecord {
+    /// Ranks in the job.
+    pub world: usize,
+    /// FNV-1a of the parameters, buffers, optimizer and method state after
+    /// the epoch, which every rank checked equal to its own.
+    pub state_checksum: String,
+    /// All-reduce calls, bytes per rank and seconds of the epoch (steps,
+    /// the buffer broadcast and the check).
+    pub allreduce: crate::dist::Traffic,
 }
 
 /// Everything besides weights and optimizer/HGM state that `--resume` needs.

@@ -77,6 +77,15 @@ impl RunDir {
     /// (a run killed before its first checkpoint starts over from it).
     /// Stale temp files of interrupted writes are removed.
     pub fn open(dir: &Path) -> Result<RunDir, TrainError> {
+        let rd = Self::open_reading(dir)?;
+        rd.remove_stale_temps()?;
+        Ok(rd)
+    }
+
+    /// As [`RunDir::open`], leaving the directory as it is: for a reader
+    /// beside the writer (a data-parallel rank other than 0), whose
+    /// in-flight temporary files are not stale.
+    pub fn open_reading(dir: &Path) -> Result<RunDir, TrainError> {
         if !dir.is_dir() {
             return Err(TrainError::RunDir(format!(
                 "{}: no such run directory",
@@ -89,11 +98,9 @@ impl RunDir {
                 dir.display()
             )));
         }
-        let rd = RunDir {
+        Ok(RunDir {
             dir: dir.to_path_buf(),
-        };
-        rd.remove_stale_temps()?;
-        Ok(rd)
+        })
     }
 
     /// Whether a checkpoint to resume from exists (an epoch has finished).
