@@ -3,6 +3,7 @@
 
 use crate::backend::{self, BackendChoice, OnBackend};
 use crate::config_file;
+use crate::distributed;
 use crate::report::{summary_table, Progress};
 use crate::CliResult;
 use mla_core::Backend;
@@ -11,10 +12,10 @@ use mla_models::data::{
 };
 use mla_models::encoders::default_feature_size;
 use mla_models::trainer::{
-    run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EncoderInit, EpochWindow, FusionRule,
-    GblendingParams, HgmMode, LrSchedule, MethodKind, MissingTrain, MmparetoParams,
-    ModulatedTensors, NormScope, OgmParams, OgmRule, OptimizerKind, PmrParams, ReconboostParams,
-    RunDir, StageSchedule, TrainConfig, Trainer, DEFAULT_ALPHA,
+    run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EncoderInit, EpochRecord, EpochWindow,
+    FusionRule, GblendingParams, HgmMode, LrSchedule, MethodKind, MissingTrain, MmparetoParams,
+    ModulatedTensors, NormScope, Observer, OgmParams, OgmRule, OptimizerKind, PmrParams,
+    ReconboostParams, RunDir, StageSchedule, TrainConfig, Trainer, DEFAULT_ALPHA,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -319,6 +320,15 @@ pub struct Args {
     /// No progress bar or per-epoch lines.
     #[arg(long)]
     quiet: bool,
+    /// Train as one rank of a data-parallel job: `mpirun -np W mla train
+    /// --distributed ...` (a build with the `mpi` feature). Every rank draws
+    /// the same global batches of --batch-size samples and trains on its
+    /// share; gradients are averaged over the global batch. Rank 0 alone
+    /// prints and writes the run directory; a failing rank ends the job.
+    /// Methods joint, unimodal and mla; CPU backend (README, "Distributed
+    /// training").
+    #[arg(long)]
+    distributed: bool,
     /// Read flags from a TOML file: every flag of `mla train` is a key of
     /// the same name (`-` may be written `_`; switches take true/false),
     /// e.g. `method = "joint"`, `epochs = 8`, `lr = 0.01`. Flags on the
@@ -619,14 +629,45 @@ impl OnBackend for Args {
     type Output = ();
 
     fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
+        if !self.distributed {
+            return self.train(backend, name, None);
+        }
+        if name != "cpu" {
+            return Err(format!("--distributed trains on the CPU backend for now (the backend picked is {name}; pass --backend cpu): GPU gradients over NCCL are not implemented").into());
+        }
+        let job = distributed::join()?;
+        match self.train(backend, name, Some(&job)) {
+            // Dropping the job finalises MPI, which a clean exit needs.
+            Ok(()) => Ok(()),
+            Err(e) => {
+                eprintln!("error: rank {} of {}: {e}", job.rank(), job.world());
+                job.abort(1)
+            }
+        }
+    }
+}
+
+impl Args {
+    fn train<B: Backend<f32>>(
+        self,
+        backend: B,
+        name: &str,
+        job: Option<&distributed::Job>,
+    ) -> CliResult {
+        let root = job.is_none_or(|j| j.rank() == 0);
+        let quiet = self.quiet || !root;
         let mut trainer = match &self.resume {
             Some(dir) => {
-                let rc = RunDir::open(dir)?.read_config()?;
+                let rc = RunDir::open_reading(dir)?.read_config()?;
                 let data = self.data.clone().unwrap_or(rc.data);
                 if self.epochs.is_some_and(|e| e == 0) {
                     return Err("--epochs must be at least 1".into());
                 }
-                let t = Trainer::resume(backend, open_dataset(&data)?, dir, self.epochs)?;
+                let t = if root {
+                    Trainer::resume(backend, open_dataset(&data)?, dir, self.epochs)?
+                } else {
+                    Trainer::resume_reading(backend, open_dataset(&data)?, dir, self.epochs)?
+                };
                 if let (Some(e), Some(rd)) = (self.epochs, t.run_dir()) {
                     update_config_toml(rd, e)?;
                 }
@@ -636,23 +677,37 @@ impl OnBackend for Args {
                 let cfg = self.config()?;
                 let data = match &self.data {
                     Some(d) => d.clone(),
-                    None => default_dataset(&self.raw, self.cache_dir.as_deref(), self.quiet)?,
+                    // One rank prepares a missing dataset; the others would
+                    // race it for the cache.
+                    None => {
+                        default_dataset(&self.raw, self.cache_dir.as_deref(), quiet, job.is_none())?
+                    }
                 };
-                let out = self.out.clone().unwrap_or_else(|| default_run_dir(&cfg));
-                let t = Trainer::new(backend, open_dataset(&data)?, cfg)?
-                    .with_new_run_dir(&out, self.overwrite)?;
-                if let Some(rd) = t.run_dir() {
-                    self.write_config_toml(rd, &data, name, t.config().feature_size)?;
+                let t = Trainer::new(backend, open_dataset(&data)?, cfg)?;
+                if root {
+                    let out = self
+                        .out
+                        .clone()
+                        .unwrap_or_else(|| default_run_dir(t.config()));
+                    let t = t.with_new_run_dir(&out, self.overwrite)?;
+                    if let Some(rd) = t.run_dir() {
+                        self.write_config_toml(rd, &data, name, t.config().feature_size)?;
+                    }
+                    t
+                } else {
+                    t
                 }
-                t
             }
         };
         trainer.set_environment(name, self.threads);
+        if let Some(j) = job {
+            trainer.set_distributed(j.collective())?;
+        }
         let run_dir = trainer
             .run_dir()
             .map(|d| d.path().display().to_string())
             .unwrap_or_default();
-        if !self.quiet {
+        if !quiet {
             let c = trainer.config();
             let done = trainer.state().epochs_done;
             let from = if done > 0 {
@@ -660,8 +715,12 @@ impl OnBackend for Args {
             } else {
                 String::new()
             };
+            let ranks = match job {
+                Some(j) => format!(", {} ranks", j.world()),
+                None => String::new(),
+            };
             eprintln!(
-                "training {} on {} train samples ({}), {} epoch{}, backend {name}{from}; run directory {run_dir}",
+                "training {} on {} train samples ({}), {} epoch{}, backend {name}{ranks}{from}; run directory {run_dir}",
                 c.method,
                 trainer.train_samples().len(),
                 trainer.modalities().join(" + "),
@@ -669,10 +728,45 @@ impl OnBackend for Args {
                 if c.epochs == 1 { "" } else { "s" }
             );
         }
-        let summary = trainer.run(&mut Progress::new(self.quiet))?;
-        print!("{}", summary_table(&summary));
-        println!("  run directory: {run_dir}");
+        let mut progress = Progress::new(quiet);
+        let kill = job.and_then(|j| j.kill_at());
+        let summary = trainer.run(&mut KillAt {
+            inner: &mut progress,
+            epoch: kill,
+        })?;
+        if root {
+            print!("{}", summary_table(&summary));
+            println!("  run directory: {run_dir}");
+        }
         Ok(())
+    }
+}
+
+/// The observer of a run, with `MLA_TEST_KILL`'s kill (see
+/// [`distributed::Job::kill_at`]).
+struct KillAt<'a> {
+    inner: &'a mut dyn Observer,
+    epoch: Option<usize>,
+}
+
+impl Observer for KillAt<'_> {
+    fn epoch_start(&mut self, epoch: usize, epochs: usize, batches: usize, samples: usize) {
+        if self.epoch == Some(epoch) {
+            // SAFETY: raising a signal; SIGKILL ends the process at once.
+            unsafe {
+                libc::raise(libc::SIGKILL);
+            }
+        }
+        self.inner.epoch_start(epoch, epochs, batches, samples)
+    }
+    fn progress(&mut self, batches: usize, samples: u64, loss: f64) {
+        self.inner.progress(batches, samples, loss)
+    }
+    fn evaluating(&mut self, split: mla_models::data::Split) {
+        self.inner.evaluating(split)
+    }
+    fn epoch_end(&mut self, record: &EpochRecord) {
+        self.inner.epoch_end(record)
     }
 }
 
@@ -695,11 +789,26 @@ fn cache_dir(flag: Option<&Path>) -> CliResult<PathBuf> {
 /// AV-MNIST (default recipe) in the cache, prepared from `raw` if it is not
 /// there yet. Prepared into a temporary sibling and renamed into place, so an
 /// interrupted preparation is never mistaken for a finished one.
-fn default_dataset(raw: &Path, cache_flag: Option<&Path>, quiet: bool) -> CliResult<PathBuf> {
+/// `may_prepare` false (a data-parallel rank): a missing dataset is an
+/// error instead.
+fn default_dataset(
+    raw: &Path,
+    cache_flag: Option<&Path>,
+    quiet: bool,
+    may_prepare: bool,
+) -> CliResult<PathBuf> {
     let cache = cache_dir(cache_flag)?;
     let dir = cache.join("avmnist");
     if dir.join(mla_models::data::dataset::MANIFEST).is_file() {
         return Ok(dir);
+    }
+    if !may_prepare {
+        return Err(format!(
+            "--distributed: AV-MNIST is not prepared in {} yet; run `mla prepare avmnist --raw {} --out DIR` once and pass --data DIR",
+            dir.display(),
+            raw.display()
+        )
+        .into());
     }
     std::fs::create_dir_all(&cache)
         .map_err(|e| format!("cannot create the cache directory {}: {e}", cache.display()))?;

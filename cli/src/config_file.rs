@@ -18,13 +18,14 @@ use std::path::Path;
 /// Larger config files are refused before they are read.
 pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
-/// Flags a config file cannot set: the file itself and run-directory
-/// actions that only make sense on a command line.
-const NOT_IN_FILE: [&str; 4] = ["config", "resume", "help", "overwrite"];
+/// Flags a config file cannot set: the file itself, run-directory actions
+/// and joining an MPI job, which only make sense on a command line.
+const NOT_IN_FILE: [&str; 5] = ["config", "resume", "help", "overwrite", "distributed"];
 
 /// Flags left out of the resolved `config.toml`: where the run went, how it
 /// was shown, and the dataset's sources (the resolved `data` replaces them).
-const NOT_RESOLVED: [&str; 8] = [
+const NOT_RESOLVED: [&str; 9] = [
+    "distributed",
     "config",
     "resume",
     "help",

@@ -11,6 +11,7 @@ mod cmd_robustness;
 mod cmd_sweep;
 mod cmd_train;
 mod config_file;
+mod distributed;
 mod perturb;
 mod plot;
 mod report;
