@@ -111,17 +111,21 @@ impl Dist {
     /// One step's gradients averaged over the global batch.
     ///
     /// `names` are the parameters the step may train, with their shapes, in
-    /// the same order on every rank; `local` is this rank's gradients (means
-    /// over its `rows`; `None` when its share had no rows for the step) and
-    /// `extra` values summed alongside (already sums, not means). Returns
-    /// `None` when no rank had a row (the step does not happen), else the
-    /// gradients of every parameter some rank's loss reached, the global
-    /// row count and the summed extras.
+    /// the same order on every rank; `local` is this rank's gradients, each
+    /// a mean over the `rows_of(name)` rows its loss term ran on (`None` when
+    /// the rank's share had no rows for the step); `rows` the rows of the
+    /// step on this rank; `extra` values summed alongside (already sums, not
+    /// means). Each gradient is divided by its own global row count, so a
+    /// loss term over the rows that have one modality averages over the
+    /// global batch's such rows. Returns `None` when no rank had a row (the
+    /// step does not happen), else the gradients some rank's loss reached,
+    /// the global row count and the summed extras.
     pub fn mean_gradients<B: Backend<f32>>(
         &self,
         backend: &B,
         names: &[(String, Vec<usize>)],
         local: Option<&[(String, T32<B>)]>,
+        rows_of: &dyn Fn(&str) -> usize,
         rows: usize,
         extra: &[f32],
     ) -> Result<Option<Reduced<B>>> {
@@ -139,9 +143,12 @@ impl Dist {
                         v.len()
                     )));
                 }
-                buf[at] = 1.0;
+                // The slot before the values: the rows behind this mean (a
+                // gradient some rank has always has rows >= 1 behind it).
+                let k = rows_of(name).max(1);
+                buf[at] = k as f32;
                 for (o, x) in buf[at + 1..at + 1 + size].iter_mut().zip(&v) {
-                    *o = x * rows as f32;
+                    *o = x * k as f32;
                 }
             }
             at += size + 1;
@@ -153,11 +160,11 @@ impl Dist {
         if global == 0 {
             return Ok(None);
         }
-        let inv = 1.0 / global as f32;
         let mut grads = Vec::new();
         let mut at = 0;
         for ((name, dims), &size) in names.iter().zip(&sizes) {
             if buf[at] > 0.0 {
+                let inv = 1.0 / buf[at];
                 let v: Vec<f32> = buf[at + 1..at + 1 + size].iter().map(|x| x * inv).collect();
                 grads.push((name.clone(), Tensor::from_slice(backend, &v, dims.clone())?));
             }

@@ -195,6 +195,27 @@ fn mla_with_hgm_and_missing_audio_matches_one_process() {
 }
 
 #[test]
+fn ogm_ge_with_global_scores_and_seeded_noise_matches_one_process() {
+    // The coefficients come from the global batch's scores, the noise from
+    // the same stream on every rank, scaled by the reduced gradient's std.
+    let (_d, ds) = data("dist-ogm", 3);
+    for w in [2, 3] {
+        matches_one_process(&ds, &cfg(MethodKind::OgmGe), w);
+    }
+}
+
+#[test]
+fn mmpareto_with_global_gradients_of_each_loss_matches_one_process() {
+    // Its cosines and Pareto weights come from each loss's gradient over
+    // the global batch; each unimodal loss averages over the rows that have
+    // its modality (every third sample lacks audio).
+    let (_d, ds) = data("dist-mmpareto", 3);
+    for w in [2, 3] {
+        matches_one_process(&ds, &cfg(MethodKind::Mmpareto), w);
+    }
+}
+
+#[test]
 fn unimodal_on_two_ranks_matches_one_process() {
     let (_d, ds) = data("dist-uni", 0);
     let c = TrainConfig {
@@ -233,10 +254,10 @@ fn shares_cover_every_global_batch_exactly_once() {
 #[test]
 fn methods_without_reduced_statistics_are_refused() {
     let (_d, ds) = data("dist-refuse", 0);
-    let mut t = Trainer::new(Cpu, ds, cfg(MethodKind::OgmGe)).unwrap();
+    let mut t = Trainer::new(Cpu, ds, cfg(MethodKind::Pmr)).unwrap();
     let h = InProcess::group(1).pop().unwrap();
     let e = t.set_distributed(Arc::new(h)).unwrap_err().to_string();
-    assert!(e.contains("--distributed") && e.contains("ogm-ge"), "{e}");
+    assert!(e.contains("--distributed") && e.contains("pmr"), "{e}");
 }
 
 #[test]

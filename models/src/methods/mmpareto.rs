@@ -19,7 +19,9 @@
 //! per encoder.
 
 use super::gradops::dot;
-use super::{joint_forward, labels_at, upload_batch, Method, StepCtx, T32};
+use super::{
+    joint_forward, labels_at, sum_over_ranks, sum_over_ranks_by, upload_batch, Method, StepCtx, T32,
+};
 use crate::data::Batch;
 use crate::encoders::Encoder;
 use crate::metrics::NamedValues;
@@ -172,6 +174,115 @@ pub fn combine<B: Backend<f32>>(
     Ok((out, decision))
 }
 
+/// One rank's two backward passes of a step.
+struct Passes<B: Backend<f32>> {
+    g1: Vec<(String, T32<B>)>,
+    l_mm: T32<B>,
+    g2: Vec<(String, T32<B>)>,
+    l_u: T32<B>,
+    /// Each modality's unimodal loss (`None`: no row has it).
+    l_m: Vec<Option<T32<B>>>,
+}
+
+impl Mmpareto {
+    /// Pass 1, the multimodal loss; pass 2, the unimodal losses, each
+    /// through its own head.
+    fn passes<B: Backend<f32>>(&self, ctx: &StepCtx<'_, B>, batch: &Batch) -> Result<Passes<B>> {
+        let labels = Indices::new(ctx.backend, &batch.labels)?;
+        let (g1, l_mm) = {
+            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+            let tape = Tape::new(ctx.backend);
+            let p = ctx.model.track(&tape, |_| true);
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
+            let loss = f.logits.cross_entropy(&labels)?;
+            let g = tape.backward(&loss)?;
+            (p.gradients(g), loss.into_value())
+        };
+        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+        let tape = Tape::new(ctx.backend);
+        let p = ctx.model.track(&tape, |_| true);
+        let mut total: Option<mla_core::Var<f32, B>> = None;
+        let mut l_m = vec![None; inputs.len()];
+        for (mi, input) in inputs.into_iter().enumerate() {
+            let Some(input) = input else { continue };
+            let name = &ctx.layout.modalities[mi];
+            let h = ctx.model.features(&p, name, &tape.constant(input.x))?;
+            let y = labels_at(ctx.backend, batch, input.present)?;
+            let l = ctx.model.modality_logits(&p, name, &h)?.cross_entropy(&y)?;
+            l_m[mi] = Some(l.value().clone());
+            total = Some(match total {
+                None => l,
+                Some(t) => t.add(&l)?,
+            });
+        }
+        let loss = total.ok_or_else(|| {
+            TrainError::Config("mmpareto: a batch with no modality present".into())
+        })?;
+        let g = tape.backward(&loss)?;
+        Ok(Passes {
+            g1,
+            l_mm,
+            g2: p.gradients(g),
+            l_u: loss.into_value(),
+            l_m,
+        })
+    }
+
+    /// Both passes summed over the ranks: `g1` averages over the global
+    /// batch, each modality's share of `g2` (its encoder and head) over the
+    /// global batch's rows that have the modality, and the unimodal loss is
+    /// the sum of the global per-modality means, as one process has them.
+    #[allow(clippy::type_complexity)]
+    fn sum_passes<B: Backend<f32>>(
+        &self,
+        d: &crate::dist::Dist,
+        ctx: &StepCtx<'_, B>,
+        batch: &Batch,
+        local: Option<Passes<B>>,
+    ) -> Result<Option<(Vec<(String, T32<B>)>, Vec<(String, T32<B>)>, T32<B>, T32<B>)>> {
+        let n = batch.len();
+        let m = self.prefixes.len();
+        let rows_m: Vec<usize> = (0..m)
+            .map(|mi| batch.modalities[ctx.layout.data_index[mi]].present.len())
+            .collect();
+        let l1 = local.as_ref().map(|p| (p.g1.as_slice(), &p.l_mm));
+        let Some(r1) = sum_over_ranks(d, ctx.backend, ctx.model, |_| true, l1, n, &[])? else {
+            return Ok(None);
+        };
+        let mut extra = vec![0f32; 2 * m];
+        if let Some(p) = &local {
+            for (mi, l) in p.l_m.iter().enumerate() {
+                if let Some(l) = l {
+                    extra[2 * mi] = l.to_scalar()? * rows_m[mi] as f32;
+                    extra[2 * mi + 1] = rows_m[mi] as f32;
+                }
+            }
+        }
+        let heads: Vec<String> = self
+            .names
+            .iter()
+            .map(|name| format!("{}{name}.", crate::model::UNIMODAL_HEADS_PREFIX))
+            .collect();
+        let rows_of = |name: &str| {
+            (0..m)
+                .find(|&mi| name.starts_with(&self.prefixes[mi]) || name.starts_with(&heads[mi]))
+                .map_or(n, |mi| rows_m[mi])
+        };
+        let l2 = local.as_ref().map(|p| (p.g2.as_slice(), &p.l_u));
+        let Some(r2) =
+            sum_over_ranks_by(d, ctx.backend, ctx.model, |_| true, l2, &rows_of, n, &extra)?
+        else {
+            return Ok(None);
+        };
+        let l_u: f32 = (0..m)
+            .filter(|&mi| r2.extra[2 * mi + 1] > 0.0)
+            .map(|mi| r2.extra[2 * mi] / r2.extra[2 * mi + 1])
+            .sum();
+        let l_u = Tensor::from_slice(ctx.backend, &[l_u], Vec::<usize>::new())?;
+        Ok(Some((r1.grads, r2.grads, r1.loss, l_u)))
+    }
+}
+
 impl<B: Backend<f32>> Method<B> for Mmpareto {
     fn kind(&self) -> MethodKind {
         MethodKind::Mmpareto
@@ -190,39 +301,19 @@ impl<B: Backend<f32>> Method<B> for Mmpareto {
         batch: &Batch,
         out: &mut Pending<B>,
     ) -> Result<()> {
-        let labels = Indices::new(ctx.backend, &batch.labels)?;
-        // Pass 1: the multimodal loss.
-        let (g1, l_mm) = {
-            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-            let tape = Tape::new(ctx.backend);
-            let p = ctx.model.track(&tape, |_| true);
-            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
-            let loss = f.logits.cross_entropy(&labels)?;
-            let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value())
+        let n = batch.len();
+        // A rank's share of the last global batch may be empty.
+        let local = if n == 0 {
+            None
+        } else {
+            Some(self.passes(ctx, batch)?)
         };
-        // Pass 2: the unimodal losses, each through its own head.
-        let (g2, l_u) = {
-            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-            let tape = Tape::new(ctx.backend);
-            let p = ctx.model.track(&tape, |_| true);
-            let mut total: Option<mla_core::Var<f32, B>> = None;
-            for (mi, input) in inputs.into_iter().enumerate() {
-                let Some(input) = input else { continue };
-                let name = &ctx.layout.modalities[mi];
-                let h = ctx.model.features(&p, name, &tape.constant(input.x))?;
-                let y = labels_at(ctx.backend, batch, input.present)?;
-                let l = ctx.model.modality_logits(&p, name, &h)?.cross_entropy(&y)?;
-                total = Some(match total {
-                    None => l,
-                    Some(t) => t.add(&l)?,
-                });
-            }
-            let loss = total.ok_or_else(|| {
-                TrainError::Config("mmpareto: a batch with no modality present".into())
-            })?;
-            let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value())
+        let (g1, g2, l_mm, l_u) = match (ctx.dist, local) {
+            (None, Some(p)) => (p.g1, p.g2, p.l_mm, p.l_u),
+            (None, None) => return Ok(()),
+            (Some(d), local) => self.sum_passes(d, ctx, batch, local)?.ok_or_else(|| {
+                TrainError::Distributed("mmpareto: the global batch had no rows".into())
+            })?,
         };
         let mut grads: Vec<(String, T32<B>)> = Vec::with_capacity(g1.len() + g2.len());
         for (mi, prefix) in self.prefixes.iter().enumerate() {

@@ -290,6 +290,31 @@ pub(crate) fn sum_over_ranks<B: Backend<f32>>(
     rows: usize,
     extra: &[f32],
 ) -> Result<Option<RankSum<B>>> {
+    sum_over_ranks_by(
+        dist,
+        backend,
+        model,
+        trainable,
+        local,
+        &|_| rows,
+        rows,
+        extra,
+    )
+}
+
+/// As [`sum_over_ranks`] where a gradient averages over `rows_of(name)` of
+/// the step's rows (a loss per modality, over the rows that have it).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn sum_over_ranks_by<B: Backend<f32>>(
+    dist: &Dist,
+    backend: &B,
+    model: &Model<B>,
+    trainable: impl Fn(&str) -> bool,
+    local: Option<(&[(String, T32<B>)], &T32<B>)>,
+    rows_of: &dyn Fn(&str) -> usize,
+    rows: usize,
+    extra: &[f32],
+) -> Result<Option<RankSum<B>>> {
     let buffers = model.buffer_names();
     let names: Vec<(String, Vec<usize>)> = model
         .params()
@@ -303,8 +328,14 @@ pub(crate) fn sum_over_ranks<B: Backend<f32>>(
         None => 0.0,
     });
     with_loss.extend_from_slice(extra);
-    let Some(Reduced { grads, rows, extra }) =
-        dist.mean_gradients(backend, &names, local.map(|l| l.0), rows, &with_loss)?
+    let Some(Reduced { grads, rows, extra }) = dist.mean_gradients(
+        backend,
+        &names,
+        local.map(|l| l.0),
+        rows_of,
+        rows,
+        &with_loss,
+    )?
     else {
         return Ok(None);
     };

@@ -24,7 +24,7 @@
 //! present the ratios are the same). Host reads per step: the M scores.
 
 use super::gradops::{standard_normal, std_unbiased};
-use super::{host_labels, joint_forward, upload_batch, Method, StepCtx};
+use super::{host_labels, joint_forward, sum_over_ranks, upload_batch, Method, StepCtx};
 use crate::data::Batch;
 use crate::encoders::Encoder;
 use crate::metrics::NamedValues;
@@ -193,13 +193,17 @@ impl<B: Backend<f32>> Method<B> for Ogm {
         out: &mut Pending<B>,
     ) -> Result<()> {
         let active = self.params.window.contains(ctx.epoch);
-        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-        let labels = Indices::new(ctx.backend, &batch.labels)?;
         let classes = ctx.layout.num_classes;
-        let (mut grads, loss, scores) = {
+        let n = batch.len();
+        // A rank's share of the last global batch may be empty.
+        let local = if n == 0 {
+            None
+        } else {
+            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+            let labels = Indices::new(ctx.backend, &batch.labels)?;
             let tape = Tape::new(ctx.backend);
             let p = ctx.model.track(&tape, |_| true);
-            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, n)?;
             let loss = f.logits.cross_entropy(&labels)?;
             let mut scores = Vec::new();
             if active {
@@ -210,14 +214,48 @@ impl<B: Backend<f32>> Method<B> for Ogm {
                         None => None,
                         Some(h) => {
                             let z = ctx.model.modality_logits(&p, name, &h.detach())?;
-                            let y = host_labels(&batch, &mb.present);
+                            let y = host_labels(batch, &mb.present);
                             Some(true_class_score(&z.value().to_vec()?, &y, classes))
                         }
                     });
                 }
             }
             let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value(), scores)
+            Some((p.gradients(g), loss.into_value(), scores))
+        };
+        let (mut grads, loss, scores) = match (ctx.dist, local) {
+            (None, Some(l)) => l,
+            (None, None) => return Ok(()),
+            // The scores are the global batch's: per modality, the sum of
+            // the true-class probabilities and the rows that have it.
+            (Some(d), local) => {
+                let m = ctx.layout.modalities.len();
+                let mut extra = vec![0f32; 2 * m];
+                if let Some((_, _, scores)) = &local {
+                    for (mi, s) in scores.iter().enumerate() {
+                        if let Some(s) = s {
+                            let rows = batch.modalities[ctx.layout.data_index[mi]].present.len();
+                            extra[2 * mi] = (s * rows as f64) as f32;
+                            extra[2 * mi + 1] = rows as f32;
+                        }
+                    }
+                }
+                let l = local.as_ref().map(|(g, l, _)| (g.as_slice(), l));
+                let Some(r) = sum_over_ranks(d, ctx.backend, ctx.model, |_| true, l, n, &extra)?
+                else {
+                    return Ok(());
+                };
+                let scores = match active {
+                    true => (0..m)
+                        .map(|mi| {
+                            let rows = r.extra[2 * mi + 1];
+                            (rows > 0.0).then(|| r.extra[2 * mi] as f64 / rows as f64)
+                        })
+                        .collect(),
+                    false => Vec::new(),
+                };
+                (r.grads, r.loss, scores)
+            }
         };
         if active {
             let k = present_coefficients(&scores, self.params.alpha, self.params.rule);

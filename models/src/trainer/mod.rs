@@ -213,7 +213,14 @@ impl<B: Backend<f32>> Trainer<B> {
     /// batch are accepted; the others are refused rather than trained with
     /// per-rank statistics.
     pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
-        const REDUCED: [MethodKind; 3] = [MethodKind::Joint, MethodKind::Unimodal, MethodKind::Mla];
+        const REDUCED: [MethodKind; 6] = [
+            MethodKind::Joint,
+            MethodKind::Unimodal,
+            MethodKind::Mla,
+            MethodKind::Ogm,
+            MethodKind::OgmGe,
+            MethodKind::Mmpareto,
+        ];
         if !REDUCED.contains(&self.cfg.method) {
             return Err(TrainError::Config(format!(
                 "--distributed trains --method {} only; {} keeps per-step statistics (scores, cosines, prototypes, stages) that are not reduced over ranks yet",
