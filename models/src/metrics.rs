@@ -101,6 +101,20 @@ impl Confusion {
         self.add(label, argmax(logits));
     }
 
+    /// The counts, `[label * classes + predicted]`.
+    pub fn counts(&self) -> &[u64] {
+        &self.counts
+    }
+
+    /// Replaces the counts (as [`Confusion::counts`] gives them).
+    pub fn set_counts(&mut self, counts: impl IntoIterator<Item = u64>) {
+        self.counts = counts
+            .into_iter()
+            .take(self.classes * self.classes)
+            .collect();
+        self.counts.resize(self.classes * self.classes, 0);
+    }
+
     /// Adds another matrix of the same size (e.g. of another batch).
     pub fn merge(&mut self, other: &Confusion) {
         assert_eq!(self.classes, other.classes, "merging confusion matrices");
@@ -202,6 +216,22 @@ impl GapAccumulator {
             }
             self.counts[m] += 1;
         }
+    }
+
+    /// The sums and counts as flat values (sums first), for a reduction.
+    pub fn write_flat(&self, out: &mut Vec<f64>) {
+        self.sums.iter().for_each(|s| out.extend_from_slice(s));
+        out.extend(self.counts.iter().map(|&c| c as f64));
+    }
+
+    /// Replaces the sums and counts from values [`GapAccumulator::write_flat`] wrote.
+    pub fn read_flat(&mut self, values: &mut impl Iterator<Item = f64>) {
+        for s in self.sums.iter_mut() {
+            s.iter_mut().for_each(|v| *v = values.next().unwrap_or(0.0));
+        }
+        self.counts
+            .iter_mut()
+            .for_each(|c| *c = values.next().unwrap_or(0.0) as u64);
     }
 
     /// Euclidean distance between the centroids, averaged over every pair of

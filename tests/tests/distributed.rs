@@ -146,7 +146,14 @@ fn matches_one_process(ds: &Arc<Dataset>, cfg: &TrainConfig, world: usize) {
         assert!(rec.allreduce.calls > 0 && rec.allreduce.bytes > 0, "{what}");
         assert_eq!(d.train_samples, s.train_samples, "{what}");
         close(d.train_loss, s.train_loss, &format!("{what} train loss"));
+        // Evaluation is sharded and gathered: every sample once, in order.
+        assert_eq!(d.val.samples, s.val.samples, "{what}");
         close(d.val.loss, s.val.loss, &format!("{what} val loss"));
+        let (ga, gb) = (d.val.modality_gap, s.val.modality_gap);
+        assert_eq!(ga.is_some(), gb.is_some(), "{what} gap");
+        if let (Some(a), Some(b)) = (ga, gb) {
+            close(a, b, &format!("{what} modality gap"));
+        }
         for ((m, a), (_, b)) in d
             .val
             .modality_accuracy

@@ -42,6 +42,44 @@ impl LogitTable {
         self.labels[i]
     }
 
+    /// Values per sample in [`LogitTable::write_rows`]: the label, a
+    /// presence flag per modality, the logits.
+    pub fn row_width(&self) -> usize {
+        1 + self.modalities * (1 + self.classes)
+    }
+
+    /// The samples as `len() x row_width()` f64 values (exact for f32
+    /// logits): what a data-parallel evaluation sums into place.
+    pub fn write_rows(&self, out: &mut [f64]) {
+        let (nm, c) = (self.modalities, self.classes);
+        for (i, row) in out.chunks_exact_mut(self.row_width()).enumerate() {
+            row[0] = self.labels[i] as f64;
+            for m in 0..nm {
+                row[1 + m] = f64::from(u8::from(self.present[i * nm + m]));
+            }
+            for (o, &v) in row[1 + nm..]
+                .iter_mut()
+                .zip(&self.logits[i * nm * c..(i + 1) * nm * c])
+            {
+                *o = v as f64;
+            }
+        }
+    }
+
+    /// The table [`LogitTable::write_rows`] wrote (`values.len()` a multiple
+    /// of the row width).
+    pub fn from_rows(modalities: usize, classes: usize, values: &[f64]) -> Self {
+        let mut t = LogitTable::new(modalities, classes);
+        for row in values.chunks_exact(t.row_width()) {
+            t.labels.push(row[0] as usize);
+            t.present
+                .extend(row[1..1 + modalities].iter().map(|&p| p > 0.5));
+            t.logits
+                .extend(row[1 + modalities..].iter().map(|&v| v as f32));
+        }
+        t
+    }
+
     /// Adds one sample: its label and each modality's logits (`None` when
     /// absent). At least one modality, finite logits, label in range.
     pub fn push(&mut self, label: usize, rows: &[Option<&[f32]>]) -> Result<()> {

@@ -9,6 +9,7 @@ use super::records::EvalMetrics;
 use super::{named, Result, TrainError};
 use crate::checkpoint::Checkpoint;
 use crate::data::{Corruptor, Dataset, Loader};
+use crate::dist::Dist;
 use crate::fusion::{calibration_errors, Fusion, FusionFit, LogitTable};
 use crate::methods::upload;
 use crate::metrics::{argmax, Confusion, Counter, GapAccumulator, NamedValues};
@@ -105,6 +106,8 @@ pub struct SplitOutputs {
     per_modality: Vec<Counter>,
     joint: Option<Counter>,
     gap: Option<f64>,
+    /// What `gap` is computed from (when asked for), kept for a reduction.
+    gap_acc: Option<GapAccumulator>,
     /// Confusion matrices next to `per_modality` and `joint`, for macro-F1.
     per_modality_confusion: Vec<Confusion>,
     joint_confusion: Option<Confusion>,
@@ -331,12 +334,83 @@ pub fn collect<B: Backend<f32>>(
         per_modality,
         joint,
         gap: if opts.gap { gap.gap() } else { None },
+        gap_acc: opts.gap.then_some(gap),
         per_modality_confusion,
         joint_confusion,
         head: model.spec().head,
         removed: removed_rows(model, layout, s)?,
         removal: opts.shapley,
     })
+}
+
+impl SplitOutputs {
+    /// Data-parallel evaluation: each rank's outputs on its contiguous share
+    /// of a split, made the whole split's on every rank. Counters,
+    /// confusions and gap sums add; the logit tables are concatenated in
+    /// rank order, which is the split's order. Two sums: the table sizes,
+    /// then everything.
+    pub(crate) fn gathered(mut self, d: &Dist) -> Result<Self> {
+        let (w, r) = (d.world(), d.rank());
+        let mut rows = vec![0f64; w];
+        rows[r] = self.table.len() as f64;
+        d.sum_f64(&mut rows)?;
+        let rows: Vec<usize> = rows.iter().map(|&x| x as usize).collect();
+        let (before, total) = (rows[..r].iter().sum::<usize>(), rows.iter().sum::<usize>());
+        let mut buf = Vec::new();
+        for c in self.per_modality.iter().chain(self.joint.iter()) {
+            buf.extend([c.correct as f64, c.total as f64, c.loss_sum]);
+        }
+        for m in self
+            .per_modality_confusion
+            .iter()
+            .chain(self.joint_confusion.iter())
+        {
+            buf.extend(m.counts().iter().map(|&x| x as f64));
+        }
+        if let Some(g) = &self.gap_acc {
+            g.write_flat(&mut buf);
+        }
+        let base = buf.len();
+        let width = self.table.row_width();
+        let tables: Vec<&LogitTable> = std::iter::once(&self.table)
+            .chain(self.slices.iter())
+            .collect();
+        buf.resize(base + tables.len() * total * width, 0.0);
+        for (k, t) in tables.iter().enumerate() {
+            let at = base + k * total * width + before * width;
+            t.write_rows(&mut buf[at..at + t.len() * width]);
+        }
+        d.sum_f64(&mut buf)?;
+        let mut it = buf[..base].iter().copied();
+        for c in self.per_modality.iter_mut().chain(self.joint.iter_mut()) {
+            let mut v = [0.0; 3];
+            v.iter_mut().for_each(|x| *x = it.next().unwrap_or(0.0));
+            (c.correct, c.total, c.loss_sum) = (v[0] as u64, v[1] as u64, v[2]);
+        }
+        let classes = self.table.classes();
+        for m in self
+            .per_modality_confusion
+            .iter_mut()
+            .chain(self.joint_confusion.iter_mut())
+        {
+            m.set_counts(it.by_ref().take(classes * classes).map(|x| x as u64));
+        }
+        if let Some(g) = self.gap_acc.as_mut() {
+            g.read_flat(&mut it);
+            self.gap = g.gap();
+        }
+        let modalities = self.table.modalities();
+        self.table = LogitTable::from_rows(modalities, classes, &buf[base..base + total * width]);
+        if self.slices.is_some() {
+            let at = base + total * width;
+            self.slices = Some(LogitTable::from_rows(
+                modalities,
+                classes,
+                &buf[at..at + total * width],
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// The removal rows of every modality: one forward of a single all-zero

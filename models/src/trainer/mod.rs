@@ -525,15 +525,9 @@ impl<B: Backend<f32>> Trainer<B> {
             gap: true,
             ..EvalOptions::default()
         };
-        let outputs = eval::collect(
-            &self.model,
-            &self.cfg,
-            &self.layout,
-            &self.dataset,
-            &self.val,
-            &gap,
-        )
-        .map_err(|e| e.during(epoch, Split::Validation))?;
+        let outputs = self
+            .collect(&self.val, &gap)
+            .map_err(|e| e.during(epoch, Split::Validation))?;
         // The fusion parameters come from validation alone; model selection
         // then compares epochs under the run's rule with each epoch's own fit.
         self.fit = match self.cfg.method.fuses_by_rule() {
@@ -574,20 +568,17 @@ impl<B: Backend<f32>> Trainer<B> {
         self.state.train_samples += stats.samples;
         if better {
             obs.evaluating(Split::Test);
-            let test = eval::collect(
-                &self.model,
-                &self.cfg,
-                &self.layout,
-                &self.dataset,
-                &self.test,
-                &gap,
-            )
-            .map_err(|e| e.during(epoch, Split::Test))?
-            .metrics(&self.cfg, &self.layout, self.cfg.fusion, self.fit.as_ref())?;
+            let test = self
+                .collect(&self.test, &gap)
+                .map_err(|e| e.during(epoch, Split::Test))?
+                .metrics(&self.cfg, &self.layout, self.cfg.fusion, self.fit.as_ref())?;
             self.state.best_epoch = Some(epoch);
             self.state.best_val = Some(val);
             self.state.best_test = Some(test);
             self.state.best_fusion = self.fit.clone();
+        }
+        if let (Some(d), Some(r)) = (&self.dist, record.distributed.as_mut()) {
+            r.allreduce = d.take_traffic();
         }
         record.epoch_seconds = started.elapsed().as_secs_f64();
         self.state.total_seconds += record.epoch_seconds;
@@ -665,6 +656,19 @@ impl<B: Backend<f32>> Trainer<B> {
         Ok(stats)
     }
 
+    /// The outputs on `samples` of a split; in a data-parallel job each rank
+    /// evaluates its share and the outputs are gathered on every rank.
+    fn collect(&self, samples: &[usize], opts: &EvalOptions) -> Result<eval::SplitOutputs> {
+        let (model, cfg, layout, ds) = (&self.model, &self.cfg, &self.layout, &self.dataset);
+        match &self.dist {
+            None => eval::collect(model, cfg, layout, ds, samples, opts),
+            Some(d) => {
+                let mine = &samples[dist::share(samples.len(), d.rank(), d.world())];
+                eval::collect(model, cfg, layout, ds, mine, opts)?.gathered(d)
+            }
+        }
+    }
+
     /// The end of a data-parallel epoch: rank 0's batch-norm buffers on
     /// every rank (each trained its own on its shares, as PyTorch DDP
     /// does), then a check that every rank holds the same state.
@@ -685,7 +689,8 @@ impl<B: Backend<f32>> Trainer<B> {
         Ok(DistRecord {
             world: d.world(),
             state_checksum: format!("{c:016x}"),
-            allreduce: d.take_traffic(),
+            // Filled at the epoch's end, its evaluation included.
+            allreduce: dist::Traffic::default(),
         })
     }
 

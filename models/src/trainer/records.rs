@@ -141,7 +141,7 @@ pub struct DistRecord {
     /// the epoch, which every rank checked equal to its own.
     pub state_checksum: String,
     /// All-reduce calls, bytes per rank and seconds of the epoch (steps,
-    /// the buffer broadcast and the check).
+    /// the buffer broadcast, the check, the evaluation).
     pub allreduce: crate::dist::Traffic,
 }
 
