@@ -8,7 +8,9 @@
 //! summed over ranks in one call per step and divided by the global row
 //! count, so each rank applies the gradient one process would compute on
 //! the whole global batch (up to summation order). HGM's batch-mean feature
-//! r travels in the same call, so every rank updates P identically.
+//! r and OGM's scores travel in the same call, so every rank updates P and
+//! picks its coefficients identically. Evaluation is sharded the same way
+//! and gathered (`SplitOutputs::gathered`).
 //! Batch-norm buffers are local during an epoch and rank 0's are broadcast
 //! at its end, which is what PyTorch DDP's buffer broadcast leaves.
 
