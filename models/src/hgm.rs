@@ -368,13 +368,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         features: &Tensor<T, B>,
         grads: &mut [(String, Tensor<T, B>)],
     ) -> Result<()> {
-        self.index(modality)?;
-        if self.mode == HgmMode::None {
-            return Ok(());
-        }
-        let slot = head_grad(modality, grads)?;
-        slot.1 = self.project(modality, features, &slot.1)?;
-        Ok(())
+        self.apply_by(modality, grads, |h, g| h.project(modality, features, g))
     }
 
     /// As [`Hgm::apply`] with the batch mean of the features given (`[s]`):
@@ -385,12 +379,22 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         mean: &Tensor<T, B>,
         grads: &mut [(String, Tensor<T, B>)],
     ) -> Result<()> {
+        self.apply_by(modality, grads, |h, g| h.project_mean(modality, mean, g))
+    }
+
+    /// Replaces the `head.weight` entry of `grads` by `project` of it.
+    fn apply_by(
+        &mut self,
+        modality: &str,
+        grads: &mut [(String, Tensor<T, B>)],
+        project: impl FnOnce(&mut Self, &Tensor<T, B>) -> Result<Tensor<T, B>>,
+    ) -> Result<()> {
         self.index(modality)?;
         if self.mode == HgmMode::None {
             return Ok(());
         }
         let slot = head_grad(modality, grads)?;
-        slot.1 = self.project_mean(modality, mean, &slot.1)?;
+        slot.1 = project(self, &slot.1)?;
         Ok(())
     }
 

@@ -11,12 +11,10 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::data::{Dataset, Loader};
 use mla_models::dist::{Collective, InProcess};
-use mla_models::trainer::{
-    EpochRecord, HgmMode, MethodKind, Silent, TrainConfig, TrainError, Trainer,
-};
+use mla_models::trainer::{EpochRecord, MethodKind, Silent, TrainConfig, TrainError, Trainer};
 use std::path::Path;
 use std::sync::Arc;
-use trainer_common::{synthetic, Synthetic, TempDir};
+use trainer_common::{small_mlp, synthetic, Synthetic, TempDir};
 
 /// 6 full batches of 32 and one of a single sample: under W = 2 and 3 some
 /// ranks' shares of the last batch are empty.
@@ -38,21 +36,7 @@ fn data_of(tag: &str, train: usize, audio_missing_every: usize) -> (TempDir, Arc
 }
 
 fn cfg(method: MethodKind) -> TrainConfig {
-    TrainConfig {
-        method,
-        encoder: "mlp".into(),
-        feature_size: 16,
-        epochs: 2,
-        batch_size: 32,
-        eval_batch_size: 64,
-        lr: 0.05,
-        hgm: if method == MethodKind::Mla {
-            HgmMode::Owm
-        } else {
-            HgmMode::None
-        },
-        ..TrainConfig::default()
-    }
+    small_mlp(method)
 }
 
 /// What a rank ends with: its records and its parameters.

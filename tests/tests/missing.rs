@@ -19,11 +19,13 @@ use mla_models::robustness::{
     effective_robustness, effective_robustness_sum, parse_levels, relative_robustness,
 };
 use mla_models::trainer::{
-    eval, load_fusion_fit, load_model, run_dir, EvalOptions, HgmMode, MethodKind, MissingTrain,
-    TrainConfig, Trainer,
+    eval, load_fusion_fit, load_model, run_dir, EvalOptions, MethodKind, MissingTrain, TrainConfig,
+    Trainer,
 };
 use std::sync::Arc;
-use trainer_common::{history, stopped_and_resumed, synthetic, train_in, Synthetic, TempDir};
+use trainer_common::{
+    history, small_mlp, stopped_and_resumed, synthetic, train_in, Synthetic, TempDir,
+};
 
 fn open(spec: &Synthetic, tag: &str) -> (TempDir, Arc<Dataset>) {
     let dir = synthetic(tag, spec);
@@ -249,24 +251,12 @@ fn bad_rates_are_clear_errors() {
 
 fn small_cfg(method: MethodKind) -> TrainConfig {
     TrainConfig {
-        method,
-        encoder: "mlp".into(),
-        feature_size: 16,
-        epochs: 2,
-        batch_size: 32,
-        eval_batch_size: 64,
-        lr: 0.05,
-        hgm: if method == MethodKind::Mla {
-            HgmMode::Owm
-        } else {
-            HgmMode::None
-        },
         missing: Some(MissingTrain {
             rates: "image=0.4".parse().unwrap(),
             policy: MissingPolicy::KeepOne,
             seed: 9,
         }),
-        ..TrainConfig::default()
+        ..small_mlp(method)
     }
 }
 

@@ -12,7 +12,7 @@
 //! training state it does not already read and draws no random numbers, so
 //! training is bit for bit the same with or without it.
 
-use super::upload;
+use super::upload_modality;
 use crate::data::loader::make_batch;
 use crate::data::{seeded_subset, Batch, Dataset};
 use crate::metrics::{Counter, NamedValues};
@@ -65,7 +65,7 @@ impl Probe {
             return Ok(None);
         }
         let backend = model.params().backend();
-        let x = upload(backend, &mb.data, mb.present.len(), &layout.shapes[mi])?;
+        let x = upload_modality(backend, layout, &self.batch, mi)?;
         let tape = Tape::no_grad(backend);
         let p = model.track(&tape, |_| false);
         let h = model.features(&p, &layout.modalities[mi], &tape.constant(x))?;

@@ -5,7 +5,7 @@
 //! gradient, so the optimizer gives them no momentum or weight-decay step.
 
 use super::forgetting::{Probe, PROBE_EVERY};
-use super::{labels_at, sum_over_ranks, upload, Method, StepCtx};
+use super::{labels_at, sum_over_ranks, upload_modality, Method, StepCtx};
 use crate::data::{Batch, Dataset};
 use crate::hgm::Hgm;
 use crate::metrics::NamedValues;
@@ -195,7 +195,7 @@ pub(crate) fn modality_step<B: Backend<f32>>(
     let local = if rows == 0 {
         None
     } else {
-        let x = upload(ctx.backend, &mb.data, rows, &ctx.layout.shapes[mi])?;
+        let x = upload_modality(ctx.backend, ctx.layout, batch, mi)?;
         let labels = labels_at(ctx.backend, batch, &mb.present)?;
         let tape = Tape::new(ctx.backend);
         let p = ctx.model.track(&tape, Model::<B>::step_trainable(name));

@@ -178,6 +178,17 @@ pub(crate) fn upload<B: Backend<f32>>(
     Ok(Tensor::from_slice(backend, data, dims)?)
 }
 
+/// Model modality `mi`'s rows of `batch` as `[rows, ...shape]`.
+pub(crate) fn upload_modality<B: Backend<f32>>(
+    backend: &B,
+    layout: &ModelLayout,
+    batch: &Batch,
+    mi: usize,
+) -> Result<T32<B>> {
+    let mb = &batch.modalities[layout.data_index[mi]];
+    upload(backend, &mb.data, mb.present.len(), &layout.shapes[mi])
+}
+
 /// Labels of the rows at `present` (positions in the batch), on the host.
 pub(crate) fn host_labels(batch: &Batch, present: &[usize]) -> Vec<u32> {
     present.iter().map(|&p| batch.labels[p]).collect()
@@ -205,17 +216,14 @@ pub(crate) fn upload_batch<'b, B: Backend<f32>>(
     layout: &ModelLayout,
     batch: &'b Batch,
 ) -> Result<Vec<Option<Input<'b, B>>>> {
-    layout
-        .data_index
-        .iter()
-        .zip(&layout.shapes)
-        .map(|(&d, shape)| {
-            let mb = &batch.modalities[d];
+    (0..layout.modalities.len())
+        .map(|mi| {
+            let mb = &batch.modalities[layout.data_index[mi]];
             if mb.present.is_empty() {
                 Ok(None)
             } else {
                 Ok(Some(Input {
-                    x: upload(backend, &mb.data, mb.present.len(), shape)?,
+                    x: upload_modality(backend, layout, batch, mi)?,
                     present: mb.present.as_slice(),
                 }))
             }

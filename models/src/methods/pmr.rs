@@ -21,7 +21,8 @@
 
 use super::ogm::true_class_score;
 use super::{
-    host_labels, joint_forward, labels_at, upload, upload_batch, EpochCtx, Method, StepCtx, T32,
+    host_labels, joint_forward, labels_at, upload_batch, upload_modality, EpochCtx, Method,
+    StepCtx, T32,
 };
 use crate::data::{Batch, Loader};
 use crate::metrics::NamedValues;
@@ -334,9 +335,8 @@ fn features<B: Backend<f32>>(
     mi: usize,
     batch: &Batch,
 ) -> Result<Vec<f32>> {
-    let mb = &batch.modalities[layout.data_index[mi]];
     let backend = model.params().backend();
-    let x = upload(backend, &mb.data, mb.present.len(), &layout.shapes[mi])?;
+    let x = upload_modality(backend, layout, batch, mi)?;
     let tape = Tape::no_grad(backend);
     let p = model.track(&tape, |_| false);
     let h = model.features(&p, &layout.modalities[mi], &tape.constant(x))?;

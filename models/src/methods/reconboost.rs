@@ -31,7 +31,7 @@
 //! yet in the ensemble. Host reads per phase-1 step: the other members'
 //! logits (`[batch, C]` each) for `q`; none in phase 2.
 
-use super::{labels_at, upload, EpochCtx, Method, StepCtx};
+use super::{labels_at, upload_modality, EpochCtx, Method, StepCtx};
 use crate::data::Batch;
 use crate::metrics::NamedValues;
 use crate::model::{scatter_rows, Model, HEAD_BETA, HEAD_BIAS, HEAD_PREFIX, HEAD_WEIGHT};
@@ -132,14 +132,8 @@ fn member_logits<'t, B: Backend<f32>>(
     batch: &Batch,
     k: usize,
 ) -> Result<Var<'t, f32, B>> {
-    let kb = &batch.modalities[ctx.layout.data_index[k]];
     let name = &ctx.layout.modalities[k];
-    let x = upload(
-        ctx.backend,
-        &kb.data,
-        kb.present.len(),
-        &ctx.layout.shapes[k],
-    )?;
+    let x = upload_modality(ctx.backend, ctx.layout, batch, k)?;
     let h = ctx.model.features(p, name, &tape.constant(x))?;
     Ok(ctx.model.modality_logits(p, name, &h)?)
 }
@@ -205,12 +199,7 @@ impl Reconboost {
         let weights = sample_weights(&self.params, &q, ctx.layout.num_classes);
         let labels: Vec<u32> = mb.present.iter().map(|&p| batch.labels[p]).collect();
         let name = &ctx.layout.modalities[mi];
-        let x = upload(
-            ctx.backend,
-            &mb.data,
-            mb.present.len(),
-            &ctx.layout.shapes[mi],
-        )?;
+        let x = upload_modality(ctx.backend, ctx.layout, batch, mi)?;
         let prefix = Model::<B>::encoder_prefix(name);
         let (grads, loss) = {
             let tape = Tape::new(ctx.backend);

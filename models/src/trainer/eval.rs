@@ -11,7 +11,7 @@ use crate::checkpoint::Checkpoint;
 use crate::data::{Corruptor, Dataset, Loader};
 use crate::dist::Dist;
 use crate::fusion::{calibration_errors, Fusion, FusionFit, LogitTable};
-use crate::methods::upload;
+use crate::methods::{upload, upload_modality};
 use crate::metrics::{argmax, Confusion, Counter, GapAccumulator, NamedValues};
 use crate::model::{scatter_rows, HeadKind, Model, HEAD_BIAS};
 use crate::shapley::{self, Removal, Shapley, ShapleyValues};
@@ -232,12 +232,7 @@ pub fn collect<B: Backend<f32>>(
                 continue;
             }
             let name = &layout.modalities[mi];
-            let x = tape.constant(upload(
-                &backend,
-                &mb.data,
-                mb.present.len(),
-                &layout.shapes[mi],
-            )?);
+            let x = tape.constant(upload_modality(&backend, layout, &batch, mi)?);
             let h = model.features(&p, name, &x)?;
             let z = model.modality_logits(&p, name, &h)?.into_value().to_vec()?;
             let sample_of = |row: usize| samples[first + mb.present[row]];

@@ -6,7 +6,9 @@ use mla_cpu::Cpu;
 use mla_models::data::npy::write_npy;
 use mla_models::data::Dataset;
 use mla_models::rng::Rng;
-use mla_models::trainer::{EpochRecord, Silent, Summary, TrainConfig, Trainer};
+use mla_models::trainer::{
+    EpochRecord, HgmMode, MethodKind, Silent, Summary, TrainConfig, Trainer,
+};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -233,4 +235,24 @@ pub fn stopped_and_resumed(
     assert_eq!(t.state().epochs_done, first);
     let s = t.run(&mut Silent).unwrap();
     (t, s)
+}
+
+/// A small MLP run of `method` (feature size 16, 2 epochs, batch 32, lr
+/// 0.05; HGM owm for MLA): what the trainer-level tests train.
+pub fn small_mlp(method: MethodKind) -> TrainConfig {
+    TrainConfig {
+        method,
+        encoder: "mlp".into(),
+        feature_size: 16,
+        epochs: 2,
+        batch_size: 32,
+        eval_batch_size: 64,
+        lr: 0.05,
+        hgm: if method == MethodKind::Mla {
+            HgmMode::Owm
+        } else {
+            HgmMode::None
+        },
+        ..TrainConfig::default()
+    }
 }
