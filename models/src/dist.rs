@@ -113,13 +113,13 @@ impl Dist {
     /// One step's gradients averaged over the global batch.
     ///
     /// `names` are the parameters the step may train, with their shapes, in
-    /// the same order on every rank; `local` is this rank's gradients, each
-    /// a mean over the `rows_of(name)` rows its loss term ran on (`None` when
-    /// the rank's share had no rows for the step); `rows` the rows of the
-    /// step on this rank; `extra` values summed alongside (already sums, not
-    /// means). Each gradient is divided by its own global row count, so a
-    /// loss term over the rows that have one modality averages over the
-    /// global batch's such rows. Returns `None` when no rank had a row (the
+    /// the same order on every rank; `local` is this rank's gradients
+    /// (`None` when the rank's share had no rows for the step), combined as
+    /// `weights` says; `rows` the rows of the step on this rank; `extra`
+    /// values summed alongside (already sums, not means). Under
+    /// [`Weights::MeanOver`] each gradient is divided by its own global row
+    /// count, so a loss term over the rows that have one modality averages
+    /// over the global batch's such rows. Returns `None` when no rank had a row (the
     /// step does not happen), else the gradients some rank's loss reached,
     /// the global row count and the summed extras.
     pub fn mean_gradients<B: Backend<f32>>(
@@ -127,7 +127,7 @@ impl Dist {
         backend: &B,
         names: &[(String, Vec<usize>)],
         local: Option<&[(String, T32<B>)]>,
-        rows_of: &dyn Fn(&str) -> usize,
+        weights: Weights<'_>,
         rows: usize,
         extra: &[f32],
     ) -> Result<Option<Reduced<B>>> {
@@ -147,10 +147,13 @@ impl Dist {
                 }
                 // The slot before the values: the rows behind this mean (a
                 // gradient some rank has always has rows >= 1 behind it).
-                let k = rows_of(name).max(1);
-                buf[at] = k as f32;
+                let k = match weights {
+                    Weights::MeanOver(rows_of) => rows_of(name).max(1) as f32,
+                    Weights::Sum => 1.0,
+                };
+                buf[at] = k;
                 for (o, x) in buf[at + 1..at + 1 + size].iter_mut().zip(&v) {
-                    *o = x * k as f32;
+                    *o = x * k;
                 }
             }
             at += size + 1;
@@ -166,7 +169,10 @@ impl Dist {
         let mut at = 0;
         for ((name, dims), &size) in names.iter().zip(&sizes) {
             if buf[at] > 0.0 {
-                let inv = 1.0 / buf[at];
+                let inv = match weights {
+                    Weights::MeanOver(_) => 1.0 / buf[at],
+                    Weights::Sum => 1.0,
+                };
                 let v: Vec<f32> = buf[at + 1..at + 1 + size].iter().map(|x| x * inv).collect();
                 grads.push((name.clone(), Tensor::from_slice(backend, &v, dims.clone())?));
             }
@@ -220,6 +226,18 @@ impl Dist {
             .map(|r| (0..4).map(|k| (buf[4 * r + k] as u64) << (16 * k)).sum())
             .collect())
     }
+}
+
+/// How [`Dist::mean_gradients`] combines the ranks' gradients.
+#[derive(Clone, Copy)]
+pub enum Weights<'a> {
+    /// Each gradient is a mean over `rows_of(name)` rows of its rank: the
+    /// result is the mean over the global batch's such rows.
+    MeanOver(&'a dyn Fn(&str) -> usize),
+    /// Each rank's gradient is already its share of the global one (its
+    /// loss was scaled by its rows over the global rows): the result is the
+    /// plain sum.
+    Sum,
 }
 
 /// What [`Dist::mean_gradients`] gives back.

@@ -207,6 +207,16 @@ fn mmpareto_with_global_gradients_of_each_loss_matches_one_process() {
 }
 
 #[test]
+fn pmr_with_a_global_choice_of_the_weaker_modality_matches_one_process() {
+    // The prototype term goes to the modality weaker over the global batch,
+    // each term scaled to its rows' share of the global mean.
+    let (_d, ds) = data("dist-pmr", 3);
+    for w in [2, 3] {
+        matches_one_process(&ds, &cfg(MethodKind::Pmr), w);
+    }
+}
+
+#[test]
 fn unimodal_on_two_ranks_matches_one_process() {
     let (_d, ds) = data("dist-uni", 0);
     let c = TrainConfig {
@@ -245,10 +255,10 @@ fn shares_cover_every_global_batch_exactly_once() {
 #[test]
 fn methods_without_reduced_statistics_are_refused() {
     let (_d, ds) = data("dist-refuse", 0);
-    let mut t = Trainer::new(Cpu, ds, cfg(MethodKind::Pmr)).unwrap();
+    let mut t = Trainer::new(Cpu, ds, cfg(MethodKind::Agm)).unwrap();
     let h = InProcess::group(1).pop().unwrap();
     let e = t.set_distributed(Arc::new(h)).unwrap_err().to_string();
-    assert!(e.contains("--distributed") && e.contains("pmr"), "{e}");
+    assert!(e.contains("--distributed") && e.contains("agm"), "{e}");
 }
 
 #[test]

@@ -269,8 +269,9 @@ impl Mmpareto {
                 .map_or(n, |mi| rows_m[mi])
         };
         let l2 = local.as_ref().map(|p| (p.g2.as_slice(), &p.l_u));
+        let weights = crate::dist::Weights::MeanOver(&rows_of);
         let Some(r2) =
-            sum_over_ranks_by(d, ctx.backend, ctx.model, |_| true, l2, &rows_of, n, &extra)?
+            sum_over_ranks_by(d, ctx.backend, ctx.model, |_| true, l2, weights, n, &extra)?
         else {
             return Ok(None);
         };

@@ -33,7 +33,7 @@ pub mod reconboost;
 pub mod unimodal;
 
 use crate::data::{Batch, Dataset};
-use crate::dist::{Dist, Reduced};
+use crate::dist::{Dist, Reduced, Weights};
 use crate::model::{scatter_rows, Model};
 use crate::optim::Optimizer;
 use crate::params::{StateDict, TrackedParams};
@@ -304,14 +304,16 @@ pub(crate) fn sum_over_ranks<B: Backend<f32>>(
         model,
         trainable,
         local,
-        &|_| rows,
+        Weights::MeanOver(&|_| rows),
         rows,
         extra,
     )
 }
 
-/// As [`sum_over_ranks`] where a gradient averages over `rows_of(name)` of
-/// the step's rows (a loss per modality, over the rows that have it).
+/// As [`sum_over_ranks`] with the gradients combined as `weights` says (a
+/// loss per modality averages over the rows that have it; under
+/// [`Weights::Sum`] the local loss is already its share of the global one
+/// and is summed, not averaged).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn sum_over_ranks_by<B: Backend<f32>>(
     dist: &Dist,
@@ -319,7 +321,7 @@ pub(crate) fn sum_over_ranks_by<B: Backend<f32>>(
     model: &Model<B>,
     trainable: impl Fn(&str) -> bool,
     local: Option<(&[(String, T32<B>)], &T32<B>)>,
-    rows_of: &dyn Fn(&str) -> usize,
+    weights: Weights<'_>,
     rows: usize,
     extra: &[f32],
 ) -> Result<Option<RankSum<B>>> {
@@ -331,7 +333,9 @@ pub(crate) fn sum_over_ranks_by<B: Backend<f32>>(
         .map(|(n, t)| (n.to_string(), t.dims().to_vec()))
         .collect();
     let mut with_loss = Vec::with_capacity(extra.len() + 1);
+    let summed = matches!(weights, Weights::Sum);
     with_loss.push(match local {
+        Some((_, loss)) if summed => loss.to_scalar()?,
         Some((_, loss)) => loss.to_scalar()? * rows as f32,
         None => 0.0,
     });
@@ -340,14 +344,19 @@ pub(crate) fn sum_over_ranks_by<B: Backend<f32>>(
         backend,
         &names,
         local.map(|l| l.0),
-        rows_of,
+        weights,
         rows,
         &with_loss,
     )?
     else {
         return Ok(None);
     };
-    let loss = Tensor::from_slice(backend, &[extra[0] / rows as f32], Vec::<usize>::new())?;
+    let loss = if summed {
+        extra[0]
+    } else {
+        extra[0] / rows as f32
+    };
+    let loss = Tensor::from_slice(backend, &[loss], Vec::<usize>::new())?;
     Ok(Some(RankSum {
         grads,
         loss,

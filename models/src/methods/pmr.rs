@@ -20,11 +20,13 @@
 //! Host reads per step: the M prototype scores.
 
 use super::ogm::true_class_score;
+use super::sum_over_ranks_by;
 use super::{
     host_labels, joint_forward, labels_at, upload_batch, upload_modality, EpochCtx, Method,
     StepCtx, T32,
 };
 use crate::data::{Batch, Loader};
+use crate::dist::Weights;
 use crate::metrics::NamedValues;
 use crate::model::Model;
 use crate::params::StateDict;
@@ -173,6 +175,68 @@ pub fn weaker_present(scores: &[Option<f64>]) -> Vec<bool> {
     out
 }
 
+/// The global batch's rows, overall and per modality.
+struct GlobalRows {
+    rows: usize,
+    rows_m: Vec<usize>,
+}
+
+/// PMR's choice of the weaker modalities from the scores of every rank's
+/// share (one sum per step).
+fn global_choice(
+    d: &crate::dist::Dist,
+    scores: &[Option<f64>],
+    rows_m: &[usize],
+    rows: usize,
+) -> Result<(Vec<bool>, GlobalRows)> {
+    let m = scores.len();
+    // Per modality: scores x rows where scored, the scored rows, all rows
+    // with the modality (the prototype term's mean); then the batch's rows.
+    let mut buf = vec![0f64; 3 * m + 1];
+    for mi in 0..m {
+        if let Some(s) = scores[mi] {
+            buf[3 * mi] = s * rows_m[mi] as f64;
+            buf[3 * mi + 1] = rows_m[mi] as f64;
+        }
+        buf[3 * mi + 2] = rows_m[mi] as f64;
+    }
+    buf[3 * m] = rows as f64;
+    d.sum_f64(&mut buf)?;
+    let global: Vec<Option<f64>> = (0..m)
+        .map(|mi| (buf[3 * mi + 1] > 0.0).then(|| buf[3 * mi] / buf[3 * mi + 1]))
+        .collect();
+    Ok((
+        weaker_present(&global),
+        GlobalRows {
+            rows: buf[3 * m] as usize,
+            rows_m: (0..m).map(|mi| buf[3 * mi + 2] as usize).collect(),
+        },
+    ))
+}
+
+impl<B: Backend<f32>> Pmr<B> {
+    /// The optimizer step on the step's gradients and the step's statistics.
+    fn finish(
+        &mut self,
+        ctx: &mut StepCtx<'_, B>,
+        active: bool,
+        chosen: &[bool],
+        grads: &[(String, T32<B>)],
+        loss: T32<B>,
+        out: &mut Pending<B>,
+    ) -> Result<()> {
+        ctx.optim.step(ctx.model.params_mut(), grads)?;
+        if active {
+            self.steps += 1;
+            for (a, &c) in self.active.iter_mut().zip(chosen) {
+                *a += u64::from(c);
+            }
+        }
+        out.push(ctx.step, None, loss);
+        Ok(())
+    }
+}
+
 impl<B: Backend<f32>> Method<B> for Pmr<B> {
     fn kind(&self) -> MethodKind {
         MethodKind::Pmr
@@ -231,18 +295,42 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
         out: &mut Pending<B>,
     ) -> Result<()> {
         let active = self.params.window.contains(ctx.epoch) && self.params.alpha != 0.0;
+        let classes = ctx.layout.num_classes;
+        let m = self.names.len();
+        let n = batch.len();
+        let rows_m: Vec<usize> = (0..m)
+            .map(|mi| batch.modalities[ctx.layout.data_index[mi]].present.len())
+            .collect();
+        // A rank's share of the last global batch may be empty: it still
+        // joins the score reduction and the gradient sum.
+        if n == 0 {
+            let Some(d) = ctx.dist else { return Ok(()) };
+            let (chosen, _) = global_choice(d, &vec![None; m], &rows_m, n)?;
+            let Some(r) = sum_over_ranks_by(
+                d,
+                ctx.backend,
+                ctx.model,
+                |_| true,
+                None,
+                Weights::Sum,
+                0,
+                &[],
+            )?
+            else {
+                return Ok(());
+            };
+            return self.finish(ctx, active, &chosen, &r.grads, r.loss, out);
+        }
         let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
         let labels = Indices::new(ctx.backend, &batch.labels)?;
-        let classes = ctx.layout.num_classes;
         let (grads, loss, chosen) = {
             let tape = Tape::new(ctx.backend);
             let p = ctx.model.track(&tape, |_| true);
-            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, n)?;
             let mut loss = f.logits.cross_entropy(&labels)?;
-            let mut chosen = vec![false; self.names.len()];
+            let mut terms = Vec::new();
+            let mut scores = Vec::new();
             if active {
-                let mut terms = Vec::new();
-                let mut scores = Vec::new();
                 for (mi, h) in f.feats.iter().enumerate() {
                     let (Some(h), Some(protos)) = (h, &self.protos[mi]) else {
                         // Absent from the batch: left out of the comparison.
@@ -252,29 +340,58 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
                     };
                     let mb = &batch.modalities[ctx.layout.data_index[mi]];
                     let z = prototype_logits(h, protos)?;
-                    let y = host_labels(&batch, &mb.present);
+                    let y = host_labels(batch, &mb.present);
                     scores.push(Some(true_class_score(&z.value().to_vec()?, &y, classes)));
                     terms.push(Some((z, labels_at(ctx.backend, batch, &mb.present)?)));
                 }
-                chosen = weaker_present(&scores);
+            } else {
+                scores = vec![None; m];
+            }
+            // Data parallel: the choice comes from the global batch's
+            // scores, and each term is scaled to its share of the global
+            // mean (its rows over the global rows), so the ranks' gradients sum.
+            let (chosen, share) = match ctx.dist {
+                None => (weaker_present(&scores), None),
+                Some(d) => {
+                    let (chosen, global) = global_choice(d, &scores, &rows_m, n)?;
+                    (chosen, Some(global))
+                }
+            };
+            if let Some(g) = &share {
+                loss = loss.scale(n as f64 / g.rows as f64)?;
+            }
+            if active {
                 for (mi, t) in terms.iter().enumerate() {
                     if let (true, Some((z, y))) = (chosen[mi], t) {
-                        loss = loss.add(&z.cross_entropy(y)?.scale(self.params.alpha)?)?;
+                        let w = match &share {
+                            None => self.params.alpha,
+                            Some(g) => self.params.alpha * rows_m[mi] as f64 / g.rows_m[mi] as f64,
+                        };
+                        loss = loss.add(&z.cross_entropy(y)?.scale(w)?)?;
                     }
                 }
             }
             let g = tape.backward(&loss)?;
             (p.gradients(g), loss.into_value(), chosen)
         };
-        ctx.optim.step(ctx.model.params_mut(), &grads)?;
-        if active {
-            self.steps += 1;
-            for (a, &c) in self.active.iter_mut().zip(&chosen) {
-                *a += u64::from(c);
-            }
+        if let Some(d) = ctx.dist {
+            let local = Some((grads.as_slice(), &loss));
+            let Some(r) = sum_over_ranks_by(
+                d,
+                ctx.backend,
+                ctx.model,
+                |_| true,
+                local,
+                Weights::Sum,
+                n,
+                &[],
+            )?
+            else {
+                return Ok(());
+            };
+            return self.finish(ctx, active, &chosen, &r.grads, r.loss, out);
         }
-        out.push(ctx.step, None, loss);
-        Ok(())
+        self.finish(ctx, active, &chosen, &grads, loss, out)
     }
 
     fn end_epoch(&mut self, record: &mut EpochRecord) -> Result<()> {

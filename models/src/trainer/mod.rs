@@ -213,13 +213,14 @@ impl<B: Backend<f32>> Trainer<B> {
     /// batch are accepted; the others are refused rather than trained with
     /// per-rank statistics.
     pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
-        const REDUCED: [MethodKind; 6] = [
+        const REDUCED: [MethodKind; 7] = [
             MethodKind::Joint,
             MethodKind::Unimodal,
             MethodKind::Mla,
             MethodKind::Ogm,
             MethodKind::OgmGe,
             MethodKind::Mmpareto,
+            MethodKind::Pmr,
         ];
         if !REDUCED.contains(&self.cfg.method) {
             return Err(TrainError::Config(format!(
