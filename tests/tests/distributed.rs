@@ -217,6 +217,17 @@ fn pmr_with_a_global_choice_of_the_weaker_modality_matches_one_process() {
 }
 
 #[test]
+fn gblending_with_each_term_scaled_to_its_global_share_matches_one_process() {
+    // Its blending weights are estimated on every rank from the same
+    // samples; each slice loss averages over the global batch's rows that
+    // have the modality.
+    let (_d, ds) = data("dist-gblend", 3);
+    for w in [2, 3] {
+        matches_one_process(&ds, &cfg(MethodKind::Gblending), w);
+    }
+}
+
+#[test]
 fn unimodal_on_two_ranks_matches_one_process() {
     let (_d, ds) = data("dist-uni", 0);
     let c = TrainConfig {

@@ -25,8 +25,9 @@
 //! are method state (checkpointed); an estimation is deterministic (its own
 //! shuffle stream), so resume is exact. Host reads: none per step.
 
-use super::{joint_forward, upload_batch, EpochCtx, Method, StepCtx};
+use super::{joint_forward, sum_over_ranks_by, upload_batch, EpochCtx, Method, StepCtx};
 use crate::data::{Batch, Loader};
+use crate::dist::Weights;
 use crate::metrics::NamedValues;
 use crate::model::Model;
 use crate::optim::Optimizer;
@@ -280,30 +281,72 @@ impl<B: Backend<f32>> Method<B> for Gblending<B> {
         batch: &Batch,
         out: &mut Pending<B>,
     ) -> Result<()> {
-        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-        let labels = Indices::new(ctx.backend, &batch.labels)?;
         let m = ctx.layout.modalities.len();
-        let present: Vec<Option<Indices<f32, B>>> = (0..m)
-            .map(|mi| {
-                let mb = &batch.modalities[ctx.layout.data_index[mi]];
-                (!mb.present.is_empty())
-                    .then(|| super::labels_at(ctx.backend, batch, &mb.present))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
-        let (grads, loss) = {
+        let n = batch.len();
+        let rows_m: Vec<usize> = (0..m)
+            .map(|mi| batch.modalities[ctx.layout.data_index[mi]].present.len())
+            .collect();
+        // Data parallel: each term scaled to its rows' share of the global
+        // mean, so the ranks' gradients sum to one process's.
+        let share = match ctx.dist {
+            None => None,
+            Some(d) => Some(super::global_rows(d, n, &rows_m)?),
+        };
+        let frac = |rows: usize, global: usize| rows as f64 / global.max(1) as f64;
+        // A rank's share of the last global batch may be empty.
+        let local = if n == 0 {
+            None
+        } else {
+            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+            let labels = Indices::new(ctx.backend, &batch.labels)?;
+            let present: Vec<Option<Indices<f32, B>>> = (0..m)
+                .map(|mi| {
+                    let mb = &batch.modalities[ctx.layout.data_index[mi]];
+                    (!mb.present.is_empty())
+                        .then(|| super::labels_at(ctx.backend, batch, &mb.present))
+                        .transpose()
+                })
+                .collect::<Result<_>>()?;
             let tape = Tape::new(ctx.backend);
             let p = ctx.model.track(&tape, |_| true);
-            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, batch.len())?;
-            let mut loss = f.logits.cross_entropy(&labels)?.scale(self.weights[m])?;
+            let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, n)?;
+            let w = match &share {
+                None => self.weights[m],
+                Some((global, _)) => self.weights[m] * frac(n, *global),
+            };
+            let mut loss = f.logits.cross_entropy(&labels)?.scale(w)?;
             for (mi, h) in f.feats.iter().enumerate() {
                 if let (Some(h), Some(y)) = (h, &present[mi]) {
                     let z = ctx.model.slice_logits(&p, &ctx.layout.modalities[mi], h)?;
-                    loss = loss.add(&z.cross_entropy(y)?.scale(self.weights[mi])?)?;
+                    let w = match &share {
+                        None => self.weights[mi],
+                        Some((_, global_m)) => self.weights[mi] * frac(rows_m[mi], global_m[mi]),
+                    };
+                    loss = loss.add(&z.cross_entropy(y)?.scale(w)?)?;
                 }
             }
             let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value())
+            Some((p.gradients(g), loss.into_value()))
+        };
+        let (grads, loss) = match (ctx.dist, local) {
+            (None, Some(l)) => l,
+            (None, None) => return Ok(()),
+            (Some(d), local) => {
+                let l = local.as_ref().map(|(g, l)| (g.as_slice(), l));
+                match sum_over_ranks_by(
+                    d,
+                    ctx.backend,
+                    ctx.model,
+                    |_| true,
+                    l,
+                    Weights::Sum,
+                    n,
+                    &[],
+                )? {
+                    Some(r) => (r.grads, r.loss),
+                    None => return Ok(()),
+                }
+            }
         };
         ctx.optim.step(ctx.model.params_mut(), &grads)?;
         out.push(ctx.step, None, loss);

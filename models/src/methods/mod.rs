@@ -364,3 +364,14 @@ pub(crate) fn sum_over_ranks_by<B: Backend<f32>>(
         extra: extra[1..].to_vec(),
     }))
 }
+
+/// Data parallel: the global batch's rows and each modality's rows among
+/// them (one small sum), for methods that scale each loss term to its rows'
+/// share of the global mean before summing gradients ([`Weights::Sum`]).
+pub(crate) fn global_rows(d: &Dist, rows: usize, rows_m: &[usize]) -> Result<(usize, Vec<usize>)> {
+    let mut buf: Vec<f64> = rows_m.iter().map(|&r| r as f64).collect();
+    buf.push(rows as f64);
+    d.sum_f64(&mut buf)?;
+    let n = buf.pop().unwrap_or(0.0) as usize;
+    Ok((n, buf.iter().map(|&r| r as usize).collect()))
+}

@@ -213,7 +213,7 @@ impl<B: Backend<f32>> Trainer<B> {
     /// batch are accepted; the others are refused rather than trained with
     /// per-rank statistics.
     pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
-        const REDUCED: [MethodKind; 7] = [
+        const REDUCED: [MethodKind; 8] = [
             MethodKind::Joint,
             MethodKind::Unimodal,
             MethodKind::Mla,
@@ -221,6 +221,7 @@ impl<B: Backend<f32>> Trainer<B> {
             MethodKind::OgmGe,
             MethodKind::Mmpareto,
             MethodKind::Pmr,
+            MethodKind::Gblending,
         ];
         if !REDUCED.contains(&self.cfg.method) {
             return Err(TrainError::Config(format!(
