@@ -25,7 +25,7 @@
 //! are method state (checkpointed); an estimation is deterministic (its own
 //! shuffle stream), so resume is exact. Host reads: none per step.
 
-use super::{joint_forward, sum_over_ranks_by, upload_batch, EpochCtx, Method, StepCtx};
+use super::{joint_forward, step_gradients, upload_batch, EpochCtx, Method, StepCtx};
 use crate::data::{Batch, Loader};
 use crate::dist::Weights;
 use crate::metrics::NamedValues;
@@ -328,25 +328,8 @@ impl<B: Backend<f32>> Method<B> for Gblending<B> {
             let g = tape.backward(&loss)?;
             Some((p.gradients(g), loss.into_value()))
         };
-        let (grads, loss) = match (ctx.dist, local) {
-            (None, Some(l)) => l,
-            (None, None) => return Ok(()),
-            (Some(d), local) => {
-                let l = local.as_ref().map(|(g, l)| (g.as_slice(), l));
-                match sum_over_ranks_by(
-                    d,
-                    ctx.backend,
-                    ctx.model,
-                    |_| true,
-                    l,
-                    Weights::Sum,
-                    n,
-                    &[],
-                )? {
-                    Some(r) => (r.grads, r.loss),
-                    None => return Ok(()),
-                }
-            }
+        let Some((grads, loss)) = step_gradients(ctx, local, Weights::Sum, n)? else {
+            return Ok(());
         };
         ctx.optim.step(ctx.model.params_mut(), &grads)?;
         out.push(ctx.step, None, loss);

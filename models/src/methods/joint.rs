@@ -1,8 +1,9 @@
 //! `joint`: every encoder on its present samples, features concatenated,
 //! one head, cross-entropy on the fused logits, every parameter updated.
 
-use super::{joint_forward, sum_over_ranks, upload_batch, Method, StepCtx};
+use super::{joint_forward, step_gradients, upload_batch, Method, StepCtx};
 use crate::data::Batch;
+use crate::dist::Weights;
 use crate::trainer::config::MethodKind;
 use crate::trainer::stats::Pending;
 use crate::trainer::Result;
@@ -35,16 +36,8 @@ impl<B: Backend<f32>> Method<B> for Joint {
             let g = tape.backward(&loss)?;
             Some((p.gradients(g), loss.into_value()))
         };
-        let (grads, loss) = match (ctx.dist, local) {
-            (None, Some(l)) => l,
-            (None, None) => return Ok(()),
-            (Some(d), local) => {
-                let l = local.as_ref().map(|(g, l)| (g.as_slice(), l));
-                match sum_over_ranks(d, ctx.backend, ctx.model, |_| true, l, n, &[])? {
-                    Some(r) => (r.grads, r.loss),
-                    None => return Ok(()),
-                }
-            }
+        let Some((grads, loss)) = step_gradients(ctx, local, Weights::MeanOver(&|_| n), n)? else {
+            return Ok(());
         };
         ctx.optim.step(ctx.model.params_mut(), &grads)?;
         out.push(ctx.step, None, loss);

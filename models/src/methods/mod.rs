@@ -375,3 +375,22 @@ pub(crate) fn global_rows(d: &Dist, rows: usize, rows_m: &[usize]) -> Result<(us
     let n = buf.pop().unwrap_or(0.0) as usize;
     Ok((n, buf.iter().map(|&r| r as usize).collect()))
 }
+
+/// A whole-model step's gradients and loss as the optimizer takes them:
+/// this rank's own without a job, else summed over the ranks as `weights`
+/// says. `local` is `None` where this rank's share had no rows; the result
+/// is `None` where no rank had one (the step does not happen).
+#[allow(clippy::type_complexity)]
+pub(crate) fn step_gradients<B: Backend<f32>>(
+    ctx: &StepCtx<'_, B>,
+    local: Option<(Vec<(String, T32<B>)>, T32<B>)>,
+    weights: Weights<'_>,
+    rows: usize,
+) -> Result<Option<(Vec<(String, T32<B>)>, T32<B>)>> {
+    let Some(d) = ctx.dist else {
+        return Ok(local);
+    };
+    let l = local.as_ref().map(|(g, l)| (g.as_slice(), l));
+    let r = sum_over_ranks_by(d, ctx.backend, ctx.model, |_| true, l, weights, rows, &[])?;
+    Ok(r.map(|r| (r.grads, r.loss)))
+}

@@ -20,7 +20,7 @@
 //! Host reads per step: the M prototype scores.
 
 use super::ogm::true_class_score;
-use super::sum_over_ranks_by;
+use super::step_gradients;
 use super::{
     host_labels, joint_forward, labels_at, upload_batch, upload_modality, EpochCtx, Method,
     StepCtx, T32,
@@ -303,27 +303,12 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
             .collect();
         // A rank's share of the last global batch may be empty: it still
         // joins the score reduction and the gradient sum.
-        if n == 0 {
+        let (local, chosen) = if n == 0 {
             let Some(d) = ctx.dist else { return Ok(()) };
-            let (chosen, _) = global_choice(d, &vec![None; m], &rows_m, n)?;
-            let Some(r) = sum_over_ranks_by(
-                d,
-                ctx.backend,
-                ctx.model,
-                |_| true,
-                None,
-                Weights::Sum,
-                0,
-                &[],
-            )?
-            else {
-                return Ok(());
-            };
-            return self.finish(ctx, active, &chosen, &r.grads, r.loss, out);
-        }
-        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-        let labels = Indices::new(ctx.backend, &batch.labels)?;
-        let (grads, loss, chosen) = {
+            (None, global_choice(d, &vec![None; m], &rows_m, n)?.0)
+        } else {
+            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+            let labels = Indices::new(ctx.backend, &batch.labels)?;
             let tape = Tape::new(ctx.backend);
             let p = ctx.model.track(&tape, |_| true);
             let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, n)?;
@@ -372,25 +357,11 @@ impl<B: Backend<f32>> Method<B> for Pmr<B> {
                 }
             }
             let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value(), chosen)
+            (Some((p.gradients(g), loss.into_value())), chosen)
         };
-        if let Some(d) = ctx.dist {
-            let local = Some((grads.as_slice(), &loss));
-            let Some(r) = sum_over_ranks_by(
-                d,
-                ctx.backend,
-                ctx.model,
-                |_| true,
-                local,
-                Weights::Sum,
-                n,
-                &[],
-            )?
-            else {
-                return Ok(());
-            };
-            return self.finish(ctx, active, &chosen, &r.grads, r.loss, out);
-        }
+        let Some((grads, loss)) = step_gradients(ctx, local, Weights::Sum, n)? else {
+            return Ok(());
+        };
         self.finish(ctx, active, &chosen, &grads, loss, out)
     }
 
