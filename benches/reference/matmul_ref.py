@@ -43,6 +43,18 @@ SHAPES = [
     ("head/dw_dytx", 10, 64, 128, True, False),
     ("head/dx_dywt", 64, 10, 128, False, True),
     ("head/dx_dyw", 64, 10, 128, False, False),
+    # The per-sample GEMMs of the cnn encoder's convolutions (im2col columns
+    # [c*9, h*w]): forward W cols, input gradient W^T dY, weight gradient dY cols^T.
+    ("img_conv1/fwd", 32, 9, 784, False, False),
+    ("img_conv1/dw", 32, 784, 9, False, True),
+    ("img_conv2/fwd", 64, 288, 196, False, False),
+    ("img_conv2/dx", 288, 64, 196, True, False),
+    ("img_conv2/dw", 64, 196, 288, False, True),
+    ("aud_conv1/fwd", 32, 9, 2520, False, False),
+    ("aud_conv1/dw", 32, 2520, 9, False, True),
+    ("aud_conv2/fwd", 64, 288, 620, False, False),
+    ("aud_conv2/dx", 288, 64, 620, True, False),
+    ("aud_conv2/dw", 64, 620, 288, False, True),
     ("square/1024", 1024, 1024, 1024, False, False),
     ("gemv/128x128_ax", 128, 128, 1, False, False),
     ("gemv/128x128_atx", 128, 128, 1, True, False),
