@@ -119,7 +119,9 @@ impl Dist {
     /// values summed alongside (already sums, not means). Under
     /// [`Weights::MeanOver`] each gradient is divided by its own global row
     /// count, so a loss term over the rows that have one modality averages
-    /// over the global batch's such rows. Returns `None` when no rank had a row (the
+    /// over the global batch's such rows; a rank's rows count for every
+    /// tensor of `names`, also one its loss did not reach (a zero gradient
+    /// there: a share without any row of one modality). Returns `None` when no rank had a row (the
     /// step does not happen), else the gradients some rank's loss reached,
     /// the global row count and the summed extras.
     pub fn mean_gradients<B: Backend<f32>>(
@@ -132,10 +134,22 @@ impl Dist {
         extra: &[f32],
     ) -> Result<Option<Reduced<B>>> {
         let sizes: Vec<usize> = names.iter().map(|(_, d)| d.iter().product()).collect();
-        let total: usize = sizes.iter().map(|s| s + 1).sum::<usize>() + 1 + extra.len();
+        // Per tensor: the rows behind its mean, whether this rank's loss
+        // reached it, then the values.
+        let total: usize = sizes.iter().map(|s| s + 2).sum::<usize>() + 1 + extra.len();
         let mut buf = vec![0f32; total];
         let mut at = 0;
         for ((name, _), &size) in names.iter().zip(&sizes) {
+            let mut k = match weights {
+                Weights::MeanOver(rows_of) => rows_of(name) as f32,
+                Weights::Sum => 1.0,
+            };
+            if local.is_some() {
+                // A gradient this rank's loss did not reach is zero over the
+                // rank's rows: they still count in the global mean (a share
+                // with rows but without one modality).
+                buf[at] = k;
+            }
             if let Some(g) = local.and_then(|l| l.iter().find(|(n, _)| n == name)) {
                 let v = g.1.to_vec()?;
                 if v.len() != size {
@@ -145,18 +159,15 @@ impl Dist {
                         v.len()
                     )));
                 }
-                // The slot before the values: the rows behind this mean (a
-                // gradient some rank has always has rows >= 1 behind it).
-                let k = match weights {
-                    Weights::MeanOver(rows_of) => rows_of(name).max(1) as f32,
-                    Weights::Sum => 1.0,
-                };
+                // A gradient some loss reached has at least one row behind it.
+                k = k.max(1.0);
                 buf[at] = k;
-                for (o, x) in buf[at + 1..at + 1 + size].iter_mut().zip(&v) {
+                buf[at + 1] = 1.0;
+                for (o, x) in buf[at + 2..at + 2 + size].iter_mut().zip(&v) {
                     *o = x * k;
                 }
             }
-            at += size + 1;
+            at += size + 2;
         }
         buf[at] = rows as f32;
         buf[at + 1..].copy_from_slice(extra);
@@ -168,15 +179,17 @@ impl Dist {
         let mut grads = Vec::new();
         let mut at = 0;
         for ((name, dims), &size) in names.iter().zip(&sizes) {
-            if buf[at] > 0.0 {
+            // Only gradients some rank's loss reached (the optimizer leaves
+            // the others alone, as in one process).
+            if buf[at + 1] > 0.0 {
                 let inv = match weights {
                     Weights::MeanOver(_) => 1.0 / buf[at],
                     Weights::Sum => 1.0,
                 };
-                let v: Vec<f32> = buf[at + 1..at + 1 + size].iter().map(|x| x * inv).collect();
+                let v: Vec<f32> = buf[at + 2..at + 2 + size].iter().map(|x| x * inv).collect();
                 grads.push((name.clone(), Tensor::from_slice(backend, &v, dims.clone())?));
             }
-            at += size + 1;
+            at += size + 2;
         }
         Ok(Some(Reduced {
             grads,

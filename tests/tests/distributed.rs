@@ -264,12 +264,48 @@ fn shares_cover_every_global_batch_exactly_once() {
 }
 
 #[test]
-fn methods_without_reduced_statistics_are_refused() {
-    let (_d, ds) = data("dist-refuse", 0);
-    let mut t = Trainer::new(Cpu, ds, cfg(MethodKind::Agm)).unwrap();
-    let h = InProcess::group(1).pop().unwrap();
-    let e = t.set_distributed(Arc::new(h)).unwrap_err().to_string();
-    assert!(e.contains("--distributed") && e.contains("agm"), "{e}");
+fn agm_with_global_shapley_scores_matches_one_process() {
+    // kappa and the running means come from the global batch's scores; the
+    // surrogate divides by the global batch; clipping sees the summed gradient.
+    let (_d, ds) = data("dist-agm", 3);
+    for w in [2, 3] {
+        matches_one_process(&ds, &cfg(MethodKind::Agm), w);
+    }
+}
+
+#[test]
+fn reconboost_phases_match_one_process() {
+    // Epoch 1 is image's phase 1 (q from no member: 1), epoch 2 phase 2 over
+    // the ensemble; an audio-only stage needs a third epoch.
+    let (_d, ds) = data("dist-reconboost", 3);
+    let c = TrainConfig {
+        epochs: 3,
+        ..cfg(MethodKind::Reconboost)
+    };
+    for w in [2, 3] {
+        matches_one_process(&ds, &c, w);
+    }
+}
+
+#[test]
+fn a_share_without_one_modality_still_counts_its_rows() {
+    // Two rows per rank and every second sample without audio: many shares
+    // have rows but no audio while another rank's share has some. The audio
+    // encoder's gradient is the global batch's mean, so those rows count
+    // with a zero gradient.
+    let (_d, ds) = data("dist-sparse", 2);
+    let c = TrainConfig {
+        batch_size: 6,
+        epochs: 1,
+        ..cfg(MethodKind::Joint)
+    };
+    matches_one_process(&ds, &c, 3);
+    let c = TrainConfig {
+        batch_size: 6,
+        epochs: 1,
+        ..cfg(MethodKind::Mmpareto)
+    };
+    matches_one_process(&ds, &c, 3);
 }
 
 #[test]

@@ -24,8 +24,9 @@
 //! changes nothing here. Host reads per step: the `phi_m` rows (for the
 //! scores) and, for clipping, two scalars.
 
-use super::{joint_forward, upload_batch, Input, Method, StepCtx, T32};
+use super::{joint_forward, step_gradients, upload_batch, Input, Method, StepCtx, T32};
 use crate::data::Batch;
+use crate::dist::Weights;
 use crate::metrics::NamedValues;
 use crate::params::StateDict;
 use crate::shapley::coalition_weight;
@@ -88,6 +89,11 @@ pub fn decomposition_coefficient(modalities: usize, mask: usize, m: usize) -> f6
 /// A batch score: mean over rows of `-log softmax(row)[y]`, each at most
 /// [`MAX_SAMPLE_SCORE`] (f64, host).
 pub fn batch_score(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
+    score_sum(logits, labels, classes) / labels.len().max(1) as f64
+}
+
+/// The sum over rows of the per-sample scores of [`batch_score`].
+pub fn score_sum(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
     let mut sum = 0.0;
     for (row, &y) in logits.chunks_exact(classes).zip(labels) {
         let max = row.iter().fold(f64::NEG_INFINITY, |a, &v| a.max(v as f64));
@@ -105,7 +111,7 @@ pub fn batch_score(logits: &[f32], labels: &[u32], classes: usize) -> f64 {
             MAX_SAMPLE_SCORE
         };
     }
-    sum / labels.len().max(1) as f64
+    sum
 }
 
 /// `exp(M/(M-1) (mean_k s_k - s_m))` for every m.
@@ -162,19 +168,26 @@ impl<B: Backend<f32>> Method<B> for Agm {
             // Fixed against the official hooks: kappa is 1 outside the window.
             self.kappa = vec![1.0; m];
         }
-        let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
-        let labels = Indices::new(ctx.backend, &batch.labels)?;
         // Outside the window only a stale kappa (not all 1) needs the
         // decomposition; kappa = 1 is the joint gradient exactly.
         let decompose = active || self.kappa.iter().any(|&k| k != 1.0);
-        let (mut grads, loss) = {
+        // A rank's share of the last global batch may be empty; it still
+        // takes part in every reduction.
+        let local = if n == 0 {
+            if decompose {
+                self.reduce_scores(ctx, vec![0.0; m], 0, active)?;
+            }
+            None
+        } else {
+            let inputs = upload_batch(ctx.backend, ctx.layout, batch)?;
+            let labels = Indices::new(ctx.backend, &batch.labels)?;
             let tape = Tape::new(ctx.backend);
             let p = ctx.model.track(&tape, |_| true);
             if !decompose {
                 let f = joint_forward(ctx.model, ctx.layout, &p, &tape, inputs, n)?;
                 let loss = f.logits.cross_entropy(&labels)?;
                 let g = tape.backward(&loss)?;
-                (p.gradients(g), loss.into_value())
+                Some((p.gradients(g), loss.into_value()))
             } else {
                 // Coalition forwards: inputs of the modalities outside S are
                 // zeros (every row); a modality missing from the batch stays
@@ -205,14 +218,15 @@ impl<B: Backend<f32>> Method<B> for Agm {
                 }
                 let z = coalitions.last().expect("the full coalition").clone();
                 let loss = z.cross_entropy(&labels)?;
+                // phi_m on the host for the scores: each modality's summed
+                // per-sample score over this rank's rows.
+                let mut sums = vec![0.0; m];
                 if active {
-                    // phi_m on the host for the scores.
                     let zs: Vec<Vec<f32>> = coalitions
                         .iter()
                         .map(|c| c.value().to_vec())
                         .collect::<std::result::Result<_, _>>()?;
-                    let mut scores = Vec::with_capacity(m);
-                    for mi in 0..m {
+                    for (mi, sum) in sums.iter_mut().enumerate() {
                         let mut phi = vec![0.0f64; n * classes];
                         for (k, zk) in zs.iter().enumerate() {
                             let c = decomposition_coefficient(m, k + 1, mi);
@@ -221,20 +235,30 @@ impl<B: Backend<f32>> Method<B> for Agm {
                                 .for_each(|(p, &v)| *p += c * v as f64);
                         }
                         let phi: Vec<f32> = phi.iter().map(|&v| v as f32).collect();
-                        scores.push(batch_score(&phi, &batch.labels, classes));
-                    }
-                    // The target comes from the means before this batch.
-                    self.kappa =
-                        kappas(&self.running, &scores, self.params.alpha, self.params.clamp);
-                    self.count += 1;
-                    for (s, &x) in self.running.iter_mut().zip(&scores) {
-                        *s = running_mean(*s, x, self.count);
+                        *sum = score_sum(&phi, &batch.labels, classes);
                     }
                 }
-                let surrogate = self.surrogate(ctx, &tape, batch, &z, &coalitions)?;
+                let rows = self.reduce_scores(ctx, sums, n, active)?;
+                let surrogate = self.surrogate(ctx, &tape, batch, &z, &coalitions, rows)?;
                 let g = tape.backward(&surrogate)?;
-                (p.gradients(g), loss.into_value())
+                // Summed over ranks below: this rank's share of the global mean.
+                let loss = if rows == n {
+                    loss.into_value()
+                } else {
+                    loss.into_value().scale(n as f64 / rows as f64)?
+                };
+                Some((p.gradients(g), loss))
             }
+        };
+        // The surrogate already divides by the global batch: its gradients
+        // are summed over ranks; the joint loss is a mean per rank.
+        let weights = if decompose {
+            Weights::Sum
+        } else {
+            Weights::MeanOver(&|_| n)
+        };
+        let Some((mut grads, loss)) = step_gradients(ctx, local, weights, n)? else {
+            return Ok(());
         };
         if active {
             self.steps += 1;
@@ -305,6 +329,37 @@ impl<B: Backend<f32>> Method<B> for Agm {
 }
 
 impl Agm {
+    /// The global batch's rows and, in the window, its scores (each
+    /// modality's summed per-sample score over the ranks, divided by the
+    /// global rows): kappa and the running means move identically on every
+    /// rank. One process: `sums` and `n` as they are.
+    fn reduce_scores<B: Backend<f32>>(
+        &mut self,
+        ctx: &StepCtx<'_, B>,
+        mut sums: Vec<f64>,
+        n: usize,
+        active: bool,
+    ) -> Result<usize> {
+        let rows = match ctx.dist {
+            None => n,
+            Some(d) => {
+                sums.push(n as f64);
+                d.sum_f64(&mut sums)?;
+                sums.pop().unwrap_or(0.0) as usize
+            }
+        };
+        if active && rows > 0 {
+            let scores: Vec<f64> = sums.iter().map(|s| s / rows as f64).collect();
+            // The target comes from the means before this batch.
+            self.kappa = kappas(&self.running, &scores, self.params.alpha, self.params.clamp);
+            self.count += 1;
+            for (s, &x) in self.running.iter_mut().zip(&scores) {
+                *s = running_mean(*s, x, self.count);
+            }
+        }
+        Ok(rows)
+    }
+
     /// `sum_m kappa_m <sg(G), phi_m>` = `sum_S c_S <sg(G), f(S)>` with
     /// `c_S = sum_m kappa_m coef_m(S)` over the non-empty coalitions.
     fn surrogate<'t, B: Backend<f32>>(
@@ -314,17 +369,21 @@ impl Agm {
         batch: &Batch,
         z: &mla_core::Var<'t, f32, B>,
         coalitions: &[mla_core::Var<'t, f32, B>],
+        rows: usize,
     ) -> Result<mla_core::Var<'t, f32, B>> {
         let m = self.names.len();
-        let n = batch.len();
         let classes = ctx.layout.num_classes;
-        // G = (softmax(z) - onehot(y)) / n, detached.
+        // G = (softmax(z) - onehot(y)) / rows (the global batch), detached.
         let mut g = z.value().softmax()?.to_vec()?;
         for (i, &y) in batch.labels.iter().enumerate() {
             g[i * classes + y as usize] -= 1.0;
         }
-        g.iter_mut().for_each(|v| *v /= n as f32);
-        let g = tape.constant(Tensor::from_slice(ctx.backend, &g, vec![n, classes])?);
+        g.iter_mut().for_each(|v| *v /= rows as f32);
+        let g = tape.constant(Tensor::from_slice(
+            ctx.backend,
+            &g,
+            vec![batch.len(), classes],
+        )?);
         let mut total: Option<mla_core::Var<'t, f32, B>> = None;
         for (k, f) in coalitions.iter().enumerate() {
             let c: f64 = (0..m)

@@ -31,7 +31,7 @@
 //! yet in the ensemble. Host reads per phase-1 step: the other members'
 //! logits (`[batch, C]` each) for `q`; none in phase 2.
 
-use super::{labels_at, upload_modality, EpochCtx, Method, StepCtx};
+use super::{labels_at, sum_over_ranks, upload_modality, EpochCtx, Method, StepCtx};
 use crate::data::Batch;
 use crate::metrics::NamedValues;
 use crate::model::{scatter_rows, Model, HEAD_BETA, HEAD_BIAS, HEAD_PREFIX, HEAD_WEIGHT};
@@ -190,28 +190,46 @@ impl Reconboost {
         out: &mut Pending<B>,
     ) -> Result<()> {
         let mb = &batch.modalities[ctx.layout.data_index[mi]];
-        if mb.present.is_empty() {
-            return Ok(());
-        }
-        let q = self.reconcile_q(ctx, batch, mi)?;
-        self.q_sum += q.iter().sum::<f64>();
-        self.q_count += q.len() as u64;
-        let weights = sample_weights(&self.params, &q, ctx.layout.num_classes);
-        let labels: Vec<u32> = mb.present.iter().map(|&p| batch.labels[p]).collect();
+        let rows = mb.present.len();
         let name = &ctx.layout.modalities[mi];
-        let x = upload_modality(ctx.backend, ctx.layout, batch, mi)?;
         let prefix = Model::<B>::encoder_prefix(name);
-        let (grads, loss) = {
+        let trainable = |n: &str| n.starts_with(&prefix) || n == HEAD_WEIGHT || n == HEAD_BIAS;
+        // A rank's share may have no row of the modality; it still takes
+        // part in the reduction.
+        let local = if rows == 0 {
+            None
+        } else {
+            let q = self.reconcile_q(ctx, batch, mi)?;
+            let weights = sample_weights(&self.params, &q, ctx.layout.num_classes);
+            let labels: Vec<u32> = mb.present.iter().map(|&p| batch.labels[p]).collect();
+            let x = upload_modality(ctx.backend, ctx.layout, batch, mi)?;
             let tape = Tape::new(ctx.backend);
-            let p = ctx.model.track(&tape, |n| {
-                n.starts_with(&prefix) || n == HEAD_WEIGHT || n == HEAD_BIAS
-            });
+            let p = ctx.model.track(&tape, trainable);
             let h = ctx.model.features(&p, name, &tape.constant(x))?;
             let f = ctx.model.head_logits(&p, &h)?;
             let loss = weighted_ce(&f, &labels, &weights)?;
             let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value())
+            Some((p.gradients(g), loss.into_value(), q.iter().sum::<f64>()))
         };
+        let (grads, loss, q_sum, q_rows) = match ctx.dist {
+            None => match local {
+                None => return Ok(()),
+                Some((g, l, q)) => (g, l, q, rows),
+            },
+            // The loss is a mean over the modality's rows: the gradients are
+            // averaged over the global batch's such rows; q's sum travels along.
+            Some(d) => {
+                let l = local.as_ref().map(|(g, l, _)| (g.as_slice(), l));
+                let q = [local.as_ref().map_or(0.0, |(_, _, q)| *q as f32)];
+                let Some(r) = sum_over_ranks(d, ctx.backend, ctx.model, trainable, l, rows, &q)?
+                else {
+                    return Ok(());
+                };
+                (r.grads, r.loss, r.extra[0] as f64, r.rows)
+            }
+        };
+        self.q_sum += q_sum;
+        self.q_count += q_rows as u64;
         ctx.optim.step(ctx.model.params_mut(), &grads)?;
         out.push(ctx.step, Some(mi), loss);
         Ok(())
@@ -231,9 +249,6 @@ impl Reconboost {
                     .is_empty()
             })
             .collect();
-        if members.is_empty() {
-            return Ok(());
-        }
         let mut seen = vec![false; n];
         for &k in &members {
             for &pos in &batch.modalities[ctx.layout.data_index[k]].present {
@@ -241,16 +256,20 @@ impl Reconboost {
             }
         }
         let rows: Vec<usize> = (0..n).filter(|&i| seen[i]).collect();
-        let labels = labels_at(ctx.backend, batch, &rows)?;
-        let prefixes: Vec<String> = members
-            .iter()
-            .map(|&k| Model::<B>::encoder_prefix(&ctx.layout.modalities[k]))
+        // Every ensemble member's encoder may train (the same names on every
+        // rank); only the members with rows here run.
+        let prefixes: Vec<String> = (0..self.members)
+            .map(|k| Model::<B>::encoder_prefix(&ctx.layout.modalities[k]))
             .collect();
-        let (grads, loss) = {
+        let trainable = |name: &str| {
+            name.starts_with(HEAD_PREFIX) || prefixes.iter().any(|pre| name.starts_with(pre))
+        };
+        let local = if rows.is_empty() {
+            None
+        } else {
+            let labels = labels_at(ctx.backend, batch, &rows)?;
             let tape = Tape::new(ctx.backend);
-            let p = ctx.model.track(&tape, |name| {
-                name.starts_with(HEAD_PREFIX) || prefixes.iter().any(|pre| name.starts_with(pre))
-            });
+            let p = ctx.model.track(&tape, trainable);
             let mut sum: Option<Var<'_, f32, B>> = None;
             for &k in &members {
                 let kb = &batch.modalities[ctx.layout.data_index[k]];
@@ -273,7 +292,20 @@ impl Reconboost {
             };
             let loss = f.cross_entropy(&labels)?;
             let g = tape.backward(&loss)?;
-            (p.gradients(g), loss.into_value())
+            Some((p.gradients(g), loss.into_value()))
+        };
+        let local = match ctx.dist {
+            None => local,
+            // A mean over the rows some member sees: averaged over the
+            // global batch's such rows.
+            Some(d) => {
+                let l = local.as_ref().map(|(g, l)| (g.as_slice(), l));
+                sum_over_ranks(d, ctx.backend, ctx.model, trainable, l, rows.len(), &[])?
+                    .map(|r| (r.grads, r.loss))
+            }
+        };
+        let Some((grads, loss)) = local else {
+            return Ok(());
         };
         ctx.optim.step(ctx.model.params_mut(), &grads)?;
         out.push(ctx.step, None, loss);

@@ -209,27 +209,10 @@ impl<B: Backend<f32>> Trainer<B> {
 
     /// Trains as one rank of a data-parallel job (README, "Distributed
     /// training"). Every rank must build the same trainer (config, data,
-    /// resume point). Only methods whose step is reduced over the global
-    /// batch are accepted; the others are refused rather than trained with
-    /// per-rank statistics.
+    /// resume point). Every method reduces its step over the global batch
+    /// (gradients, scores, statistics), so W ranks train as one process on
+    /// the same global batches.
     pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
-        const REDUCED: [MethodKind; 8] = [
-            MethodKind::Joint,
-            MethodKind::Unimodal,
-            MethodKind::Mla,
-            MethodKind::Ogm,
-            MethodKind::OgmGe,
-            MethodKind::Mmpareto,
-            MethodKind::Pmr,
-            MethodKind::Gblending,
-        ];
-        if !REDUCED.contains(&self.cfg.method) {
-            return Err(TrainError::Config(format!(
-                "--distributed trains --method {} only; {} keeps per-step statistics (scores, cosines, prototypes, stages) that are not reduced over ranks yet",
-                REDUCED.map(|m| m.to_string()).join(", "),
-                self.cfg.method
-            )));
-        }
         let d = Dist::new(comm);
         if d.rank() >= d.world() {
             return Err(TrainError::Distributed(format!(
