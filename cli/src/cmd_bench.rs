@@ -112,9 +112,11 @@ impl OnBackend for Args {
                 .map_err(|e| format!("resetting the CUDA profile: {e}"))?;
         }
         let times = trainer.time_steps(0, self.steps)?;
-        let total_s: f64 = times.iter().map(|(t, _)| t).sum();
-        let samples: usize = times.iter().map(|(_, n)| n).sum();
-        let mut ms: Vec<f64> = times.iter().map(|(t, _)| t * 1e3).collect();
+        let total_s: f64 = times.iter().map(|t| t.seconds).sum();
+        let samples: usize = times.iter().map(|t| t.samples).sum();
+        let gflop = times.iter().map(|t| t.flops as f64).sum::<f64>() / 1e9;
+        let gflop_per_step = gflop / times.len() as f64;
+        let mut ms: Vec<f64> = times.iter().map(|t| t.seconds * 1e3).collect();
         ms.sort_by(|a, b| a.total_cmp(b));
         let median = percentile(&ms, 0.5);
         let sps = samples as f64 / total_s;
@@ -137,6 +139,8 @@ impl OnBackend for Args {
                 "ms_per_step_p90": percentile(&ms, 0.9),
                 "steps_per_second": steps_per_s,
                 "samples_per_second": sps,
+                "gflop_per_step": gflop_per_step,
+                "gflop_per_second": gflop / total_s,
                 "peak_rss_mib": peak_rss_mib(),
             });
             println!("{out}");
@@ -150,6 +154,10 @@ impl OnBackend for Args {
                 median,
                 percentile(&ms, 0.1),
                 percentile(&ms, 0.9)
+            );
+            println!(
+                "  {gflop_per_step:.3} GFLOP per step in matrix products (GEMMs, HGM's projection): {:.1} GFLOP/s",
+                gflop / total_s
             );
             if let Some(rss) = peak_rss_mib() {
                 println!("  peak resident memory {rss:.0} MiB");

@@ -371,8 +371,12 @@ pub fn summary_table(s: &Summary) -> String {
             m.restored
         ));
     }
+    let flops = s
+        .gflop_per_step
+        .map(|g| format!("; {g:.3} GFLOP per step in matrix products"))
+        .unwrap_or_default();
     out.push_str(&format!(
-        "  time: {:.1} s training ({:.0} samples/s on {}), {:.1} s in all\n",
+        "  time: {:.1} s training ({:.0} samples/s on {}), {:.1} s in all{flops}\n",
         s.train_seconds, s.samples_per_second, s.backend, s.total_seconds
     ));
     if let Some(p) = &s.provenance {

@@ -12,6 +12,7 @@
 pub mod backend;
 pub mod element;
 pub mod error;
+pub mod flops;
 pub mod ops;
 pub mod shape;
 pub mod tape;

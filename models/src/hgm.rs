@@ -454,6 +454,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         let r = self.scaled_mean(mean.clone())?;
         let projected = match self.mode {
             HgmMode::Owm => {
+                mla_core::flops::add(rls_flops(c, s, true));
                 let out = backend.rls_project(
                     self.p[0].storage_mut()?,
                     r.storage(),
@@ -476,6 +477,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
                 let projected = grad_w.matmul(&self.p[m])?;
                 for (k, p) in self.p.iter_mut().enumerate() {
                     if k != m {
+                        mla_core::flops::add(rls_flops(c, s, false));
                         backend.rls_project(
                             p.storage_mut()?,
                             r.storage(),
@@ -698,4 +700,12 @@ fn head_grad<'g, T: Element, B: Backend<T>>(
                 "HGM step of modality '{modality}': no head gradient among the step's gradients"
             ),
         })
+}
+
+/// The floating-point operations of one fused RLS projection (counted with
+/// the GEMMs, `mla_core::flops`): `P r` and the rank-one update of `P` (2 s^2
+/// each), `r^T P r` (2 s), and `grad_W P` (2 c s^2) when projecting.
+fn rls_flops(c: usize, s: usize, project: bool) -> u64 {
+    let (c, s) = (c as u64, s as u64);
+    4 * s * s + 2 * s + if project { 2 * c * s * s } else { 0 }
 }

@@ -129,6 +129,11 @@ fn matches_one_process(ds: &Arc<Dataset>, cfg: &TrainConfig, world: usize) {
         assert_eq!(rec.world, world);
         assert!(rec.allreduce.calls > 0 && rec.allreduce.bytes > 0, "{what}");
         assert_eq!(d.train_samples, s.train_samples, "{what}");
+        assert_eq!(d.train_steps, s.train_steps, "{what}");
+        if cfg.method == MethodKind::Joint {
+            // The job's matrix products are one process's, split by rows.
+            assert_eq!(d.train_gflop, s.train_gflop, "{what} GFLOP");
+        }
         close(d.train_loss, s.train_loss, &format!("{what} train loss"));
         // Evaluation is sharded and gathered: every sample once, in order.
         assert_eq!(d.val.samples, s.val.samples, "{what}");

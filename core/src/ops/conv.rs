@@ -85,7 +85,7 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
             stride_a: 0,
             stride_b: ckk * ohw,
         };
-        let out = backend.gemm(&cfg, w.storage(), cols.storage())?;
+        let out = super::matmul::gemm(backend, &cfg, w.storage(), cols.storage())?;
         let out = Tensor::from_storage(backend, out, [g.n, oc, g.oh, g.ow]);
         Ok(Conv2dOut {
             out,
@@ -121,7 +121,7 @@ pub(crate) fn conv2d_backward<T: Element, B: Backend<T>>(
             stride_a: 0,
             stride_b: oc * ohw,
         };
-        let dcols = backend.gemm(&cfg, w.storage(), grad.storage())?;
+        let dcols = super::matmul::gemm(backend, &cfg, w.storage(), grad.storage())?;
         let dx = backend.col2im(&dcols, g)?;
         Some(Tensor::from_storage(backend, dx, [g.n, g.c, g.h, g.w]))
     } else {
@@ -138,7 +138,7 @@ pub(crate) fn conv2d_backward<T: Element, B: Backend<T>>(
             stride_a: oc * ohw,
             stride_b: ckk * ohw,
         };
-        let per_sample = backend.gemm(&cfg, grad.storage(), cols.storage())?;
+        let per_sample = super::matmul::gemm(backend, &cfg, grad.storage(), cols.storage())?;
         let summed = backend.sum_axis(&per_sample, 1, g.n, oc * ckk)?;
         Some(Tensor::from_storage(backend, summed, w.dims().to_vec()))
     } else {

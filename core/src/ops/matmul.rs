@@ -3,6 +3,19 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
+/// Every GEMM of the core goes through here: the backend's, counted in
+/// [`crate::flops`].
+pub(crate) fn gemm<T: Element, B: Backend<T>>(
+    backend: &B,
+    cfg: &GemmConfig,
+    a: &B::Storage,
+    b: &B::Storage,
+) -> Result<B::Storage> {
+    let out = backend.gemm(cfg, a, b)?;
+    crate::flops::add_gemm(cfg.batch, cfg.m, cfg.n, cfg.k);
+    Ok(out)
+}
+
 impl<T: Element, B: Backend<T>> Tensor<T, B> {
     /// `op(self) @ op(rhs)` for rank-2 tensors, `op` transposing when asked.
     pub fn matmul_t(&self, rhs: &Self, trans_a: bool, trans_b: bool) -> Result<Self> {
@@ -30,7 +43,7 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
             stride_a: 0,
             stride_b: 0,
         };
-        let out = self.backend().gemm(&cfg, self.storage(), rhs.storage())?;
+        let out = gemm(self.backend(), &cfg, self.storage(), rhs.storage())?;
         Ok(Tensor::from_storage(self.backend(), out, [m, n]))
     }
 

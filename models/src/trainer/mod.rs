@@ -65,6 +65,15 @@ impl Observer for Silent {}
 /// synchronisation, so the steps in between run without one.
 const READ_EVERY: usize = 16;
 
+/// One step timed by [`Trainer::time_steps`].
+#[derive(Clone, Copy, Debug)]
+pub struct TimedStep {
+    pub seconds: f64,
+    pub samples: usize,
+    /// Matrix-product operations of the step (`mla_core::flops`).
+    pub flops: u64,
+}
+
 /// The trainer: the dataset, the model, the optimizer, the method and its
 /// state, and the run's progress.
 pub struct Trainer<B: Backend<f32>> {
@@ -539,6 +548,8 @@ impl<B: Backend<f32>> Trainer<B> {
             val: val.clone(),
             best: better,
             train_samples: stats.samples,
+            train_steps: stats.steps,
+            train_gflop: stats.flops / 1e9,
             train_seconds: stats.seconds,
             epoch_seconds: 0.0,
             samples_per_second: if stats.seconds > 0.0 {
@@ -611,6 +622,7 @@ impl<B: Backend<f32>> Trainer<B> {
         // Timed: a method's per-epoch preparation (PMR's prototypes,
         // G-Blending's estimation) is part of its training cost.
         let started = Instant::now();
+        let flops_before = mla_core::flops::count();
         self.method.begin_epoch(&EpochCtx {
             cfg: &self.cfg,
             layout: &self.layout,
@@ -638,6 +650,13 @@ impl<B: Backend<f32>> Trainer<B> {
             }
         }
         stats.seconds = started.elapsed().as_secs_f64();
+        stats.steps = batches as u64;
+        let mut flops = [mla_core::flops::count().wrapping_sub(flops_before) as f64];
+        if let Some(d) = &self.dist {
+            // The job's work: every rank's share.
+            d.sum_f64(&mut flops)?;
+        }
+        stats.flops = flops[0];
         Ok(stats)
     }
 
@@ -708,7 +727,7 @@ impl<B: Backend<f32>> Trainer<B> {
     /// come from the loader as in training (later epochs when one runs out).
     /// Returns each timed step's (seconds, samples). Training state moves on
     /// (parameters change) but nothing is recorded.
-    pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
+    pub fn time_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<TimedStep>> {
         // Timed steps are training steps only: measurements such as the
         // forgetting probe are left out of the timing.
         self.method.set_measuring(false);
@@ -717,7 +736,7 @@ impl<B: Backend<f32>> Trainer<B> {
         timed
     }
 
-    fn timed_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<(f64, usize)>> {
+    fn timed_steps(&mut self, warmup: usize, steps: usize) -> Result<Vec<TimedStep>> {
         let mut out = Vec::with_capacity(steps);
         let mut pending = stats::Pending::default();
         let mut stats = stats::EpochStats::new(self.layout.modalities.len());
@@ -747,6 +766,7 @@ impl<B: Backend<f32>> Trainer<B> {
                 }
                 let batch = batch?;
                 let t0 = Instant::now();
+                let f0 = mla_core::flops::count();
                 let total = (warmup + steps).max(2) - 1;
                 self.step(
                     &batch,
@@ -757,7 +777,11 @@ impl<B: Backend<f32>> Trainer<B> {
                 )?;
                 self.backend.synchronize()?;
                 if done >= warmup {
-                    out.push((t0.elapsed().as_secs_f64(), batch.len()));
+                    out.push(TimedStep {
+                        seconds: t0.elapsed().as_secs_f64(),
+                        samples: batch.len(),
+                        flops: mla_core::flops::count().wrapping_sub(f0),
+                    });
                 }
                 done += 1;
                 if pending.len() >= READ_EVERY {

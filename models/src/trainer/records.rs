@@ -105,6 +105,14 @@ pub struct EpochRecord {
     pub best: bool,
     /// Training samples seen in this epoch.
     pub train_samples: u64,
+    /// Training steps (mini-batches) of this epoch.
+    #[serde(default)]
+    pub train_steps: u64,
+    /// GFLOP of the matrix products of this epoch's training (steps and the
+    /// method's per-epoch preparation; all ranks of a data-parallel job):
+    /// `mla_core::flops`.
+    #[serde(default)]
+    pub train_gflop: f64,
     /// Time in training steps (data waits included, evaluation excluded).
     pub train_seconds: f64,
     /// Whole epoch: training, validation, test of a new best, checkpoints.
@@ -209,6 +217,10 @@ pub struct Summary {
     pub total_seconds: f64,
     /// Training samples per second of step time.
     pub samples_per_second: f64,
+    /// GFLOP of the matrix products per training step (all ranks), over
+    /// the epochs that recorded it; `None` for runs from before the count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gflop_per_step: Option<f64>,
     /// MLA with HGM: per epoch.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hgm_surviving_fraction: Vec<f64>,
@@ -322,6 +334,12 @@ impl Summary {
                 state.train_samples as f64 / state.train_seconds
             } else {
                 0.0
+            },
+            gflop_per_step: {
+                let counted = state.history.iter().filter(|r| r.train_steps > 0);
+                let (gflop, steps) =
+                    counted.fold((0.0, 0), |(f, n), r| (f + r.train_gflop, n + r.train_steps));
+                (steps > 0).then(|| gflop / steps as f64)
             },
             hgm_surviving_fraction: state
                 .history

@@ -80,6 +80,9 @@ impl<B: Backend<f32>> Pending<B> {
 pub struct EpochStats {
     pub samples: u64,
     pub seconds: f64,
+    pub steps: u64,
+    /// Matrix-product operations (`mla_core::flops`), all ranks.
+    pub flops: f64,
     loss_sum: Vec<f64>,
     loss_steps: Vec<u64>,
 }
@@ -89,6 +92,8 @@ impl EpochStats {
         EpochStats {
             samples: 0,
             seconds: 0.0,
+            steps: 0,
+            flops: 0.0,
             loss_sum: vec![0.0; modalities.max(1)],
             loss_steps: vec![0; modalities.max(1)],
         }
