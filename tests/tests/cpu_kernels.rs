@@ -370,6 +370,11 @@ fn backend_gemm_on_every_isa_all_transposes_and_strides() {
         (3, 40, 1, 31),
         (1, 64, 256, 784),
         (0, 4, 5, 6),
+        // A first convolution's weight gradient (dot products on AVX-512):
+        // batched, and a lone one split over threads.
+        (3, 32, 9, 784),
+        (1, 32, 9, 2520),
+        (1, 13, 16, 64),
     ];
     for isa in isas() {
         set_isa_override(Some(isa)).unwrap();

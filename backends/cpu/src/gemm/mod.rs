@@ -118,6 +118,12 @@ const TASK_FLOPS: usize = 1 << 20;
 /// blocking is cut for small and skinny shapes).
 pub(crate) const LARGE_FLOPS: usize = 1 << 28;
 pub(crate) const LARGE_DIM: usize = 512;
+/// `A B^T` products with at most this many columns and at least
+/// [`DOT_MIN_K`] depth go to the dot-product kernel (where the ISA has one):
+/// the first convolutions' weight gradients (n = 9, k = 784-2520) and the
+/// head's forward (n = 10).
+pub(crate) const DOT_MAX_N: usize = 16;
+pub(crate) const DOT_MIN_K: usize = 64;
 
 pub(crate) fn gemm<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T]) -> Result<Vec<T>> {
     let GemmConfig { batch, m, n, k, .. } = *cfg;
@@ -196,6 +202,32 @@ unsafe fn gemm_item(
             (kern.gemv_n)(n, k, b.ptr, b.cs as usize, a.ptr, c);
         }
         return;
+    }
+    if let Some(dot) = kern.dot_nt {
+        if a.cs == 1 && b.rs == 1 && n <= DOT_MAX_N && k >= DOT_MIN_K {
+            // Rows of A against columns of B, both contiguous: blocks of 4
+            // rows per task.
+            let blocks = m.div_ceil(4);
+            let t = tasks.min(blocks).max(1);
+            let c = SharedMut(c);
+            run_tasks(t, |i| {
+                let (i0, i1) = ((blocks * i / t) * 4, ((blocks * (i + 1) / t) * 4).min(m));
+                #[allow(clippy::redundant_locals)]
+                let (a, b, c) = (a, b, c);
+                dot(
+                    i1 - i0,
+                    n,
+                    k,
+                    a.ptr.offset(i0 as isize * a.rs),
+                    a.rs as usize,
+                    b.ptr,
+                    b.cs as usize,
+                    c.0.add(i0 * n),
+                    n,
+                );
+            });
+            return;
+        }
     }
     let plan = Plan::choose(kern, m, n, a, tasks);
     let panels = n.div_ceil(kern.nr);

@@ -28,6 +28,7 @@ type GerFn = unsafe fn(usize, usize, f32, *const f32, *const f32, *mut f32, usiz
 type PackedPanelFn =
     unsafe fn(usize, usize, usize, *const f32, *const f32, usize, *mut f32, usize, bool);
 type PackFn = unsafe fn(usize, usize, *const f32, usize, *mut f32, usize);
+type DotFn = unsafe fn(usize, usize, usize, *const f32, usize, *const f32, usize, *mut f32, usize);
 
 /// The kernels of one instruction set.
 #[derive(Clone, Copy)]
@@ -43,6 +44,10 @@ pub(crate) struct Kernel {
     pub ger: GerFn,
     /// Packs a B panel that is stored transposed (see `scalar::pack_panel_t`).
     pub pack_bt: PackFn,
+    /// `C = A B` by dot products when A's rows and B's columns are both
+    /// contiguous along k (`avx512::dot_nt`), for few columns; `None` where
+    /// the instruction set has no such kernel.
+    pub dot_nt: Option<DotFn>,
 }
 
 impl Kernel {
@@ -60,6 +65,7 @@ impl Kernel {
                 gemv_t: simd::scalar::gemv_t,
                 ger: simd::scalar::ger,
                 pack_bt: simd::scalar::pack_panel_t,
+                dot_nt: None,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2 => Kernel {
@@ -71,6 +77,7 @@ impl Kernel {
                 gemv_t: simd::avx2::gemv_t,
                 ger: simd::avx2::ger,
                 pack_bt: simd::avx2::pack_panel_t,
+                dot_nt: None,
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Kernel {
@@ -82,6 +89,7 @@ impl Kernel {
                 gemv_t: simd::avx512::gemv_t,
                 ger: simd::avx512::ger,
                 pack_bt: simd::avx2::pack_panel_t,
+                dot_nt: Some(simd::avx512::dot_nt),
             },
             #[cfg(not(target_arch = "x86_64"))]
             _ => unreachable!("only the scalar kernels exist off x86_64"),

@@ -77,6 +77,7 @@ mod tests {
             gemv_t: super::gemv_t,
             ger: super::ger,
             pack_bt: scalar::pack_panel_t,
+            dot_nt: Some(super::dot_nt),
         }
     }
 
@@ -138,6 +139,54 @@ mod tests {
                                     c[i * n + j]
                                 );
                             }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn emulated_avx512_dot_products_match_naive() {
+        let kern = emulated();
+        let dot = kern.dot_nt.expect("the AVX-512 dot-product kernel");
+        for (s, &m) in SIZES.iter().enumerate() {
+            for n in 1..=17 {
+                for &k in &[1usize, 5, 16, 17, 100, 400] {
+                    // Leading dimensions past the logical widths: only the
+                    // first k of each row may be read, only m x n written.
+                    let (lda, ldb, ldc) = (k + 3, k + 1, n + 2);
+                    let a = values(s, m * lda);
+                    let bt = values(s + 1, n * ldb);
+                    let mut c = vec![f32::NAN; m * ldc];
+                    unsafe {
+                        dot(
+                            m,
+                            n,
+                            k,
+                            a.as_ptr(),
+                            lda,
+                            bt.as_ptr(),
+                            ldb,
+                            c.as_mut_ptr(),
+                            ldc,
+                        )
+                    };
+                    for i in 0..m {
+                        for j in 0..ldc {
+                            let got = c[i * ldc + j];
+                            if j >= n {
+                                assert!(got.is_nan(), "{m}x{k}x{n}: wrote ({i},{j})");
+                                continue;
+                            }
+                            let terms =
+                                (0..k).map(|p| a[i * lda + p] as f64 * bt[j * ldb + p] as f64);
+                            let w: f64 = terms.clone().sum();
+                            let mag: f64 = terms.map(f64::abs).sum();
+                            assert!(
+                                close(got, w, mag, k),
+                                "{m}x{k}x{n} at ({i},{j}): {got} vs {w}"
+                            );
                         }
                     }
                 }

@@ -122,6 +122,90 @@ macro_rules! avx512_kernels {
             }
         }
 
+        /// `R x J` dot products of contiguous rows: `c[r * ldc + j] =
+        /// sum_p a[r * lda + p] * bt[j * ldb + p]`, one register per pair,
+        /// reduced across lanes at the end.
+        #[inline(always)]
+        unsafe fn dot_block<const R: usize, const J: usize>(
+            k: usize,
+            a: *const f32,
+            lda: usize,
+            bt: *const f32,
+            ldb: usize,
+            c: *mut f32,
+            ldc: usize,
+        ) {
+            let mut acc = [[_mm512_setzero_ps(); J]; R];
+            let mut p = 0;
+            while p < k {
+                let mask = if k - p >= 16 { 0xffff } else { tail_mask(k - p) };
+                let mut bv = [_mm512_setzero_ps(); J];
+                for j in 0..J {
+                    bv[j] = _mm512_maskz_loadu_ps(mask, bt.add(j * ldb + p));
+                }
+                for r in 0..R {
+                    let av = _mm512_maskz_loadu_ps(mask, a.add(r * lda + p));
+                    for j in 0..J {
+                        acc[r][j] = _mm512_fmadd_ps(av, bv[j], acc[r][j]);
+                    }
+                }
+                p += 16;
+            }
+            for r in 0..R {
+                for j in 0..J {
+                    *c.add(r * ldc + j) = _mm512_reduce_add_ps(acc[r][j]);
+                }
+            }
+        }
+
+        /// `C = A Bt^T` by dot products, for an A and a Bt both stored row by
+        /// row along k (`c[i * ldc + j] = sum_p a[i * lda + p] * bt[j * ldb +
+        /// p]`, every element of the `m x n` C written). For a B^T with few
+        /// columns (a first convolution's weight gradient: n = 9) the 32-wide
+        /// panels would leave most lanes idle and B^T would be packed first;
+        /// here every lane works on k and nothing is copied. Blocks of 4 x 4
+        /// products: 8 loads per 16 multiply-adds.
+        $(#[$tf])*
+        pub(crate) unsafe fn dot_nt(m: usize, n: usize, k: usize, a: *const f32, lda: usize, bt: *const f32, ldb: usize, c: *mut f32, ldc: usize) {
+            macro_rules! block {
+                ($r:expr, $j:expr, $a:expr, $b:expr, $c:expr) => {
+                    match ($r, $j) {
+                        (4, 4) => dot_block::<4, 4>(k, $a, lda, $b, ldb, $c, ldc),
+                        (4, 3) => dot_block::<4, 3>(k, $a, lda, $b, ldb, $c, ldc),
+                        (4, 2) => dot_block::<4, 2>(k, $a, lda, $b, ldb, $c, ldc),
+                        (4, 1) => dot_block::<4, 1>(k, $a, lda, $b, ldb, $c, ldc),
+                        (3, 4) => dot_block::<3, 4>(k, $a, lda, $b, ldb, $c, ldc),
+                        (3, 3) => dot_block::<3, 3>(k, $a, lda, $b, ldb, $c, ldc),
+                        (3, 2) => dot_block::<3, 2>(k, $a, lda, $b, ldb, $c, ldc),
+                        (3, 1) => dot_block::<3, 1>(k, $a, lda, $b, ldb, $c, ldc),
+                        (2, 4) => dot_block::<2, 4>(k, $a, lda, $b, ldb, $c, ldc),
+                        (2, 3) => dot_block::<2, 3>(k, $a, lda, $b, ldb, $c, ldc),
+                        (2, 2) => dot_block::<2, 2>(k, $a, lda, $b, ldb, $c, ldc),
+                        (2, 1) => dot_block::<2, 1>(k, $a, lda, $b, ldb, $c, ldc),
+                        (1, 4) => dot_block::<1, 4>(k, $a, lda, $b, ldb, $c, ldc),
+                        (1, 3) => dot_block::<1, 3>(k, $a, lda, $b, ldb, $c, ldc),
+                        (1, 2) => dot_block::<1, 2>(k, $a, lda, $b, ldb, $c, ldc),
+                        (1, 1) => dot_block::<1, 1>(k, $a, lda, $b, ldb, $c, ldc),
+                        _ => unreachable!(),
+                    }
+                };
+            }
+            let mut i = 0;
+            while i < m {
+                let r = (m - i).min(4);
+                let mut j = 0;
+                while j < n {
+                    // Column blocks of 4, the tail split evenly (n = 9: 3 x 3).
+                    let left = n - j;
+                    let q = if left > 4 && left < 8 { left.div_ceil(2) } else { left.min(4) };
+                    let q = if left == 9 { 3 } else { q };
+                    block!(r, q, a.add(i * lda), bt.add(j * ldb), c.add(i * ldc + j));
+                    j += q;
+                }
+                i += r;
+            }
+        }
+
         #[inline(always)]
         unsafe fn tile_m<const M: usize>(
             k: usize,
