@@ -10,7 +10,7 @@
 //!
 //!     cargo run --release -p mla-benches --example gemm_burst
 //!
-//! `RAYON_NUM_THREADS` sets the thread count.
+//! `RAYON_NUM_THREADS` sets the thread count, `MLA_CPU_ISA` the kernels.
 
 use mla_benches::values;
 use mla_core::{Backend, GemmConfig};
@@ -59,6 +59,8 @@ fn parse(line: &str) -> Result<(GemmConfig, f64), String> {
 }
 
 fn main() {
+    // MLA_CPU_ISA forces a slower kernel set (the AVX2 path on an AVX-512 CPU).
+    mla_cpu::isa_from_env().unwrap_or_else(|e| fail(&e));
     let stdin = std::io::stdin();
     let mut out = std::io::stdout().lock();
     let mut current: Option<(GemmConfig, Vec<f32>, Vec<f32>)> = None;

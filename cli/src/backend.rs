@@ -31,9 +31,16 @@ pub fn set_threads(threads: Option<usize>) -> CliResult {
     Ok(())
 }
 
+/// The CPU backend, with the kernels' instruction set forced by
+/// `MLA_CPU_ISA` if that is set.
+fn cpu() -> CliResult<mla_cpu::Cpu> {
+    mla_cpu::isa_from_env()?;
+    Ok(mla_cpu::Cpu::new())
+}
+
 pub fn dispatch<F: OnBackend>(choice: BackendChoice, f: F) -> CliResult<F::Output> {
     match choice {
-        BackendChoice::Cpu => f.run(mla_cpu::Cpu::new(), "cpu"),
+        BackendChoice::Cpu => f.run(cpu()?, "cpu"),
         BackendChoice::Cuda => {
             let cuda = mla_cuda::Cuda::new(0)
                 .map_err(|e| format!("--backend cuda: no usable CUDA device: {e}"))?;
@@ -43,7 +50,7 @@ pub fn dispatch<F: OnBackend>(choice: BackendChoice, f: F) -> CliResult<F::Outpu
         // cuBLAS or a device is missing, and says which it picked.
         BackendChoice::Auto => match mla_cuda::Cuda::new(0) {
             Ok(cuda) => run_cuda(cuda, f),
-            Err(_) => f.run(mla_cpu::Cpu::new(), "cpu"),
+            Err(_) => f.run(cpu()?, "cpu"),
         },
     }
 }

@@ -130,6 +130,7 @@ impl OnBackend for Args {
                 "batch_size": self.batch_size,
                 "hgm": hgm,
                 "backend": name,
+                "cpu_isa": mla_cpu::active_isa().name(),
                 "threads": self.threads,
                 "warmup": self.warmup,
                 "steps": self.steps,
@@ -146,8 +147,12 @@ impl OnBackend for Args {
             println!("{out}");
         } else {
             println!(
-                "{} steps of {} ({modalities}), encoder {}, batch {}, hgm {hgm} on {name}:",
-                self.steps, self.method, self.encoder, self.batch_size
+                "{} steps of {} ({modalities}), encoder {}, batch {}, hgm {hgm} on {name} (CPU kernels: {}):",
+                self.steps,
+                self.method,
+                self.encoder,
+                self.batch_size,
+                mla_cpu::active_isa().name()
             );
             println!(
                 "  {:.2} ms/step median (p10 {:.2}, p90 {:.2}), {steps_per_s:.2} steps/s, {sps:.0} samples/s",

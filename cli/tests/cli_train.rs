@@ -890,3 +890,48 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
     let e = fails(&["report", s(&runs.join("never"))]);
     assert!(e.contains("not a directory"), "{e}");
 }
+
+#[test]
+fn the_cpu_kernels_can_be_forced_onto_a_slower_instruction_set() {
+    let data = synthetic("cli-isa", &Synthetic::default());
+    let run = |isa: &str| {
+        std::process::Command::new(cli_common::BIN)
+            .env("MLA_CPU_ISA", isa)
+            .args([
+                "bench",
+                "--data",
+                s(data.path()),
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+            ])
+            .args([
+                "--batch-size",
+                "16",
+                "--encoder",
+                "mlp",
+                "--json",
+                "--backend",
+                "cpu",
+            ])
+            .output()
+            .unwrap()
+    };
+    let out = run("scalar");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b: Value = serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(b["cpu_isa"], "scalar");
+    assert!(b["gflop_per_step"].as_f64().unwrap() > 0.0);
+    let out = run("bogus");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("MLA_CPU_ISA=bogus") && !err.contains("panicked"),
+        "{err}"
+    );
+}

@@ -375,6 +375,7 @@ fn backend_gemm_on_every_isa_all_transposes_and_strides() {
         (3, 32, 9, 784),
         (1, 32, 9, 2520),
         (1, 13, 16, 64),
+        (2, 7, 5, 77),
     ];
     for isa in isas() {
         set_isa_override(Some(isa)).unwrap();

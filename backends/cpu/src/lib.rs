@@ -28,7 +28,9 @@ use mla_core::{
 
 pub use alloc::{set_poison_uninit, tune_allocator};
 pub use gemm::CpuFloat;
-pub use simd::{active_isa, detected as detected_isa, set_isa_override, Isa};
+pub use simd::{
+    active_isa, detected as detected_isa, isa_from_env, set_isa_override, Isa, ISA_ENV,
+};
 pub use threads::{num_threads, set_num_threads};
 
 /// The CPU device. Cheap to clone.

@@ -45,7 +45,7 @@ pub(crate) struct Kernel {
     /// Packs a B panel that is stored transposed (see `scalar::pack_panel_t`).
     pub pack_bt: PackFn,
     /// `C = A B` by dot products when A's rows and B's columns are both
-    /// contiguous along k (`avx512::dot_nt`), for few columns; `None` where
+    /// contiguous along k (`avx512::dot_nt`, `avx2::dot_nt`), for few columns; `None` where
     /// the instruction set has no such kernel.
     pub dot_nt: Option<DotFn>,
 }
@@ -77,7 +77,7 @@ impl Kernel {
                 gemv_t: simd::avx2::gemv_t,
                 ger: simd::avx2::ger,
                 pack_bt: simd::avx2::pack_panel_t,
-                dot_nt: None,
+                dot_nt: Some(simd::avx2::dot_nt),
             },
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Kernel {

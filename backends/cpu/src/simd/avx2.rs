@@ -411,3 +411,81 @@ pub(crate) unsafe fn panel_packed(
         acc,
     )
 }
+
+/// `R x J` dot products of contiguous rows (see [`dot_nt`]); the last `k % 8`
+/// terms are added one by one after the lane sums.
+#[inline(always)]
+unsafe fn dot_block<const R: usize, const J: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    bt: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); J]; R];
+    let mut p = 0;
+    while p + 8 <= k {
+        let mut bv = [_mm256_setzero_ps(); J];
+        for j in 0..J {
+            bv[j] = _mm256_loadu_ps(bt.add(j * ldb + p));
+        }
+        for r in 0..R {
+            let av = _mm256_loadu_ps(a.add(r * lda + p));
+            for j in 0..J {
+                acc[r][j] = _mm256_fmadd_ps(av, bv[j], acc[r][j]);
+            }
+        }
+        p += 8;
+    }
+    for r in 0..R {
+        for j in 0..J {
+            let mut s = hsum(acc[r][j]);
+            for q in p..k {
+                s = (*a.add(r * lda + q)).mul_add(*bt.add(j * ldb + q), s);
+            }
+            *c.add(r * ldc + j) = s;
+        }
+    }
+}
+
+/// `C = A Bt^T` by dot products of contiguous rows (`c[i * ldc + j] = sum_p
+/// a[i * lda + p] * bt[j * ldb + p]`); see `avx512::dot_nt`. Blocks of 3 x 3
+/// (9 accumulators, 3 B registers and one A register of the 16).
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn dot_nt(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    bt: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut i = 0;
+    while i < m {
+        let r = (m - i).min(3);
+        let mut j = 0;
+        while j < n {
+            let q = (n - j).min(3);
+            let (a, b, c) = (a.add(i * lda), bt.add(j * ldb), c.add(i * ldc + j));
+            match (r, q) {
+                (3, 3) => dot_block::<3, 3>(k, a, lda, b, ldb, c, ldc),
+                (3, 2) => dot_block::<3, 2>(k, a, lda, b, ldb, c, ldc),
+                (3, 1) => dot_block::<3, 1>(k, a, lda, b, ldb, c, ldc),
+                (2, 3) => dot_block::<2, 3>(k, a, lda, b, ldb, c, ldc),
+                (2, 2) => dot_block::<2, 2>(k, a, lda, b, ldb, c, ldc),
+                (2, 1) => dot_block::<2, 1>(k, a, lda, b, ldb, c, ldc),
+                (1, 3) => dot_block::<1, 3>(k, a, lda, b, ldb, c, ldc),
+                (1, 2) => dot_block::<1, 2>(k, a, lda, b, ldb, c, ldc),
+                (1, 1) => dot_block::<1, 1>(k, a, lda, b, ldb, c, ldc),
+                _ => unreachable!(),
+            }
+            j += q;
+        }
+        i += r;
+    }
+}

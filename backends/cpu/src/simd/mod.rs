@@ -129,6 +129,40 @@ pub fn set_isa_override(isa: Option<Isa>) -> Result<()> {
     }
 }
 
+/// The environment variable that forces the kernels onto a slower
+/// instruction set, for comparing paths on one machine (an AVX-512 CPU
+/// running its AVX2 kernels, say).
+pub const ISA_ENV: &str = "MLA_CPU_ISA";
+
+/// Applies [`ISA_ENV`] (`scalar`, `avx2` or `avx512`) as the override, if set;
+/// returns the instruction set now active. An unknown value, or one this CPU
+/// lacks, is an error naming the variable.
+pub fn isa_from_env() -> std::result::Result<Isa, String> {
+    let Some(v) = std::env::var_os(ISA_ENV) else {
+        return Ok(active_isa());
+    };
+    let v = v.to_string_lossy();
+    let isa = match v.trim().to_ascii_lowercase().as_str() {
+        "scalar" => Isa::Scalar,
+        "avx2" | "avx2+fma" => Isa::Avx2,
+        "avx512" | "avx512f" => Isa::Avx512,
+        _ => {
+            return Err(format!(
+                "{ISA_ENV}={v}: unknown instruction set; use scalar, avx2 or avx512"
+            ))
+        }
+    };
+    if !isa.is_available() {
+        return Err(format!(
+            "{ISA_ENV}={v}: {} is not supported by this CPU (best: {})",
+            isa.name(),
+            detected().name()
+        ));
+    }
+    set_isa_override(Some(isa)).map_err(|e| format!("{ISA_ENV}={v}: {e}"))?;
+    Ok(isa)
+}
+
 /// Panics with a clear message when a kernel is asked to run on an unsupported ISA;
 /// this is what keeps the `unsafe` calls into `target_feature` code sound.
 #[inline]
