@@ -90,6 +90,13 @@ fn linear(b: usize, i: usize, o: usize) -> u64 {
     2 * (b * i * o) as u64
 }
 
+/// An mlp encoder's step on `b` rows of `input` values: fc1 forward and its
+/// weight gradient (the input needs none), fc2 forward, input and weight
+/// gradients.
+fn mlp_encoder(b: usize, input: usize, s: usize) -> u64 {
+    2 * linear(b, input, 256) + 3 * linear(b, 256, s)
+}
+
 /// One step's counted operations and the trainer's per-epoch record.
 fn first_step(method: MethodKind) -> (u64, TrainConfig) {
     let dir = synthetic(&format!("flops-{method}"), &Synthetic::default());
@@ -124,20 +131,11 @@ fn first_step(method: MethodKind) -> (u64, TrainConfig) {
 #[test]
 fn a_joint_step_counts_every_layer_once_forward_and_its_gradients_backward() {
     let (got, cfg) = first_step(MethodKind::Joint);
-    let (b, s, classes) = (
-        cfg.batch_size,
-        cfg.feature_size,
-        Synthetic::default().classes,
-    );
-    let mut want = 0;
-    for shape in [IMAGE_SHAPE, AUDIO_SHAPE] {
-        let input: usize = shape.iter().product();
-        // fc1: forward and the weight gradient (the input needs none);
-        // fc2: forward, input and weight gradients.
-        want += 2 * linear(b, input, 256) + 3 * linear(b, 256, s);
-    }
+    let (b, s) = (cfg.batch_size, cfg.feature_size);
+    let inputs = [IMAGE_SHAPE, AUDIO_SHAPE].map(|d| d.iter().product::<usize>());
+    let mut want: u64 = inputs.iter().map(|&i| mlp_encoder(b, i, s)).sum();
     // The concatenation head over both features.
-    want += 3 * linear(b, 2 * s, classes);
+    want += 3 * linear(b, 2 * s, Synthetic::default().classes);
     assert_eq!(got, want);
 }
 
@@ -151,8 +149,8 @@ fn an_mla_step_counts_each_modality_step_and_hgm_s_projection() {
     );
     let mut want = 0;
     for shape in [IMAGE_SHAPE, AUDIO_SHAPE] {
-        let input: usize = shape.iter().product();
-        want += 2 * linear(b, input, 256) + 3 * linear(b, 256, s) + 3 * linear(b, s, c);
+        // Each modality's step: its encoder and the shared head.
+        want += mlp_encoder(b, shape.iter().product(), s) + 3 * linear(b, s, c);
         // OWM: P r, the rank-one update of P, r^T P r, and grad_W P.
         let (c, s) = (c as u64, s as u64);
         want += 4 * s * s + 2 * s + 2 * c * s * s;
