@@ -598,3 +598,28 @@ fn sync_bn_is_refused_where_it_would_hang_do_nothing_or_train_otherwise() {
         "{e}"
     );
 }
+
+#[test]
+fn sync_bn_with_the_other_allowed_methods_matches_one_process() {
+    let (_d, ds) = data_of("dist-syncbn-others", 112, 0);
+    for method in [
+        MethodKind::OgmGe,
+        MethodKind::Mmpareto,
+        MethodKind::Reconboost,
+        MethodKind::Unimodal,
+    ] {
+        let c = TrainConfig {
+            sync_bn: true,
+            modality: (method == MethodKind::Unimodal).then(|| "image".to_string()),
+            ..tiny_resnet(
+                method,
+                if method == MethodKind::Reconboost {
+                    2
+                } else {
+                    1
+                },
+            )
+        };
+        matches_one_process(&ds, &c, 2);
+    }
+}
