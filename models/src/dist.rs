@@ -12,7 +12,9 @@
 //! picks its coefficients identically. Evaluation is sharded the same way
 //! and gathered (`SplitOutputs::gathered`).
 //! Batch-norm buffers are local during an epoch and rank 0's are broadcast
-//! at its end, which is what PyTorch DDP's buffer broadcast leaves.
+//! at its end, which is what PyTorch DDP's buffer broadcast leaves; with
+//! `--sync-bn` ([`SyncBnSum`]) batch norm uses the global batch's
+//! statistics, so every rank's buffers are one process's.
 
 use crate::params::StateDict;
 use crate::trainer::{Result, TrainError};

@@ -361,6 +361,22 @@ fn ranks_that_start_from_different_states_are_refused() {
 }
 
 #[test]
+fn ranks_that_disagree_on_sync_bn_are_refused_at_the_start() {
+    let (_d, ds) = data_of("dist-syncbn-differ", 96, 0);
+    let outs = ranks(2, |rank| {
+        let c = TrainConfig {
+            sync_bn: rank == 0,
+            ..tiny_resnet(MethodKind::Joint, 1)
+        };
+        Trainer::new(Cpu, ds.clone(), c)
+    });
+    for o in outs {
+        let e = o.err().expect("refused").to_string();
+        assert!(e.contains("states differ at the start"), "{e}");
+    }
+}
+
+#[test]
 fn a_resumed_job_replays_the_uninterrupted_one_and_only_rank_0_writes() {
     let (_d, ds) = data("dist-resume", 3);
     let c = cfg(MethodKind::Mla);

@@ -237,8 +237,10 @@ impl<B: Backend<f32>> Trainer<B> {
             self.check_sync_bn(d.world())?;
         }
         // The ranks must start from the same state: a resumed run on one
-        // rank and a fresh one on another would otherwise train apart.
-        let c = self.state_checksum()?;
+        // rank and a fresh one on another would otherwise train apart. A
+        // rank with --sync-bn among ranks without would wait in sums the
+        // others never make: the flag enters the start check.
+        let c = self.state_checksum()? ^ u64::from(self.cfg.sync_bn);
         check_agree(
             &d,
             c,
