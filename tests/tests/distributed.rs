@@ -559,8 +559,7 @@ fn sync_bn_refusal(ds: &Arc<Dataset>, cfg: TrainConfig, world: usize) -> String 
     let h = InProcess::group(world).swap_remove(0);
     let e = t
         .set_distributed(Arc::new(h) as Arc<dyn Collective>)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("--sync-bn"), "{e}");
     e
@@ -608,7 +607,7 @@ fn sync_bn_is_refused_where_it_would_hang_do_nothing_or_train_otherwise() {
     assert!(e.contains("lacks modality 'audio'"), "{e}");
     // Without a job it is refused, not ignored.
     let mut t = Trainer::new(Cpu, ds.clone(), sync(tiny_resnet(MethodKind::Joint, 1))).unwrap();
-    let e = t.run(&mut Silent).err().expect("refused").to_string();
+    let e = t.run(&mut Silent).expect_err("refused").to_string();
     assert!(
         e.contains("--sync-bn") && e.contains("--distributed"),
         "{e}"

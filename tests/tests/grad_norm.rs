@@ -397,13 +397,12 @@ fn rank_sum_sends_the_weighted_adjoint_back() {
 }
 
 type Bn<'t> = (V64<'t>, BatchNormStats<f64, Cpu>);
+/// A training-mode batch norm of `(x, weight, bias, running)`.
+type BnFn<'a> =
+    dyn for<'t> Fn(&V64<'t>, &V64<'t>, &V64<'t>, &BatchNormStats<f64, Cpu>) -> Bn<'t> + 'a;
 
 /// Output, input/weight/bias gradients of `sum(y * r)` and running stats.
-fn bn_run(
-    dims: &[usize],
-    seed: u64,
-    bn: &dyn for<'t> Fn(&V64<'t>, &V64<'t>, &V64<'t>, &BatchNormStats<f64, Cpu>) -> Bn<'t>,
-) -> Vec<Vec<f64>> {
+fn bn_run(dims: &[usize], seed: u64, bn: &BnFn) -> Vec<Vec<f64>> {
     let c = dims[1];
     let len: usize = dims.iter().product();
     let mut rng = Rng::new(seed);
@@ -516,8 +515,7 @@ fn sync_batch_norm_needs_two_values_per_channel_over_the_job() {
     let b = tape.var(tensor(&[0.0, 0.0], &[2]));
     let run = BatchNormStats::new(&Cpu, 2).unwrap();
     let e = sync_batch_norm_train(&x, &w, &b, &run, &BatchNormConfig::default(), &one)
-        .err()
-        .expect("refused")
+        .expect_err("refused")
         .to_string();
     assert!(e.contains("more than 1 value per channel"), "{e}");
     // Another rank's row makes it two.
