@@ -329,6 +329,16 @@ pub struct Args {
     /// CPU backend (README, "Distributed training").
     #[arg(long)]
     distributed: bool,
+    /// With --distributed: synchronised batch norm. Every training-mode
+    /// batch-norm layer normalises with the mean and variance of the whole
+    /// global batch (all ranks' rows) and updates its running statistics
+    /// from them, so W ranks train what one process trains; two small
+    /// all-reduces per layer forward and two backward. Needs ResNet
+    /// encoders, every train sample with every modality (no --missing-rate)
+    /// and rows for every rank in every global batch; refused with pmr,
+    /// gblending and agm.
+    #[arg(long, conflicts_with = "resume")]
+    sync_bn: bool,
     /// Read flags from a TOML file: every flag of `mla train` is a key of
     /// the same name (`-` may be written `_`; switches take true/false),
     /// e.g. `method = "joint"`, `epochs = 8`, `lr = 0.01`. Flags on the
@@ -464,6 +474,7 @@ impl Args {
             }),
             train_limit: self.train_limit,
             eval_limit: self.eval_limit,
+            sync_bn: self.sync_bn,
         };
         cfg.validate()?;
         Ok(cfg)
@@ -629,6 +640,9 @@ impl OnBackend for Args {
     type Output = ();
 
     fn run<B: Backend<f32>>(self, backend: B, name: &str) -> CliResult {
+        if self.sync_bn && !self.distributed {
+            return Err("--sync-bn synchronises batch norm over the ranks of a data-parallel job: it needs --distributed (mpirun -np W mla train --distributed --sync-bn ...)".into());
+        }
         if !self.distributed {
             return self.train(backend, name, None);
         }

@@ -57,6 +57,26 @@ mod over_mpi {
 
     pub struct Mpi {
         pub world: SimpleCommunicator,
+        /// The thread that joined the job: the only one that calls MPI
+        /// (`Threading::Funneled`).
+        pub main: std::thread::ThreadId,
+    }
+
+    // SAFETY: MPI_COMM_WORLD's handle is valid until MPI_Finalize (the
+    // Universe, which outlives every use) and dropping it calls nothing;
+    // every MPI call checks it runs on the joining thread and refuses
+    // otherwise, so sharing the value never makes MPI run on another thread.
+    unsafe impl Send for Mpi {}
+    unsafe impl Sync for Mpi {}
+
+    impl Mpi {
+        fn on_main(&self) -> Result<(), String> {
+            if std::thread::current().id() == self.main {
+                Ok(())
+            } else {
+                Err("MPI called from a thread other than the one that joined the job".into())
+            }
+        }
     }
 
     impl mla_models::dist::Collective for Mpi {
@@ -69,12 +89,14 @@ mod over_mpi {
         // Open MPI reports a failed collective by aborting the job (its
         // default error handler), so these return Ok or never return.
         fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), String> {
+            self.on_main()?;
             let send = buf.to_vec();
             self.world
                 .all_reduce_into(&send[..], buf, SystemOperation::sum());
             Ok(())
         }
         fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), String> {
+            self.on_main()?;
             let send = buf.to_vec();
             self.world
                 .all_reduce_into(&send[..], buf, SystemOperation::sum());
@@ -96,7 +118,10 @@ pub fn join() -> CliResult<Job> {
     Ok(Job {
         rank,
         world: size,
-        comm: Arc::new(over_mpi::Mpi { world }),
+        comm: Arc::new(over_mpi::Mpi {
+            world,
+            main: std::thread::current().id(),
+        }),
         _universe: universe,
     })
 }

@@ -263,4 +263,66 @@ mod with_mpi {
         let b: Vec<Value> = records(&part).into_iter().map(strip).collect();
         assert_eq!(a, b);
     }
+
+    #[test]
+    fn sync_bn_ranks_train_what_one_process_trains_and_refusals_never_hang() {
+        // Every sample with both modalities; 100 in batches of 32 end on a
+        // batch of 4 (two rows per rank).
+        let d = synthetic(
+            "dist-mpi-syncbn",
+            &Synthetic {
+                train: 100,
+                val: 64,
+                test: 64,
+                audio_missing_every: 0,
+                ..Synthetic::default()
+            },
+        );
+        let runs = TempDir::new("dist-mpi-syncbn-runs");
+        let resnet = |dir: &Path, method: &'static str| -> Vec<String> {
+            let mut v: Vec<String> = train_args(s(d.path()), s(dir), "1")
+                .iter()
+                .map(|x| x.to_string())
+                .collect();
+            v.extend(
+                [
+                    "--method",
+                    method,
+                    "--encoder",
+                    "resnet18-small",
+                    "--width-mult",
+                    "0.125",
+                    "--feature-size",
+                    "64",
+                ]
+                .map(String::from),
+            );
+            v
+        };
+        let one = runs.join("one");
+        let a = resnet(&one, "joint");
+        ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        let dir = runs.join("w2");
+        let mut a = resnet(&dir, "joint");
+        a.push("--sync-bn".into());
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = mpirun(2, &args, &[], Duration::from_secs(180));
+        succeeded(&out, "W=2 --sync-bn");
+        for (a, b) in records(&dir).iter().zip(&records(&one)) {
+            let close = |x: f64, y: f64, k: &str| {
+                assert!((x - y).abs() <= 1e-4 + 1e-4 * y.abs(), "{k}: {x} vs {y}")
+            };
+            close(f(&a["train_loss"]), f(&b["train_loss"]), "train loss");
+            // Evaluation uses the running statistics: equal only if they are.
+            close(f(&a["val"]["loss"]), f(&b["val"]["loss"]), "val loss");
+        }
+        // A refused method: every rank fails with the same error, none waits.
+        let mut a = resnet(&runs.join("pmr"), "pmr");
+        a.push("--sync-bn".into());
+        let args: Vec<&str> = a.iter().map(String::as_str).collect();
+        let out = mpirun(2, &args, &[], Duration::from_secs(60));
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--sync-bn") && err.contains("pmr"), "{err}");
+    }
 }

@@ -458,6 +458,23 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("--modality"), "{e}");
     let e = run(&["--method", "unimodal", "--modality", "smell"]);
     assert!(e.contains("smell") && e.contains("image, audio"), "{e}");
+    // Synchronised batch norm needs a data-parallel job, from the command
+    // line or from a config file (a normal train key).
+    let e = run(&["--encoder", "resnet18-small", "--sync-bn"]);
+    assert!(
+        e.contains("--sync-bn") && e.contains("--distributed"),
+        "{e}"
+    );
+    let toml = runs.join("sync-bn.toml");
+    std::fs::write(&toml, "sync-bn = true\nencoder = \"resnet18-small\"\n").unwrap();
+    let v = base(&[]);
+    let mut refs: Vec<&str> = v.iter().map(String::as_str).collect();
+    refs.extend(["--config", s(&toml)]);
+    let e = fails(&refs);
+    assert!(
+        e.contains("--sync-bn") && e.contains("--distributed"),
+        "{e}"
+    );
     let e = run(&["--method", "joint", "--hgm", "owm"]);
     assert!(e.contains("--hgm"), "{e}");
     // A flag of another method, out-of-range values.

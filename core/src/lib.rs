@@ -28,6 +28,7 @@ pub use ops::batch_norm::{batch_norm_geometry, BatchNormConfig, BatchNormStats, 
 pub use ops::conv::conv2d_geometry;
 pub use ops::dropout::dropout_mask;
 pub use ops::pool::pool2d_geometry;
+pub use ops::rank_sum::RankSum;
 pub use shape::Shape;
 pub use tape::{Gradients, Tape, Var};
 pub use tensor::{Indices, Tensor};

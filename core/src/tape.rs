@@ -9,10 +9,12 @@ use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::ops;
 use crate::ops::batch_norm::{BatchNormConfig, BatchNormStats};
+use crate::ops::rank_sum::RankSum;
 use crate::shape::Shape;
 use crate::tensor::{Indices, Tensor};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
+use std::sync::Arc;
 
 /// What an op saved for its backward rule.
 enum Op<T: Element, B: Backend<T>> {
@@ -80,6 +82,10 @@ enum Op<T: Element, B: Backend<T>> {
     Softmax {
         y: Tensor<T, B>,
         log: bool,
+    },
+    RankSum {
+        f: Arc<dyn RankSum<T, B>>,
+        weight: f64,
     },
     CrossEntropy {
         probs: Tensor<T, B>,
@@ -348,6 +354,11 @@ fn backward_rule<T: Element, B: Backend<T>>(
             g,
         } => ops::batch_norm::batch_norm_backward(&x, &weight, &mean, &var, &g, grad, needs)?,
         Op::Softmax { y, log } => vec![Some(ops::softmax::softmax_backward(&y, log, grad)?)],
+        Op::RankSum { f, weight } => vec![Some(ops::rank_sum::rank_sum_backward(
+            f.as_ref(),
+            weight,
+            grad,
+        )?)],
         Op::CrossEntropy { probs, labels } => vec![Some(ops::softmax::cross_entropy_backward(
             &probs, &labels, grad,
         )?)],
@@ -639,6 +650,20 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
         let dims = ops::batch_norm::channel_dims(self.value.rank(), g.c);
         self.mul(&scale.reshape(dims.clone())?)?
             .add(&shift.reshape(dims)?)
+    }
+
+    /// Element-wise sum of this value over the ranks of a data-parallel job
+    /// (`f` carries it; every rank calls it in the same order with the same
+    /// shapes). `weight` is this rank's share of the weight its gradients get
+    /// when the ranks' gradients are combined (`n_r` rows for a mean over
+    /// them): the backward pass sends `sum_r(grad * weight) / weight` back
+    /// (see `ops::rank_sum`).
+    pub fn rank_sum(&self, f: &Arc<dyn RankSum<T, B>>, weight: f64) -> Result<Self> {
+        let y = ops::rank_sum::rank_sum_forward(f.as_ref(), &self.value, weight)?;
+        Ok(self.tape.record(y, &[self.node], || Op::RankSum {
+            f: f.clone(),
+            weight,
+        }))
     }
 
     /// Dropout with drop probability `p` in training (mask drawn from

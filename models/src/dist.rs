@@ -12,11 +12,13 @@
 //! picks its coefficients identically. Evaluation is sharded the same way
 //! and gathered (`SplitOutputs::gathered`).
 //! Batch-norm buffers are local during an epoch and rank 0's are broadcast
-//! at its end, which is what PyTorch DDP's buffer broadcast leaves.
+//! at its end, which is what PyTorch DDP's buffer broadcast leaves; with
+//! `--sync-bn` ([`SyncBnSum`]) batch norm uses the global batch's
+//! statistics, so every rank's buffers are one process's.
 
 use crate::params::StateDict;
 use crate::trainer::{Result, TrainError};
-use mla_core::{Backend, Tensor};
+use mla_core::{Backend, RankSum, Tensor};
 use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
@@ -25,8 +27,10 @@ use std::time::Instant;
 type T32<B> = Tensor<f32, B>;
 
 /// Element-wise sums across the ranks of one job. Every rank calls the same
-/// sequence of operations with buffers of the same lengths.
-pub trait Collective {
+/// sequence of operations with buffers of the same lengths. `Send + Sync`:
+/// a model holds it for synchronised batch norm ([`SyncBnSum`]); a transport
+/// bound to one thread refuses calls from others.
+pub trait Collective: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
     /// Replaces `buf` on every rank by its sum over ranks.
@@ -238,6 +242,48 @@ impl Dist {
         Ok((0..w)
             .map(|r| (0..4).map(|k| (buf[4 * r + k] as u64) << (16 * k)).sum())
             .collect())
+    }
+}
+
+/// Synchronised batch norm's sum over ranks (`--sync-bn`): the
+/// [`RankSum`] the model's batch-norm layers call, over the job's
+/// collective (one all-reduce of a `[c + 1]` or `[c]` vector each), with
+/// its traffic counted apart from [`Dist`]'s.
+pub struct SyncBnSum {
+    comm: Arc<dyn Collective>,
+    traffic: Mutex<Traffic>,
+}
+
+impl SyncBnSum {
+    pub fn new(comm: Arc<dyn Collective>) -> Self {
+        SyncBnSum {
+            comm,
+            traffic: Mutex::new(Traffic::default()),
+        }
+    }
+
+    /// The traffic since the last call, reset.
+    pub fn take_traffic(&self) -> Traffic {
+        std::mem::take(&mut *self.traffic.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl<B: Backend<f32>> RankSum<f32, B> for SyncBnSum {
+    fn sum(&self, x: &T32<B>) -> mla_core::Result<T32<B>> {
+        let t0 = Instant::now();
+        let mut v = x.to_vec()?;
+        self.comm
+            .all_reduce_sum(&mut v)
+            .map_err(|e| mla_core::Error::Backend {
+                op: "sync-bn all-reduce",
+                backend: "distributed",
+                msg: format!("rank {}: {e}", self.comm.rank()),
+            })?;
+        let mut t = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        t.calls += 1;
+        t.bytes += v.len() as u64 * 4;
+        t.seconds += t0.elapsed().as_secs_f64();
+        Tensor::from_slice(x.backend(), &v, x.dims().to_vec())
     }
 }
 

@@ -5,7 +5,8 @@
 use crate::error::{ModelError, Result};
 use crate::init::{self, Activation, InitScheme};
 use crate::params::{ParamStore, TrackedParams};
-use mla_core::{Backend, BatchNormConfig, BatchNormStats, Element, Tensor, Var};
+use mla_core::{Backend, BatchNormConfig, BatchNormStats, Element, RankSum, Tensor, Var};
+use std::sync::Arc;
 
 /// `y = x W^T + b` over `[batch, in]` inputs; `W` is `[out, in]`, `b` is `[out]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -258,6 +259,10 @@ where
     pub buffers: &'a ParamStore<B, T>,
     /// `(buffer name, new value)` in the order the layers ran.
     pub updates: Vec<(String, Tensor<T, B>)>,
+    /// Synchronised batch norm (`--sync-bn`): training-mode layers normalise
+    /// with the statistics of the whole job's batch, summed over ranks by
+    /// this hook ([`sync_batch_norm_train`]); `None`: this rank's batch.
+    pub sync: Option<Arc<dyn RankSum<T, B>>>,
 }
 
 impl<'a, T: Element, B: Backend<T>> BufferState<'a, B, T> {
@@ -266,6 +271,7 @@ impl<'a, T: Element, B: Backend<T>> BufferState<'a, B, T> {
             mode,
             buffers,
             updates: Vec::new(),
+            sync: None,
         }
     }
 
@@ -407,7 +413,10 @@ impl BatchNorm {
         match state.mode {
             Mode::Eval => Ok(x.batch_norm_eval(w, b, &running, &self.cfg)?),
             Mode::Train => {
-                let (y, new) = x.batch_norm_train(w, b, &running, &self.cfg)?;
+                let (y, new) = match &state.sync {
+                    Some(f) => sync_batch_norm_train(x, w, b, &running, &self.cfg, f)?,
+                    None => x.batch_norm_train(w, b, &running, &self.cfg)?,
+                };
                 let count = state.current(&cn)?.affine(1.0, 1.0)?;
                 state.updates.push((mn, new.mean));
                 state.updates.push((vn, new.var));
@@ -416,6 +425,81 @@ impl BatchNorm {
             }
         }
     }
+}
+
+/// Training-mode batch norm over the batch of a whole data-parallel job
+/// (synchronised batch norm): `x` `[n, c, ...]` is this rank's rows, `f`
+/// sums over the ranks. Normalises with the global per-channel mean and
+/// biased variance, and returns the running statistics updated from them as
+/// the fused kernel does (`Tensor::batch_norm_train`: momentum, unbiased
+/// variance with the global count N). Composed of tape ops, two-pass: (1)
+/// the per-channel sums and the element count, summed over ranks; (2) the
+/// centred sums of squares, summed over ranks. Each sum is a
+/// [`Var::rank_sum`] with adjoint weight `n` (this rank's rows), exact when
+/// the ranks' gradients are combined as means over their rows. With a hook
+/// that returns its input, it computes what the fused kernel computes.
+pub fn sync_batch_norm_train<'t, T: Element, B: Backend<T>>(
+    x: &Var<'t, T, B>,
+    weight: &Var<'t, T, B>,
+    bias: &Var<'t, T, B>,
+    running: &BatchNormStats<T, B>,
+    cfg: &BatchNormConfig,
+    f: &Arc<dyn RankSum<T, B>>,
+) -> Result<(Var<'t, T, B>, BatchNormStats<T, B>)> {
+    let d = x.dims().to_vec();
+    let params = [
+        weight.dims(),
+        bias.dims(),
+        running.mean.dims(),
+        running.var.dims(),
+    ];
+    // A rank's share may hold one value per channel: the global count is
+    // checked below.
+    let g = mla_core::batch_norm_geometry(&d, &params, cfg, false)?;
+    let (n, c, l) = (g.n, g.c, g.inner);
+    if n == 0 {
+        return Err(ModelError::Config(
+            "synchronised batch norm: this rank's share of the batch is empty".into(),
+        ));
+    }
+    let tape = x.tape();
+    let backend = x.value().backend();
+    let x3 = x.reshape([n, c, l])?;
+    let per_channel = |v: &Var<'t, T, B>| -> Result<Var<'t, T, B>> {
+        Ok(v.sum_axis(2, false)?.sum_axis(0, false)?)
+    };
+    // (1) Sums and count over the job.
+    let count = tape.constant(Tensor::full(backend, T::lit((n * l) as f64), [1])?);
+    let packed = Var::concat(&[&per_channel(&x3)?, &count], 0)?.rank_sum(f, n as f64)?;
+    let total = packed.value().narrow(0, c, 1)?.to_vec()?[0]
+        .as_f64()
+        .round();
+    if total <= 1.0 {
+        return Err(ModelError::Config(format!(
+            "synchronised batch norm: training needs more than 1 value per channel over the job's batch, got {total}"
+        )));
+    }
+    let mean = packed.narrow(0, 0, c)?.scale(1.0 / total)?;
+    let xc = x3.sub(&mean.reshape([1, c, 1])?)?;
+    // (2) Centred sums of squares over the job: the biased variance.
+    let var = per_channel(&xc.sqr()?)?
+        .rank_sum(f, n as f64)?
+        .scale(1.0 / total)?;
+    let sd = var.affine(1.0, cfg.eps)?.sqrt()?;
+    let y = xc
+        .div(&sd.reshape([1, c, 1])?)?
+        .mul(&weight.reshape([1, c, 1])?)?
+        .add(&bias.reshape([1, c, 1])?)?
+        .reshape(d)?;
+    let m = cfg.momentum;
+    let new = BatchNormStats {
+        mean: running.mean.scale(1.0 - m)?.add(&mean.value().scale(m)?)?,
+        var: running
+            .var
+            .scale(1.0 - m)?
+            .add(&var.value().scale(m * total / (total - 1.0))?)?,
+    };
+    Ok((y, new))
 }
 
 /// Max pooling, `kernel x kernel` windows, no padding, sizes rounded down.

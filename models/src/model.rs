@@ -22,8 +22,8 @@ use crate::error::{ModelError, Result};
 use crate::init::{Activation, InitScheme};
 use crate::layers::{apply_updates, BufferState, Linear, Mode};
 use crate::params::{ParamStore, TrackedParams};
-use mla_core::{Backend, Element, Indices, Tape, Tensor, Var};
-use std::sync::Mutex;
+use mla_core::{Backend, Element, Indices, RankSum, Tape, Tensor, Var};
+use std::sync::{Arc, Mutex};
 
 /// Name of the head's weight (the one HGM projects).
 pub const HEAD_WEIGHT: &str = "head.weight";
@@ -161,6 +161,9 @@ where
     /// Batch-norm buffer updates of the forward passes since the last
     /// [`Model::commit_buffers`], in order (later ones build on earlier ones).
     pending: Mutex<Vec<(String, Tensor<T, B>)>>,
+    /// Synchronised batch norm: the sum over ranks training-mode batch-norm
+    /// layers use (see [`Model::set_sync_bn`]).
+    sync_bn: Option<Arc<dyn RankSum<T, B>>>,
 }
 
 impl<T: Element, B: Backend<T>> Model<B, T> {
@@ -208,7 +211,22 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
             unimodal_heads,
             params,
             pending: Mutex::new(Vec::new()),
+            sync_bn: None,
         })
+    }
+
+    /// Synchronised batch norm (`--sync-bn`): with a hook, every
+    /// training-mode batch-norm layer normalises with the statistics of the
+    /// whole job's batch, summed over ranks by it
+    /// ([`crate::layers::sync_batch_norm_train`]); `None`: this process's
+    /// batch. Evaluation mode is unchanged.
+    pub fn set_sync_bn(&mut self, hook: Option<Arc<dyn RankSum<T, B>>>) {
+        self.sync_bn = hook;
+    }
+
+    /// Whether [`Model::set_sync_bn`] installed a hook.
+    pub fn sync_bn(&self) -> bool {
+        self.sync_bn.is_some()
     }
 
     pub fn spec(&self) -> &ModelSpec {
@@ -338,6 +356,9 @@ impl<T: Element, B: Backend<T>> Model<B, T> {
             &overlay
         };
         let mut state = BufferState::new(mode, store);
+        if mode == Mode::Train {
+            state.sync = self.sync_bn.clone();
+        }
         let h = enc.forward(p, &mut state, x)?;
         pending.extend(state.into_updates());
         Ok(h)

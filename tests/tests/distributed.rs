@@ -11,7 +11,9 @@ mod trainer_common;
 use mla_cpu::Cpu;
 use mla_models::data::{Dataset, Loader};
 use mla_models::dist::{Collective, InProcess};
-use mla_models::trainer::{EpochRecord, MethodKind, Silent, TrainConfig, TrainError, Trainer};
+use mla_models::trainer::{
+    EpochRecord, MethodKind, MissingTrain, Silent, TrainConfig, TrainError, Trainer,
+};
 use std::path::Path;
 use std::sync::Arc;
 use trainer_common::{small_mlp, synthetic, Synthetic, TempDir};
@@ -105,7 +107,13 @@ fn close(a: f64, b: f64, what: &str) {
 /// Every rank of the job holds rank 0's records and parameters, and those
 /// match one process's run of `cfg` on the same global batches.
 fn matches_one_process(ds: &Arc<Dataset>, cfg: &TrainConfig, world: usize) {
-    let mut one = Trainer::new(Cpu, ds.clone(), cfg.clone()).unwrap();
+    // One process has no ranks to synchronise batch norm over: its local
+    // batch is the global one.
+    let alone = TrainConfig {
+        sync_bn: false,
+        ..cfg.clone()
+    };
+    let mut one = Trainer::new(Cpu, ds.clone(), alone).unwrap();
     one.run(&mut Silent).unwrap();
     let single = one.state().history.clone();
     let single_params = params(&one);
@@ -353,6 +361,22 @@ fn ranks_that_start_from_different_states_are_refused() {
 }
 
 #[test]
+fn ranks_that_disagree_on_sync_bn_are_refused_at_the_start() {
+    let (_d, ds) = data_of("dist-syncbn-differ", 96, 0);
+    let outs = ranks(2, |rank| {
+        let c = TrainConfig {
+            sync_bn: rank == 0,
+            ..tiny_resnet(MethodKind::Joint, 1)
+        };
+        Trainer::new(Cpu, ds.clone(), c)
+    });
+    for o in outs {
+        let e = o.err().expect("refused").to_string();
+        assert!(e.contains("states differ at the start"), "{e}");
+    }
+}
+
+#[test]
 fn a_resumed_job_replays_the_uninterrupted_one_and_only_rank_0_writes() {
     let (_d, ds) = data("dist-resume", 3);
     let c = cfg(MethodKind::Mla);
@@ -435,4 +459,182 @@ fn batch_norm_buffers_end_each_epoch_as_rank_0s() {
         .collect();
     assert!(!bn.is_empty());
     assert_eq!(outs[0].params, outs[1].params);
+}
+
+/// A ResNet model small enough for threads: both encoders resnet18-small
+/// at an eighth of the width.
+fn tiny_resnet(method: MethodKind, epochs: usize) -> TrainConfig {
+    TrainConfig {
+        encoder: "resnet18-small".into(),
+        width_mult: 0.125,
+        feature_size: 64,
+        epochs,
+        ..cfg(method)
+    }
+}
+
+/// The batch-norm running statistics among `params`, checked to be there.
+fn running_stats(params: &[(String, Vec<f32>)]) -> Vec<&(String, Vec<f32>)> {
+    let bn: Vec<_> = params
+        .iter()
+        .filter(|(n, _)| n.contains("running_mean") || n.contains("running_var"))
+        .collect();
+    assert!(bn.len() > 10, "the model has batch-norm buffers");
+    bn
+}
+
+/// Largest difference between two runs' batch-norm running statistics.
+fn buffer_gap(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> f32 {
+    running_stats(a)
+        .iter()
+        .zip(running_stats(b))
+        .map(|((n, x), (m, y))| {
+            assert_eq!(n, m);
+            x.iter()
+                .zip(y)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        })
+        .fold(0f32, f32::max)
+}
+
+#[test]
+fn sync_bn_on_two_and_three_ranks_matches_one_process_buffers_included() {
+    // 100 samples in batches of 32: the last global batch of 4 gives each
+    // of three ranks one or two rows (too few for local statistics at 1x1
+    // planes; the job's are what one process uses).
+    let (_d, ds) = data_of("dist-syncbn", 100, 0);
+    for method in [MethodKind::Joint, MethodKind::Mla] {
+        let c = TrainConfig {
+            sync_bn: true,
+            ..tiny_resnet(method, 1)
+        };
+        for w in [2, 3] {
+            // Metrics, parameters and (among them) every batch-norm buffer.
+            matches_one_process(&ds, &c, w);
+        }
+    }
+    // The running statistics of the synchronised job are one process's,
+    // also after a second epoch (checked with every parameter above). A
+    // second epoch with that batch of 4 over 1x1 planes is chaotic in f32
+    // (a world-of-one job drifts as far from the fused kernel): 112 samples
+    // end on a batch of 16.
+    let (_d2, ds) = data_of("dist-syncbn2", 112, 0);
+    let c = TrainConfig {
+        sync_bn: true,
+        ..tiny_resnet(MethodKind::Joint, 2)
+    };
+    let mut one = Trainer::new(Cpu, ds.clone(), tiny_resnet(MethodKind::Joint, 2)).unwrap();
+    one.run(&mut Silent).unwrap();
+    let job: Vec<RankOut> = ranks(2, fresh(&ds, &c))
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let gap = buffer_gap(&job[0].params, &params(&one));
+    assert!(gap < 1e-4, "running statistics differ by {gap}");
+    let rec = job[0].history[1].distributed.as_ref().unwrap();
+    assert!(rec.allreduce.calls > 2 * 3, "{rec:?}");
+}
+
+#[test]
+fn without_sync_bn_the_running_statistics_are_rank_0s_not_one_process() {
+    // What --sync-bn is for: plain data parallelism normalises each share
+    // with its own statistics and keeps rank 0's running ones.
+    let (_d, ds) = data_of("dist-nosyncbn", 96, 0);
+    let c = tiny_resnet(MethodKind::Joint, 1);
+    let mut one = Trainer::new(Cpu, ds.clone(), c.clone()).unwrap();
+    one.run(&mut Silent).unwrap();
+    let job: Vec<RankOut> = ranks(2, fresh(&ds, &c))
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let gap = buffer_gap(&job[0].params, &params(&one));
+    assert!(gap > 1e-3, "running statistics differ by only {gap}");
+}
+
+/// The error `cfg` gets from `set_distributed` on a job of `world` (no
+/// collective call is made: the refusal comes first).
+fn sync_bn_refusal(ds: &Arc<Dataset>, cfg: TrainConfig, world: usize) -> String {
+    let mut t = Trainer::new(Cpu, ds.clone(), cfg).unwrap();
+    let h = InProcess::group(world).swap_remove(0);
+    let e = t
+        .set_distributed(Arc::new(h) as Arc<dyn Collective>)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("--sync-bn"), "{e}");
+    e
+}
+
+#[test]
+fn sync_bn_is_refused_where_it_would_hang_do_nothing_or_train_otherwise() {
+    let (_d, ds) = data_of("dist-syncbn-refused", 96, 0);
+    let sync = |c: TrainConfig| TrainConfig { sync_bn: true, ..c };
+    for m in [MethodKind::Pmr, MethodKind::Gblending, MethodKind::Agm] {
+        let e = sync_bn_refusal(&ds, sync(tiny_resnet(m, 1)), 2);
+        assert!(
+            e.contains(&format!("--method {m}")) && e.contains("joint, unimodal"),
+            "{e}"
+        );
+    }
+    let e = sync_bn_refusal(&ds, sync(cfg(MethodKind::Joint)), 2);
+    assert!(e.contains("no batch norm"), "{e}");
+    let missing = TrainConfig {
+        missing: Some(MissingTrain {
+            rates: "audio=0.3".parse().unwrap(),
+            policy: Default::default(),
+            seed: 1,
+        }),
+        ..sync(tiny_resnet(MethodKind::Joint, 1))
+    };
+    let e = sync_bn_refusal(&ds, missing, 2);
+    assert!(e.contains("--missing-rate"), "{e}");
+    // 96 samples in batches of 47 leave a last batch of 2 for 3 ranks; 2
+    // ranks need batches of 2 or more.
+    let batch = |b: usize| TrainConfig {
+        batch_size: b,
+        ..sync(tiny_resnet(MethodKind::Joint, 1))
+    };
+    let e = sync_bn_refusal(&ds, batch(47), 3);
+    assert!(
+        e.contains("every rank needs rows") && e.contains("batch of 2"),
+        "{e}"
+    );
+    let e = sync_bn_refusal(&ds, batch(1), 2);
+    assert!(e.contains("every rank needs rows"), "{e}");
+    // A dataset whose train samples lack a modality.
+    let (_m, gappy) = data_of("dist-syncbn-gappy", 96, 3);
+    let e = sync_bn_refusal(&gappy, sync(tiny_resnet(MethodKind::Mla, 1)), 2);
+    assert!(e.contains("lacks modality 'audio'"), "{e}");
+    // Without a job it is refused, not ignored.
+    let mut t = Trainer::new(Cpu, ds.clone(), sync(tiny_resnet(MethodKind::Joint, 1))).unwrap();
+    let e = t.run(&mut Silent).expect_err("refused").to_string();
+    assert!(
+        e.contains("--sync-bn") && e.contains("--distributed"),
+        "{e}"
+    );
+}
+
+#[test]
+fn sync_bn_with_the_other_allowed_methods_matches_one_process() {
+    let (_d, ds) = data_of("dist-syncbn-others", 112, 0);
+    for method in [
+        MethodKind::OgmGe,
+        MethodKind::Mmpareto,
+        MethodKind::Reconboost,
+        MethodKind::Unimodal,
+    ] {
+        let c = TrainConfig {
+            sync_bn: true,
+            modality: (method == MethodKind::Unimodal).then(|| "image".to_string()),
+            ..tiny_resnet(
+                method,
+                if method == MethodKind::Reconboost {
+                    2
+                } else {
+                    1
+                },
+            )
+        };
+        matches_one_process(&ds, &c, 2);
+    }
 }

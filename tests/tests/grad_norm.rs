@@ -297,3 +297,228 @@ fn dropout_mask_follows_the_stream() {
     let z = x.dropout(1.0, true, &mut || s2.uniform()).unwrap();
     assert!(z.to_vec().unwrap().iter().all(|&v| v == 0.0));
 }
+
+// ---- Sums over ranks in the graph, and synchronised batch norm ----
+
+use mla_core::{RankSum, Var};
+use mla_models::layers::sync_batch_norm_train;
+use std::sync::{Arc, Mutex};
+
+/// A job of one rank: the sum over ranks is the value itself.
+struct WorldOfOne;
+impl RankSum<f64, Cpu> for WorldOfOne {
+    fn sum(&self, x: &T64) -> mla_core::Result<T64> {
+        Ok(x.clone())
+    }
+}
+
+/// A stand-in for a job whose other ranks contribute `other` to every
+/// element of every sum; records what it was asked to sum.
+struct OtherRanksAdd {
+    other: f64,
+    seen: Mutex<Vec<Vec<f64>>>,
+}
+impl RankSum<f64, Cpu> for OtherRanksAdd {
+    fn sum(&self, x: &T64) -> mla_core::Result<T64> {
+        self.seen.lock().unwrap().push(x.to_vec()?);
+        x.affine(1.0, self.other)
+    }
+}
+
+/// Two ranks holding the same value: the sum doubles it.
+struct TwoEqualRanks;
+impl RankSum<f64, Cpu> for TwoEqualRanks {
+    fn sum(&self, x: &T64) -> mla_core::Result<T64> {
+        x.scale(2.0)
+    }
+}
+
+/// A broken transport that changes the shape.
+struct Flattens;
+impl RankSum<f64, Cpu> for Flattens {
+    fn sum(&self, x: &T64) -> mla_core::Result<T64> {
+        x.reshape([x.elem_count(), 1])
+    }
+}
+
+#[test]
+fn rank_sum_sends_the_weighted_adjoint_back() {
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(tensor(&[1.0, 2.0], &[2]));
+    let f = Arc::new(OtherRanksAdd {
+        other: 1.0,
+        seen: Mutex::new(Vec::new()),
+    });
+    let hook: Arc<dyn RankSum<f64, Cpu>> = f.clone();
+    let y = x.rank_sum(&hook, 4.0).unwrap();
+    assert_eq!(y.value().to_vec().unwrap(), vec![2.0, 3.0]);
+    let r = tape.constant(tensor(&[0.5, -1.0], &[2]));
+    let loss = y.mul(&r).unwrap().sum_all().unwrap();
+    let g = tape.backward(&loss).unwrap();
+    // Backward sums grad * weight over ranks and divides by the weight:
+    // ([0.5, -1] * 4 + 1) / 4.
+    assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), vec![0.75, -0.75]);
+    assert_eq!(
+        *f.seen.lock().unwrap(),
+        vec![vec![1.0, 2.0], vec![2.0, -4.0]]
+    );
+
+    // Two ranks with the same value and the same adjoint: twice each.
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(tensor(&[1.0, -3.0], &[2]));
+    let two: Arc<dyn RankSum<f64, Cpu>> = Arc::new(TwoEqualRanks);
+    let y = x.rank_sum(&two, 3.0).unwrap();
+    assert_eq!(y.value().to_vec().unwrap(), vec![2.0, -6.0]);
+    let r = tape.constant(tensor(&[0.5, -1.0], &[2]));
+    let loss = y.mul(&r).unwrap().sum_all().unwrap();
+    let g = tape.backward(&loss).unwrap();
+    assert_eq!(g.get(&x).unwrap().to_vec().unwrap(), vec![1.0, -2.0]);
+
+    // A world of one is the identity both ways; a bad weight or a sum that
+    // changes the shape is an error.
+    let one: Arc<dyn RankSum<f64, Cpu>> = Arc::new(WorldOfOne);
+    check_gradients(1, &[Input::new(vec![0.3, -0.7, 1.1], &[3])], |v| {
+        v[0].rank_sum(&one, 5.0)?.sqr()
+    })
+    .unwrap();
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(tensor(&[1.0, 2.0], &[2]));
+    assert!(x
+        .rank_sum(&one, 0.0)
+        .unwrap_err()
+        .to_string()
+        .contains("weight"));
+    let bad: Arc<dyn RankSum<f64, Cpu>> = Arc::new(Flattens);
+    assert!(x
+        .rank_sum(&bad, 1.0)
+        .unwrap_err()
+        .to_string()
+        .contains("shape"));
+}
+
+type Bn<'t> = (V64<'t>, BatchNormStats<f64, Cpu>);
+/// A training-mode batch norm of `(x, weight, bias, running)`.
+type BnFn<'a> =
+    dyn for<'t> Fn(&V64<'t>, &V64<'t>, &V64<'t>, &BatchNormStats<f64, Cpu>) -> Bn<'t> + 'a;
+
+/// Output, input/weight/bias gradients of `sum(y * r)` and running stats.
+fn bn_run(dims: &[usize], seed: u64, bn: &BnFn) -> Vec<Vec<f64>> {
+    let c = dims[1];
+    let len: usize = dims.iter().product();
+    let mut rng = Rng::new(seed);
+    let running = stats(&mut rng, c);
+    let x: Vec<f64> = uniform(&mut rng, len, -1.0, 1.0)
+        .iter()
+        .map(|v| v * 2.0 + 0.7)
+        .collect();
+    let tape = Tape::new(&Cpu);
+    let xv = tape.var(tensor(&x, dims));
+    let w = tape.var(tensor(&uniform(&mut rng, c, 0.5, 1.5), &[c]));
+    let b = tape.var(tensor(&uniform(&mut rng, c, -0.5, 0.5), &[c]));
+    let r = tape.constant(tensor(&uniform(&mut rng, len, -1.0, 1.0), dims));
+    let (y, new) = bn(&xv, &w, &b, &running);
+    let yv = y.value().to_vec().unwrap();
+    let loss = y.mul(&r).unwrap().sum_all().unwrap();
+    let g = tape.backward(&loss).unwrap();
+    let grad = |v: &V64<'_>| g.get(v).unwrap().to_vec().unwrap();
+    vec![
+        yv,
+        grad(&xv),
+        grad(&w),
+        grad(&b),
+        new.mean.to_vec().unwrap(),
+        new.var.to_vec().unwrap(),
+    ]
+}
+
+#[test]
+fn sync_batch_norm_of_one_rank_is_the_fused_kernel() {
+    let cfg = BatchNormConfig {
+        momentum: 0.3,
+        eps: 1e-5,
+    };
+    let one: Arc<dyn RankSum<f64, Cpu>> = Arc::new(WorldOfOne);
+    let what = [
+        "output",
+        "input grad",
+        "weight grad",
+        "bias grad",
+        "running mean",
+        "running var",
+    ];
+    for (k, dims) in [
+        vec![4, 3, 2, 2],
+        vec![5, 2],
+        vec![3, 2, 4],
+        vec![1, 3, 2, 2],
+        vec![2, 4, 3, 1],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let fused = bn_run(dims, 10 + k as u64, &|x, w, b, run| {
+            x.batch_norm_train(w, b, run, &cfg).unwrap()
+        });
+        let synced = bn_run(dims, 10 + k as u64, &|x, w, b, run| {
+            sync_batch_norm_train(x, w, b, run, &cfg, &one).unwrap()
+        });
+        for ((f, s), name) in fused.iter().zip(&synced).zip(what) {
+            assert_eq!(f.len(), s.len());
+            let scale = f.iter().fold(0f64, |m, v| m.max(v.abs())).max(1e-3);
+            for (a, b) in f.iter().zip(s) {
+                assert!(
+                    (a - b).abs() <= 1e-5 * scale,
+                    "{dims:?} {name}: fused {a}, synchronised {b}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn sync_batch_norm_gradients_match_finite_differences() {
+    let cfg = BatchNormConfig::default();
+    let one: Arc<dyn RankSum<f64, Cpu>> = Arc::new(WorldOfOne);
+    for (seed, dims) in [
+        (3u64, vec![3, 2, 2, 2]),
+        (4, vec![4, 3]),
+        (5, vec![2, 2, 3]),
+    ] {
+        let c = dims[1];
+        let len: usize = dims.iter().product();
+        let mut rng = Rng::new(seed);
+        let running = stats(&mut rng, c);
+        let x: Vec<f64> = uniform(&mut rng, len, -1.0, 1.0)
+            .iter()
+            .map(|v| v + 1.5)
+            .collect();
+        let inputs = [
+            Input::new(x, &dims),
+            Input::new(uniform(&mut rng, c, 0.5, 1.5), &[c]),
+            Input::new(uniform(&mut rng, c, -0.5, 0.5), &[c]),
+        ];
+        check_gradients(seed, &inputs, |v: &[Var<'_, f64, Cpu>]| {
+            sync_batch_norm_train(&v[0], &v[1], &v[2], &running, &cfg, &one)
+                .map(|(y, _)| y)
+                .map_err(|e| mla_core::Error::Autodiff(e.to_string()))
+        })
+        .unwrap_or_else(|e| panic!("{dims:?}: {e}"));
+    }
+}
+
+#[test]
+fn sync_batch_norm_needs_two_values_per_channel_over_the_job() {
+    let one: Arc<dyn RankSum<f64, Cpu>> = Arc::new(WorldOfOne);
+    let tape = Tape::new(&Cpu);
+    let x = tape.var(tensor(&[1.0, 2.0], &[1, 2]));
+    let w = tape.var(tensor(&[1.0, 1.0], &[2]));
+    let b = tape.var(tensor(&[0.0, 0.0], &[2]));
+    let run = BatchNormStats::new(&Cpu, 2).unwrap();
+    let e = sync_batch_norm_train(&x, &w, &b, &run, &BatchNormConfig::default(), &one)
+        .expect_err("refused")
+        .to_string();
+    assert!(e.contains("more than 1 value per channel"), "{e}");
+    // Another rank's row makes it two.
+    let two: Arc<dyn RankSum<f64, Cpu>> = Arc::new(TwoEqualRanks);
+    sync_batch_norm_train(&x, &w, &b, &run, &BatchNormConfig::default(), &two).unwrap();
+}

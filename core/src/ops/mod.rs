@@ -10,6 +10,7 @@ pub mod gather;
 pub mod layout;
 pub mod matmul;
 pub mod pool;
+pub mod rank_sum;
 pub mod reduce;
 pub mod softmax;
 pub mod unary;

@@ -452,6 +452,10 @@ pub struct TrainConfig {
     /// Seeded random subsets of this many validation and test samples (quick runs).
     #[serde(default)]
     pub eval_limit: Option<usize>,
+    /// Data-parallel training (`--sync-bn`): batch norm normalises with the
+    /// statistics of the whole job's batch (README, "Distributed training").
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sync_bn: bool,
 }
 
 /// `--init-encoder image=FILE,...`: torchvision-style ResNet-18 weights
@@ -556,6 +560,7 @@ impl Default for TrainConfig {
             missing: None,
             train_limit: None,
             eval_limit: None,
+            sync_bn: false,
         }
     }
 }

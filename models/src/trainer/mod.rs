@@ -102,6 +102,8 @@ pub struct Trainer<B: Backend<f32>> {
     stop_after: Option<usize>,
     /// Data-parallel training: this rank's job.
     dist: Option<Dist>,
+    /// `--sync-bn`: the model's sum over ranks (its traffic joins the epoch's).
+    sync_bn: Option<Arc<dist::SyncBnSum>>,
 }
 
 impl<B: Backend<f32>> Trainer<B> {
@@ -213,6 +215,7 @@ impl<B: Backend<f32>> Trainer<B> {
             augmenter,
             stop_after: None,
             dist: None,
+            sync_bn: None,
         })
     }
 
@@ -222,7 +225,7 @@ impl<B: Backend<f32>> Trainer<B> {
     /// (gradients, scores, statistics), so W ranks train as one process on
     /// the same global batches.
     pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
-        let d = Dist::new(comm);
+        let d = Dist::new(comm.clone());
         if d.rank() >= d.world() {
             return Err(TrainError::Distributed(format!(
                 "rank {} of a job of {}",
@@ -230,16 +233,70 @@ impl<B: Backend<f32>> Trainer<B> {
                 d.world()
             )));
         }
+        if self.cfg.sync_bn {
+            self.check_sync_bn(d.world())?;
+        }
         // The ranks must start from the same state: a resumed run on one
-        // rank and a fresh one on another would otherwise train apart.
-        let c = self.state_checksum()?;
+        // rank and a fresh one on another would otherwise train apart. A
+        // rank with --sync-bn among ranks without would wait in sums the
+        // others never make: the flag enters the start check.
+        let c = self.state_checksum()? ^ u64::from(self.cfg.sync_bn);
         check_agree(
             &d,
             c,
             "at the start (same config, data and --resume point on every rank?)",
         )?;
         d.take_traffic();
+        if self.cfg.sync_bn {
+            let hook = Arc::new(dist::SyncBnSum::new(comm));
+            self.model.set_sync_bn(Some(hook.clone()));
+            self.sync_bn = Some(hook);
+        }
         self.dist = Some(d);
+        Ok(())
+    }
+
+    /// `--sync-bn` on a job of `world` ranks: refused, before anything is
+    /// trained, where it would do nothing, train something other than one
+    /// process, or leave a rank waiting in a sum the others never make (a
+    /// rank without rows of a modality skips that encoder).
+    fn check_sync_bn(&self, world: usize) -> Result<()> {
+        let refuse = |why: String| Err(TrainError::Config(format!("--sync-bn: {why}")));
+        if matches!(
+            self.cfg.method,
+            MethodKind::Pmr | MethodKind::Gblending | MethodKind::Agm
+        ) {
+            return refuse(format!(
+                "--method {} scales its per-rank loss terms to their share of the global batch (not per-rank means), which synchronised batch norm's backward does not weight; methods: joint, unimodal, mla, ogm, ogm-ge, mmpareto, reconboost",
+                self.cfg.method
+            ));
+        }
+        if !self.model.has_buffers() {
+            return refuse(
+                "the model has no batch norm (only ResNet encoders have it: --encoder resnet18 or resnet18-small), so there is nothing to synchronise".into(),
+            );
+        }
+        if self.cfg.missing.is_some() {
+            return refuse(
+                "--missing-rate hides modalities of train samples: a rank whose share lacks a modality would skip its encoder while the others wait in its batch-norm sums".into(),
+            );
+        }
+        for &d in &self.layout.data_index {
+            if let Some(&s) = self.train.iter().find(|&&s| !self.dataset.has(d, s)) {
+                return refuse(format!(
+                    "train sample {s} lacks modality '{}': every train sample needs every modality of the model (a rank whose share lacks one would skip its encoder while the others wait in its batch-norm sums)",
+                    self.dataset.modalities()[d].name
+                ));
+            }
+        }
+        let (b, n) = (self.cfg.batch_size, self.train.len());
+        let last = n % b;
+        if b < world || (last > 0 && last < world) {
+            return refuse(format!(
+                "every rank needs rows in every global batch: --batch-size {b} over {n} train samples leaves a batch of {} for {world} ranks",
+                if b < world { b } else { last }
+            ));
+        }
         Ok(())
     }
 
@@ -575,6 +632,12 @@ impl<B: Backend<f32>> Trainer<B> {
         }
         if let (Some(d), Some(r)) = (&self.dist, record.distributed.as_mut()) {
             r.allreduce = d.take_traffic();
+            if let Some(h) = &self.sync_bn {
+                let t = h.take_traffic();
+                r.allreduce.calls += t.calls;
+                r.allreduce.bytes += t.bytes;
+                r.allreduce.seconds += t.seconds;
+            }
         }
         record.epoch_seconds = started.elapsed().as_secs_f64();
         self.state.total_seconds += record.epoch_seconds;
@@ -603,6 +666,11 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<stats::EpochStats> {
+        if self.cfg.sync_bn && self.sync_bn.is_none() {
+            return Err(TrainError::Config(
+                "--sync-bn synchronises batch norm over the ranks of a data-parallel job: it needs --distributed (Trainer::set_distributed)".into(),
+            ));
+        }
         let (rank, world) = self.rank_and_world();
         let loader = Loader::share(
             self.dataset.clone(),
