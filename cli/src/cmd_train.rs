@@ -325,8 +325,7 @@ pub struct Args {
     /// the same global batches of --batch-size samples and trains on its
     /// share; gradients are averaged over the global batch. Rank 0 alone
     /// prints and writes the run directory; a failing rank ends the job.
-    /// Methods joint, unimodal, mla, ogm, ogm-ge, mmpareto, pmr, gblending;
-    /// CPU backend (README, "Distributed training").
+    /// Every method; CPU backend (README, "Distributed training").
     #[arg(long)]
     distributed: bool,
     /// With --distributed: synchronised batch norm. Every training-mode

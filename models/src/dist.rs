@@ -13,13 +13,12 @@
 //! and gathered (`SplitOutputs::gathered`).
 //! Batch-norm buffers are local during an epoch and rank 0's are broadcast
 //! at its end, which is what PyTorch DDP's buffer broadcast leaves; with
-//! `--sync-bn` ([`SyncBnSum`]) batch norm uses the global batch's
+//! `--sync-bn` (the model's batch norm sums through [`Dist`]) batch norm uses the global batch's
 //! statistics, so every rank's buffers are one process's.
 
 use crate::params::StateDict;
 use crate::trainer::{Result, TrainError};
 use mla_core::{Backend, RankSum, Tensor};
-use std::cell::Cell;
 use std::ops::Range;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
@@ -28,7 +27,7 @@ type T32<B> = Tensor<f32, B>;
 
 /// Element-wise sums across the ranks of one job. Every rank calls the same
 /// sequence of operations with buffers of the same lengths. `Send + Sync`:
-/// a model holds it for synchronised batch norm ([`SyncBnSum`]); a transport
+/// a model holds the job's [`Dist`] for synchronised batch norm; a transport
 /// bound to one thread refuses calls from others.
 pub trait Collective: Send + Sync {
     fn rank(&self) -> usize;
@@ -49,9 +48,9 @@ pub fn share(n: usize, rank: usize, world: usize) -> Range<usize> {
 /// The trainer's handle on the job: the collective and what it cost.
 pub struct Dist {
     comm: Arc<dyn Collective>,
-    calls: Cell<u64>,
-    bytes: Cell<u64>,
-    seconds: Cell<f64>,
+    /// Behind a lock because the model's synchronised batch norm sums
+    /// through the same handle ([`RankSum`]) and counts with the rest.
+    traffic: Mutex<Traffic>,
 }
 
 /// All-reduce traffic of an epoch: calls, payload bytes per rank, seconds.
@@ -66,9 +65,7 @@ impl Dist {
     pub fn new(comm: Arc<dyn Collective>) -> Self {
         Dist {
             comm,
-            calls: Cell::new(0),
-            bytes: Cell::new(0),
-            seconds: Cell::new(0.0),
+            traffic: Mutex::new(Traffic::default()),
         }
     }
 
@@ -82,18 +79,14 @@ impl Dist {
 
     /// The traffic since the last call, reset.
     pub fn take_traffic(&self) -> Traffic {
-        Traffic {
-            calls: self.calls.replace(0),
-            bytes: self.bytes.replace(0),
-            seconds: self.seconds.replace(0.0),
-        }
+        std::mem::take(&mut *self.traffic.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     fn count(&self, bytes: usize, t0: Instant) {
-        self.calls.set(self.calls.get() + 1);
-        self.bytes.set(self.bytes.get() + bytes as u64);
-        self.seconds
-            .set(self.seconds.get() + t0.elapsed().as_secs_f64());
+        let mut t = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
+        t.calls += 1;
+        t.bytes += bytes as u64;
+        t.seconds += t0.elapsed().as_secs_f64();
     }
 
     pub fn sum(&self, buf: &mut [f32]) -> Result<()> {
@@ -245,44 +238,17 @@ impl Dist {
     }
 }
 
-/// Synchronised batch norm's sum over ranks (`--sync-bn`): the
-/// [`RankSum`] the model's batch-norm layers call, over the job's
-/// collective (one all-reduce of a `[c + 1]` or `[c]` vector each), with
-/// its traffic counted apart from [`Dist`]'s.
-pub struct SyncBnSum {
-    comm: Arc<dyn Collective>,
-    traffic: Mutex<Traffic>,
-}
-
-impl SyncBnSum {
-    pub fn new(comm: Arc<dyn Collective>) -> Self {
-        SyncBnSum {
-            comm,
-            traffic: Mutex::new(Traffic::default()),
-        }
-    }
-
-    /// The traffic since the last call, reset.
-    pub fn take_traffic(&self) -> Traffic {
-        std::mem::take(&mut *self.traffic.lock().unwrap_or_else(|e| e.into_inner()))
-    }
-}
-
-impl<B: Backend<f32>> RankSum<f32, B> for SyncBnSum {
+/// Synchronised batch norm's sum over ranks (`--sync-bn`): the model's
+/// batch-norm layers call the job's handle (one all-reduce of a `[c + 1]` or
+/// `[c]` vector each), counted with the step's other all-reduces.
+impl<B: Backend<f32>> RankSum<f32, B> for Dist {
     fn sum(&self, x: &T32<B>) -> mla_core::Result<T32<B>> {
-        let t0 = Instant::now();
         let mut v = x.to_vec()?;
-        self.comm
-            .all_reduce_sum(&mut v)
-            .map_err(|e| mla_core::Error::Backend {
-                op: "sync-bn all-reduce",
-                backend: "distributed",
-                msg: format!("rank {}: {e}", self.comm.rank()),
-            })?;
-        let mut t = self.traffic.lock().unwrap_or_else(|e| e.into_inner());
-        t.calls += 1;
-        t.bytes += v.len() as u64 * 4;
-        t.seconds += t0.elapsed().as_secs_f64();
+        Dist::sum(self, &mut v).map_err(|e| mla_core::Error::Backend {
+            op: "sync-bn all-reduce",
+            backend: "distributed",
+            msg: e.to_string(),
+        })?;
         Tensor::from_slice(x.backend(), &v, x.dims().to_vec())
     }
 }

@@ -491,14 +491,7 @@ pub fn sync_batch_norm_train<'t, T: Element, B: Backend<T>>(
         .mul(&weight.reshape([1, c, 1])?)?
         .add(&bias.reshape([1, c, 1])?)?
         .reshape(d)?;
-    let m = cfg.momentum;
-    let new = BatchNormStats {
-        mean: running.mean.scale(1.0 - m)?.add(&mean.value().scale(m)?)?,
-        var: running
-            .var
-            .scale(1.0 - m)?
-            .add(&var.value().scale(m * total / (total - 1.0))?)?,
-    };
+    let new = running.updated(mean.value(), var.value(), total, cfg.momentum)?;
     Ok((y, new))
 }
 

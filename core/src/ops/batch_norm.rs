@@ -66,6 +66,26 @@ impl<T: Element, B: Backend<T>> BatchNormStats<T, B> {
             var: Tensor::full(backend, T::one(), [channels])?,
         })
     }
+
+    /// The running statistics after a training batch with per-channel
+    /// `mean` and biased `var` over `count` values: `(1 - momentum) running
+    /// + momentum batch`, the variance unbiased (`count / (count - 1)`).
+    pub fn updated(
+        &self,
+        mean: &Tensor<T, B>,
+        var: &Tensor<T, B>,
+        count: f64,
+        momentum: f64,
+    ) -> Result<Self> {
+        let m = momentum;
+        Ok(BatchNormStats {
+            mean: self.mean.scale(1.0 - m)?.add(&mean.scale(m)?)?,
+            var: self
+                .var
+                .scale(1.0 - m)?
+                .add(&var.scale(m * count / (count - 1.0))?)?,
+        })
+    }
 }
 
 /// Output of a training-mode forward pass.
@@ -169,15 +189,7 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         let out = Tensor::from_storage(backend, y, self.shape().clone());
         let mean = Tensor::from_storage(backend, mean, [g.c]);
         let var = Tensor::from_storage(backend, var, [g.c]);
-        let m = cfg.momentum;
-        let count = g.count() as f64;
-        let running = BatchNormStats {
-            mean: running.mean.scale(1.0 - m)?.add(&mean.scale(m)?)?,
-            var: running
-                .var
-                .scale(1.0 - m)?
-                .add(&var.scale(m * count / (count - 1.0))?)?,
-        };
+        let running = running.updated(&mean, &var, g.count() as f64, cfg.momentum)?;
         Ok(BatchNormTrain {
             out,
             mean,

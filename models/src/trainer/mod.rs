@@ -100,10 +100,9 @@ pub struct Trainer<B: Backend<f32>> {
     augmenter: Option<Augmenter>,
     /// Tests: writes left before an injected stop.
     stop_after: Option<usize>,
-    /// Data-parallel training: this rank's job.
-    dist: Option<Dist>,
-    /// `--sync-bn`: the model's sum over ranks (its traffic joins the epoch's).
-    sync_bn: Option<Arc<dist::SyncBnSum>>,
+    /// Data-parallel training: this rank's job (shared with the model's
+    /// batch norm under `--sync-bn`).
+    dist: Option<Arc<Dist>>,
 }
 
 impl<B: Backend<f32>> Trainer<B> {
@@ -215,7 +214,6 @@ impl<B: Backend<f32>> Trainer<B> {
             augmenter,
             stop_after: None,
             dist: None,
-            sync_bn: None,
         })
     }
 
@@ -225,7 +223,7 @@ impl<B: Backend<f32>> Trainer<B> {
     /// (gradients, scores, statistics), so W ranks train as one process on
     /// the same global batches.
     pub fn set_distributed(&mut self, comm: Arc<dyn dist::Collective>) -> Result<()> {
-        let d = Dist::new(comm.clone());
+        let d = Arc::new(Dist::new(comm));
         if d.rank() >= d.world() {
             return Err(TrainError::Distributed(format!(
                 "rank {} of a job of {}",
@@ -248,9 +246,7 @@ impl<B: Backend<f32>> Trainer<B> {
         )?;
         d.take_traffic();
         if self.cfg.sync_bn {
-            let hook = Arc::new(dist::SyncBnSum::new(comm));
-            self.model.set_sync_bn(Some(hook.clone()));
-            self.sync_bn = Some(hook);
+            self.model.set_sync_bn(Some(d.clone()));
         }
         self.dist = Some(d);
         Ok(())
@@ -632,12 +628,6 @@ impl<B: Backend<f32>> Trainer<B> {
         }
         if let (Some(d), Some(r)) = (&self.dist, record.distributed.as_mut()) {
             r.allreduce = d.take_traffic();
-            if let Some(h) = &self.sync_bn {
-                let t = h.take_traffic();
-                r.allreduce.calls += t.calls;
-                r.allreduce.bytes += t.bytes;
-                r.allreduce.seconds += t.seconds;
-            }
         }
         record.epoch_seconds = started.elapsed().as_secs_f64();
         self.state.total_seconds += record.epoch_seconds;
@@ -666,7 +656,7 @@ impl<B: Backend<f32>> Trainer<B> {
     }
 
     fn train_epoch(&mut self, epoch: usize, obs: &mut dyn Observer) -> Result<stats::EpochStats> {
-        if self.cfg.sync_bn && self.sync_bn.is_none() {
+        if self.cfg.sync_bn && !self.model.sync_bn() {
             return Err(TrainError::Config(
                 "--sync-bn synchronises batch norm over the ranks of a data-parallel job: it needs --distributed (Trainer::set_distributed)".into(),
             ));
@@ -783,7 +773,7 @@ impl<B: Backend<f32>> Trainer<B> {
             epoch,
             step,
             progress: progress.clamp(0.0, 1.0),
-            dist: self.dist.as_ref(),
+            dist: self.dist.as_deref(),
         };
         self.method.step(&mut ctx, batch, pending)?;
         // Batch-norm statistics of the encoders that ran in this step.
