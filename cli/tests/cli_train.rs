@@ -418,6 +418,63 @@ fn baselines_and_bench_run() {
     );
 }
 
+/// `mla prepare synthetic` writes a dataset of the shapes asked for, which
+/// `mla bench` times ResNet steps on (3 channels in one modality, 1 in the
+/// other); a bad shape is one error naming it.
+#[test]
+fn synthetic_shapes_prepare_and_bench() {
+    let dir = TempDir::new("cli-synth");
+    let data = dir.join("s");
+    let out = ok(&[
+        "prepare",
+        "synthetic",
+        "--out",
+        s(&data),
+        "--modality",
+        "audio=1x9x7",
+        "--modality",
+        "visual=3x8x8",
+        "--classes",
+        "3",
+        "--samples",
+        "40",
+    ]);
+    assert!(out.contains("train 32, validation 4, test 4"), "{out}");
+    let ds = mla_models::data::Dataset::open(&data).unwrap();
+    assert_eq!(ds.modalities()[1].shape, vec![3, 8, 8]);
+    let out = ok(&[
+        "bench",
+        "--data",
+        s(&data),
+        "--encoder",
+        "resnet18",
+        "--width-mult",
+        "0.0625",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "8",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let b: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(b["modalities"], "audio,visual");
+    assert!(b["gflop_per_step"].as_f64().unwrap() > 0.0);
+    let err = fails(&[
+        "prepare",
+        "synthetic",
+        "--out",
+        s(&dir.join("t")),
+        "--modality",
+        "visual=3x0x8",
+    ]);
+    assert!(err.contains("visual=3x0x8") && err.contains("whole number"), "{err}");
+    assert!(!dir.join("t").exists());
+}
+
 #[test]
 fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     let data = synthetic("cli-errors", &Synthetic::default());

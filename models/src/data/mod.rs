@@ -9,6 +9,8 @@ pub mod files;
 pub mod loader;
 pub mod missing;
 pub mod npy;
+pub mod output;
+pub mod synthetic;
 
 pub use augment::{AugmentSpec, Augmentation, Augmenter};
 pub use avmnist::{prepare_avmnist, AvmnistOptions, PrepareReport};
@@ -17,4 +19,5 @@ pub use dataset::{Dataset, ModalityInfo, Row, Split};
 pub use error::DataError;
 pub use loader::{seeded_subset, Batch, Loader, ModalityBatch};
 pub use missing::{MissingMask, MissingPolicy, MissingRates};
+pub use synthetic::{prepare_synthetic, SyntheticOptions, SyntheticReport};
 pub use npy::{write_npy, write_npy_f32, write_npy_i64, write_npy_u8, DType, NpyArray, NpyHeader};

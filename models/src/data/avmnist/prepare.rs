@@ -12,9 +12,10 @@ use super::audio::{self, LogMel};
 use super::idx::read_idx;
 use super::pca::Pca;
 use super::wav::read_wav;
-use crate::data::dataset::{Split, FORMAT, MANIFEST};
+use crate::data::dataset::{Split, FORMAT};
 use crate::data::error::DataError;
 use crate::data::npy::write_npy;
+use crate::data::output::{check_output_free, Staged};
 use crate::rng::Rng;
 
 pub const TRAIN_SPEAKERS: [&str; 4] = ["george", "jackson", "lucas", "nicolas"];
@@ -345,41 +346,6 @@ pub fn add_image_noise(images: &mut [f32], dim: usize, sigma: f64, seed: u64) {
 }
 
 /// Deletes the temporary output directory unless the preparation succeeded.
-struct TempOut(Option<PathBuf>);
-
-impl Drop for TempOut {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_dir_all(p);
-        }
-    }
-}
-
-fn check_output_free(out: &Path) -> Result<(), DataError> {
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                Err(DataError::OutputExists {
-                    path: out.to_path_buf(),
-                })
-            } else {
-                Ok(())
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(DataError::OutputExists {
-            path: out.to_path_buf(),
-        }),
-        Err(e) => Err(DataError::io(out, "inspect", e)),
-    }
-}
-
-fn sync_path(path: &Path) -> Result<(), DataError> {
-    std::fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| DataError::io(path, "sync", e))
-}
-
 fn check_options(opts: &AvmnistOptions) -> Result<(), DataError> {
     if !(opts.image_noise.is_finite() && opts.image_noise >= 0.0) {
         return Err(DataError::InvalidArgument(format!(
@@ -567,68 +533,24 @@ pub fn prepare_avmnist(
         "recipe": recipe,
     });
 
-    // Write next to the destination, then rename: a crash leaves only a *.tmp-* folder.
-    let out = &opts.out;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| DataError::io(parent, "create", e))?;
-    let nonce = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    let tmp = parent.join(format!(
-        "{}.tmp-{}-{nonce:08x}",
-        out.file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::create_dir(&tmp).map_err(|e| DataError::io(&tmp, "create", e))?;
-    let mut guard = TempOut(Some(tmp.clone()));
-    progress(&format!("writing {}", out.display()));
+    // Staged next to the destination and renamed into place: a crash leaves only a *.tmp-* folder.
+    let staged = Staged::new(&opts.out)?;
+    progress(&format!("writing {}", opts.out.display()));
     let labels: Vec<i64> = mnist.labels.iter().map(|&y| y as i64).collect();
     let split_codes: Vec<u8> = splits.iter().map(|s| s.code()).collect();
-    let files = [
-        "image.npy",
-        "audio.npy",
-        "audio_index.npy",
-        "labels.npy",
-        "split.npy",
-    ];
-    write_npy(tmp.join(files[0]), &[n, 1, IMAGE_SIDE, IMAGE_SIDE], &images)?;
+    write_npy(staged.file("image.npy"), &[n, 1, IMAGE_SIDE, IMAGE_SIDE], &images)?;
     write_npy(
-        tmp.join(files[1]),
+        staged.file("audio.npy"),
         &[recs.len(), 1, audio::N_MELS, audio::N_FRAMES],
         &audio_rows,
     )?;
-    write_npy(tmp.join(files[2]), &[n], &audio_index)?;
-    write_npy(tmp.join(files[3]), &[n], &labels)?;
-    write_npy(tmp.join(files[4]), &[n], &split_codes)?;
-    for f in files {
-        sync_path(&tmp.join(f))?;
-    }
-    let mut text =
-        serde_json::to_string_pretty(&manifest).map_err(|e| DataError::Prepare(e.to_string()))?;
-    text.push('\n');
-    let manifest_path = tmp.join(MANIFEST);
-    std::fs::write(&manifest_path, text).map_err(|e| DataError::io(&manifest_path, "write", e))?;
-    sync_path(&manifest_path)?;
-    sync_path(&tmp)?;
-    // An empty directory at `out` (checked again now) is replaced; anything else is kept.
-    check_output_free(out)?;
-    if out.is_dir() {
-        std::fs::remove_dir(out)
-            .map_err(|e| DataError::io(out, "replace the empty directory", e))?;
-    }
-    std::fs::rename(&tmp, out)
-        .map_err(|e| DataError::io(out, "move the prepared dataset into place", e))?;
-    guard.0 = None;
-    let _ = sync_path(parent);
+    write_npy(staged.file("audio_index.npy"), &[n], &audio_index)?;
+    write_npy(staged.file("labels.npy"), &[n], &labels)?;
+    write_npy(staged.file("split.npy"), &[n], &split_codes)?;
+    let out = staged.commit(&manifest)?;
 
     Ok(PrepareReport {
-        out: out.clone(),
+        out,
         samples: n,
         train: n_train,
         validation: n_val,
