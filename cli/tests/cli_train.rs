@@ -471,7 +471,10 @@ fn synthetic_shapes_prepare_and_bench() {
         "--modality",
         "visual=3x0x8",
     ]);
-    assert!(err.contains("visual=3x0x8") && err.contains("whole number"), "{err}");
+    assert!(
+        err.contains("visual=3x0x8") && err.contains("whole number"),
+        "{err}"
+    );
     assert!(!dir.join("t").exists());
 }
 

@@ -283,6 +283,87 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
     /// Adjoint of `im2col`: sums columns back into an NCHW buffer.
     fn col2im(&self, cols: &Self::Storage, g: &Conv2dGeometry) -> Result<Self::Storage>;
 
+    /// Convolution forward: the `[n, oc, oh, ow]` cross-correlation of the
+    /// NCHW input `x` with the `[oc, c, kh, kw]` weight `w` (no bias).
+    ///
+    /// The default is the whole batch's im2col and one batched GEMM (a
+    /// column matrix `c kh kw / stride^2` times the input's size); a backend
+    /// may work through the batch in chunks instead, as the CPU's does.
+    fn conv2d(
+        &self,
+        x: &Self::Storage,
+        w: &Self::Storage,
+        g: &Conv2dGeometry,
+        oc: usize,
+    ) -> Result<Self::Storage> {
+        let (ckk, ohw) = (g.col_rows(), g.col_cols());
+        let cols = self.im2col(x, g)?;
+        let cfg = GemmConfig {
+            batch: g.n,
+            m: oc,
+            n: ohw,
+            k: ckk,
+            trans_a: false,
+            trans_b: false,
+            stride_a: 0,
+            stride_b: ckk * ohw,
+        };
+        self.gemm(&cfg, w, &cols)
+    }
+
+    /// Convolution backward from the output gradient `grad` (`[n, oc, oh,
+    /// ow]`): the input gradient when `need_x`, the weight gradient when
+    /// `need_w`. The input is taken again rather than its column matrix
+    /// kept from the forward pass, which would hold `c kh kw` values per
+    /// output position for as long as the tape lives.
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn conv2d_backward(
+        &self,
+        x: &Self::Storage,
+        w: &Self::Storage,
+        grad: &Self::Storage,
+        g: &Conv2dGeometry,
+        oc: usize,
+        need_x: bool,
+        need_w: bool,
+    ) -> Result<(Option<Self::Storage>, Option<Self::Storage>)> {
+        let (ckk, ohw) = (g.col_rows(), g.col_cols());
+        let gx = if need_x {
+            let cfg = GemmConfig {
+                batch: g.n,
+                m: ckk,
+                n: ohw,
+                k: oc,
+                trans_a: true,
+                trans_b: false,
+                stride_a: 0,
+                stride_b: oc * ohw,
+            };
+            let dcols = self.gemm(&cfg, w, grad)?;
+            Some(self.col2im(&dcols, g)?)
+        } else {
+            None
+        };
+        let gw = if need_w {
+            let cols = self.im2col(x, g)?;
+            let cfg = GemmConfig {
+                batch: g.n,
+                m: oc,
+                n: ckk,
+                k: ohw,
+                trans_a: false,
+                trans_b: true,
+                stride_a: oc * ohw,
+                stride_b: ckk * ohw,
+            };
+            let per_sample = self.gemm(&cfg, grad, &cols)?;
+            Some(self.sum_axis(&per_sample, 1, g.n, oc * ckk)?)
+        } else {
+            None
+        };
+        Ok((gx, gw))
+    }
+
     /// Max pooling; returns the output and, per output element, the flat index
     /// within its plane of the maximum (first one on ties).
     fn max_pool2d(

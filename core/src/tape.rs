@@ -59,7 +59,7 @@ enum Op<T: Element, B: Backend<T>> {
         rows: usize,
     },
     Conv2d {
-        cols: Tensor<T, B>,
+        x: Tensor<T, B>,
         w: Tensor<T, B>,
         g: Conv2dGeometry,
     },
@@ -339,7 +339,7 @@ fn backward_rule<T: Element, B: Backend<T>>(
         Op::GatherRows { idx, rows } => {
             vec![Some(ops::gather::gather_rows_backward(&idx, rows, grad)?)]
         }
-        Op::Conv2d { cols, w, g } => ops::conv::conv2d_backward(&cols, &w, &g, grad, needs)?,
+        Op::Conv2d { x, w, g } => ops::conv::conv2d_backward(&x, &w, &g, grad, needs)?,
         Op::MaxPool2d { argmax, g, in_dims } => vec![Some(ops::pool::max_pool2d_backward(
             &argmax, &g, &in_dims, grad,
         )?)],
@@ -521,11 +521,11 @@ impl<'t, T: Element, B: Backend<T>> Var<'t, T, B> {
     pub fn conv2d(&self, w: &Self, stride: usize, pad: usize) -> Result<Self> {
         self.same_tape("conv2d", w)?;
         let out = self.value.conv2d_full(&w.value, stride, pad)?;
-        let (cols, g) = (out.cols, out.geometry);
+        let g = out.geometry;
         Ok(self
             .tape
             .record(out.out, &[self.node, w.node], || Op::Conv2d {
-                cols,
+                x: self.value.clone(),
                 w: w.value.clone(),
                 g,
             }))

@@ -586,6 +586,15 @@ proptest! {
     }
 
     #[test]
+    fn conv2d_matches_naive_loops(
+        n in 1usize..4, c in 1usize..4, oc in 1usize..5, h in 1usize..10, w in 1usize..10,
+        kh in 1usize..4, kw in 1usize..4, stride in 1usize..3, pad in 0usize..2, seed in any::<u64>(),
+    ) {
+        let Some(g) = geometry(n, c, h, w, (kh, kw), stride, pad) else { return Ok(()) };
+        check_conv(&g, oc, seed).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
     fn broadcasting_binary_matches_naive(
         dims in proptest::collection::vec(1usize..6, 0..5), mask_l in any::<u8>(), mask_r in any::<u8>(), op in 0usize..4, seed in any::<u64>(),
     ) {
@@ -867,5 +876,71 @@ proptest! {
             let wd = g[i] as f64 * d;
             prop_assert!((dx[i] as f64 - wd).abs() <= 1e-5 * (1.0 + wd.abs()), "{:?}' at {}: {} want {}", op, v, dx[i], wd);
         }
+    }
+}
+
+/// The backend's convolution (forward, input and weight gradients) against
+/// naive loops over [`for_each_entry`], with the f32 bound of a length-k dot
+/// product (k = c kh kw forward, oc for the input, n oh ow for the weight).
+fn check_conv(g: &Conv2dGeometry, oc: usize, seed: u64) -> Result<(), String> {
+    let (ckk, ohw) = (g.c * g.kh * g.kw, g.oh * g.ow);
+    let x = values(seed, g.n * g.c * g.h * g.w);
+    let wt = values(seed ^ 1, oc * ckk);
+    let dy = values(seed ^ 2, g.n * oc * ohw);
+    let y = Backend::<f32>::conv2d(&Cpu, &x, &wt, g, oc).map_err(|e| e.to_string())?;
+    let (dx, dw) = Backend::<f32>::conv2d_backward(&Cpu, &x, &wt, &dy, g, oc, true, true)
+        .map_err(|e| e.to_string())?;
+    let (dx, dw) = (dx.ok_or("no dx")?, dw.ok_or("no dw")?);
+    let mut want_y = vec![(0f64, 0f64); y.len()];
+    let mut want_dx = vec![(0f64, 0f64); x.len()];
+    let mut want_dw = vec![(0f64, 0f64); wt.len()];
+    for_each_entry(g, |col, src| {
+        let Some(i) = src else { return };
+        let (s, rest) = (col / (ckk * ohw), col % (ckk * ohw));
+        let (r, p) = (rest / ohw, rest % ohw);
+        for o in 0..oc {
+            let (wv, yi) = (wt[o * ckk + r] as f64, (s * oc + o) * ohw + p);
+            let (xv, gv) = (x[i] as f64, dy[yi] as f64);
+            let add = |t: &mut (f64, f64), v: f64| {
+                t.0 += v;
+                t.1 += v.abs();
+            };
+            add(&mut want_y[yi], wv * xv);
+            add(&mut want_dx[i], wv * gv);
+            add(&mut want_dw[o * ckk + r], xv * gv);
+        }
+    });
+    let cmp = |what: &str, got: &[f32], want: &[(f64, f64)], k: usize| {
+        if got.len() != want.len() {
+            return Err(format!("{what}: {} values, want {}", got.len(), want.len()));
+        }
+        for (i, (&v, &(w, mag))) in got.iter().zip(want).enumerate() {
+            let tol = (k as f64 + 2.0) * f32::EPSILON as f64 * mag + 1e-30;
+            // Written so that a NaN fails.
+            let within = (v as f64 - w).abs() <= tol;
+            if !within {
+                return Err(format!("{what} {g:?} oc {oc} at {i}: {v} vs {w}"));
+            }
+        }
+        Ok(())
+    };
+    cmp("conv2d", &y, &want_y, ckk)?;
+    cmp("input gradient", &dx, &want_dx, oc * g.kh * g.kw)?;
+    cmp("weight gradient", &dw, &want_dw, g.n * ohw)
+}
+
+/// Shapes whose column matrices fill several of the backend's chunks
+/// (about 2^20 values each): 147,456 values per sample, 7 samples a
+/// chunk, so 16 samples are chunks of 7, 7 and 2 (the weight gradient
+/// accumulated over chunks, a short last chunk), and a stem-like shape of
+/// 1.8 million values per sample, one sample a chunk.
+#[test]
+fn conv2d_in_several_chunks_matches_naive_loops() {
+    for (g, oc) in [
+        (geometry(16, 4, 64, 64, (3, 3), 1, 1).unwrap(), 3),
+        (geometry(2, 3, 224, 224, (7, 7), 2, 3).unwrap(), 2),
+        (geometry(9, 2, 40, 63, (3, 3), 2, 1).unwrap(), 5),
+    ] {
+        check_conv(&g, oc, 7).unwrap();
     }
 }

@@ -53,13 +53,19 @@ fn writes_a_dataset_the_reader_accepts() {
     assert_ne!(ds3.row(0, 4).unwrap().unwrap().to_vec(), row(0, 4));
 }
 
+/// A change to valid options, and a word its error must contain.
+type BadCase = (Box<dyn Fn(&mut SyntheticOptions)>, &'static str);
+
 #[test]
 fn bad_options_are_errors_before_anything_is_written() {
     let dir = TempDir::new("synth");
-    let cases: Vec<(Box<dyn Fn(&mut SyntheticOptions)>, &str)> = vec![
+    let cases: Vec<BadCase> = vec![
         (Box::new(|o| o.modalities.clear()), "at least one modality"),
         (Box::new(|o| o.modalities[1].0 = "a".into()), "given twice"),
-        (Box::new(|o| o.modalities[1].0 = "a/b".into()), "ASCII letters"),
+        (
+            Box::new(|o| o.modalities[1].0 = "a/b".into()),
+            "ASCII letters",
+        ),
         (Box::new(|o| o.classes = 1), "--classes"),
         (Box::new(|o| o.samples = 9), "--samples"),
         (Box::new(|o| o.rows_per_class = 0), "--rows-per-class"),

@@ -1,14 +1,35 @@
-//! im2col / col2im, one sample per rayon task. For each kernel offset the
-//! valid output columns form one contiguous range (computed once per row), so
-//! the inner loops are plain copies / adds with the zero padding written
-//! around them, not a bounds test per element.
+//! Convolution by im2col and GEMM, in chunks of samples.
+//!
+//! The batch is worked through a few samples at a time: their column
+//! matrices (`[count, c kh kw, oh ow]`) in a scratch buffer of about
+//! [`COLUMN_BUDGET`] elements that is reused from chunk to chunk, one
+//! batched GEMM per chunk, no column matrix of the whole batch (which is
+//! `c kh kw / stride^2` times the input, 470 MB for ResNet-18's stem at
+//! batch 64) and none kept for the backward pass, which rebuilds the
+//! columns of its chunk from the input. Each sample's products are the
+//! same GEMMs as without chunks, so results do not depend on the chunking
+//! (nor on how a batch is split across data-parallel ranks) beyond the
+//! order in which per-sample weight gradients are summed.
+//!
+//! For each kernel offset the valid output columns form one contiguous
+//! range (computed once per row), so the inner loops are plain copies / adds
+//! with the zero padding written around them, not a bounds test per element.
 
 use crate::alloc::uninit_vec;
 use crate::CpuFloat;
-use mla_core::Conv2dGeometry;
+use mla_core::{Conv2dGeometry, Error, GemmConfig, Result};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 use std::ops::Range;
+
+/// Elements of a chunk's column matrix (4 MB in f32): the samples of a
+/// chunk are as many as fit, at least one.
+const COLUMN_BUDGET: usize = 1 << 20;
+
+/// Samples per chunk.
+fn chunk_len(g: &Conv2dGeometry) -> usize {
+    (COLUMN_BUDGET / (g.col_rows() * g.col_cols()).max(1)).clamp(1, g.n.max(1))
+}
 
 /// Output positions `o` whose input position `o * stride + k - pad` lies in `0..size`.
 #[inline]
@@ -34,108 +55,328 @@ fn write_zeros<T: CpuFloat>(dst: &mut [MaybeUninit<T>]) {
     }
 }
 
-pub(crate) fn im2col<T: CpuFloat>(x: &[T], g: &Conv2dGeometry) -> Vec<T> {
-    let (ckk, ohw) = (g.col_rows(), g.col_cols());
+/// # Safety
+/// Every element of `s` is initialised.
+unsafe fn assume_init<T>(s: &[MaybeUninit<T>]) -> &[T] {
+    // SAFETY: MaybeUninit<T> has T's layout; the caller vouches for the values.
+    unsafe { &*(s as *const [MaybeUninit<T>] as *const [T]) }
+}
+
+/// A buffer of `len` not yet written elements.
+fn scratch<T>(len: usize) -> Vec<MaybeUninit<T>> {
+    let mut v = Vec::with_capacity(len);
+    // SAFETY: MaybeUninit needs no initialisation.
+    unsafe { v.set_len(len) };
+    v
+}
+
+/// Row `r = (c, ki, kj)` of the column matrix of one sample `img` (its
+/// `c * h * w` values): `oh * ow` elements, zeros where the kernel offset
+/// falls into the padding.
+fn fill_row<T: CpuFloat>(img: &[T], g: &Conv2dGeometry, r: usize, row: &mut [MaybeUninit<T>]) {
     let plane = g.h * g.w;
-    let per_sample = ckk * ohw;
-    if g.n * per_sample == 0 {
-        return Vec::new();
+    let (c, ki, kj) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+    let rows = valid_range(g.oh, ki, g.stride, g.pad, g.h);
+    let cols = valid_range(g.ow, kj, g.stride, g.pad, g.w);
+    write_zeros(&mut row[..rows.start * g.ow]);
+    write_zeros(&mut row[rows.end * g.ow..]);
+    for oy in rows {
+        let iy = oy * g.stride + ki - g.pad;
+        let src = &img[c * plane + iy * g.w..][..g.w];
+        let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
+        write_zeros(&mut dst[..cols.start]);
+        write_zeros(&mut dst[cols.end..]);
+        if cols.is_empty() {
+            continue;
+        }
+        let ix0 = cols.start * g.stride + kj - g.pad;
+        if g.stride == 1 {
+            for (d, &s) in dst[cols.clone()].iter_mut().zip(&src[ix0..]) {
+                d.write(s);
+            }
+        } else {
+            for (d, &s) in dst[cols.clone()]
+                .iter_mut()
+                .zip(src[ix0..].iter().step_by(g.stride))
+            {
+                d.write(s);
+            }
+        }
     }
-    let fill = |n: usize, out: &mut [MaybeUninit<T>]| {
-        let img = &x[n * g.c * plane..(n + 1) * g.c * plane];
-        for c in 0..g.c {
-            for ki in 0..g.kh {
-                let rows = valid_range(g.oh, ki, g.stride, g.pad, g.h);
-                for kj in 0..g.kw {
-                    let cols = valid_range(g.ow, kj, g.stride, g.pad, g.w);
-                    let row = &mut out[((c * g.kh + ki) * g.kw + kj) * ohw..][..ohw];
-                    write_zeros(&mut row[..rows.start * g.ow]);
-                    write_zeros(&mut row[rows.end * g.ow..]);
-                    for oy in rows.clone() {
-                        let iy = oy * g.stride + ki - g.pad;
-                        let src = &img[c * plane + iy * g.w..][..g.w];
-                        let dst = &mut row[oy * g.ow..(oy + 1) * g.ow];
-                        write_zeros(&mut dst[..cols.start]);
-                        write_zeros(&mut dst[cols.end..]);
-                        if cols.is_empty() {
-                            continue;
-                        }
-                        let ix0 = cols.start * g.stride + kj - g.pad;
-                        if g.stride == 1 {
-                            for (d, &s) in dst[cols.clone()].iter_mut().zip(&src[ix0..]) {
-                                d.write(s);
-                            }
-                        } else {
-                            for (d, &s) in dst[cols.clone()]
-                                .iter_mut()
-                                .zip(src[ix0..].iter().step_by(g.stride))
-                            {
-                                d.write(s);
-                            }
-                        }
+}
+
+/// Adds the column rows of channel `c` of one sample back into its plane
+/// `dst` (`h * w` values, written: zeroed first). `row(r)` is row `r` of
+/// the sample's column matrix.
+fn add_plane<'a, T: CpuFloat>(
+    g: &Conv2dGeometry,
+    c: usize,
+    dst: &mut [MaybeUninit<T>],
+    row: impl Fn(usize) -> &'a [T],
+) {
+    // One plane at a time: zeroed and accumulated while it sits in L1.
+    write_zeros(dst);
+    // SAFETY: just initialised.
+    let dst = unsafe { &mut *(dst as *mut [MaybeUninit<T>] as *mut [T]) };
+    for ki in 0..g.kh {
+        let rows = valid_range(g.oh, ki, g.stride, g.pad, g.h);
+        for kj in 0..g.kw {
+            let cols = valid_range(g.ow, kj, g.stride, g.pad, g.w);
+            if cols.is_empty() {
+                continue;
+            }
+            let src_row = row((c * g.kh + ki) * g.kw + kj);
+            for oy in rows.clone() {
+                let iy = oy * g.stride + ki - g.pad;
+                let d = &mut dst[iy * g.w..(iy + 1) * g.w];
+                let src = &src_row[oy * g.ow..(oy + 1) * g.ow][cols.clone()];
+                let ix0 = cols.start * g.stride + kj - g.pad;
+                if g.stride == 1 {
+                    for (d, &s) in d[ix0..].iter_mut().zip(src) {
+                        *d = *d + s;
+                    }
+                } else {
+                    for (d, &s) in d[ix0..].iter_mut().step_by(g.stride).zip(src) {
+                        *d = *d + s;
                     }
                 }
             }
         }
-    };
-    // SAFETY: each sample's block is fully written by `fill` (zeros outside the valid ranges).
+    }
+}
+
+/// The whole batch's column matrices, `[n, c kh kw, oh ow]` (the backend's
+/// `im2col`).
+pub(crate) fn im2col<T: CpuFloat>(x: &[T], g: &Conv2dGeometry) -> Vec<T> {
+    let (ckk, ohw) = (g.col_rows(), g.col_cols());
+    let chw = g.c * g.h * g.w;
+    if g.n * ckk * ohw == 0 {
+        return Vec::new();
+    }
+    // SAFETY: each sample's rows are fully written by `fill_row`.
     unsafe {
-        uninit_vec(g.n * per_sample, |cols| {
-            cols.par_chunks_mut(per_sample)
+        uninit_vec(g.n * ckk * ohw, |cols| {
+            cols.par_chunks_mut(ckk * ohw)
                 .enumerate()
-                .for_each(|(n, out)| fill(n, out))
+                .for_each(|(s, out)| {
+                    for (r, row) in out.chunks_mut(ohw).enumerate() {
+                        fill_row(&x[s * chw..][..chw], g, r, row);
+                    }
+                })
         })
     }
 }
 
+/// The adjoint of [`im2col`] (the backend's `col2im`).
 pub(crate) fn col2im<T: CpuFloat>(cols: &[T], g: &Conv2dGeometry) -> Vec<T> {
     let (ckk, ohw) = (g.col_rows(), g.col_cols());
     let plane = g.h * g.w;
-    let per_sample = g.c * plane;
-    if g.n * per_sample == 0 {
+    if g.n * g.c * plane == 0 {
         return Vec::new();
     }
-    let fill = |n: usize, img: &mut [MaybeUninit<T>]| {
-        let src_n = &cols[n * ckk * ohw..(n + 1) * ckk * ohw];
-        for c in 0..g.c {
-            // One plane at a time: zeroed and accumulated while it sits in L1.
-            let dst_plane = &mut img[c * plane..(c + 1) * plane];
-            write_zeros(dst_plane);
-            // SAFETY: just initialised.
-            let dst_plane = unsafe { &mut *(dst_plane as *mut [MaybeUninit<T>] as *mut [T]) };
-            for ki in 0..g.kh {
-                let rows = valid_range(g.oh, ki, g.stride, g.pad, g.h);
-                for kj in 0..g.kw {
-                    let cols_r = valid_range(g.ow, kj, g.stride, g.pad, g.w);
-                    if cols_r.is_empty() {
-                        continue;
-                    }
-                    let row = &src_n[((c * g.kh + ki) * g.kw + kj) * ohw..][..ohw];
-                    for oy in rows.clone() {
-                        let iy = oy * g.stride + ki - g.pad;
-                        let dst = &mut dst_plane[iy * g.w..(iy + 1) * g.w];
-                        let src = &row[oy * g.ow..(oy + 1) * g.ow][cols_r.clone()];
-                        let ix0 = cols_r.start * g.stride + kj - g.pad;
-                        if g.stride == 1 {
-                            for (d, &s) in dst[ix0..].iter_mut().zip(src) {
-                                *d = *d + s;
-                            }
-                        } else {
-                            for (d, &s) in dst[ix0..].iter_mut().step_by(g.stride).zip(src) {
-                                *d = *d + s;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    };
-    // SAFETY: each sample's block is fully written: every plane is zeroed, then accumulated.
+    // SAFETY: every plane is written by `add_plane`.
     unsafe {
-        uninit_vec(g.n * per_sample, |x| {
-            x.par_chunks_mut(per_sample)
-                .enumerate()
-                .for_each(|(n, img)| fill(n, img))
+        uninit_vec(g.n * g.c * plane, |x| {
+            x.par_chunks_mut(plane).enumerate().for_each(|(i, dst)| {
+                let (s, c) = (i / g.c, i % g.c);
+                add_plane(g, c, dst, |r| &cols[(s * ckk + r) * ohw..][..ohw]);
+            })
         })
     }
+}
+
+/// The column matrices of samples `s0 .. s0 + count`, one after another
+/// (`[count, c kh kw, oh ow]`).
+fn im2col_samples<T: CpuFloat>(
+    x: &[T],
+    g: &Conv2dGeometry,
+    s0: usize,
+    count: usize,
+    out: &mut [MaybeUninit<T>],
+) {
+    let (ckk, ohw, chw) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    out[..count * ckk * ohw]
+        .par_chunks_mut(ckk * ohw)
+        .enumerate()
+        .for_each(|(s, blk)| {
+            for (r, row) in blk.chunks_mut(ohw).enumerate() {
+                fill_row(&x[(s0 + s) * chw..][..chw], g, r, row);
+            }
+        });
+}
+
+/// `count` GEMMs `C[i] = op(A[i]) op(B[i])` one after another in `c`.
+#[allow(clippy::too_many_arguments)]
+fn gemm_batch_into<T: CpuFloat>(
+    count: usize,
+    (m, n, k): (usize, usize, usize),
+    (trans_a, trans_b): (bool, bool),
+    (a, stride_a): (&[T], usize),
+    (b, stride_b): (&[T], usize),
+    c: &mut [MaybeUninit<T>],
+) {
+    let cfg = GemmConfig {
+        batch: count,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        stride_a,
+        stride_b,
+    };
+    debug_assert!(a.len() >= cfg.lhs_len() && b.len() >= cfg.rhs_len() && c.len() == count * m * n);
+    T::gemm_batch(&cfg, a, b, c);
+}
+
+fn check_lengths(
+    op: &'static str,
+    g: &Conv2dGeometry,
+    oc: usize,
+    got: &[(&str, usize, usize)],
+) -> Result<()> {
+    for &(what, len, want) in got {
+        if len != want {
+            return Err(Error::invalid(
+                op,
+                format!(
+                    "{what} holds {len} values, the geometry ({} x {} x {} x {} input, {oc} x {} x {} weight) needs {want}",
+                    g.n, g.c, g.h, g.w, g.kh, g.kw
+                ),
+                &[&[len], &[want]],
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The forward convolution, `[n, oc, oh, ow]`.
+pub(crate) fn conv2d<T: CpuFloat>(
+    x: &[T],
+    w: &[T],
+    g: &Conv2dGeometry,
+    oc: usize,
+) -> Result<Vec<T>> {
+    let (ckk, ohw, chw) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    check_lengths(
+        "conv2d",
+        g,
+        oc,
+        &[("input", x.len(), g.n * chw), ("weight", w.len(), oc * ckk)],
+    )?;
+    let per_out = oc * ohw;
+    if g.n * per_out == 0 {
+        return Ok(Vec::new());
+    }
+    let s_max = chunk_len(g);
+    let mut cols = scratch::<T>(ckk * s_max * ohw);
+    // SAFETY: every chunk's output block is written by its GEMM.
+    Ok(unsafe {
+        uninit_vec(g.n * per_out, |out| {
+            for s0 in (0..g.n).step_by(s_max) {
+                let count = s_max.min(g.n - s0);
+                im2col_samples(x, g, s0, count, &mut cols);
+                // SAFETY: the chunk's columns were just written.
+                let c = assume_init(&cols[..count * ckk * ohw]);
+                gemm_batch_into(
+                    count,
+                    (oc, ohw, ckk),
+                    (false, false),
+                    (w, 0),
+                    (c, ckk * ohw),
+                    &mut out[s0 * per_out..(s0 + count) * per_out],
+                );
+            }
+        })
+    })
+}
+
+/// Input and weight gradients of [`conv2d`] from the output gradient.
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub(crate) fn conv2d_backward<T: CpuFloat>(
+    x: &[T],
+    w: &[T],
+    grad: &[T],
+    g: &Conv2dGeometry,
+    oc: usize,
+    need_x: bool,
+    need_w: bool,
+) -> Result<(Option<Vec<T>>, Option<Vec<T>>)> {
+    let (ckk, ohw, chw) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
+    check_lengths(
+        "conv2d backward",
+        g,
+        oc,
+        &[
+            ("input", x.len(), g.n * chw),
+            ("weight", w.len(), oc * ckk),
+            ("output gradient", grad.len(), g.n * oc * ohw),
+        ],
+    )?;
+    let s_max = chunk_len(g);
+    let buf = |need: bool, len: usize| scratch::<T>(if need { len } else { 0 });
+    let mut cols = buf(need_w, s_max * ckk * ohw);
+    // The chunk's per-sample weight gradients, summed into `dw` in sample order.
+    let mut part = buf(need_w, s_max * oc * ckk);
+    let mut dcols = buf(need_x, s_max * ckk * ohw);
+    let mut dx = buf(need_x, g.n * chw);
+    let mut dw = buf(need_w, oc * ckk);
+    write_zeros(&mut dw);
+    for s0 in (0..g.n).step_by(s_max) {
+        let count = s_max.min(g.n - s0);
+        let ld = count * ohw;
+        let dy = &grad[s0 * oc * ohw..(s0 + count) * oc * ohw];
+        if need_w {
+            im2col_samples(x, g, s0, count, &mut cols);
+            // SAFETY: the chunk's columns were just written.
+            let c = unsafe { assume_init(&cols[..ckk * ld]) };
+            let len = oc * ckk;
+            gemm_batch_into(
+                count,
+                (oc, ckk, ohw),
+                (false, true),
+                (dy, oc * ohw),
+                (c, ckk * ohw),
+                &mut part[..count * len],
+            );
+            // SAFETY: written in full by the GEMM.
+            let p = unsafe { assume_init(&part[..count * len]) };
+            dw.par_chunks_mut(4096).enumerate().for_each(|(j, d)| {
+                for (i, d) in d.iter_mut().enumerate() {
+                    let at = j * 4096 + i;
+                    // SAFETY: zeroed before the loop, then only added to.
+                    let mut acc = unsafe { d.assume_init() };
+                    for s in 0..count {
+                        acc = acc + p[s * len + at];
+                    }
+                    d.write(acc);
+                }
+            });
+        }
+        if need_x {
+            gemm_batch_into(
+                count,
+                (ckk, ohw, oc),
+                (true, false),
+                (w, 0),
+                (dy, oc * ohw),
+                &mut dcols[..ckk * ld],
+            );
+            // SAFETY: written in full by the GEMM.
+            let dc = unsafe { assume_init(&dcols[..ckk * ld]) };
+            dx[s0 * chw..(s0 + count) * chw]
+                .par_chunks_mut(g.h * g.w)
+                .enumerate()
+                .for_each(|(j, dst)| {
+                    let (s, c) = (j / g.c, j % g.c);
+                    add_plane(g, c, dst, |r| &dc[(s * ckk + r) * ohw..][..ohw]);
+                });
+        }
+    }
+    // SAFETY: dx's planes and dw were written in full above.
+    let done = |v: Vec<MaybeUninit<T>>| unsafe {
+        let mut v = std::mem::ManuallyDrop::new(v);
+        Vec::from_raw_parts(v.as_mut_ptr().cast::<T>(), v.len(), v.capacity())
+    };
+    Ok((need_x.then(|| done(dx)), need_w.then(|| done(dw))))
 }

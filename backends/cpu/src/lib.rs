@@ -211,6 +211,21 @@ impl<T: CpuFloat> Backend<T> for Cpu {
     fn col2im(&self, cols: &Vec<T>, g: &Conv2dGeometry) -> Result<Vec<T>> {
         Ok(conv::col2im(cols, g))
     }
+    fn conv2d(&self, x: &Vec<T>, w: &Vec<T>, g: &Conv2dGeometry, oc: usize) -> Result<Vec<T>> {
+        conv::conv2d(x, w, g, oc)
+    }
+    fn conv2d_backward(
+        &self,
+        x: &Vec<T>,
+        w: &Vec<T>,
+        grad: &Vec<T>,
+        g: &Conv2dGeometry,
+        oc: usize,
+        need_x: bool,
+        need_w: bool,
+    ) -> Result<(Option<Vec<T>>, Option<Vec<T>>)> {
+        conv::conv2d_backward(x, w, grad, g, oc, need_x, need_w)
+    }
 
     fn max_pool2d(&self, x: &Vec<T>, g: &Pool2dGeometry) -> Result<(Vec<T>, Vec<u32>)> {
         Ok(pool::max_pool2d(x, g))

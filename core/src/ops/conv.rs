@@ -1,12 +1,12 @@
-use crate::backend::{Backend, Conv2dGeometry, GemmConfig};
+use crate::backend::{Backend, Conv2dGeometry};
 use crate::element::Element;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// Output of a convolution forward pass plus what its backward needs.
+/// Output of a convolution forward pass plus what its backward needs
+/// besides the input and the weight.
 pub struct Conv2dOut<T: Element, B: Backend<T>> {
     pub out: Tensor<T, B>,
-    pub cols: Tensor<T, B>,
     pub geometry: Conv2dGeometry,
 }
 
@@ -64,34 +64,17 @@ pub fn conv2d_geometry(
 }
 
 impl<T: Element, B: Backend<T>> Tensor<T, B> {
-    /// 2-D cross-correlation (no bias) by im2col + one batched GEMM.
+    /// 2-D cross-correlation (no bias): the backend's convolution, counted
+    /// in [`crate::flops`] as the GEMM it is (`[oc, ckk]` by `[ckk, ohw]`
+    /// per sample).
     pub fn conv2d_full(&self, w: &Self, stride: usize, pad: usize) -> Result<Conv2dOut<T, B>> {
         let g = conv2d_geometry(self.dims(), w.dims(), stride, pad)?;
         let oc = w.dims()[0];
-        let (ckk, ohw) = (g.col_rows(), g.col_cols());
         let backend = self.backend();
-        let cols = Tensor::from_storage(
-            backend,
-            backend.im2col(self.storage(), &g)?,
-            [g.n, ckk, ohw],
-        );
-        let cfg = GemmConfig {
-            batch: g.n,
-            m: oc,
-            n: ohw,
-            k: ckk,
-            trans_a: false,
-            trans_b: false,
-            stride_a: 0,
-            stride_b: ckk * ohw,
-        };
-        let out = super::matmul::gemm(backend, &cfg, w.storage(), cols.storage())?;
+        let out = backend.conv2d(self.storage(), w.storage(), &g, oc)?;
+        crate::flops::add_gemm(g.n, oc, g.col_cols(), g.col_rows());
         let out = Tensor::from_storage(backend, out, [g.n, oc, g.oh, g.ow]);
-        Ok(Conv2dOut {
-            out,
-            cols,
-            geometry: g,
-        })
+        Ok(Conv2dOut { out, geometry: g })
     }
 
     pub fn conv2d(&self, w: &Self, stride: usize, pad: usize) -> Result<Self> {
@@ -101,7 +84,7 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
 
 /// Gradients of a convolution for the input and the weight.
 pub(crate) fn conv2d_backward<T: Element, B: Backend<T>>(
-    cols: &Tensor<T, B>,
+    x: &Tensor<T, B>,
     w: &Tensor<T, B>,
     g: &Conv2dGeometry,
     grad: &Tensor<T, B>,
@@ -110,39 +93,23 @@ pub(crate) fn conv2d_backward<T: Element, B: Backend<T>>(
     let backend = grad.backend();
     let oc = w.dims()[0];
     let (ckk, ohw) = (g.col_rows(), g.col_cols());
-    let gx = if needs[0] {
-        let cfg = GemmConfig {
-            batch: g.n,
-            m: ckk,
-            n: ohw,
-            k: oc,
-            trans_a: true,
-            trans_b: false,
-            stride_a: 0,
-            stride_b: oc * ohw,
-        };
-        let dcols = super::matmul::gemm(backend, &cfg, w.storage(), grad.storage())?;
-        let dx = backend.col2im(&dcols, g)?;
-        Some(Tensor::from_storage(backend, dx, [g.n, g.c, g.h, g.w]))
-    } else {
-        None
-    };
-    let gw = if needs[1] {
-        let cfg = GemmConfig {
-            batch: g.n,
-            m: oc,
-            n: ckk,
-            k: ohw,
-            trans_a: false,
-            trans_b: true,
-            stride_a: oc * ohw,
-            stride_b: ckk * ohw,
-        };
-        let per_sample = super::matmul::gemm(backend, &cfg, grad.storage(), cols.storage())?;
-        let summed = backend.sum_axis(&per_sample, 1, g.n, oc * ckk)?;
-        Some(Tensor::from_storage(backend, summed, w.dims().to_vec()))
-    } else {
-        None
-    };
-    Ok(vec![gx, gw])
+    let (gx, gw) = backend.conv2d_backward(
+        x.storage(),
+        w.storage(),
+        grad.storage(),
+        g,
+        oc,
+        needs[0],
+        needs[1],
+    )?;
+    if needs[0] {
+        crate::flops::add_gemm(g.n, ckk, ohw, oc);
+    }
+    if needs[1] {
+        crate::flops::add_gemm(g.n, oc, ckk, ohw);
+    }
+    Ok(vec![
+        gx.map(|s| Tensor::from_storage(backend, s, [g.n, g.c, g.h, g.w])),
+        gw.map(|s| Tensor::from_storage(backend, s, w.dims().to_vec())),
+    ])
 }

@@ -19,5 +19,5 @@ pub use dataset::{Dataset, ModalityInfo, Row, Split};
 pub use error::DataError;
 pub use loader::{seeded_subset, Batch, Loader, ModalityBatch};
 pub use missing::{MissingMask, MissingPolicy, MissingRates};
-pub use synthetic::{prepare_synthetic, SyntheticOptions, SyntheticReport};
 pub use npy::{write_npy, write_npy_f32, write_npy_i64, write_npy_u8, DType, NpyArray, NpyHeader};
+pub use synthetic::{prepare_synthetic, SyntheticOptions, SyntheticReport};

@@ -83,7 +83,10 @@ fn check(opts: &SyntheticOptions) -> Result<Vec<u64>, DataError> {
         }
     }
     if opts.classes < 2 {
-        return arg(format!("--classes must be at least 2, got {}", opts.classes));
+        return arg(format!(
+            "--classes must be at least 2, got {}",
+            opts.classes
+        ));
     }
     if opts.rows_per_class == 0 {
         return arg("--rows-per-class must be at least 1".into());
@@ -138,7 +141,9 @@ pub fn prepare_synthetic(opts: &SyntheticOptions) -> Result<SyntheticReport, Dat
     // Sample i has class i mod k and uses row `class + k * j` of every
     // modality, j cycling through the class's rows.
     let labels: Vec<i64> = (0..n).map(|i| (i % k) as i64).collect();
-    let index: Vec<i64> = (0..n).map(|i| (i % k + k * ((i / k) % per)) as i64).collect();
+    let index: Vec<i64> = (0..n)
+        .map(|i| (i % k + k * ((i / k) % per)) as i64)
+        .collect();
     let splits: Vec<u8> = (0..n).map(|i| split_of(i, n).code()).collect();
     let mut entries = Vec::new();
     for (m, (name, dims)) in opts.modalities.iter().enumerate() {
@@ -154,7 +159,8 @@ pub fn prepare_synthetic(opts: &SyntheticOptions) -> Result<SyntheticReport, Dat
             let freq = std::f64::consts::TAU * (c + 1.0) / d as f64;
             let phase = c + m as f64;
             data.extend(
-                (0..d).map(|j| (opts.signal * (freq * j as f64 + phase).sin() + rng.normal()) as f32),
+                (0..d)
+                    .map(|j| (opts.signal * (freq * j as f64 + phase).sin() + rng.normal()) as f32),
             );
         }
         let mut shape = vec![rows];

@@ -538,7 +538,11 @@ pub fn prepare_avmnist(
     progress(&format!("writing {}", opts.out.display()));
     let labels: Vec<i64> = mnist.labels.iter().map(|&y| y as i64).collect();
     let split_codes: Vec<u8> = splits.iter().map(|s| s.code()).collect();
-    write_npy(staged.file("image.npy"), &[n, 1, IMAGE_SIDE, IMAGE_SIDE], &images)?;
+    write_npy(
+        staged.file("image.npy"),
+        &[n, 1, IMAGE_SIDE, IMAGE_SIDE],
+        &images,
+    )?;
     write_npy(
         staged.file("audio.npy"),
         &[recs.len(), 1, audio::N_MELS, audio::N_FRAMES],
