@@ -1,6 +1,5 @@
 //! The `mla` binary: prepare data, train, evaluate, benchmark.
 
-mod alloc;
 mod backend;
 mod cmd_bench;
 mod cmd_eval;
@@ -17,10 +16,6 @@ mod plot;
 mod report;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-
-/// Large step buffers are recycled instead of page-faulted in every step (see alloc.rs).
-#[global_allocator]
-static GLOBAL: alloc::CachingAlloc = alloc::CachingAlloc::new();
 
 /// Error type of every command: one clear message, printed once by `main`.
 pub type CliResult<T = ()> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
