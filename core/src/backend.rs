@@ -94,6 +94,45 @@ impl Conv2dGeometry {
     pub fn col_cols(&self) -> usize {
         self.oh * self.ow
     }
+
+    /// The convolution's three products over `count` samples, per sample
+    /// with `oc` output channels, columns `[ckk, ohw]` and output (or its
+    /// gradient) `[oc, ohw]` packed one sample after another.
+    fn per_sample(
+        count: usize,
+        (m, n, k): (usize, usize, usize),
+        trans: (bool, bool),
+        strides: (usize, usize),
+    ) -> GemmConfig {
+        GemmConfig {
+            batch: count,
+            m,
+            n,
+            k,
+            trans_a: trans.0,
+            trans_b: trans.1,
+            stride_a: strides.0,
+            stride_b: strides.1,
+        }
+    }
+
+    /// Forward: `W [oc, ckk] x cols [ckk, ohw]` per sample.
+    pub fn forward_gemm(&self, oc: usize, count: usize) -> GemmConfig {
+        let (ckk, ohw) = (self.col_rows(), self.col_cols());
+        Self::per_sample(count, (oc, ohw, ckk), (false, false), (0, ckk * ohw))
+    }
+
+    /// Input gradient's columns: `W^T [ckk, oc] x dY [oc, ohw]` per sample.
+    pub fn input_grad_gemm(&self, oc: usize, count: usize) -> GemmConfig {
+        let (ckk, ohw) = (self.col_rows(), self.col_cols());
+        Self::per_sample(count, (ckk, ohw, oc), (true, false), (0, oc * ohw))
+    }
+
+    /// Per-sample weight gradients: `dY [oc, ohw] x cols^T [ohw, ckk]`.
+    pub fn weight_grad_gemm(&self, oc: usize, count: usize) -> GemmConfig {
+        let (ckk, ohw) = (self.col_rows(), self.col_cols());
+        Self::per_sample(count, (oc, ckk, ohw), (false, true), (oc * ohw, ckk * ohw))
+    }
 }
 
 /// Geometry of a 2-D pooling over `planes = n * c` planes of `h x w`, output
@@ -296,19 +335,8 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
         g: &Conv2dGeometry,
         oc: usize,
     ) -> Result<Self::Storage> {
-        let (ckk, ohw) = (g.col_rows(), g.col_cols());
         let cols = self.im2col(x, g)?;
-        let cfg = GemmConfig {
-            batch: g.n,
-            m: oc,
-            n: ohw,
-            k: ckk,
-            trans_a: false,
-            trans_b: false,
-            stride_a: 0,
-            stride_b: ckk * ohw,
-        };
-        self.gemm(&cfg, w, &cols)
+        self.gemm(&g.forward_gemm(oc, g.n), w, &cols)
     }
 
     /// Convolution backward from the output gradient `grad` (`[n, oc, oh,
@@ -327,37 +355,16 @@ pub trait Backend<T: Element>: Clone + Send + Sync + Debug + 'static {
         need_x: bool,
         need_w: bool,
     ) -> Result<(Option<Self::Storage>, Option<Self::Storage>)> {
-        let (ckk, ohw) = (g.col_rows(), g.col_cols());
         let gx = if need_x {
-            let cfg = GemmConfig {
-                batch: g.n,
-                m: ckk,
-                n: ohw,
-                k: oc,
-                trans_a: true,
-                trans_b: false,
-                stride_a: 0,
-                stride_b: oc * ohw,
-            };
-            let dcols = self.gemm(&cfg, w, grad)?;
+            let dcols = self.gemm(&g.input_grad_gemm(oc, g.n), w, grad)?;
             Some(self.col2im(&dcols, g)?)
         } else {
             None
         };
         let gw = if need_w {
             let cols = self.im2col(x, g)?;
-            let cfg = GemmConfig {
-                batch: g.n,
-                m: oc,
-                n: ckk,
-                k: ohw,
-                trans_a: false,
-                trans_b: true,
-                stride_a: oc * ohw,
-                stride_b: ckk * ohw,
-            };
-            let per_sample = self.gemm(&cfg, grad, &cols)?;
-            Some(self.sum_axis(&per_sample, 1, g.n, oc * ckk)?)
+            let per_sample = self.gemm(&g.weight_grad_gemm(oc, g.n), grad, &cols)?;
+            Some(self.sum_axis(&per_sample, 1, g.n, oc * g.col_rows())?)
         } else {
             None
         };

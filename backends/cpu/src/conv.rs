@@ -205,28 +205,14 @@ fn im2col_samples<T: CpuFloat>(
         });
 }
 
-/// `count` GEMMs `C[i] = op(A[i]) op(B[i])` one after another in `c`.
-#[allow(clippy::too_many_arguments)]
-fn gemm_batch_into<T: CpuFloat>(
-    count: usize,
-    (m, n, k): (usize, usize, usize),
-    (trans_a, trans_b): (bool, bool),
-    (a, stride_a): (&[T], usize),
-    (b, stride_b): (&[T], usize),
-    c: &mut [MaybeUninit<T>],
-) {
-    let cfg = GemmConfig {
-        batch: count,
-        m,
-        n,
-        k,
-        trans_a,
-        trans_b,
-        stride_a,
-        stride_b,
-    };
-    debug_assert!(a.len() >= cfg.lhs_len() && b.len() >= cfg.rhs_len() && c.len() == count * m * n);
-    T::gemm_batch(&cfg, a, b, c);
+/// The GEMMs `cfg` into `c` (every element written).
+fn gemm_into<T: CpuFloat>(cfg: &GemmConfig, a: &[T], b: &[T], c: &mut [MaybeUninit<T>]) {
+    debug_assert!(
+        a.len() >= cfg.lhs_len()
+            && b.len() >= cfg.rhs_len()
+            && c.len() == cfg.batch * cfg.m * cfg.n
+    );
+    T::gemm_batch(cfg, a, b, c);
 }
 
 fn check_lengths(
@@ -278,12 +264,10 @@ pub(crate) fn conv2d<T: CpuFloat>(
                 im2col_samples(x, g, s0, count, &mut cols);
                 // SAFETY: the chunk's columns were just written.
                 let c = assume_init(&cols[..count * ckk * ohw]);
-                gemm_batch_into(
-                    count,
-                    (oc, ohw, ckk),
-                    (false, false),
-                    (w, 0),
-                    (c, ckk * ohw),
+                gemm_into(
+                    &g.forward_gemm(oc, count),
+                    w,
+                    c,
                     &mut out[s0 * per_out..(s0 + count) * per_out],
                 );
             }
@@ -331,12 +315,10 @@ pub(crate) fn conv2d_backward<T: CpuFloat>(
             // SAFETY: the chunk's columns were just written.
             let c = unsafe { assume_init(&cols[..ckk * ld]) };
             let len = oc * ckk;
-            gemm_batch_into(
-                count,
-                (oc, ckk, ohw),
-                (false, true),
-                (dy, oc * ohw),
-                (c, ckk * ohw),
+            gemm_into(
+                &g.weight_grad_gemm(oc, count),
+                dy,
+                c,
                 &mut part[..count * len],
             );
             // SAFETY: written in full by the GEMM.
@@ -354,14 +336,7 @@ pub(crate) fn conv2d_backward<T: CpuFloat>(
             });
         }
         if need_x {
-            gemm_batch_into(
-                count,
-                (ckk, ohw, oc),
-                (true, false),
-                (w, 0),
-                (dy, oc * ohw),
-                &mut dcols[..ckk * ld],
-            );
+            gemm_into(&g.input_grad_gemm(oc, count), w, dy, &mut dcols[..ckk * ld]);
             // SAFETY: written in full by the GEMM.
             let dc = unsafe { assume_init(&dcols[..ckk * ld]) };
             dx[s0 * chw..(s0 + count) * chw]

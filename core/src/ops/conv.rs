@@ -72,7 +72,8 @@ impl<T: Element, B: Backend<T>> Tensor<T, B> {
         let oc = w.dims()[0];
         let backend = self.backend();
         let out = backend.conv2d(self.storage(), w.storage(), &g, oc)?;
-        crate::flops::add_gemm(g.n, oc, g.col_cols(), g.col_rows());
+        let f = g.forward_gemm(oc, g.n);
+        crate::flops::add_gemm(f.batch, f.m, f.n, f.k);
         let out = Tensor::from_storage(backend, out, [g.n, oc, g.oh, g.ow]);
         Ok(Conv2dOut { out, geometry: g })
     }
@@ -92,7 +93,6 @@ pub(crate) fn conv2d_backward<T: Element, B: Backend<T>>(
 ) -> Result<Vec<Option<Tensor<T, B>>>> {
     let backend = grad.backend();
     let oc = w.dims()[0];
-    let (ckk, ohw) = (g.col_rows(), g.col_cols());
     let (gx, gw) = backend.conv2d_backward(
         x.storage(),
         w.storage(),
@@ -102,11 +102,13 @@ pub(crate) fn conv2d_backward<T: Element, B: Backend<T>>(
         needs[0],
         needs[1],
     )?;
-    if needs[0] {
-        crate::flops::add_gemm(g.n, ckk, ohw, oc);
-    }
-    if needs[1] {
-        crate::flops::add_gemm(g.n, oc, ckk, ohw);
+    for (needed, f) in [
+        (needs[0], g.input_grad_gemm(oc, g.n)),
+        (needs[1], g.weight_grad_gemm(oc, g.n)),
+    ] {
+        if needed {
+            crate::flops::add_gemm(f.batch, f.m, f.n, f.k);
+        }
     }
     Ok(vec![
         gx.map(|s| Tensor::from_storage(backend, s, [g.n, g.c, g.h, g.w])),
