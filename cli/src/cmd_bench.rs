@@ -11,27 +11,41 @@ use std::sync::Arc;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Dataset directory in the mla-dataset/1 format.
+    /// Dataset directory in the mla-dataset/1 format. [default: AV-MNIST,
+    /// prepared from --raw into the cache directory on first use, as `mla train`]
     #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    data: Option<PathBuf>,
+    /// Raw AV-MNIST sources (mnist/ and fsdd/) for a bench without --data.
+    #[arg(long, value_name = "DIR", default_value = "../shared/data/avmnist")]
+    raw: PathBuf,
+    /// Where a bench without --data finds (or keeps) the prepared AV-MNIST.
+    /// [default: $XDG_CACHE_HOME/mla, else ~/.cache/mla]
+    #[arg(long, value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The method whose step is timed: mla, joint, unimodal, ogm, ogm-ge,
+    /// pmr, mmpareto, agm, reconboost or gblending.
     #[arg(long, default_value = "mla")]
     method: MethodKind,
     /// The modality of --method unimodal.
     #[arg(long, value_name = "NAME")]
     modality: Option<String>,
+    /// Encoders, as `mla train --encoder`: cnn, mlp, resnet18 or
+    /// resnet18-small for every modality, or NAME=KIND,... one by one.
     #[arg(long, value_name = "SPEC", default_value = "cnn")]
     encoder: String,
-    /// [default: 128; with resnet encoders 512 x --width-mult]
+    /// Feature size of each encoder. [default: 128; with resnet encoders 512 x --width-mult]
     #[arg(long, value_name = "S")]
     feature_size: Option<usize>,
     /// Width multiplier of resnet encoders.
     #[arg(long, default_value_t = 1.0, value_name = "X")]
     width_mult: f64,
+    /// Samples per mini-batch.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// HGM of MLA steps. [default: owm for mla]
     #[arg(long)]
     hgm: Option<HgmMode>,
+    /// HGM alpha of MLA steps.
     #[arg(long, default_value_t = DEFAULT_ALPHA)]
     alpha: f64,
     /// Timed steps (one step = one mini-batch: every modality's step for MLA).
@@ -40,8 +54,10 @@ pub struct Args {
     /// Untimed steps first (allocator and cache warm-up).
     #[arg(long, default_value_t = 20)]
     warmup: usize,
+    /// Seed of the initialisation and of the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// CPU threads (rayon and GEMM pools). [default: every core]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]
@@ -99,7 +115,26 @@ impl OnBackend for Args {
             seed: self.seed,
             ..TrainConfig::default()
         };
-        let dataset = Arc::new(Dataset::open(&self.data)?);
+        let data = match &self.data {
+            Some(d) => d.clone(),
+            None => crate::cmd_train::default_dataset(
+                &self.raw,
+                self.cache_dir.as_deref(),
+                self.json,
+                true,
+            )?,
+        };
+        let dataset = Arc::new(Dataset::open(&data)?);
+        let train = dataset.indices(mla_models::data::Split::Train).len();
+        if self.batch_size > train {
+            // Every step then sees the whole train split, fewer samples
+            // than the batch size asks for: the timing is not that batch's.
+            eprintln!(
+                "warning: --batch-size {} is larger than the train split of {} ({train} samples): each step uses {train}",
+                self.batch_size,
+                data.display()
+            );
+        }
         let probe = backend.clone();
         let mut trainer = Trainer::new(backend, dataset, cfg)?;
         if self.warmup > 0 {

@@ -67,6 +67,7 @@ pub struct Target {
     /// Dataset directory. [default: the dataset of the run the checkpoint belongs to]
     #[arg(long, value_name = "DIR")]
     pub data: Option<PathBuf>,
+    /// Which split to evaluate.
     #[arg(long, value_enum, default_value = "test")]
     pub split: SplitArg,
 }
@@ -131,6 +132,7 @@ pub struct Args {
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+    /// CPU threads (rayon and GEMM pools). [default: every core]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]

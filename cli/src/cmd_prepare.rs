@@ -31,6 +31,7 @@ pub struct SyntheticArgs {
     /// A modality and its row shape, NAME=D1xD2x... (repeat it; training order).
     #[arg(long = "modality", value_name = "NAME=DIMS", required = true)]
     pub modalities: Vec<String>,
+    /// Number of classes, at least 2.
     #[arg(long, default_value_t = 10)]
     pub classes: usize,
     /// Samples in all: 80% train, 10% validation, the rest test.
@@ -42,6 +43,7 @@ pub struct SyntheticArgs {
     /// Amplitude of each class's pattern against unit-variance noise.
     #[arg(long, default_value_t = 1.0)]
     pub signal: f64,
+    /// Seed of the rows' random values (the split is fixed: by position).
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }

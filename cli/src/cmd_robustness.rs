@@ -101,6 +101,7 @@ pub struct Args {
     /// No per-level progress lines.
     #[arg(long)]
     quiet: bool,
+    /// CPU threads (rayon and GEMM pools). [default: every core]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     #[arg(long, value_enum, default_value = "auto")]

@@ -98,11 +98,13 @@ pub struct Args {
     /// Training epochs; with --resume, the new total to train up to. [default: 3]
     #[arg(long)]
     epochs: Option<usize>,
+    /// Samples per training mini-batch.
     #[arg(long, default_value_t = 64, conflicts_with = "resume")]
     batch_size: usize,
     /// Batch size of evaluation passes (does not change any result). [default: --batch-size]
     #[arg(long, conflicts_with = "resume")]
     eval_batch_size: Option<usize>,
+    /// sgd (with --momentum), adam or adamw.
     #[arg(long, default_value = "sgd", conflicts_with = "resume")]
     optimizer: OptimizerKind,
     /// Learning rate.
@@ -122,6 +124,7 @@ pub struct Args {
     /// SGD momentum.
     #[arg(long, default_value_t = 0.9, conflicts_with = "resume")]
     momentum: f64,
+    /// L2 weight decay, >= 0 (decoupled for adamw).
     #[arg(long, default_value_t = 1e-4, conflicts_with = "resume")]
     weight_decay: f64,
     /// Head gradient modification (MLA only): none, owm (one P) or cross (one P per modality). [default: owm for mla]
@@ -159,12 +162,7 @@ pub struct Args {
     fusion: FusionRule,
     /// OGM/OGM-GE: alpha of k = 1 - tanh(alpha * rho), >= 0 (0: no damping).
     /// [default: 0.8, the official README's CREMA-D value]
-    #[arg(
-        long,
-        value_name = "ALPHA",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
     ogm_alpha: Option<f64>,
     /// OGM/OGM-GE: which encoder gradients are scaled: weights (every matrix
     /// and kernel) or conv-kernels (4-d kernels only, the official code). [default: weights]
@@ -181,20 +179,10 @@ pub struct Args {
     modulation_window: Option<EpochWindow>,
     /// PMR: weight of the weaker modality's prototype cross-entropy, >= 0.
     /// [default: 1.0, the official CGMNIST value]
-    #[arg(
-        long,
-        value_name = "ALPHA",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
     pmr_alpha: Option<f64>,
     /// PMR: prototype momentum in [0, 1). [default: 0.0, every official run]
-    #[arg(
-        long,
-        value_name = "MU",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "MU", conflicts_with = "resume")]
     pmr_momentum: Option<f64>,
     /// MMPareto: rescale the encoder gradient over the whole encoder
     /// (global: keeps the no-conflict guarantee) or per tensor (the
@@ -203,29 +191,14 @@ pub struct Args {
     mmpareto_norm_scope: Option<NormScope>,
     /// MMPareto: encoder gradients get norm SCALE * max(|G|, |D|), > 0.
     /// [default: 1.5, the official code's constant]
-    #[arg(
-        long,
-        value_name = "SCALE",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "SCALE", conflicts_with = "resume")]
     mmpareto_scale: Option<f64>,
     /// AGM: alpha of kappa = exp(alpha (rbar - r)), >= 0. [default: 2.5, the
     /// official README's AV-MNIST example]
-    #[arg(
-        long,
-        value_name = "ALPHA",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "ALPHA", conflicts_with = "resume")]
     agm_alpha: Option<f64>,
     /// AGM: upper clamp of rbar - r (official CREMA-D 10, URFunny 7). [default: none]
-    #[arg(
-        long,
-        value_name = "C",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "C", conflicts_with = "resume")]
     agm_clamp: Option<f64>,
     /// AGM: no gradient clipping (the official code clips to norm 1 when a
     /// head gradient element leaves [-1, 1]).
@@ -237,20 +210,10 @@ pub struct Args {
     agm_stale_kappa: bool,
     /// ReconBoost: weight w1 of the modality's own CE in phase 1, >= w2.
     /// [default: 5.0, the official CREMA-D value]
-    #[arg(
-        long,
-        value_name = "W1",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "W1", conflicts_with = "resume")]
     reconboost_w1: Option<f64>,
     /// ReconBoost: weight w2 of the reconcilement term, in [0, w1]. [default: 1.0, official]
-    #[arg(
-        long,
-        value_name = "W2",
-        allow_negative_numbers = true,
-        conflicts_with = "resume"
-    )]
+    #[arg(long, value_name = "W2", conflicts_with = "resume")]
     reconboost_w2: Option<f64>,
     /// ReconBoost: epochs STAGE:CORRECT of each stage's phase 1 (one
     /// modality) and phase 2 (the ensemble), STAGE >= 1. [default: 1:1,
@@ -275,6 +238,8 @@ pub struct Args {
     /// estimation epoch, |G/O^2|); both with per-sample mean losses. [default: paper]
     #[arg(long, value_name = "paper|bb", conflicts_with = "resume")]
     gblending_rule: Option<BlendRule>,
+    /// Seed of the initialisation, the batch order, the --train-limit and
+    /// --eval-limit subsets and the augmentation.
     #[arg(long, default_value_t = 0, conflicts_with = "resume")]
     seed: u64,
     /// Hide modalities of train samples at these rates, on top of what the
@@ -804,7 +769,7 @@ fn cache_dir(flag: Option<&Path>) -> CliResult<PathBuf> {
 /// interrupted preparation is never mistaken for a finished one.
 /// `may_prepare` false (a data-parallel rank): a missing dataset is an
 /// error instead.
-fn default_dataset(
+pub(crate) fn default_dataset(
     raw: &Path,
     cache_flag: Option<&Path>,
     quiet: bool,

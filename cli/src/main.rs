@@ -36,6 +36,9 @@ enum Command {
     /// Build a dataset in the mla-dataset/1 format from raw sources.
     Prepare(cmd_prepare::Args),
     /// Train MLA or a baseline (with no flags: MLA on AV-MNIST).
+    // Negative numbers are values (`--lr -1` reaches the value check), for
+    // every flag at once.
+    #[command(allow_negative_numbers = true)]
     Train(cmd_train::Args),
     /// Evaluate a checkpoint.
     Eval(cmd_eval::Args),

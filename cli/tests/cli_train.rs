@@ -463,6 +463,49 @@ fn synthetic_shapes_prepare_and_bench() {
     let b: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(b["modalities"], "audio,visual");
     assert!(b["gflop_per_step"].as_f64().unwrap() > 0.0);
+    // A batch larger than the train split (32) is timed, with a warning.
+    let o = mla(&[
+        "bench",
+        "--data",
+        s(&data),
+        "--encoder",
+        "resnet18",
+        "--width-mult",
+        "0.0625",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--batch-size",
+        "50",
+        "--backend",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains("warning: --batch-size 50 is larger than the train split")
+            && err.contains("32 samples"),
+        "{err}"
+    );
+    // Without --data, bench takes AV-MNIST from the cache as train does,
+    // preparing it from --raw there.
+    let cache = dir.join("cache");
+    let err = fails(&[
+        "bench",
+        "--raw",
+        "/no/such/raw",
+        "--cache-dir",
+        s(&cache),
+        "--steps",
+        "1",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(
+        err.contains("cannot prepare AV-MNIST from /no/such/raw"),
+        "{err}"
+    );
     let err = fails(&[
         "prepare",
         "synthetic",
@@ -514,6 +557,18 @@ fn bad_input_gives_one_clear_error_and_a_nonzero_exit() {
     assert!(e.contains("/no/such/dataset"), "{e}");
     let e = run(&["--encoder", "transformer"]);
     assert!(e.contains("transformer") && e.contains("mlp"), "{e}");
+    // A negative number is a value that reaches the flag's check, not an
+    // unknown argument.
+    for (flag, want) in [
+        ("--lr", "--lr must be a positive number"),
+        ("--weight-decay", "--weight-decay must be >= 0"),
+    ] {
+        let e = run(&[flag, "-1"]);
+        assert!(
+            e.contains(want) && !e.contains("unexpected argument"),
+            "{e}"
+        );
+    }
     let e = run(&["--method", "unimodal"]);
     assert!(e.contains("--modality"), "{e}");
     let e = run(&["--method", "unimodal", "--modality", "smell"]);
