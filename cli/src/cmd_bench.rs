@@ -31,8 +31,9 @@ pub struct Args {
     modality: Option<String>,
     /// Encoders, as `mla train --encoder`: cnn, mlp, resnet18 or
     /// resnet18-small for every modality, or NAME=KIND,... one by one.
-    #[arg(long, value_name = "SPEC", default_value = "cnn")]
-    encoder: String,
+    /// [default: cnn for [C, H, W] inputs, mlp for vectors]
+    #[arg(long, value_name = "SPEC")]
+    encoder: Option<String>,
     /// Feature size of each encoder. [default: 128; with resnet encoders 512 x --width-mult]
     #[arg(long, value_name = "S")]
     feature_size: Option<usize>,
@@ -101,20 +102,6 @@ impl OnBackend for Args {
                 )
             }
         };
-        let cfg = TrainConfig {
-            method: self.method,
-            modality: self.modality.clone(),
-            encoder: self.encoder.clone(),
-            feature_size: self.feature_size.unwrap_or_else(|| {
-                mla_models::encoders::default_feature_size(&self.encoder, self.width_mult)
-            }),
-            width_mult: self.width_mult,
-            batch_size: self.batch_size,
-            hgm,
-            alpha: self.alpha,
-            seed: self.seed,
-            ..TrainConfig::default()
-        };
         let data = match &self.data {
             Some(d) => d.clone(),
             None => crate::cmd_train::default_dataset(
@@ -135,6 +122,28 @@ impl OnBackend for Args {
                 data.display()
             );
         }
+        let encoder = self.encoder.clone().unwrap_or_else(|| {
+            mla_models::encoders::default_encoder_spec(
+                dataset
+                    .modalities()
+                    .iter()
+                    .map(|m| (m.name.as_str(), m.shape.as_slice())),
+            )
+        });
+        let cfg = TrainConfig {
+            method: self.method,
+            modality: self.modality.clone(),
+            encoder: encoder.clone(),
+            feature_size: self.feature_size.unwrap_or_else(|| {
+                mla_models::encoders::default_feature_size(&encoder, self.width_mult)
+            }),
+            width_mult: self.width_mult,
+            batch_size: self.batch_size,
+            hgm,
+            alpha: self.alpha,
+            seed: self.seed,
+            ..TrainConfig::default()
+        };
         let probe = backend.clone();
         let mut trainer = Trainer::new(backend, dataset, cfg)?;
         if self.warmup > 0 {
@@ -161,7 +170,7 @@ impl OnBackend for Args {
             let out = serde_json::json!({
                 "method": self.method,
                 "modalities": modalities,
-                "encoder": self.encoder,
+                "encoder": encoder,
                 "batch_size": self.batch_size,
                 "hgm": hgm,
                 "backend": name,
@@ -185,7 +194,7 @@ impl OnBackend for Args {
                 "{} steps of {} ({modalities}), encoder {}, batch {}, hgm {hgm} on {name} (CPU kernels: {}):",
                 self.steps,
                 self.method,
-                self.encoder,
+                encoder,
                 self.batch_size,
                 mla_cpu::active_isa().name()
             );

@@ -10,7 +10,7 @@ use mla_core::Backend;
 use mla_models::data::{
     prepare_avmnist, AugmentSpec, AvmnistOptions, Dataset, MissingPolicy, MissingRates,
 };
-use mla_models::encoders::default_feature_size;
+use mla_models::encoders::{default_encoder_spec, default_feature_size};
 use mla_models::trainer::{
     run_dir, AgmParams, AlphaMode, AlphaSchedule, BlendRule, EncoderInit, EpochRecord, EpochWindow,
     FusionRule, GblendingParams, HgmMode, LrSchedule, MethodKind, MissingTrain, MmparetoParams,
@@ -59,13 +59,9 @@ pub struct Args {
     /// per modality: image=cnn,audio=resnet18-small. ResNet encoders need
     /// [C, H, W] or [T, C, H, W] inputs and run on the CPU backend only (the
     /// CUDA backend lacks batch norm for now).
-    #[arg(
-        long,
-        value_name = "SPEC",
-        default_value = "cnn",
-        conflicts_with = "resume"
-    )]
-    encoder: String,
+    /// [default: cnn for [C, H, W] inputs, mlp for vectors]
+    #[arg(long, value_name = "SPEC", conflicts_with = "resume")]
+    encoder: Option<String>,
     /// Size of every encoder's feature vector. [default: 128; with resnet18
     /// or resnet18-small encoders their last stage's width, 512 x --width-mult]
     #[arg(long, value_name = "S", conflicts_with = "resume")]
@@ -331,7 +327,7 @@ impl Args {
         run: &RunDir,
         data: &Path,
         backend: &str,
-        feature_size: usize,
+        cfg: &TrainConfig,
     ) -> CliResult {
         let Some(mut t) = self.resolved.clone() else {
             return Ok(());
@@ -348,8 +344,9 @@ impl Args {
         );
         t.insert(
             "feature_size".into(),
-            toml::Value::Integer(feature_size as i64),
+            toml::Value::Integer(cfg.feature_size as i64),
         );
+        t.insert("encoder".into(), toml::Value::String(cfg.encoder.clone()));
         run.write_text(run_dir::CONFIG_TOML, &config_file::render(&t)?)?;
         Ok(())
     }
@@ -404,10 +401,11 @@ impl Args {
         let cfg = TrainConfig {
             method: self.method,
             modality: self.modality.clone(),
-            encoder: self.encoder.clone(),
-            feature_size: self
-                .feature_size
-                .unwrap_or_else(|| default_feature_size(&self.encoder, self.width_mult)),
+            // Replaced by the dataset's default once it is open, when not given.
+            encoder: self.encoder.clone().unwrap_or_else(|| "cnn".into()),
+            feature_size: self.feature_size.unwrap_or_else(|| {
+                default_feature_size(self.encoder.as_deref().unwrap_or("cnn"), self.width_mult)
+            }),
             width_mult: self.width_mult,
             init_encoder: self.init_encoder.clone().unwrap_or_default(),
             augment: self.augment.clone().unwrap_or_default(),
@@ -652,7 +650,7 @@ impl Args {
                 t
             }
             None => {
-                let cfg = self.config()?;
+                let mut cfg = self.config()?;
                 let data = match &self.data {
                     Some(d) => d.clone(),
                     // One rank prepares a missing dataset; the others would
@@ -661,7 +659,22 @@ impl Args {
                         default_dataset(&self.raw, self.cache_dir.as_deref(), quiet, job.is_none())?
                     }
                 };
-                let t = Trainer::new(backend, open_dataset(&data)?, cfg)?;
+                let dataset = open_dataset(&data)?;
+                if self.encoder.is_none() {
+                    cfg.encoder = default_encoder_spec(
+                        dataset
+                            .modalities()
+                            .iter()
+                            .map(|m| (m.name.as_str(), m.shape.as_slice())),
+                    );
+                    if cfg.encoder != "cnn" && !quiet {
+                        eprintln!(
+                            "encoders: {} (the default for these input shapes: mlp for vectors; --encoder to choose)",
+                            cfg.encoder
+                        );
+                    }
+                }
+                let t = Trainer::new(backend, dataset, cfg)?;
                 if root {
                     let out = self
                         .out
@@ -669,7 +682,7 @@ impl Args {
                         .unwrap_or_else(|| default_run_dir(t.config()));
                     let t = t.with_new_run_dir(&out, self.overwrite)?;
                     if let Some(rd) = t.run_dir() {
-                        self.write_config_toml(rd, &data, name, t.config().feature_size)?;
+                        self.write_config_toml(rd, &data, name, t.config())?;
                     }
                     t
                 } else {

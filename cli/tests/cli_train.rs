@@ -488,6 +488,56 @@ fn synthetic_shapes_prepare_and_bench() {
             && err.contains("32 samples"),
         "{err}"
     );
+    // Vector modalities get the mlp encoder when --encoder is not given
+    // (cnn needs [C, H, W]), said at start-up and recorded in the config;
+    // an explicit cnn stays an error.
+    let vec_data = dir.join("v");
+    ok(&[
+        "prepare",
+        "synthetic",
+        "--out",
+        s(&vec_data),
+        "--modality",
+        "a=16",
+        "--modality",
+        "b=1x12x12",
+        "--classes",
+        "3",
+        "--samples",
+        "60",
+    ]);
+    let run = dir.join("vrun");
+    let o = mla(&[
+        "train",
+        "--data",
+        s(&vec_data),
+        "--epochs",
+        "1",
+        "--out",
+        s(&run),
+        "--backend",
+        "cpu",
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("encoders: a=mlp,b=cnn"), "{err}");
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("encoder = \"a=mlp,b=cnn\""), "{config}");
+    assert_eq!(json(&run.join("summary.json"))["encoder"], "a=mlp,b=cnn");
+    let err = fails(&[
+        "train",
+        "--data",
+        s(&vec_data),
+        "--epochs",
+        "1",
+        "--out",
+        s(&dir.join("vrun-cnn")),
+        "--backend",
+        "cpu",
+        "--encoder",
+        "cnn",
+    ]);
+    assert!(err.contains("modality 'a'") && err.contains("mlp"), "{err}");
     // Without --data, bench takes AV-MNIST from the cache as train does,
     // preparing it from --raw there.
     let cache = dir.join("cache");

@@ -432,6 +432,34 @@ impl FromStr for ResNetKind {
     }
 }
 
+/// The encoder spec used when none is given: `cnn` for modalities of image
+/// shape, `mlp` for vectors (rank 1, which `cnn` cannot take); one name
+/// when every modality gets the same, else `NAME=KIND,...` in dataset order.
+pub fn default_encoder_spec<'a>(
+    modalities: impl IntoIterator<Item = (&'a str, &'a [usize])>,
+) -> String {
+    let kinds: Vec<(&str, EncoderKind)> = modalities
+        .into_iter()
+        .map(|(name, shape)| {
+            let kind = if shape.len() == 1 {
+                EncoderKind::Mlp
+            } else {
+                EncoderKind::Cnn
+            };
+            (name, kind)
+        })
+        .collect();
+    match kinds.first() {
+        Some(&(_, first)) if kinds.iter().all(|&(_, k)| k == first) => first.as_str().into(),
+        None => EncoderKind::Cnn.as_str().into(),
+        Some(_) => kinds
+            .iter()
+            .map(|(n, k)| format!("{n}={}", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(","),
+    }
+}
+
 /// The feature size an encoder spec implies when none is given: a ResNet's
 /// last stage width (512 times `width_mult`, rounded) if the spec names a
 /// ResNet, else the cnn/mlp default (128).
