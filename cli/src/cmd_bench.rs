@@ -43,6 +43,18 @@ pub struct Args {
     /// Samples per mini-batch.
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// sgd (with --momentum), adam or adamw. [default: sgd, as train]
+    #[arg(long)]
+    optimizer: Option<mla_models::trainer::OptimizerKind>,
+    /// Learning rate. [default: train's]
+    #[arg(long, allow_negative_numbers = true)]
+    lr: Option<f64>,
+    /// SGD momentum. [default: train's]
+    #[arg(long, allow_negative_numbers = true)]
+    momentum: Option<f64>,
+    /// L2 weight decay, >= 0. [default: train's]
+    #[arg(long, allow_negative_numbers = true)]
+    weight_decay: Option<f64>,
     /// HGM of MLA steps. [default: owm for mla]
     #[arg(long)]
     hgm: Option<HgmMode>,
@@ -130,7 +142,12 @@ impl OnBackend for Args {
                     .map(|m| (m.name.as_str(), m.shape.as_slice())),
             )
         });
+        let d = TrainConfig::default();
         let cfg = TrainConfig {
+            optimizer: self.optimizer.unwrap_or(d.optimizer),
+            lr: self.lr.unwrap_or(d.lr),
+            momentum: self.momentum.unwrap_or(d.momentum),
+            weight_decay: self.weight_decay.unwrap_or(d.weight_decay),
             method: self.method,
             modality: self.modality.clone(),
             encoder: encoder.clone(),
@@ -142,8 +159,9 @@ impl OnBackend for Args {
             hgm,
             alpha: self.alpha,
             seed: self.seed,
-            ..TrainConfig::default()
+            ..d
         };
+        let optimizer = cfg.optimizer;
         let probe = backend.clone();
         let mut trainer = Trainer::new(backend, dataset, cfg)?;
         if self.warmup > 0 {
@@ -173,6 +191,7 @@ impl OnBackend for Args {
                 "encoder": encoder,
                 "batch_size": self.batch_size,
                 "hgm": hgm,
+                "optimizer": optimizer,
                 "backend": name,
                 "cpu_isa": mla_cpu::active_isa().name(),
                 "threads": self.threads,

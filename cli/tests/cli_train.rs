@@ -462,6 +462,7 @@ fn synthetic_shapes_prepare_and_bench() {
     ]);
     let b: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(b["modalities"], "audio,visual");
+    assert_eq!(b["optimizer"], "sgd");
     assert!(b["gflop_per_step"].as_f64().unwrap() > 0.0);
     // A batch larger than the train split (32) is timed, with a warning.
     let o = mla(&[
@@ -524,6 +525,36 @@ fn synthetic_shapes_prepare_and_bench() {
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("encoder = \"a=mlp,b=cnn\""), "{config}");
     assert_eq!(json(&run.join("summary.json"))["encoder"], "a=mlp,b=cnn");
+    // bench takes train's optimizer flags, checked as train checks them.
+    let out = ok(&[
+        "bench",
+        "--data",
+        s(&vec_data),
+        "--optimizer",
+        "adam",
+        "--lr",
+        "0.001",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--json",
+        "--backend",
+        "cpu",
+    ]);
+    let b: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(b["optimizer"], "adam");
+    assert_eq!(b["encoder"], "a=mlp,b=cnn");
+    let err = fails(&[
+        "bench",
+        "--data",
+        s(&vec_data),
+        "--lr",
+        "-1",
+        "--backend",
+        "cpu",
+    ]);
+    assert!(err.contains("--lr must be a positive number"), "{err}");
     let err = fails(&[
         "train",
         "--data",
