@@ -14,12 +14,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::str::FromStr;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The optimizer: one enum for the optimizer itself, the trainer's config
+/// (serde: `"sgd"`, `"adam"`, `"adamw"`) and the CLI.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum OptimizerKind {
+    #[serde(rename = "sgd")]
     Sgd,
     /// Adam with L2 weight decay added to the gradient.
+    #[serde(rename = "adam")]
     Adam,
     /// Adam with decoupled weight decay.
+    #[serde(rename = "adamw")]
     AdamW,
 }
 

@@ -142,7 +142,7 @@ fn resume_equals_an_uninterrupted_run() {
     for (hgm, optimizer) in [
         (HgmMode::Owm, OptimizerKind::Sgd),
         (HgmMode::Cross, OptimizerKind::Sgd),
-        (HgmMode::None, OptimizerKind::Adamw),
+        (HgmMode::None, OptimizerKind::AdamW),
     ] {
         let lr = if optimizer == OptimizerKind::Sgd {
             0.02

@@ -6,6 +6,7 @@ use crate::data::{AugmentSpec, MissingPolicy, MissingRates};
 pub use crate::fusion::FusionRule;
 pub use crate::hgm::{AlphaMode, AlphaSchedule, HgmMode};
 pub use crate::optim::LrSchedule;
+pub use crate::optim::OptimizerKind;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -90,17 +91,6 @@ impl MethodKind {
     /// own head (concatenation) or its one modality.
     pub fn fuses_by_rule(self) -> bool {
         matches!(self, MethodKind::Mla | MethodKind::Reconboost)
-    }
-}
-named_enum!(OptimizerKind, "optimizer", { Sgd = "sgd", Adam = "adam", Adamw = "adamw" });
-
-impl OptimizerKind {
-    pub fn to_model(self) -> crate::optim::OptimizerKind {
-        match self {
-            OptimizerKind::Sgd => crate::optim::OptimizerKind::Sgd,
-            OptimizerKind::Adam => crate::optim::OptimizerKind::Adam,
-            OptimizerKind::Adamw => crate::optim::OptimizerKind::AdamW,
-        }
     }
 }
 
@@ -581,7 +571,7 @@ impl TrainConfig {
     /// The optimizer of the run (a fresh one: no state).
     pub fn optim_config(&self) -> crate::optim::OptimConfig {
         crate::optim::OptimConfig {
-            kind: self.optimizer.to_model(),
+            kind: self.optimizer,
             lr: self.lr,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
