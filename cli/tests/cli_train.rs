@@ -442,46 +442,39 @@ fn synthetic_shapes_prepare_and_bench() {
     assert!(out.contains("train 32, validation 4, test 4"), "{out}");
     let ds = mla_models::data::Dataset::open(&data).unwrap();
     assert_eq!(ds.modalities()[1].shape, vec![3, 8, 8]);
-    let out = ok(&[
-        "bench",
-        "--data",
-        s(&data),
-        "--encoder",
-        "resnet18",
-        "--width-mult",
-        "0.0625",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "8",
-        "--json",
-        "--backend",
-        "cpu",
-    ]);
+    // One step of a narrow resnet18 over both modalities at a batch size.
+    let bench = |batch: &'static str, json: bool| {
+        let mut v = vec![
+            "bench",
+            "--data",
+            s(&data),
+            "--encoder",
+            "resnet18",
+            "--width-mult",
+            "0.0625",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--batch-size",
+            batch,
+            "--backend",
+            "cpu",
+        ];
+        if json {
+            v.push("--json");
+        }
+        mla(&v)
+    };
+    let o = bench("8", true);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let out = String::from_utf8_lossy(&o.stdout);
     let b: Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(b["modalities"], "audio,visual");
     assert_eq!(b["optimizer"], "sgd");
     assert!(b["gflop_per_step"].as_f64().unwrap() > 0.0);
     // A batch larger than the train split (32) is timed, with a warning.
-    let o = mla(&[
-        "bench",
-        "--data",
-        s(&data),
-        "--encoder",
-        "resnet18",
-        "--width-mult",
-        "0.0625",
-        "--steps",
-        "1",
-        "--warmup",
-        "0",
-        "--batch-size",
-        "50",
-        "--backend",
-        "cpu",
-    ]);
+    let o = bench("50", false);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(
