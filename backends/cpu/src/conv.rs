@@ -148,23 +148,12 @@ fn add_plane<'a, T: CpuFloat>(
 /// The whole batch's column matrices, `[n, c kh kw, oh ow]` (the backend's
 /// `im2col`).
 pub(crate) fn im2col<T: CpuFloat>(x: &[T], g: &Conv2dGeometry) -> Vec<T> {
-    let (ckk, ohw) = (g.col_rows(), g.col_cols());
-    let chw = g.c * g.h * g.w;
-    if g.n * ckk * ohw == 0 {
+    let len = g.n * g.col_rows() * g.col_cols();
+    if len == 0 {
         return Vec::new();
     }
-    // SAFETY: each sample's rows are fully written by `fill_row`.
-    unsafe {
-        uninit_vec(g.n * ckk * ohw, |cols| {
-            cols.par_chunks_mut(ckk * ohw)
-                .enumerate()
-                .for_each(|(s, out)| {
-                    for (r, row) in out.chunks_mut(ohw).enumerate() {
-                        fill_row(&x[s * chw..][..chw], g, r, row);
-                    }
-                })
-        })
-    }
+    // SAFETY: `im2col_samples` writes every sample's rows in full.
+    unsafe { uninit_vec(len, |cols| im2col_samples(x, g, 0, g.n, cols)) }
 }
 
 /// The adjoint of [`im2col`] (the backend's `col2im`).
