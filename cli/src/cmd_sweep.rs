@@ -4,7 +4,8 @@
 //! keyed like a run config (`mla train --config`). Each run is a child
 //! `mla train` process (its output in `DIR/NAME.log`), `--jobs N` at a time
 //! with the threads split between them. Rerunning the same command skips
-//! finished runs and resumes interrupted ones.
+//! finished runs and resumes interrupted ones. A grid entry may be a table
+//! of keys set together, e.g. a method with settings only it takes.
 
 use crate::config_file::{flag_args, read_toml};
 use crate::CliResult;
@@ -31,7 +32,8 @@ pub struct Args {
     /// the sweep sets `threads`). [default: the machine's CPUs]
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
-    /// List the runs and what would happen to each, without running.
+    /// List the runs, what would happen to each and its `mla train` flags,
+    /// without running.
     #[arg(long)]
     dry_run: bool,
 }
@@ -108,9 +110,33 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
             return Err(format!("{at} is an empty list: the grid would have no runs").into());
         }
         for v in values {
-            flag_args(train, key, v, &at)?;
+            entry(train, key, v, &at)?;
         }
         axes.push((key.clone(), values.clone()));
+    }
+    // Keys that a grid entry's table sets beside its own axis key must not
+    // be set anywhere else: which value would win would be unclear.
+    let named = |k: &str| k.replace('_', "-");
+    let mut table_keys: BTreeMap<String, String> = BTreeMap::new();
+    for (line, key, value) in &grid {
+        let at = format!("{shown} line {line}: [grid] key `{key}`");
+        for v in value.as_array().into_iter().flatten() {
+            let Some(t) = v.as_table() else { continue };
+            for k in t.keys().filter(|k| named(k) != named(key)) {
+                let axis = table_keys.entry(named(k)).or_insert_with(|| key.clone());
+                let elsewhere = fixed
+                    .iter()
+                    .chain(&grid)
+                    .any(|(_, f, _)| named(f) == named(k))
+                    || axis != key;
+                if elsewhere {
+                    return Err(format!(
+                        "{at}: `{k}` in an entry's table is also set in [train] or as a [grid] key; set it in one place"
+                    )
+                    .into());
+                }
+            }
+        }
     }
     let total: usize = axes.iter().map(|(_, v)| v.len()).product();
     if total > 10_000 {
@@ -129,12 +155,12 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
             rest /= values.len();
         }
         for ((key, values), &p) in axes.iter().zip(&picks) {
-            let v = &values[p];
-            flags.extend(flag_args(train, key, v, "")?);
-            if key == "epochs" {
-                ep = v.as_integer();
+            let e = entry(train, key, &values[p], "")?;
+            flags.extend(e.flags);
+            if e.epochs.is_some() {
+                ep = e.epochs;
             }
-            name.push(format!("{}-{}", key.replace('_', "-"), label(v)));
+            name.push(format!("{}-{}", key.replace('_', "-"), e.label));
         }
         let name = if name.is_empty() {
             "run".to_string()
@@ -158,6 +184,64 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
         }
     }
     Ok(out)
+}
+
+/// One value of a grid axis, as flags.
+struct Entry {
+    flags: Vec<String>,
+    /// Its part of the run name.
+    label: String,
+    /// `epochs`, where the entry sets it.
+    epochs: Option<i64>,
+}
+
+/// A grid axis's value: a plain value of its key, or a table of keys set
+/// together (`{ method = "gblending", gblending-every = 0 }`: settings that
+/// only one method takes), which must hold the axis key itself (the run name
+/// shows that value).
+fn entry(train: &ClapCommand, key: &str, v: &toml::Value, at: &str) -> CliResult<Entry> {
+    let is_epochs = |k: &str| k.replace('_', "-") == "epochs";
+    let toml::Value::Table(t) = v else {
+        return Ok(Entry {
+            flags: flag_args(train, key, v, at)?,
+            label: label(v),
+            epochs: if is_epochs(key) { v.as_integer() } else { None },
+        });
+    };
+    let own = t
+        .iter()
+        .find(|(k, _)| k.replace('_', "-") == key.replace('_', "-"));
+    let Some((_, own)) = own else {
+        return Err(format!(
+            "{at}: an entry's table must set `{key}` itself (it names the run), e.g. {{ {key} = ..., other-key = ... }}"
+        )
+        .into());
+    };
+    if own.is_table() {
+        return Err(format!("{at}: `{key}` inside an entry's table takes one value").into());
+    }
+    let mut flags = flag_args(train, key, own, at)?;
+    let mut epochs = if is_epochs(key) {
+        own.as_integer()
+    } else {
+        None
+    };
+    for (k, val) in t
+        .iter()
+        .filter(|(k, _)| k.replace('_', "-") != key.replace('_', "-"))
+    {
+        let at = format!("{at}, `{k}` in an entry's table");
+        check_sweep_key(k, &at)?;
+        flags.extend(flag_args(train, k, val, &at)?);
+        if is_epochs(k) {
+            epochs = val.as_integer();
+        }
+    }
+    Ok(Entry {
+        flags,
+        label: label(own),
+        epochs,
+    })
 }
 
 fn check_sweep_key(key: &str, at: &str) -> CliResult {
@@ -252,7 +336,12 @@ pub fn run(args: Args, train: &ClapCommand) -> CliResult {
         let dir = args.out.join(&p.name);
         let st = state_of(&dir, p.epochs.unwrap_or(default_epochs));
         if args.dry_run {
-            println!("{:<8} {}", format!("{st:?}").to_lowercase(), dir.display());
+            println!(
+                "{:<8} {}  (mla train {})",
+                format!("{st:?}").to_lowercase(),
+                dir.display(),
+                p.flags.join(" ")
+            );
         }
         match st {
             State::Done => done += 1,

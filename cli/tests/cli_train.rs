@@ -1098,6 +1098,67 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
 }
 
 #[test]
+fn a_sweep_grid_entry_can_set_keys_that_only_one_method_takes() {
+    let data = synthetic("cli-sweep-table", &Synthetic::default());
+    let runs = TempDir::new("cli-sweep-table-runs");
+    let file = runs.join("sweep.toml");
+    let head = format!(
+        "[train]\ndata = {:?}\nencoder = \"mlp\"\nepochs = 1\nbatch_size = 32\nbackend = \"cpu\"\n\n[grid]\n",
+        s(data.path())
+    );
+    let write = |grid: &str| std::fs::write(&file, format!("{head}{grid}")).unwrap();
+    write("method = [\"joint\", { method = \"gblending\", gblending-every = 0, gblending_epochs = 1 }]\nseed = [0]\n");
+    let out = runs.join("sweep");
+    let dry = ok(&["sweep", s(&file), "--out", s(&out), "--dry-run"]);
+    let line = |name: &str| {
+        dry.lines()
+            .find(|l| l.contains(name))
+            .unwrap_or_else(|| panic!("{name}: {dry}"))
+            .to_string()
+    };
+    let joint = line("method-joint_seed-0");
+    assert!(
+        joint.starts_with("new") && !joint.contains("gblending"),
+        "{joint}"
+    );
+    let gb = line("method-gblending_seed-0");
+    assert!(
+        gb.contains("--method gblending --gblending-every 0 --gblending-epochs 1 --seed 0"),
+        "{gb}"
+    );
+    let o = mla(&["sweep", s(&file), "--out", s(&out), "--threads", "1"]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let cfg = std::fs::read_to_string(out.join("method-gblending_seed-0/config.toml")).unwrap();
+    assert!(
+        cfg.contains("gblending_every = 0") && cfg.contains("gblending_epochs = 1"),
+        "{cfg}"
+    );
+    assert_eq!(
+        json(&out.join("method-joint_seed-0/summary.json"))["epochs"],
+        1
+    );
+
+    // A table without its axis key, a key set twice, a bad value inside.
+    let bad = |grid: &str| {
+        write(grid);
+        fails(&["sweep", s(&file), "--out", s(&runs.join("never"))])
+    };
+    let e = bad("method = [{ gblending-every = 0 }]\n");
+    assert!(
+        e.contains("line 9") && e.contains("must set `method`"),
+        "{e}"
+    );
+    let e = bad("method = [{ method = \"joint\", seed = 1 }]\nseed = [0]\n");
+    assert!(e.contains("`seed`") && e.contains("one place"), "{e}");
+    let e = bad("method = [{ method = \"gblending\", gblending-every = \"often\" }]\n");
+    assert!(
+        e.contains("line 9") && e.contains("gblending-every") && e.contains("often"),
+        "{e}"
+    );
+    assert!(!runs.join("never").exists());
+}
+
+#[test]
 fn the_cpu_kernels_can_be_forced_onto_a_slower_instruction_set() {
     let data = synthetic("cli-isa", &Synthetic::default());
     let run = |isa: &str| {
