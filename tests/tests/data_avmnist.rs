@@ -303,7 +303,7 @@ fn pca_matches_golden() {
         .iter()
         .map(|&p| p as f32 / 255.0)
         .collect();
-    let pca = Pca::fit(&train, 784).unwrap();
+    let pca = Pca::fit(&mla_cpu::Cpu, &train, 784).unwrap();
     let trace = golden["trace"].as_f64().unwrap();
     assert!(
         (pca.trace - trace).abs() < 1e-6 * trace,

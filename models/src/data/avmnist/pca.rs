@@ -1,9 +1,8 @@
 //! PCA for the image degradation: mean and population covariance (chunked f64 GEMMs on the
-//! CPU backend), a symmetric eigensolver of our own (Householder tridiagonalisation then
+//! backend the caller passes), a symmetric eigensolver of our own (Householder tridiagonalisation then
 //! implicit QL with shifts), and removal of the leading components.
 
-use mla_core::Tensor;
-use mla_cpu::Cpu;
+use mla_core::{Backend, Tensor};
 use rayon::prelude::*;
 
 use crate::data::error::DataError;
@@ -32,7 +31,12 @@ const COL_BLOCKS: usize = 4;
 
 /// Population covariance `[d, d]` of the rows about `mean`. Each block is one GEMM per chunk
 /// and chunks are summed in a fixed order, so the result does not depend on the threads.
-pub fn covariance(rows: &[f32], d: usize, mean: &[f64]) -> Result<Vec<f64>, DataError> {
+pub fn covariance<B: Backend<f64>>(
+    backend: &B,
+    rows: &[f32],
+    d: usize,
+    mean: &[f64],
+) -> Result<Vec<f64>, DataError> {
     let n = rows.len() / d;
     let nb = COL_BLOCKS.min(d).max(1);
     let bounds: Vec<usize> = (0..=nb).map(|b| b * d / nb).collect();
@@ -41,7 +45,7 @@ pub fn covariance(rows: &[f32], d: usize, mean: &[f64]) -> Result<Vec<f64>, Data
     for chunk in rows.chunks(CHUNK_ROWS * d) {
         let m = chunk.len() / d;
         // Centred f64 copies of each column block, [m, width] row-major.
-        let blocks: Vec<Tensor<f64, Cpu>> = (0..nb)
+        let blocks: Vec<Tensor<f64, B>> = (0..nb)
             .into_par_iter()
             .map(|b| {
                 let (lo, hi) = (bounds[b], bounds[b + 1]);
@@ -54,7 +58,7 @@ pub fn covariance(rows: &[f32], d: usize, mean: &[f64]) -> Result<Vec<f64>, Data
                             .map(|(&x, mu)| x as f64 - mu),
                     );
                 }
-                Tensor::from_slice(&Cpu, &xc, [m, hi - lo]).map_err(engine_err)
+                Tensor::from_slice(backend, &xc, [m, hi - lo]).map_err(engine_err)
             })
             .collect::<Result<_, _>>()?;
         let parts: Vec<Vec<f64>> = pairs
@@ -308,7 +312,7 @@ pub struct Pca {
 
 impl Pca {
     /// Fits on `rows` (`n` rows of `dim` values), population covariance.
-    pub fn fit(rows: &[f32], dim: usize) -> Result<Pca, DataError> {
+    pub fn fit<B: Backend<f64>>(backend: &B, rows: &[f32], dim: usize) -> Result<Pca, DataError> {
         if dim == 0 || rows.is_empty() || !rows.len().is_multiple_of(dim) {
             return Err(DataError::InvalidArgument(format!(
                 "PCA of {} values in rows of {dim}",
@@ -316,7 +320,7 @@ impl Pca {
             )));
         }
         let mean = column_mean(rows, dim);
-        let cov = covariance(rows, dim, &mean)?;
+        let cov = covariance(backend, rows, dim, &mean)?;
         let trace = (0..dim).map(|i| cov[i * dim + i]).sum();
         let (eigenvalues, components) = symmetric_eigen(&cov, dim)?;
         Ok(Pca {
@@ -349,12 +353,17 @@ impl Pca {
     }
 
     /// x <- x - ((x - mean) V_k) V_k^T for every row of `rows`, in f64; no clipping.
-    pub fn remove_components(&self, rows: &mut [f32], k: usize) -> Result<(), DataError> {
+    pub fn remove_components<B: Backend<f64>>(
+        &self,
+        backend: &B,
+        rows: &mut [f32],
+        k: usize,
+    ) -> Result<(), DataError> {
         let d = self.dim;
         if k == 0 {
             return Ok(());
         }
-        let vk = Tensor::<f64, Cpu>::from_slice(&Cpu, &self.components[..k * d], [k, d])
+        let vk = Tensor::<f64, B>::from_slice(backend, &self.components[..k * d], [k, d])
             .map_err(engine_err)?;
         for chunk in rows.chunks_mut(CHUNK_ROWS * d) {
             let m = chunk.len() / d;
@@ -367,7 +376,7 @@ impl Pca {
                         .zip(&self.mean)
                         .for_each(|((o, &x), mu)| *o = x as f64 - mu);
                 });
-            let x = Tensor::<f64, Cpu>::from_slice(&Cpu, &xc, [m, d]).map_err(engine_err)?;
+            let x = Tensor::<f64, B>::from_slice(backend, &xc, [m, d]).map_err(engine_err)?;
             let coords = x.matmul_t(&vk, false, true).map_err(engine_err)?;
             let recon = coords
                 .matmul(&vk)
@@ -396,7 +405,7 @@ mod tests {
             .map(|i| (rng.normal() + (i % d) as f64 * 0.1) as f32)
             .collect();
         let mean = column_mean(&rows, d);
-        let cov = covariance(&rows, d, &mean).unwrap();
+        let cov = covariance(&mla_cpu::Cpu, &rows, d, &mean).unwrap();
         for a in 0..d {
             for b in 0..d {
                 let naive: f64 = (0..n)

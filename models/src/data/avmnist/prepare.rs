@@ -443,14 +443,14 @@ pub fn prepare_avmnist(
     let mut pca_removed = None;
     if let Some(frac) = opts.image_pca_drop {
         progress(&format!("fitting PCA on {n_fit} training images"));
-        let pca = Pca::fit(&images[..n_fit * IMAGE_DIM], IMAGE_DIM)?;
+        let pca = Pca::fit(&mla_cpu::Cpu, &images[..n_fit * IMAGE_DIM], IMAGE_DIM)?;
         let k = pca.components_for_fraction(frac);
         let removed = pca.variance_fraction(k);
         progress(&format!(
             "removing the top {k} principal components ({:.2}% of the variance)",
             100.0 * removed
         ));
-        pca.remove_components(&mut images, k)?;
+        pca.remove_components(&mla_cpu::Cpu, &mut images, k)?;
         pca_removed = Some((k, removed));
         pca_record = json!({
             "fit_on": "train split images (after noise)",
