@@ -20,8 +20,12 @@ pub struct Args {
     /// runs, except seed]
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
     by: Option<Vec<String>>,
-    /// Columns: fused, rules (every fusion rule), modalities, f1, shapley,
-    /// gap, time (comma-separated).
+    /// Columns (comma-separated): fused, rules (every fusion rule),
+    /// modalities (each alone), best (the best single modality of each run
+    /// and fused minus it, in points), ece (each modality's calibration
+    /// error before and after its fitted temperature), f1, shapley, gap,
+    /// hgm (head gradient kept in the last epoch), forgetting (mean over
+    /// the epochs), time, cost (GFLOP per step, peak memory).
     #[arg(
         long,
         value_name = "COLUMNS",
@@ -47,14 +51,19 @@ pub struct Args {
     plot: Option<PathBuf>,
 }
 
-const COLUMNS: [&str; 7] = [
+const COLUMNS: [&str; 12] = [
     "fused",
     "rules",
     "modalities",
+    "best",
+    "ece",
     "f1",
     "shapley",
     "gap",
+    "hgm",
+    "forgetting",
     "time",
+    "cost",
 ];
 
 /// One finished run.
@@ -121,6 +130,17 @@ fn load(dir: &Path) -> CliResult<Run> {
 }
 
 /// Mean and sample standard deviation (0 for one value).
+/// The last number of a JSON array (a per-epoch series).
+fn last(v: &Value) -> Option<f64> {
+    v.as_array()?.last()?.as_f64()
+}
+
+/// The mean of a JSON array of numbers (a per-epoch series).
+fn mean(v: &Value) -> Option<f64> {
+    let xs: Vec<f64> = v.as_array()?.iter().filter_map(Value::as_f64).collect();
+    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+}
+
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;
@@ -217,10 +237,72 @@ fn columns(runs: &[Run], split: &str, wanted: &[String]) -> Vec<Column> {
                     .map(|r| get(r, &[split, "modality_gap"]))
                     .collect(),
             )),
+            "best" => {
+                let best = |r: &Run| -> Option<f64> {
+                    let o = r
+                        .summary
+                        .get(split)?
+                        .get("modality_accuracy")?
+                        .as_object()?;
+                    o.values().filter_map(Value::as_f64).reduce(f64::max)
+                };
+                out.push((
+                    "best single modality (%)".into(),
+                    runs.iter().map(|r| best(r).map(|b| b * pct)).collect(),
+                ));
+                out.push((
+                    "fused - best single (points)".into(),
+                    runs.iter()
+                        .map(|r| Some((get(r, &[split, "fused_accuracy"])? - best(r)?) * pct))
+                        .collect(),
+                ));
+            }
+            "ece" => {
+                for m in names_under(&[split, "calibration_error"]) {
+                    for (field, name) in [
+                        ("calibration_error", format!("{m} ECE (%)")),
+                        (
+                            "calibration_error_calibrated",
+                            format!("{m} ECE calibrated (%)"),
+                        ),
+                    ] {
+                        out.push((
+                            name,
+                            runs.iter()
+                                .map(|r| scaled(r, &[split, field, &m], pct))
+                                .collect(),
+                        ));
+                    }
+                }
+            }
+            "hgm" => out.push((
+                "head grad kept (last epoch)".into(),
+                runs.iter()
+                    .map(|r| last(&r.summary["hgm_surviving_fraction"]))
+                    .collect(),
+            )),
+            "forgetting" => out.push((
+                "forgetting (10^-3 loss per step)".into(),
+                runs.iter()
+                    .map(|r| mean(&r.summary["forgetting_loss_increase"]).map(|x| x * 1e3))
+                    .collect(),
+            )),
             "time" => out.push((
                 "train time (s)".into(),
                 runs.iter().map(|r| get(r, &["train_seconds"])).collect(),
             )),
+            "cost" => {
+                out.push((
+                    "GFLOP per step".into(),
+                    runs.iter().map(|r| get(r, &["gflop_per_step"])).collect(),
+                ));
+                out.push((
+                    "peak memory (MiB)".into(),
+                    runs.iter()
+                        .map(|r| get(r, &["peak_rss_bytes"]).map(|b| b / (1024.0 * 1024.0)))
+                        .collect(),
+                ));
+            }
             _ => {}
         }
     }

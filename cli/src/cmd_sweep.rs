@@ -142,6 +142,30 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
     if total > 10_000 {
         return Err(format!("{shown}: the grid has {total} runs, more than 10000").into());
     }
+    // Each value's part of the run name. Entries of one axis that share
+    // their own value (`{ method = "mla", hgm = "owm" }` beside
+    // `{ method = "mla", hgm = "none" }`) also show their other keys, so
+    // that they get distinct names while other names stay short.
+    let mut labels: Vec<Vec<String>> = Vec::with_capacity(axes.len());
+    for (key, values) in &axes {
+        let entries = values
+            .iter()
+            .map(|v| entry(train, key, v, ""))
+            .collect::<CliResult<Vec<_>>>()?;
+        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
+        for e in &entries {
+            *count.entry(e.label.as_str()).or_default() += 1;
+        }
+        labels.push(
+            entries
+                .iter()
+                .map(|e| match count[e.label.as_str()] {
+                    1 => e.label.clone(),
+                    _ => e.long_label.clone(),
+                })
+                .collect(),
+        );
+    }
     let mut out = Vec::with_capacity(total);
     for i in 0..total {
         let mut rest = i;
@@ -154,13 +178,13 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
             picks[a] = rest % values.len();
             rest /= values.len();
         }
-        for ((key, values), &p) in axes.iter().zip(&picks) {
+        for (a, ((key, values), &p)) in axes.iter().zip(&picks).enumerate() {
             let e = entry(train, key, &values[p], "")?;
             flags.extend(e.flags);
             if e.epochs.is_some() {
                 ep = e.epochs;
             }
-            name.push(format!("{}-{}", key.replace('_', "-"), e.label));
+            name.push(format!("{}-{}", key.replace('_', "-"), labels[a][p]));
         }
         let name = if name.is_empty() {
             "run".to_string()
@@ -191,6 +215,9 @@ struct Entry {
     flags: Vec<String>,
     /// Its part of the run name.
     label: String,
+    /// The same followed by `+KEY-VALUE` for every other key of its table
+    /// (the name where entries of one axis share their own value).
+    long_label: String,
     /// `epochs`, where the entry sets it.
     epochs: Option<i64>,
 }
@@ -205,6 +232,7 @@ fn entry(train: &ClapCommand, key: &str, v: &toml::Value, at: &str) -> CliResult
         return Ok(Entry {
             flags: flag_args(train, key, v, at)?,
             label: label(v),
+            long_label: label(v),
             epochs: if is_epochs(key) { v.as_integer() } else { None },
         });
     };
@@ -226,10 +254,12 @@ fn entry(train: &ClapCommand, key: &str, v: &toml::Value, at: &str) -> CliResult
     } else {
         None
     };
+    let mut long_label = label(own);
     for (k, val) in t
         .iter()
         .filter(|(k, _)| k.replace('_', "-") != key.replace('_', "-"))
     {
+        long_label.push_str(&format!("+{}-{}", k.replace('_', "-"), label(val)));
         let at = format!("{at}, `{k}` in an entry's table");
         check_sweep_key(k, &at)?;
         flags.extend(flag_args(train, k, val, &at)?);
@@ -240,6 +270,7 @@ fn entry(train: &ClapCommand, key: &str, v: &toml::Value, at: &str) -> CliResult
     Ok(Entry {
         flags,
         label: label(own),
+        long_label,
         epochs,
     })
 }

@@ -1076,6 +1076,48 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
         md.contains("entropy (%)") && md.lines().filter(|l| l.starts_with("| 0 |")).count() == 1,
         "{md}"
     );
+    // Derived columns against the summary they come from: the best single
+    // modality, the last epoch's head gradient kept, the mean forgetting.
+    let md = ok(&[
+        "report",
+        s(&out),
+        "--by",
+        "method,seed",
+        "--columns",
+        "best,hgm,forgetting,ece",
+    ]);
+    let sm = json(&out.join("method-mla_seed-1/summary.json"));
+    let best = sm["test"]["modality_accuracy"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_f64().unwrap())
+        .fold(f64::MIN, f64::max);
+    let fused = sm["test"]["fused_accuracy"].as_f64().unwrap();
+    let kept = sm["hgm_surviving_fraction"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{sm}"));
+    // The probe runs every few steps: a tiny run may have no measurement.
+    let forgetting = match sm["forgetting_loss_increase"].as_array() {
+        Some(f) => format!(
+            "{:.2}",
+            1e3 * f.iter().map(|v| v.as_f64().unwrap()).sum::<f64>() / f.len() as f64
+        ),
+        None => "-".into(),
+    };
+    let expected = format!(
+        "| mla | 1 | 1 | 1 | {:.2} | {:.2} | {:.2} | {forgetting} |",
+        100.0 * best,
+        100.0 * (fused - best),
+        kept.last().unwrap().as_f64().unwrap(),
+    );
+    assert!(
+        md.lines().any(|l| l.starts_with(&expected)),
+        "{expected}\n{md}"
+    );
+    assert!(md.contains("ECE calibrated (%)"), "{md}");
+    let joint = md.lines().find(|l| l.starts_with("| joint | 0 |")).unwrap();
+    assert!(joint.contains("| - | - |"), "joint has no HGM: {joint}");
 
     // Bad sweep files: one error naming the line and key, nothing run.
     let bad = |text: &str| {
@@ -1136,6 +1178,29 @@ fn a_sweep_grid_entry_can_set_keys_that_only_one_method_takes() {
     assert_eq!(
         json(&out.join("method-joint_seed-0/summary.json"))["epochs"],
         1
+    );
+
+    // Entries sharing their axis value are named by their other keys too;
+    // the others keep the short name.
+    write("method = [\"joint\", { method = \"mla\", hgm = \"owm\", alpha = 1 }, { method = \"mla\", hgm = \"none\" }]\nseed = [0]\n");
+    let dry = ok(&[
+        "sweep",
+        s(&file),
+        "--out",
+        s(&runs.join("named")),
+        "--dry-run",
+    ]);
+    for name in [
+        "method-joint_seed-0",
+        "method-mla+alpha-1+hgm-owm_seed-0",
+        "method-mla+hgm-none_seed-0",
+    ] {
+        assert!(dry.lines().any(|l| l.contains(name)), "{name}: {dry}");
+    }
+    assert!(
+        dry.lines()
+            .any(|l| l.contains("method-mla+alpha-1+hgm-owm_seed-0") && l.contains("--alpha 1")),
+        "{dry}"
     );
 
     // A table without its axis key, a key set twice, a bad value inside.
