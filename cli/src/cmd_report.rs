@@ -20,7 +20,8 @@ pub struct Args {
     /// runs, except seed]
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
     by: Option<Vec<String>>,
-    /// Columns (comma-separated): fused, rules (every fusion rule),
+    /// Columns (comma-separated): fused, chosen (the fusion rule `auto`
+    /// chose on validation, with its count of runs), rules (every rule),
     /// modalities (each alone), best (the best single modality of each run
     /// and fused minus it, in points), ece (each modality's calibration
     /// error before and after its fitted temperature), f1, shapley, gap,
@@ -51,8 +52,9 @@ pub struct Args {
     plot: Option<PathBuf>,
 }
 
-const COLUMNS: [&str; 12] = [
+const COLUMNS: [&str; 13] = [
     "fused",
+    "chosen",
     "rules",
     "modalities",
     "best",
@@ -409,11 +411,21 @@ pub fn run(args: Args) -> CliResult {
         groups.entry(l).or_default().push(i);
     }
     let cols = columns(&runs, &args.split, &args.columns);
+    // Text columns go before the numbers: which rule each run's fusion used.
+    let chosen = args.columns.iter().any(|c| c == "chosen");
+    let rule_of = |r: &Run| -> Option<String> {
+        r.summary
+            .get(&args.split)?
+            .get("fusion_rule")?
+            .as_str()
+            .map(str::to_string)
+    };
     let mut md = String::new();
     let head: Vec<String> = by
         .iter()
         .cloned()
         .chain(["runs".to_string(), "seeds".to_string()])
+        .chain(chosen.then(|| "fusion chosen".to_string()))
         .chain(cols.iter().map(|(n, _)| n.clone()))
         .collect();
     let _ = writeln!(md, "| {} |", head.join(" | "));
@@ -423,6 +435,7 @@ pub fn run(args: Args) -> CliResult {
         .iter()
         .cloned()
         .chain(["runs".to_string(), "seeds".to_string()])
+        .chain(chosen.then(|| "fusion chosen".to_string()))
         .chain(
             cols.iter()
                 .flat_map(|(n, _)| [format!("{n} mean"), format!("{n} std")]),
@@ -452,6 +465,20 @@ pub fn run(args: Args) -> CliResult {
         let mut cells: Vec<String> = l.clone();
         cells.push(idx.len().to_string());
         cells.push(seeds.join(" "));
+        if chosen {
+            let mut count: BTreeMap<String, usize> = BTreeMap::new();
+            for &i in idx {
+                if let Some(rule) = rule_of(&runs[i]) {
+                    *count.entry(rule).or_default() += 1;
+                }
+            }
+            let text: Vec<String> = count.iter().map(|(r, n)| format!("{r} {n}")).collect();
+            cells.push(if text.is_empty() {
+                "-".into()
+            } else {
+                text.join(", ")
+            });
+        }
         let mut csv_cells: Vec<String> = cells.clone();
         for (_, values) in &cols {
             let xs: Vec<f64> = idx.iter().filter_map(|&i| values[i]).collect();

@@ -332,9 +332,9 @@ pub enum State {
 }
 
 pub fn state_of(dir: &Path, epochs: i64) -> State {
-    if !dir.join("config.json").is_file() {
-        return State::New;
-    }
+    // A summary that covers every epoch is a finished run, with or without
+    // config.json (runs kept from before the sweep files have only their
+    // summary and the flags they were started with).
     let done = std::fs::read_to_string(dir.join("summary.json"))
         .ok()
         .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -342,8 +342,10 @@ pub fn state_of(dir: &Path, epochs: i64) -> State {
         .is_some_and(|e| e >= epochs);
     if done {
         State::Done
-    } else {
+    } else if dir.join("config.json").is_file() {
         State::Partial
+    } else {
+        State::New
     }
 }
 

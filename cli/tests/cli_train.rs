@@ -1118,6 +1118,37 @@ fn sweeps_run_every_grid_point_resume_and_report_mean_and_std() {
     assert!(md.contains("ECE calibrated (%)"), "{md}");
     let joint = md.lines().find(|l| l.starts_with("| joint | 0 |")).unwrap();
     assert!(joint.contains("| - | - |"), "joint has no HGM: {joint}");
+    // The rule `auto` chose, counted over the runs of a row.
+    let md = ok(&["report", s(&out), "--by", "method", "--columns", "chosen"]);
+    let rules: Vec<String> = ["method-mla_seed-0", "method-mla_seed-1"]
+        .iter()
+        .map(|n| {
+            json(&out.join(n).join("summary.json"))["test"]["fusion_rule"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let cell = if rules[0] == rules[1] {
+        format!("{} 2", rules[0])
+    } else {
+        let mut r = rules.clone();
+        r.sort();
+        format!("{} 1, {} 1", r[0], r[1])
+    };
+    assert!(
+        md.contains("| fusion chosen |") && md.contains(&format!("| mla | 2 | 0 1 | {cell} |")),
+        "{cell}\n{md}"
+    );
+    // A run kept with only its summary (no config.json) covering every
+    // epoch counts as done: the sweep does not train it again.
+    std::fs::remove_file(out.join("method-joint_seed-0/config.json")).unwrap();
+    let (dry, _) = sweep(&["--dry-run"]);
+    let line = dry
+        .lines()
+        .find(|l| l.contains("method-joint_seed-0"))
+        .unwrap();
+    assert!(line.starts_with("done"), "{dry}");
 
     // Bad sweep files: one error naming the line and key, nothing run.
     let bad = |text: &str| {
