@@ -2,8 +2,10 @@
 # Runs the README's results table on the GPU machine (see README "Results").
 # Expects gpu-results/ beside it (built by scripts/gpu/pack-results.sh): the
 # `mla` binary, the raw AV-MNIST sources and benches/reference/torch_mla_step.py.
-# Writes results.jsonl (one summary per run), bench.jsonl and the profiles of
-# scripts/gpu/step_bench.sh, and logs.tar.gz to $OUT.
+# Writes runs.tar.gz (the sweeps' run directories without checkpoints: for
+# `mla report`), bench.jsonl and the profiles of scripts/gpu/step_bench.sh,
+# and logs.tar.gz to $OUT. Not yet run in this form (it ran the same runs
+# from a job list before the sweep files existed).
 set -u
 G=gpu-results
 OUT=${OUT:-/tmp/out}
@@ -12,33 +14,29 @@ MLA="$G/mla"
 chmod +x "$MLA"
 nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 
-"$MLA" prepare avmnist --raw "$G/avmnist" --out /tmp/ds/default > /tmp/logs/prepare-default.log 2>&1 || exit 1
-"$MLA" prepare avmnist --raw "$G/avmnist" --out /tmp/ds/pca75 --image-pca-drop 0.75 > /tmp/logs/prepare-pca75.log 2>&1 || exit 1
+# The sweeps read data/default and data/pca75 relative to the repository root.
+mkdir -p data
+"$MLA" prepare avmnist --raw "$G/avmnist" --out data/default > /tmp/logs/prepare-default.log 2>&1 || exit 1
+"$MLA" prepare avmnist --raw "$G/avmnist" --out data/pca75 --image-pca-drop 0.75 > /tmp/logs/prepare-pca75.log 2>&1 || exit 1
 
 # Step timings first, while the GPU is otherwise idle (mla and PyTorch; the
 # dataset prepared above is reused).
+ln -sfn "$PWD/data/default" /tmp/ds/default
 OUT="$OUT" bash scripts/gpu/step_bench.sh > /tmp/logs/step_bench.log 2>&1
 
-# Training runs, one line per job: NAME ARGS... (the list is scripts/results_jobs.sh).
-jobs=/tmp/jobs.txt
-bash scripts/results_jobs.sh /tmp/ds > "$jobs" || exit 1
-
-run_job() {
-  set -- $1; name=$1; shift
-  "$MLA" train --backend cuda --out "/tmp/runs/$name" "$@" > "/tmp/logs/$name.log" 2>&1
-}
-export -f run_job; export MLA
-# Stop launching new jobs before the call's limit; whatever finished is collected.
-timeout "${JOBS_SECONDS:-300}" bash -c 'xargs -P "${PAR:-6}" -I{} bash -c "run_job \"{}\"" < /tmp/jobs.txt'
-
-python3 - "$OUT/results.jsonl" <<'PY'
-import json, os, sys
-with open(sys.argv[1], "w") as out:
-    for name in sorted(os.listdir("/tmp/runs")):
-        p = f"/tmp/runs/{name}/summary.json"
-        if os.path.exists(p):
-            d = json.load(open(p)); d["run"] = name
-            out.write(json.dumps(d) + "\n")
-PY
-wc -l "$OUT/results.jsonl"
+# The sweeps of experiments/ named in SWEEPS, PAR runs at a time (`mla train`
+# picks the GPU), each into /tmp/runs/NAME. After JOBS_SECONDS the sweep is
+# stopped (its process group: the sweep and its runs); a later call with the
+# same files resumes it.
+for sweep in ${SWEEPS:-hgm-entropy-full8}; do
+  setsid "$MLA" sweep "experiments/$sweep.toml" --out "/tmp/runs/$sweep" --jobs "${PAR:-6}" \
+      > "/tmp/logs/sweep-$sweep.log" 2>&1 &
+  pid=$!
+  for _ in $(seq "${JOBS_SECONDS:-300}"); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  kill -- -"$pid" 2>/dev/null
+  wait "$pid"
+  tail -3 "/tmp/logs/sweep-$sweep.log"
+done
+# Run directories without checkpoints (each run's config, metrics and summary).
+tar czf "$OUT/runs.tar.gz" --exclude='*.safetensors' -C /tmp runs
 tar czf "$OUT/logs.tar.gz" -C /tmp logs
