@@ -645,7 +645,7 @@ impl<T: Element, B: Backend<T>> Hgm<B, T> {
         if let Some((k, _)) = state
             .tensors
             .iter()
-            .find(|(k, _)| !names.contains(k) && !(relative && k == "hgm.rr_sum"))
+            .find(|(k, _)| !names.contains(k) && (!relative || k != "hgm.rr_sum"))
         {
             return Err(ModelError::state(
                 WHAT,

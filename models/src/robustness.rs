@@ -19,7 +19,10 @@ fn check(levels: &[f64], values: &[f64]) -> Result<(), String> {
     if levels.len() < 2 {
         return Err("a robustness score needs at least two levels".into());
     }
-    if levels.windows(2).any(|w| !(w[0] < w[1])) {
+    if levels
+        .windows(2)
+        .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+    {
         return Err("levels must be strictly increasing".into());
     }
     if levels.iter().chain(values).any(|v| !v.is_finite()) {
@@ -97,7 +100,8 @@ pub fn parse_levels(s: &str) -> Result<Vec<f64>, String> {
             ));
         };
         let (a, b, step) = (num(a)?, num(b)?, num(step)?);
-        if !(step > 0.0) || b < a {
+        // NaN fails too.
+        if step.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater) || b < a {
             return Err(format!(
                 "levels {s:?}: need START <= END and a positive STEP"
             ));
@@ -114,7 +118,10 @@ pub fn parse_levels(s: &str) -> Result<Vec<f64>, String> {
     } else {
         s.split(',').map(num).collect::<Result<Vec<_>, _>>()?
     };
-    if levels.windows(2).any(|w| !(w[0] < w[1])) {
+    if levels
+        .windows(2)
+        .any(|w| w[0].partial_cmp(&w[1]) != Some(std::cmp::Ordering::Less))
+    {
         return Err(format!("levels {s:?}: must be strictly increasing"));
     }
     if levels.is_empty() {

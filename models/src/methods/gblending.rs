@@ -112,7 +112,7 @@ impl<B: Backend<f32>> Gblending<B> {
     pub fn estimates_before(&self, epoch: usize) -> bool {
         match self.params.every {
             0 => epoch == 1,
-            n => (epoch - 1) % n == 0,
+            n => (epoch - 1).is_multiple_of(n),
         }
     }
 

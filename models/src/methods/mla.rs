@@ -122,7 +122,7 @@ impl<B: Backend<f32>> Method<B> for Mla<B> {
         if let (Some(h), AlphaSchedule::Linear { .. }) = (self.hgm.as_mut(), self.schedule) {
             h.set_alpha(self.schedule.at(self.alpha, ctx.progress))?;
         }
-        if self.measuring && self.probe.is_some() && ctx.step % PROBE_EVERY == 0 {
+        if self.measuring && self.probe.is_some() && ctx.step.is_multiple_of(PROBE_EVERY) {
             return self.probed_steps(ctx, batch, out);
         }
         for mi in 0..ctx.layout.modalities.len() {

@@ -295,9 +295,9 @@ impl<B: Backend<f32>> Method<B> for Ogm {
         let n = self.steps as f64;
         let mut v = NamedValues::default();
         for (mi, name) in self.names.iter().enumerate() {
-            v.push(&format!("k_mean.{name}"), self.k_sum[mi] / n);
+            v.push(format!("k_mean.{name}"), self.k_sum[mi] / n);
             v.push(
-                &format!("damped_fraction.{name}"),
+                format!("damped_fraction.{name}"),
                 self.damped[mi] as f64 / n,
             );
         }

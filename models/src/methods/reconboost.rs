@@ -87,7 +87,7 @@ pub fn schedule_at(p: &ReconboostParams, m: usize, epoch: usize) -> (usize, Opti
 
 /// Whether 1-based `epoch` starts a phase.
 pub fn starts_phase(p: &ReconboostParams, epoch: usize) -> bool {
-    let within = epoch.saturating_sub(1) % p.schedule.len();
+    let within = epoch.saturating_sub(1) % p.schedule.epochs_per_stage();
     within == 0 || within == p.schedule.stage
 }
 

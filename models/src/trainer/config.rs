@@ -240,14 +240,17 @@ pub struct StageSchedule {
 
 impl StageSchedule {
     /// Epochs in one stage (both phases).
-    pub fn len(self) -> usize {
+    pub fn epochs_per_stage(self) -> usize {
         self.stage + self.correct
     }
     /// The 0-based stage of 1-based epoch `epoch`, and whether the epoch is
     /// in its phase 1 (one modality).
     pub fn at(self, epoch: usize) -> (usize, bool) {
         let e0 = epoch.saturating_sub(1);
-        (e0 / self.len(), e0 % self.len() < self.stage)
+        (
+            e0 / self.epochs_per_stage(),
+            e0 % self.epochs_per_stage() < self.stage,
+        )
     }
 }
 

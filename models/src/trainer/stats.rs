@@ -33,6 +33,11 @@ impl<B: Backend<f32>> Pending<B> {
         self.steps.len()
     }
 
+    /// No step waiting.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
     /// A step's loss, read with the next flush. `modality`: the model
     /// modality of a unimodal-style step, `None` for a step on all of them.
     pub fn push(&mut self, step: usize, modality: Option<usize>, loss: T32<B>) {

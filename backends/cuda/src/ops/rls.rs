@@ -311,7 +311,7 @@ pub(crate) fn rls_project<T: CudaFloat>(
         dev.counter(),
     );
     let (ss, cc, a) = (u(s), u(nvec), T::lit(alpha));
-    let vec = s % (16 / std::mem::size_of::<T>()) == 0;
+    let vec = s.is_multiple_of(16 / std::mem::size_of::<T>());
     let f = dev.kernel::<T>(&MODULE, if vec { "rls_mv_vec" } else { "rls_mv" }, op)?;
     let rows_per_block = if vec { MV_ROWS_PER_BLOCK } else { MV_WARPS };
     let grid = s.div_ceil(rows_per_block) as u32;
