@@ -3,7 +3,7 @@
 //! the same ordinal in the process.
 
 use crate::kernels::{self, Kernel, KernelModule, Loaded, MODULE_COUNT};
-use crate::memory::{DeviceBuffer, Pool};
+use crate::memory::{DeviceBuffer, Memory, Pool};
 use crate::profile::{EventPair, Profile};
 use crate::staging::{PinnedWord, Staging, MAX_STAGED};
 use crate::CudaFloat;
@@ -38,7 +38,8 @@ pub(crate) struct Device {
     compute_capability: (i32, i32),
     /// `[element slot][module slot]`: compiled on first use, errors kept so they are reported, not retried.
     modules: [[OnceLock<std::result::Result<Loaded, String>>; MODULE_COUNT]; 2],
-    pub(crate) pool: Pool,
+    /// The pool, shared with every buffer of this device.
+    pub(crate) mem: Arc<Memory>,
     /// One `u32` of error bits set by kernels that meet bad indices.
     err_word: sys::CUdeviceptr,
     /// A `u32` kept at zero between kernels: a kernel that counts its finished
@@ -156,6 +157,12 @@ impl Device {
         let (err_word, counter) = (words, words + 4);
         let err_host =
             PinnedWord::new().map_err(|e| format!("cannot allocate pinned host memory: {e:?}"))?;
+        let mem = Arc::new(Memory {
+            pool: Pool::new(total_mem, ctx.has_async_alloc()),
+            ctx: ctx.clone(),
+            stream: stream.clone(),
+            ordinal,
+        });
         let dev = Device {
             ordinal,
             name,
@@ -166,7 +173,7 @@ impl Device {
             info,
             compute_capability: (major, minor),
             modules: Default::default(),
-            pool: Pool::new(total_mem, ctx.has_async_alloc()),
+            mem,
             err_word,
             counter,
             err_host,
@@ -270,20 +277,12 @@ impl Device {
     }
 
     /// Uninitialised buffer of `len` elements.
-    pub(crate) fn alloc<E>(
-        self: &Arc<Self>,
-        len: usize,
-        op: &'static str,
-    ) -> Result<DeviceBuffer<E>> {
-        DeviceBuffer::alloc(self, len).map_err(drv(op))
+    pub(crate) fn alloc<E>(&self, len: usize, op: &'static str) -> Result<DeviceBuffer<E>> {
+        DeviceBuffer::alloc(&self.mem, len).map_err(drv(op))
     }
 
     /// Zero-filled buffer of `len` elements.
-    pub(crate) fn alloc_zeroed<E>(
-        self: &Arc<Self>,
-        len: usize,
-        op: &'static str,
-    ) -> Result<DeviceBuffer<E>> {
+    pub(crate) fn alloc_zeroed<E>(&self, len: usize, op: &'static str) -> Result<DeviceBuffer<E>> {
         let b = self.alloc::<E>(len, op)?;
         self.memset_zero(&b, op)?;
         Ok(b)
@@ -302,11 +301,7 @@ impl Device {
         Ok(())
     }
 
-    pub(crate) fn upload<E>(
-        self: &Arc<Self>,
-        data: &[E],
-        op: &'static str,
-    ) -> Result<DeviceBuffer<E>> {
+    pub(crate) fn upload<E>(&self, data: &[E], op: &'static str) -> Result<DeviceBuffer<E>> {
         let b = self.alloc::<E>(data.len(), op)?;
         let bytes = std::mem::size_of_val(data);
         if bytes == 0 {
@@ -440,7 +435,7 @@ impl Drop for Device {
     fn drop(&mut self) {
         if self.ctx.bind_to_thread().is_ok() {
             let _ = self.stream.synchronize();
-            self.pool.trim(self.stream.cu_stream());
+            self.mem.pool.trim(self.stream.cu_stream());
             // SAFETY: allocated in `init`, no kernel or copy can run any more.
             unsafe {
                 let _ = result::free_sync(self.err_word);

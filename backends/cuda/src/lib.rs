@@ -186,7 +186,7 @@ impl Cuda {
 
     /// Bytes held by live buffers and by the allocator's free lists.
     pub fn memory_stats(&self) -> MemoryStats {
-        self.dev.pool.stats()
+        self.dev.mem.pool.stats()
     }
 
     /// Compiles (or finds in the cache) every kernel for `T` now, so that
@@ -219,7 +219,7 @@ impl Cuda {
     /// Hands the allocator's cached buffers back to the driver.
     pub fn trim_memory(&self) -> Result<()> {
         self.dev.enter("trim_memory")?;
-        self.dev.pool.trim(self.dev.stream.cu_stream());
+        self.dev.mem.pool.trim(self.dev.stream.cu_stream());
         Ok(())
     }
 }

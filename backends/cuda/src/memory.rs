@@ -7,8 +7,7 @@
 //! on the host while kernels that use it are still queued is safe to hand out
 //! again: its next user is queued behind them.
 
-use crate::device::Device;
-use cudarc::driver::{result, sys, DriverError};
+use cudarc::driver::{result, sys, CudaContext, CudaStream, DriverError};
 use std::collections::HashMap;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -154,12 +153,32 @@ impl Pool {
     }
 }
 
+/// A device's memory: its pool and the context and stream its buffers are
+/// allocated and freed on. The device and each of its buffers hold it, so
+/// that buffers need nothing else of the device (no module circle).
+pub(crate) struct Memory {
+    pub(crate) pool: Pool,
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) ordinal: usize,
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // The last buffer (or the device) is gone: give the cached blocks back.
+        if self.ctx.bind_to_thread().is_ok() {
+            let _ = self.stream.synchronize();
+            self.pool.trim(self.stream.cu_stream());
+        }
+    }
+}
+
 /// A flat device buffer of `len` elements of `T`, returned to the pool on drop.
 pub struct DeviceBuffer<T> {
     ptr: sys::CUdeviceptr,
     len: usize,
     bytes: usize,
-    dev: Arc<Device>,
+    mem: Arc<Memory>,
     _elem: PhantomData<T>,
 }
 
@@ -169,18 +188,18 @@ unsafe impl<T> Sync for DeviceBuffer<T> {}
 
 impl<T> DeviceBuffer<T> {
     /// Uninitialised buffer (callers fill it before anyone reads it).
-    pub(crate) fn alloc(dev: &Arc<Device>, len: usize) -> Result<Self, DriverError> {
+    pub(crate) fn alloc(mem: &Arc<Memory>, len: usize) -> Result<Self, DriverError> {
         let bytes = rounded(len * std::mem::size_of::<T>());
         let ptr = if bytes == 0 {
             0
         } else {
-            dev.pool.alloc(dev.stream.cu_stream(), bytes)?
+            mem.pool.alloc(mem.stream.cu_stream(), bytes)?
         };
         Ok(DeviceBuffer {
             ptr,
             len,
             bytes,
-            dev: dev.clone(),
+            mem: mem.clone(),
             _elem: PhantomData,
         })
     }
@@ -203,12 +222,12 @@ impl<T> DeviceBuffer<T> {
 impl<T> Drop for DeviceBuffer<T> {
     fn drop(&mut self) {
         if self.bytes > 0
-            && !self.dev.pool.release(self.ptr, self.bytes)
-            && self.dev.ctx.bind_to_thread().is_ok()
+            && !self.mem.pool.release(self.ptr, self.bytes)
+            && self.mem.ctx.bind_to_thread().is_ok()
         {
-            self.dev
+            self.mem
                 .pool
-                .raw_free(self.dev.stream.cu_stream(), self.ptr);
+                .raw_free(self.mem.stream.cu_stream(), self.ptr);
         }
     }
 }
@@ -220,7 +239,7 @@ impl<T> std::fmt::Debug for DeviceBuffer<T> {
             "DeviceBuffer({} x {}, cuda:{})",
             self.len,
             std::any::type_name::<T>(),
-            self.dev.ordinal
+            self.mem.ordinal
         )
     }
 }
