@@ -131,7 +131,6 @@ fn load(dir: &Path) -> CliResult<Run> {
     Ok(Run { flags, summary })
 }
 
-/// Mean and sample standard deviation (0 for one value).
 /// The last number of a JSON array (a per-epoch series).
 fn last(v: &Value) -> Option<f64> {
     v.as_array()?.last()?.as_f64()
@@ -140,9 +139,10 @@ fn last(v: &Value) -> Option<f64> {
 /// The mean of a JSON array of numbers (a per-epoch series).
 fn mean(v: &Value) -> Option<f64> {
     let xs: Vec<f64> = v.as_array()?.iter().filter_map(Value::as_f64).collect();
-    (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    (!xs.is_empty()).then(|| mean_std(&xs).0)
 }
 
+/// Mean and sample standard deviation (0 for one value).
 pub fn mean_std(xs: &[f64]) -> (f64, f64) {
     let n = xs.len() as f64;
     let mean = xs.iter().sum::<f64>() / n;

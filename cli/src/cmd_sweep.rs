@@ -142,26 +142,29 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
     if total > 10_000 {
         return Err(format!("{shown}: the grid has {total} runs, more than 10000").into());
     }
-    // Each value's part of the run name. Entries of one axis that share
-    // their own value (`{ method = "mla", hgm = "owm" }` beside
-    // `{ method = "mla", hgm = "none" }`) also show their other keys, so
-    // that they get distinct names while other names stay short.
-    let mut labels: Vec<Vec<String>> = Vec::with_capacity(axes.len());
+    // Each value as flags (once per axis value, not per grid point), and its
+    // part of the run name. Entries of one axis that share their own value
+    // (`{ method = "mla", hgm = "owm" }` beside `{ method = "mla", hgm =
+    // "none" }`) also show their other keys, so that they get distinct names
+    // while other names stay short.
+    let mut entries: Vec<Vec<(Entry, String)>> = Vec::with_capacity(axes.len());
     for (key, values) in &axes {
-        let entries = values
+        let es = values
             .iter()
             .map(|v| entry(train, key, v, ""))
             .collect::<CliResult<Vec<_>>>()?;
-        let mut count: BTreeMap<&str, usize> = BTreeMap::new();
-        for e in &entries {
-            *count.entry(e.label.as_str()).or_default() += 1;
+        let mut count: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &es {
+            *count.entry(e.label.clone()).or_default() += 1;
         }
-        labels.push(
-            entries
-                .iter()
-                .map(|e| match count[e.label.as_str()] {
-                    1 => e.label.clone(),
-                    _ => e.long_label.clone(),
+        entries.push(
+            es.into_iter()
+                .map(|e| {
+                    let shown = match count[&e.label] {
+                        1 => e.label.clone(),
+                        _ => e.long_label.clone(),
+                    };
+                    (e, format!("{}-{shown}", key.replace('_', "-")))
                 })
                 .collect(),
         );
@@ -178,13 +181,13 @@ pub fn points(path: &Path, train: &ClapCommand) -> CliResult<Vec<Point>> {
             picks[a] = rest % values.len();
             rest /= values.len();
         }
-        for (a, ((key, values), &p)) in axes.iter().zip(&picks).enumerate() {
-            let e = entry(train, key, &values[p], "")?;
-            flags.extend(e.flags);
+        for (axis, &p) in entries.iter().zip(&picks) {
+            let (e, part) = &axis[p];
+            flags.extend(e.flags.iter().cloned());
             if e.epochs.is_some() {
                 ep = e.epochs;
             }
-            name.push(format!("{}-{}", key.replace('_', "-"), labels[a][p]));
+            name.push(part.clone());
         }
         let name = if name.is_empty() {
             "run".to_string()

@@ -434,8 +434,9 @@ impl Device {
 impl Drop for Device {
     fn drop(&mut self) {
         if self.ctx.bind_to_thread().is_ok() {
+            // No kernel may still use `err_word` below; the pool is trimmed
+            // by `Memory` once its last buffer is gone too.
             let _ = self.stream.synchronize();
-            self.mem.pool.trim(self.stream.cu_stream());
             // SAFETY: allocated in `init`, no kernel or copy can run any more.
             unsafe {
                 let _ = result::free_sync(self.err_word);
