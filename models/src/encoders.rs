@@ -375,8 +375,12 @@ impl Encoder {
                 pool,
                 fc,
             } => {
-                let h = pool.forward(&layers::relu(&conv1.forward(p, x)?)?)?;
-                let h = pool.forward(&layers::relu(&conv2.forward(p, &h)?)?)?;
+                // ReLU after the pooling: max-pooling commutes with a
+                // monotone map, so values and gradients are those of MLA.md's
+                // ReLU-then-pool, but the ReLU and its backward run on a
+                // quarter of the values.
+                let h = layers::relu(&pool.forward(&conv1.forward(p, x)?)?)?;
+                let h = layers::relu(&pool.forward(&conv2.forward(p, &h)?)?)?;
                 let h = layers::flatten(&h)?;
                 layers::relu(&fc.forward(p, &h)?)
             }
@@ -798,10 +802,13 @@ impl ResNet {
             None => x.clone(),
         };
         let h = self.stem.forward(p, &images)?;
-        let mut h = self.stem_bn.forward(p, state, &h)?.relu()?;
+        let mut h = self.stem_bn.forward(p, state, &h)?;
+        // As in `cnn`, the ReLU after the max-pool, which commutes with it
+        // (torchvision's order gives the same values and gradients).
         if self.kind == ResNetKind::ResNet18 {
             h = h.max_pool2d_pad(3, 2, 1)?;
         }
+        let mut h = h.relu()?;
         for block in &self.blocks {
             h = block.forward(p, state, &h)?;
         }

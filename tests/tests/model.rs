@@ -653,3 +653,72 @@ fn mla_steps_learn_a_synthetic_task() {
         snapshot.get(HEAD_WEIGHT).unwrap().to_vec().unwrap()
     );
 }
+
+/// The `cnn` encoder applies each ReLU after its max-pool (cheaper); MLA.md
+/// specifies ReLU then pool. The two must agree exactly: features and every
+/// parameter's and the input's gradient, on inputs with many negative
+/// windows (the ReLU's zeros) and ties.
+#[test]
+fn cnn_encoder_equals_relu_then_pool_exactly() {
+    let spec = ModelSpec::new(
+        vec![("a".into(), vec![2, 12, 10])],
+        vec![EncoderKind::Cnn],
+        4,
+        HeadKind::Shared,
+    );
+    let model: Model<Cpu> = Model::new(&Cpu, spec, 5).unwrap();
+    let mut x = random::<f32>(&[3, 2, 12, 10], 21).to_vec().unwrap();
+    // Ties: a block of equal values, and windows of equal negatives.
+    for v in x.iter_mut().skip(7).take(9) {
+        *v = 0.5;
+    }
+    for v in x.iter_mut().skip(40).take(12) {
+        *v = -0.25;
+    }
+    let x = Tensor::from_slice(&Cpu, &x, vec![3, 2, 12, 10]).unwrap();
+    let run = |reference: bool| {
+        let tape = Tape::new(&Cpu);
+        let p = model.track(&tape, |_| true);
+        let xv = tape.var(x.clone());
+        let h = if reference {
+            let w1 = p.get("encoder.a.conv1.weight").unwrap();
+            let b1 = p.get("encoder.a.conv1.bias").unwrap();
+            let h = xv.conv2d_bias(w1, Some(b1), 1, 1).unwrap();
+            let h = h.relu().unwrap().max_pool2d(2, 2).unwrap();
+            let w2 = p.get("encoder.a.conv2.weight").unwrap();
+            let b2 = p.get("encoder.a.conv2.bias").unwrap();
+            let h = h.conv2d_bias(w2, Some(b2), 1, 1).unwrap();
+            let h = h.relu().unwrap().max_pool2d(2, 2).unwrap();
+            let h = h.flatten().unwrap();
+            let w = p.get("encoder.a.fc.weight").unwrap();
+            let b = p.get("encoder.a.fc.bias").unwrap();
+            h.matmul_t(w, false, true).unwrap().add(b).unwrap().relu().unwrap()
+        } else {
+            model.features(&p, "a", &xv).unwrap()
+        };
+        let feats = h.value().to_vec().unwrap();
+        // A loss that weighs every feature differently.
+        let wts: Vec<f32> = (0..feats.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+        let wts = tape.constant(Tensor::from_slice(&Cpu, &wts, h.dims().to_vec()).unwrap());
+        let loss = h.mul(&wts).unwrap().sum_all().unwrap();
+        let grads = tape.backward(&loss).unwrap();
+        let gx = grads.get(&xv).unwrap().to_vec().unwrap();
+        let gp: Vec<(String, Vec<f32>)> = p
+            .gradients(grads)
+            .into_iter()
+            .map(|(n, g)| (n, g.to_vec().unwrap()))
+            .collect();
+        (feats, gx, gp)
+    };
+    let (f0, gx0, gp0) = run(true);
+    let (f1, gx1, gp1) = run(false);
+    assert!(f0.iter().any(|&v| v == 0.0) && f0.iter().any(|&v| v > 0.0));
+    assert_eq!(f0, f1, "features");
+    assert!(gx0.iter().any(|&v| v != 0.0));
+    assert_eq!(gx0, gx1, "input gradient");
+    assert_eq!(gp0.len(), 6);
+    for ((n0, g0), (n1, g1)) in gp0.iter().zip(&gp1) {
+        assert_eq!(n0, n1);
+        assert_eq!(g0, g1, "gradient of {n0}");
+    }
+}
