@@ -251,8 +251,10 @@ pub(crate) unsafe fn pack_panel_t(
 }
 
 /// One `M x NR` tile of C; see [`super::scalar::tile`] for the contract.
+/// With `PF`, also prefetches the next B panel of an in-place B (as
+/// `avx512::tile_m`).
 #[inline(always)]
-unsafe fn tile_m<const M: usize>(
+unsafe fn tile_m<const M: usize, const PF: bool>(
     k: usize,
     a: *const f32,
     rsa: isize,
@@ -277,6 +279,10 @@ unsafe fn tile_m<const M: usize>(
     for _ in 0..k {
         let b0 = _mm256_loadu_ps(bp);
         let b1 = _mm256_loadu_ps(bp.add(8));
+        if PF {
+            // The next panel's part of this row: one cache line.
+            _mm_prefetch::<_MM_HINT_T0>(bp.add(NR) as *const i8);
+        }
         for i in 0..M {
             let av = _mm256_broadcast_ss(&*rows[i]);
             c0[i] = _mm256_fmadd_ps(av, b0, c0[i]);
@@ -325,28 +331,24 @@ unsafe fn panel_impl(
     acc: bool,
 ) {
     let full = mc / MR;
+    // An in-place B with rows a page or more apart: see `avx512::panel_impl`.
+    let in_place = ldb != NR && ldb * 4 >= 4096;
     for t in 0..full {
-        tile_m::<MR>(
-            k,
-            a.offset(t as isize * tile_step),
-            rsa,
-            csa,
-            b,
-            ldb,
-            c.add(t * MR * ldc),
-            ldc,
-            nr,
-            acc,
-        );
+        let (a, c) = (a.offset(t as isize * tile_step), c.add(t * MR * ldc));
+        if t == 0 && in_place {
+            tile_m::<MR, true>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc);
+        } else {
+            tile_m::<MR, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc);
+        }
     }
     let (a, c) = (a.offset(full as isize * tile_step), c.add(full * MR * ldc));
     match mc % MR {
         0 => {}
-        5 => tile_m::<5>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-        4 => tile_m::<4>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-        3 => tile_m::<3>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-        2 => tile_m::<2>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-        1 => tile_m::<1>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        5 => tile_m::<5, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        4 => tile_m::<4, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        3 => tile_m::<3, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        2 => tile_m::<2, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+        1 => tile_m::<1, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
         _ => unreachable!(),
     }
 }

@@ -11,5 +11,8 @@
 
 use std::arch::x86_64::*;
 
+/// Where `tile_m` prefetches the next B panel to.
+const PREFETCH_HINT: i32 = _MM_HINT_T0;
+
 include!("avx512_kernels.rs");
 avx512_kernels!(#[target_feature(enable = "avx512f")]);

@@ -206,8 +206,12 @@ macro_rules! avx512_kernels {
             }
         }
 
+        /// One `M x NR` tile of C. With `PF`, also prefetches the next B
+        /// panel (`NR` values further along each row of an in-place B): its
+        /// rows are a page or more apart, so the hardware prefetchers miss
+        /// them and the next panel's first tile would stall on every row.
         #[inline(always)]
-        unsafe fn tile_m<const M: usize>(
+        unsafe fn tile_m<const M: usize, const PF: bool>(
             k: usize,
             a: *const f32,
             rsa: isize,
@@ -226,6 +230,10 @@ macro_rules! avx512_kernels {
             for _ in 0..k {
                 let b0 = _mm512_loadu_ps(bp);
                 let b1 = _mm512_loadu_ps(bp.add(16));
+                if PF {
+                    _mm_prefetch::<PREFETCH_HINT>(bp.add(NR) as *const i8);
+                    _mm_prefetch::<PREFETCH_HINT>(bp.add(NR + 16) as *const i8);
+                }
                 for i in 0..M {
                     let av = _mm512_set1_ps(*ap.offset(i as isize * rsa));
                     c0[i] = _mm512_fmadd_ps(av, b0, c0[i]);
@@ -264,19 +272,29 @@ macro_rules! avx512_kernels {
             acc: bool,
         ) {
             let full = mc / MR;
+            // A B read in place with rows a page or more apart (the wide
+            // fully connected layers; not a packed panel, nor the
+            // convolutions' column matrices, which the hardware follows):
+            // the first tile prefetches the next panel while it runs.
+            let in_place = ldb != NR && ldb * 4 >= 4096;
             for t in 0..full {
-                tile_m::<MR>(k, a.offset(t as isize * tile_step), rsa, csa, b, ldb, c.add(t * MR * ldc), ldc, nr, acc);
+                let (a, c) = (a.offset(t as isize * tile_step), c.add(t * MR * ldc));
+                if t == 0 && in_place {
+                    tile_m::<MR, true>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc);
+                } else {
+                    tile_m::<MR, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc);
+                }
             }
             let (a, c) = (a.offset(full as isize * tile_step), c.add(full * MR * ldc));
             match mc % MR {
                 0 => {}
-                7 => tile_m::<7>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                6 => tile_m::<6>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                5 => tile_m::<5>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                4 => tile_m::<4>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                3 => tile_m::<3>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                2 => tile_m::<2>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
-                1 => tile_m::<1>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                7 => tile_m::<7, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                6 => tile_m::<6, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                5 => tile_m::<5, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                4 => tile_m::<4, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                3 => tile_m::<3, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                2 => tile_m::<2, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
+                1 => tile_m::<1, false>(k, a, rsa, csa, b, ldb, c, ldc, nr, acc),
                 _ => unreachable!(),
             }
         }
