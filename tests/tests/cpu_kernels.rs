@@ -376,6 +376,12 @@ fn backend_gemm_on_every_isa_all_transposes_and_strides() {
         (1, 32, 9, 2520),
         (1, 13, 16, 64),
         (2, 7, 5, 77),
+        // B read in place past one row block (97..=384 rows), its rows a page
+        // or more apart (the next panel prefetched), and 16 KiB or more apart
+        // (packed for the narrow AVX2 panels); more rows: B packed.
+        (1, 130, 1100, 64),
+        (1, 100, 4100, 9),
+        (1, 400, 40, 30),
     ];
     for isa in isas() {
         set_isa_override(Some(isa)).unwrap();

@@ -229,7 +229,7 @@ unsafe fn gemm_item(
             return;
         }
     }
-    let plan = Plan::choose(kern, m, n, a, tasks);
+    let plan = Plan::choose(kern, m, n, a, b, tasks);
     let panels = n.div_ceil(kern.nr);
     let tiles = m.div_ceil(kern.mr);
     let c = SharedMut(c);

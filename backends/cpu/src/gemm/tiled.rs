@@ -162,6 +162,11 @@ pub(crate) const NC: usize = 1024;
 /// or 8 (the forward products, n = 128-256), in the same interleaved runs.
 pub(crate) const PACK_A_PANELS: usize = 16;
 
+/// Rows of A above which a B stored row by row is packed (see [`Plan::choose`]).
+pub(crate) const PACK_B_ROWS: usize = 384;
+/// Row distance of B (bytes) from which narrow in-place panels thrash L1.
+pub(crate) const FAR_ROW_BYTES: usize = 16 << 10;
+
 /// Which operands to copy into kernel-friendly panels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Plan {
@@ -173,24 +178,31 @@ pub(crate) struct Plan {
 impl Plan {
     /// Packing costs an extra pass over the operand, so it pays when the packed
     /// copy is re-read many times. A B panel is re-read by every row tile: a B
-    /// stored row by row is packed only when A has more rows than one row block
-    /// ([`MC`]). With fewer, the first tile's loads of an in-place panel overlap
-    /// its multiply-adds where a separate packing pass stalls on them (panel
-    /// rows are 1-38 KB apart at the encoder shapes, a new page every row or
-    /// two, which the hardware prefetchers do not follow): the batch-64 `A B`
-    /// products measured 77-89% of the faster of numpy / torch packed and
-    /// 89-104% in place, in the same interleaved runs. A B stored transposed is
+    /// stored row by row is packed only when A has more rows than
+    /// [`PACK_B_ROWS`]. With fewer, the first tile's loads of an in-place
+    /// panel overlap its multiply-adds where a separate packing pass stalls on
+    /// them (panel rows are 1-38 KB apart at the encoder shapes, a new page
+    /// every row or two, which the hardware prefetchers do not follow; the
+    /// kernels prefetch the next panel themselves where rows are a page or
+    /// more apart): the batch-64 `A B` products measured 77-89% of the faster
+    /// of numpy / torch packed and 89-104% in place, and with 128-288 rows
+    /// (the fc weight gradients `dy^T x`, the conv2 input gradients) in place
+    /// was 3-12% faster than packed on AVX-512 and 2-11% on AVX2, in the same
+    /// interleaved runs, except for the 16-wide AVX2 panels of a B whose rows
+    /// are [`FAR_ROW_BYTES`] or more apart (the audio fc, rows 38 KB apart:
+    /// 46% of the reference in place, 96% packed). A B stored transposed is
     /// always packed.
     ///
     /// A is re-read once per B panel. It is packed when there are several
     /// panels and its in-place layout scatters a tile's rows (A read
     /// transposed), or when each of the `tasks` sharing the columns has many
     /// panels ([`PACK_A_PANELS`]).
-    pub(crate) fn choose(kern: &Kernel, m: usize, n: usize, a: View, tasks: usize) -> Plan {
+    pub(crate) fn choose(kern: &Kernel, m: usize, n: usize, a: View, b: View, tasks: usize) -> Plan {
         let panels = n.div_ceil(kern.nr);
         let pack_a = m > kern.mr
             && ((panels >= 4 && a.cs != 1) || panels.div_ceil(tasks.max(1)) >= PACK_A_PANELS);
-        let pack_b = m > MC;
+        let far_rows = b.rs.unsigned_abs() * 4 >= FAR_ROW_BYTES;
+        let pack_b = m > PACK_B_ROWS || (m > MC && kern.nr < 32 && far_rows);
         Plan { pack_a, pack_b }
     }
 }
