@@ -591,6 +591,28 @@ proptest! {
         }
     }
 
+    /// "Same" convolutions (stride 1, kernel width 2 pad + 1: output as wide
+    /// as the input, the encoders' 3x3 / pad 1) take a block-copy path.
+    #[test]
+    fn same_width_im2col_matches_naive(
+        n in 1usize..3, c in 1usize..3, h in 1usize..10, w in 1usize..12,
+        kh in 1usize..6, pad in 0usize..3, oc in 1usize..4, seed in any::<u64>(),
+    ) {
+        let Some(g) = geometry(n, c, h, w, (kh, 2 * pad + 1), 1, pad) else { return Ok(()) };
+        prop_assert_eq!(g.ow, w);
+        let x = values(seed, n * c * h * w);
+        let cols = Backend::<f32>::im2col(&Cpu, &x, &g).unwrap();
+        let mut bad = None;
+        for_each_entry(&g, |col, src| {
+            let want = src.map_or(0.0, |i| x[i]);
+            if cols[col].to_bits() != want.to_bits() && bad.is_none() {
+                bad = Some((col, cols[col], want));
+            }
+        });
+        prop_assert!(bad.is_none(), "im2col {:?}: (index, got, want) = {:?}", g, bad);
+        check_conv(&g, oc, seed).map_err(TestCaseError::fail)?;
+    }
+
     #[test]
     fn conv2d_matches_naive_loops(
         n in 1usize..4, c in 1usize..4, oc in 1usize..5, h in 1usize..10, w in 1usize..10,

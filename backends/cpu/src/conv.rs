@@ -80,6 +80,29 @@ fn fill_row<T: CpuFloat>(img: &[T], g: &Conv2dGeometry, r: usize, row: &mut [May
     let cols = valid_range(g.ow, kj, g.stride, g.pad, g.w);
     write_zeros(&mut row[..rows.start * g.ow]);
     write_zeros(&mut row[rows.end * g.ow..]);
+    if g.stride == 1 && g.ow == g.w && !rows.is_empty() && !cols.is_empty() {
+        // A "same" convolution: the valid rows are one contiguous block of
+        // the plane shifted by `kj - pad` columns, so one copy of the block
+        // (short rows cost more in per-row work than in bytes), then the
+        // columns the shift brought in from neighbouring rows set to zero.
+        let d = kj as isize - g.pad as isize;
+        let len = rows.len() * g.w;
+        let iy0 = rows.start + ki - g.pad;
+        let src = &img[c * plane + iy0 * g.w..][..len];
+        let dst = &mut row[rows.start * g.ow..rows.end * g.ow];
+        let (j0, j1) = ((-d).max(0) as usize, (len as isize - d.max(0)) as usize);
+        let from = (j0 as isize + d) as usize;
+        for (o, &v) in dst[j0..j1].iter_mut().zip(&src[from..from + (j1 - j0)]) {
+            o.write(v);
+        }
+        write_zeros(&mut dst[..j0]);
+        write_zeros(&mut dst[j1..]);
+        for r in dst.chunks_exact_mut(g.ow) {
+            write_zeros(&mut r[..cols.start]);
+            write_zeros(&mut r[cols.end..]);
+        }
+        return;
+    }
     for oy in rows {
         let iy = oy * g.stride + ki - g.pad;
         let src = &img[c * plane + iy * g.w..][..g.w];
