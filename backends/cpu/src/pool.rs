@@ -4,7 +4,7 @@
 //! Max pooling with padding clips each window to the plane instead of reading
 //! a padded copy: the padding is -inf, so it never wins and needs no storage.
 
-use crate::alloc::{uninit_vec, zeroed_vec};
+use crate::alloc::uninit_vec;
 use crate::{CpuFloat, PAR_CHUNK};
 use mla_core::Pool2dGeometry;
 use rayon::prelude::*;
@@ -126,26 +126,49 @@ pub(crate) fn max_pool2d_backward<T: CpuFloat>(
     g: &Pool2dGeometry,
 ) -> Vec<T> {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
-    let mut dx = zeroed_vec(g.planes * plane);
-    if dx.is_empty() {
-        return dx;
+    if g.planes * plane == 0 {
+        return Vec::new();
     }
     let per = planes_per_task(g);
-    dx.par_chunks_mut(per * plane)
-        .enumerate()
-        .for_each(|(t, dx)| {
-            for (k, dxp) in dx.chunks_mut(plane).enumerate() {
-                let p = t * per + k;
-                for (&i, &gv) in arg[p * oplane..(p + 1) * oplane]
-                    .iter()
-                    .zip(&grad[p * oplane..(p + 1) * oplane])
-                {
-                    let d = &mut dxp[i as usize];
-                    *d = *d + gv;
+    zeroed_planes(g.planes * plane, per * plane, plane, |p, dxp| {
+        for (&i, &gv) in arg[p * oplane..(p + 1) * oplane]
+            .iter()
+            .zip(&grad[p * oplane..(p + 1) * oplane])
+        {
+            let d = &mut dxp[i as usize];
+            *d = *d + gv;
+        }
+    })
+}
+
+/// A `len`-element gradient built plane by plane: tasks of `chunk` elements,
+/// each `plane` zeroed and then handed to `add(plane index, plane)` while it
+/// is still in cache, instead of a separate zeroing pass over the whole
+/// buffer first (the zeros are the same; so is every sum). `chunk` is a
+/// multiple of `plane`.
+fn zeroed_planes<T: CpuFloat>(
+    len: usize,
+    chunk: usize,
+    plane: usize,
+    add: impl Fn(usize, &mut [T]) + Sync,
+) -> Vec<T> {
+    let per = chunk / plane;
+    // SAFETY: every plane of every chunk is written with zeros before `add`
+    // reads it, so all `len` elements are initialised.
+    unsafe {
+        uninit_vec(len, |dx| {
+            dx.par_chunks_mut(chunk).enumerate().for_each(|(t, dx)| {
+                for (k, dxp) in dx.chunks_mut(plane).enumerate() {
+                    for d in dxp.iter_mut() {
+                        d.write(T::zero());
+                    }
+                    // SAFETY: just initialised.
+                    let dxp = &mut *(dxp as *mut [MaybeUninit<T>] as *mut [T]);
+                    add(t * per + k, dxp);
                 }
-            }
-        });
-    dx
+            })
+        })
+    }
 }
 
 pub(crate) fn avg_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> Vec<T> {
@@ -188,28 +211,21 @@ pub(crate) fn avg_pool2d<T: CpuFloat>(x: &[T], g: &Pool2dGeometry) -> Vec<T> {
 pub(crate) fn avg_pool2d_backward<T: CpuFloat>(grad: &[T], g: &Pool2dGeometry) -> Vec<T> {
     let (plane, oplane) = (g.h * g.w, g.oh * g.ow);
     let inv = T::one() / T::lit((g.kh * g.kw) as f64);
-    let mut dx = zeroed_vec(g.planes * plane);
-    if dx.is_empty() {
-        return dx;
+    if g.planes * plane == 0 {
+        return Vec::new();
     }
     let per = planes_per_task(g);
-    dx.par_chunks_mut(per * plane)
-        .enumerate()
-        .for_each(|(t, dx)| {
-            for (k, dxp) in dx.chunks_mut(plane).enumerate() {
-                let p = t * per + k;
-                for oy in 0..g.oh {
-                    for ox in 0..g.ow {
-                        let v = grad[p * oplane + oy * g.ow + ox] * inv;
-                        let start = oy * g.stride * g.w + ox * g.stride;
-                        for ki in 0..g.kh {
-                            for d in &mut dxp[start + ki * g.w..][..g.kw] {
-                                *d = *d + v;
-                            }
-                        }
+    zeroed_planes(g.planes * plane, per * plane, plane, |p, dxp| {
+        for oy in 0..g.oh {
+            for ox in 0..g.ow {
+                let v = grad[p * oplane + oy * g.ow + ox] * inv;
+                let start = oy * g.stride * g.w + ox * g.stride;
+                for ki in 0..g.kh {
+                    for d in &mut dxp[start + ki * g.w..][..g.kw] {
+                        *d = *d + v;
                     }
                 }
             }
-        });
-    dx
+        }
+    })
 }

@@ -148,6 +148,25 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
+thread_local! {
+    /// Set while this thread runs an item of a batched GEMM's parallel loop
+    /// (the only place a GEMM runs inside a parallel loop of this crate).
+    static IN_ITEM: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// `f()` marked as a parallel loop's item for [`run_tasks`].
+fn as_item(f: impl FnOnce()) {
+    // Restored on unwind too, so a panicking item leaves no stale mark.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            IN_ITEM.set(self.0);
+        }
+    }
+    let _restore = Restore(IN_ITEM.replace(true));
+    f();
+}
+
 /// Runs `f(i)` for `i < t`: `f(0)` on the calling thread, the rest as rayon
 /// tasks. A parallel iterator started from outside the pool would park the
 /// caller and hand everything to the workers, which costs a wake-up and a
@@ -155,9 +174,9 @@ unsafe impl Sync for SharedMut {}
 /// caller computes while one worker wakes. At most `t - 1` workers are busy,
 /// plus the caller: never more threads than `t`.
 fn run_tasks(t: usize, f: impl Fn(usize) + Sync) {
-    // From outside rayon's pool (a lone GEMM), the polling workers of `handoff`
-    // start at once; inside it (a batched GEMM's item), rayon's own workers are busy anyway.
-    if rayon::current_thread_index().is_none() && crate::handoff::run(t, &f) {
+    // A lone GEMM: the polling workers of `handoff` start at once. A batched
+    // GEMM's item inside a parallel loop: rayon's own workers are busy anyway.
+    if !IN_ITEM.get() && crate::handoff::run(t, &f) {
         return;
     }
     rayon::in_place_scope(|s| {
@@ -386,9 +405,16 @@ pub(crate) unsafe fn gemm_f32(isa: simd::Isa, cfg: &GemmConfig, a: &[f32], b: &[
         (0..batch)
             .into_par_iter()
             .with_min_len(min_len)
-            .for_each(|i| item(i, 1));
+            .for_each(|i| as_item(|| item(i, 1)));
     } else {
         let tasks = (threads / batch).max(1).min(flops / TASK_FLOPS).max(1);
-        (0..batch).into_par_iter().for_each(|i| item(i, tasks));
+        if batch == 1 {
+            // A lone GEMM, split by `run_tasks`.
+            item(0, tasks);
+        } else {
+            (0..batch)
+                .into_par_iter()
+                .for_each(|i| as_item(|| item(i, tasks)));
+        }
     }
 }
