@@ -961,13 +961,19 @@ fn check_conv(g: &Conv2dGeometry, oc: usize, seed: u64) -> Result<(), String> {
 /// (about 2^20 values each): 147,456 values per sample, 7 samples a
 /// chunk, so 16 samples are chunks of 7, 7 and 2 (the weight gradient
 /// accumulated over chunks, a short last chunk), and a stem-like shape of
-/// 1.8 million values per sample, one sample a chunk.
+/// 1.8 million values per sample, one sample a chunk. A late ResNet stage
+/// (7x7 planes, 28,224 values per sample, 37 samples a chunk) puts the
+/// samples of a chunk side by side: 40 samples are side-by-side chunks of
+/// 37 and 3, 38 samples one of 37 and a last chunk of one sample, in the
+/// per-sample layout.
 #[test]
 fn conv2d_in_several_chunks_matches_naive_loops() {
     for (g, oc) in [
         (geometry(16, 4, 64, 64, (3, 3), 1, 1).unwrap(), 3),
         (geometry(2, 3, 224, 224, (7, 7), 2, 3).unwrap(), 2),
         (geometry(9, 2, 40, 63, (3, 3), 2, 1).unwrap(), 5),
+        (geometry(40, 64, 7, 7, (3, 3), 1, 1).unwrap(), 4),
+        (geometry(38, 64, 7, 7, (3, 3), 1, 1).unwrap(), 3),
     ] {
         check_conv(&g, oc, 7).unwrap();
     }

@@ -7,9 +7,21 @@
 //! `c kh kw / stride^2` times the input, 470 MB for ResNet-18's stem at
 //! batch 64) and none kept for the backward pass, which rebuilds the
 //! columns of its chunk from the input. Each sample's products are the
-//! same GEMMs as without chunks, so results do not depend on the chunking
-//! (nor on how a batch is split across data-parallel ranks) beyond the
-//! order in which per-sample weight gradients are summed.
+//! same dot products as without chunks, so the forward pass does not
+//! depend on the chunking, and the gradients only through the order in
+//! which the samples' weight-gradient terms are summed (the same for a
+//! given geometry and batch, whatever the thread count).
+//!
+//! A chunk's columns are laid out one of two ways ([`Layout`]): sample
+//! after sample (`[count, c kh kw, oh ow]`, one GEMM per sample, batched)
+//! when a plane has many output positions, or side by side (`[c kh kw,
+//! count, oh ow]`, one GEMM for the chunk) when it has few: a 7x7 or 4x4
+//! plane makes per-sample GEMMs 49 or 16 columns wide, and per-sample
+//! weight gradients `oc x c kh kw` each, written out and summed afterwards
+//! (at ResNet-18's late stages more values than the activations). Side by
+//! side, the weight gradient is one GEMM whose depth runs over the chunk's
+//! samples, at the cost of copying the output (forward) or its gradient
+//! (backward) between `[count, oc, oh ow]` and `[oc, count, oh ow]`.
 //!
 //! For each kernel offset the valid output columns form one contiguous
 //! range (computed once per row), so the inner loops are plain copies / adds
@@ -29,6 +41,39 @@ const COLUMN_BUDGET: usize = 1 << 20;
 /// Samples per chunk.
 fn chunk_len(g: &Conv2dGeometry) -> usize {
     (COLUMN_BUDGET / (g.col_rows() * g.col_cols()).max(1)).clamp(1, g.n.max(1))
+}
+
+/// Output planes with fewer positions than this are worked side by side.
+const WIDE_BELOW: usize = 256;
+
+/// How a chunk of `count` samples' column matrices (and the matching
+/// output-gradient copy) is laid out; see the module documentation.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// `[count, rows, oh ow]`: row `r` of sample `s` at `(s rows + r) oh ow`.
+    PerSample,
+    /// `[rows, count, oh ow]`: row `r` of sample `s` at `(r count + s) oh ow`.
+    Wide,
+}
+
+impl Layout {
+    fn of(g: &Conv2dGeometry, count: usize) -> Layout {
+        if count > 1 && g.col_cols() < WIDE_BELOW {
+            Layout::Wide
+        } else {
+            Layout::PerSample
+        }
+    }
+
+    /// Offset of row `r` of sample `s` in a `[.., rows, ..]` block of `count`
+    /// samples with `cols` values per row.
+    #[inline]
+    fn row(self, s: usize, r: usize, rows: usize, count: usize, cols: usize) -> usize {
+        match self {
+            Layout::PerSample => (s * rows + r) * cols,
+            Layout::Wide => (r * count + s) * cols,
+        }
+    }
 }
 
 /// Output positions `o` whose input position `o * stride + k - pad` lies in `0..size`.
@@ -176,7 +221,11 @@ pub(crate) fn im2col<T: CpuFloat>(x: &[T], g: &Conv2dGeometry) -> Vec<T> {
         return Vec::new();
     }
     // SAFETY: `im2col_samples` writes every sample's rows in full.
-    unsafe { uninit_vec(len, |cols| im2col_samples(x, g, 0, g.n, cols)) }
+    unsafe {
+        uninit_vec(len, |cols| {
+            im2col_samples(x, g, 0, g.n, Layout::PerSample, cols)
+        })
+    }
 }
 
 /// The adjoint of [`im2col`] (the backend's `col2im`).
@@ -197,22 +246,72 @@ pub(crate) fn col2im<T: CpuFloat>(cols: &[T], g: &Conv2dGeometry) -> Vec<T> {
     }
 }
 
-/// The column matrices of samples `s0 .. s0 + count`, one after another
-/// (`[count, c kh kw, oh ow]`).
+/// The column matrices of samples `s0 .. s0 + count` in `layout`.
 fn im2col_samples<T: CpuFloat>(
     x: &[T],
     g: &Conv2dGeometry,
     s0: usize,
     count: usize,
+    layout: Layout,
     out: &mut [MaybeUninit<T>],
 ) {
     let (ckk, ohw, chw) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
-    out[..count * ckk * ohw]
-        .par_chunks_mut(ckk * ohw)
+    let img = |s: usize| &x[(s0 + s) * chw..][..chw];
+    let out = &mut out[..count * ckk * ohw];
+    match layout {
+        // One task per sample: its rows, one after another.
+        Layout::PerSample => out
+            .par_chunks_mut(ckk * ohw)
+            .enumerate()
+            .for_each(|(s, blk)| {
+                for (r, row) in blk.chunks_mut(ohw).enumerate() {
+                    fill_row(img(s), g, r, row);
+                }
+            }),
+        // One task per row: that row of every sample of the chunk.
+        Layout::Wide => out
+            .par_chunks_mut(count * ohw)
+            .enumerate()
+            .for_each(|(r, blk)| {
+                for (s, row) in blk.chunks_mut(ohw).enumerate() {
+                    fill_row(img(s), g, r, row);
+                }
+            }),
+    }
+}
+
+/// Copies `count` samples' `[oc, oh ow]` blocks of `src` in layout `from`
+/// to `dst` in the other layout (`rows = oc`).
+fn relayout<T: CpuFloat>(
+    src: &[T],
+    from: Layout,
+    count: usize,
+    oc: usize,
+    ohw: usize,
+    dst: &mut [MaybeUninit<T>],
+) {
+    let to = match from {
+        Layout::PerSample => Layout::Wide,
+        Layout::Wide => Layout::PerSample,
+    };
+    // One task per block of `dst` that is contiguous in its layout.
+    let blk = match to {
+        Layout::PerSample => oc * ohw,
+        Layout::Wide => count * ohw,
+    };
+    dst[..count * oc * ohw]
+        .par_chunks_mut(blk)
         .enumerate()
-        .for_each(|(s, blk)| {
-            for (r, row) in blk.chunks_mut(ohw).enumerate() {
-                fill_row(&x[(s0 + s) * chw..][..chw], g, r, row);
+        .for_each(|(i, d)| {
+            for (j, row) in d.chunks_mut(ohw).enumerate() {
+                let (s, o) = match to {
+                    Layout::PerSample => (i, j),
+                    Layout::Wide => (j, i),
+                };
+                let at = from.row(s, o, oc, count, ohw);
+                for (d, &v) in row.iter_mut().zip(&src[at..at + ohw]) {
+                    d.write(v);
+                }
             }
         });
 }
@@ -268,23 +367,47 @@ pub(crate) fn conv2d<T: CpuFloat>(
     }
     let s_max = chunk_len(g);
     let mut cols = scratch::<T>(ckk * s_max * ohw);
-    // SAFETY: every chunk's output block is written by its GEMM.
+    // The side-by-side output of a chunk, copied into the batch's layout.
+    let mut y = scratch::<T>(match Layout::of(g, s_max) {
+        Layout::Wide => s_max * per_out,
+        Layout::PerSample => 0,
+    });
+    // SAFETY: every chunk's output block is written by its GEMM or copy.
     Ok(unsafe {
         uninit_vec(g.n * per_out, |out| {
             for s0 in (0..g.n).step_by(s_max) {
                 let count = s_max.min(g.n - s0);
-                im2col_samples(x, g, s0, count, &mut cols);
+                let layout = Layout::of(g, count);
+                im2col_samples(x, g, s0, count, layout, &mut cols);
                 // SAFETY: the chunk's columns were just written.
                 let c = assume_init(&cols[..count * ckk * ohw]);
-                gemm_into(
-                    &g.forward_gemm(oc, count),
-                    w,
-                    c,
-                    &mut out[s0 * per_out..(s0 + count) * per_out],
-                );
+                let dst = &mut out[s0 * per_out..(s0 + count) * per_out];
+                match layout {
+                    Layout::PerSample => gemm_into(&g.forward_gemm(oc, count), w, c, dst),
+                    Layout::Wide => {
+                        let y = &mut y[..count * per_out];
+                        gemm_into(&one_gemm((oc, count * ohw, ckk), (false, false)), w, c, y);
+                        // SAFETY: written in full by the GEMM.
+                        relayout(assume_init(y), Layout::Wide, count, oc, ohw, dst);
+                    }
+                }
             }
         })
     })
+}
+
+/// One (unbatched) GEMM `[m, k] x [k, n]`, operands stored transposed where asked.
+fn one_gemm((m, n, k): (usize, usize, usize), (trans_a, trans_b): (bool, bool)) -> GemmConfig {
+    GemmConfig {
+        batch: 1,
+        m,
+        n,
+        k,
+        trans_a,
+        trans_b,
+        stride_a: 0,
+        stride_b: 0,
+    }
 }
 
 /// Input and weight gradients of [`conv2d`] from the output gradient.
@@ -310,37 +433,47 @@ pub(crate) fn conv2d_backward<T: CpuFloat>(
         ],
     )?;
     let s_max = chunk_len(g);
+    let wide = Layout::of(g, s_max) == Layout::Wide;
     let buf = |need: bool, len: usize| scratch::<T>(if need { len } else { 0 });
     let mut cols = buf(need_w, s_max * ckk * ohw);
-    // The chunk's per-sample weight gradients, summed into `dw` in sample order.
-    let mut part = buf(need_w, s_max * oc * ckk);
+    // The chunk's weight-gradient terms (one per sample, or one for the
+    // chunk side by side), summed into `dw` in chunk and sample order.
+    let mut part = buf(need_w, if wide { 1 } else { s_max } * oc * ckk);
+    // The chunk's output gradient side by side.
+    let mut dyw = buf(wide, s_max * oc * ohw);
     let mut dcols = buf(need_x, s_max * ckk * ohw);
     let mut dx = buf(need_x, g.n * chw);
     let mut dw = buf(need_w, oc * ckk);
     write_zeros(&mut dw);
     for s0 in (0..g.n).step_by(s_max) {
         let count = s_max.min(g.n - s0);
+        let layout = Layout::of(g, count);
         let ld = count * ohw;
-        let dy = &grad[s0 * oc * ohw..(s0 + count) * oc * ohw];
+        let mut dy = &grad[s0 * oc * ohw..(s0 + count) * oc * ohw];
+        if layout == Layout::Wide {
+            relayout(dy, Layout::PerSample, count, oc, ohw, &mut dyw);
+            // SAFETY: just written in full.
+            dy = unsafe { assume_init(&dyw[..count * oc * ohw]) };
+        }
         if need_w {
-            im2col_samples(x, g, s0, count, &mut cols);
+            im2col_samples(x, g, s0, count, layout, &mut cols);
             // SAFETY: the chunk's columns were just written.
             let c = unsafe { assume_init(&cols[..ckk * ld]) };
             let len = oc * ckk;
-            gemm_into(
-                &g.weight_grad_gemm(oc, count),
-                dy,
-                c,
-                &mut part[..count * len],
-            );
+            let (cfg, terms) = match layout {
+                Layout::PerSample => (g.weight_grad_gemm(oc, count), count),
+                // dY [oc, count oh ow] x cols^T [count oh ow, ckk].
+                Layout::Wide => (one_gemm((oc, ckk, ld), (false, true)), 1),
+            };
+            gemm_into(&cfg, dy, c, &mut part[..terms * len]);
             // SAFETY: written in full by the GEMM.
-            let p = unsafe { assume_init(&part[..count * len]) };
+            let p = unsafe { assume_init(&part[..terms * len]) };
             dw.par_chunks_mut(4096).enumerate().for_each(|(j, d)| {
                 for (i, d) in d.iter_mut().enumerate() {
                     let at = j * 4096 + i;
                     // SAFETY: zeroed before the loop, then only added to.
                     let mut acc = unsafe { d.assume_init() };
-                    for s in 0..count {
+                    for s in 0..terms {
                         acc = acc + p[s * len + at];
                     }
                     d.write(acc);
@@ -348,7 +481,12 @@ pub(crate) fn conv2d_backward<T: CpuFloat>(
             });
         }
         if need_x {
-            gemm_into(&g.input_grad_gemm(oc, count), w, dy, &mut dcols[..ckk * ld]);
+            let cfg = match layout {
+                Layout::PerSample => g.input_grad_gemm(oc, count),
+                // W^T [ckk, oc] x dY [oc, count oh ow].
+                Layout::Wide => one_gemm((ckk, ld, oc), (true, false)),
+            };
+            gemm_into(&cfg, w, dy, &mut dcols[..ckk * ld]);
             // SAFETY: written in full by the GEMM.
             let dc = unsafe { assume_init(&dcols[..ckk * ld]) };
             dx[s0 * chw..(s0 + count) * chw]
@@ -356,7 +494,9 @@ pub(crate) fn conv2d_backward<T: CpuFloat>(
                 .enumerate()
                 .for_each(|(j, dst)| {
                     let (s, c) = (j / g.c, j % g.c);
-                    add_plane(g, c, dst, |r| &dc[(s * ckk + r) * ohw..][..ohw]);
+                    add_plane(g, c, dst, |r| {
+                        &dc[layout.row(s, r, ckk, count, ohw)..][..ohw]
+                    });
                 });
         }
     }
