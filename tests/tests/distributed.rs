@@ -623,17 +623,16 @@ fn sync_bn_with_the_other_allowed_methods_matches_one_process() {
         MethodKind::Reconboost,
         MethodKind::Unimodal,
     ] {
+        // One epoch each, ReconBoost's (image's phase 1) included; its phases
+        // across ranks are `reconboost_phases_match_one_process`'s. A second
+        // epoch of this 112-sample ResNet fixture is not comparable to one
+        // process at 1e-4: reordering the sum of the per-sample weight
+        // gradients alone (summation order, which W = 2 changes anyway)
+        // moved its train loss by 3e-3 on 2026-12-06, epoch 1 by 4e-8.
         let c = TrainConfig {
             sync_bn: true,
             modality: (method == MethodKind::Unimodal).then(|| "image".to_string()),
-            ..tiny_resnet(
-                method,
-                if method == MethodKind::Reconboost {
-                    2
-                } else {
-                    1
-                },
-            )
+            ..tiny_resnet(method, 1)
         };
         matches_one_process(&ds, &c, 2);
     }

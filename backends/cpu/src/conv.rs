@@ -65,6 +65,23 @@ impl Layout {
         }
     }
 
+    /// Length of the runs that are contiguous in this layout: a sample's
+    /// `rows` rows, or one row of the `count` samples.
+    fn block(self, rows: usize, count: usize, cols: usize) -> usize {
+        match self {
+            Layout::PerSample => rows * cols,
+            Layout::Wide => count * cols,
+        }
+    }
+
+    /// (sample, row) of the `j`-th row of contiguous run `i` (see [`Layout::block`]).
+    fn sample_row(self, i: usize, j: usize) -> (usize, usize) {
+        match self {
+            Layout::PerSample => (i, j),
+            Layout::Wide => (j, i),
+        }
+    }
+
     /// Offset of row `r` of sample `s` in a `[.., rows, ..]` block of `count`
     /// samples with `cols` values per row.
     #[inline]
@@ -257,27 +274,17 @@ fn im2col_samples<T: CpuFloat>(
 ) {
     let (ckk, ohw, chw) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let img = |s: usize| &x[(s0 + s) * chw..][..chw];
-    let out = &mut out[..count * ckk * ohw];
-    match layout {
-        // One task per sample: its rows, one after another.
-        Layout::PerSample => out
-            .par_chunks_mut(ckk * ohw)
-            .enumerate()
-            .for_each(|(s, blk)| {
-                for (r, row) in blk.chunks_mut(ohw).enumerate() {
-                    fill_row(img(s), g, r, row);
-                }
-            }),
-        // One task per row: that row of every sample of the chunk.
-        Layout::Wide => out
-            .par_chunks_mut(count * ohw)
-            .enumerate()
-            .for_each(|(r, blk)| {
-                for (s, row) in blk.chunks_mut(ohw).enumerate() {
-                    fill_row(img(s), g, r, row);
-                }
-            }),
-    }
+    // One task per block that is contiguous in the layout: a sample's rows
+    // (per sample) or one row of every sample (side by side).
+    out[..count * ckk * ohw]
+        .par_chunks_mut(layout.block(ckk, count, ohw))
+        .enumerate()
+        .for_each(|(i, blk)| {
+            for (j, row) in blk.chunks_mut(ohw).enumerate() {
+                let (s, r) = layout.sample_row(i, j);
+                fill_row(img(s), g, r, row);
+            }
+        });
 }
 
 /// Copies `count` samples' `[oc, oh ow]` blocks of `src` in layout `from`
@@ -295,19 +302,12 @@ fn relayout<T: CpuFloat>(
         Layout::Wide => Layout::PerSample,
     };
     // One task per block of `dst` that is contiguous in its layout.
-    let blk = match to {
-        Layout::PerSample => oc * ohw,
-        Layout::Wide => count * ohw,
-    };
     dst[..count * oc * ohw]
-        .par_chunks_mut(blk)
+        .par_chunks_mut(to.block(oc, count, ohw))
         .enumerate()
         .for_each(|(i, d)| {
             for (j, row) in d.chunks_mut(ohw).enumerate() {
-                let (s, o) = match to {
-                    Layout::PerSample => (i, j),
-                    Layout::Wide => (j, i),
-                };
+                let (s, o) = to.sample_row(i, j);
                 let at = from.row(s, o, oc, count, ohw);
                 for (d, &v) in row.iter_mut().zip(&src[at..at + ohw]) {
                     d.write(v);
