@@ -82,6 +82,29 @@ impl Layout {
         }
     }
 
+    /// Writes every `cols`-long row of a block of `count` samples x `rows`
+    /// rows in this layout with `f(sample, row, values)`: one task per run
+    /// that is contiguous in the layout (a sample's rows, or one row of
+    /// every sample).
+    fn for_each_row<T: Send>(
+        self,
+        out: &mut [MaybeUninit<T>],
+        rows: usize,
+        count: usize,
+        cols: usize,
+        f: impl Fn(usize, usize, &mut [MaybeUninit<T>]) + Sync,
+    ) {
+        out[..count * rows * cols]
+            .par_chunks_mut(self.block(rows, count, cols))
+            .enumerate()
+            .for_each(|(i, run)| {
+                for (j, row) in run.chunks_mut(cols).enumerate() {
+                    let (s, r) = self.sample_row(i, j);
+                    f(s, r, row);
+                }
+            });
+    }
+
     /// Offset of row `r` of sample `s` in a `[.., rows, ..]` block of `count`
     /// samples with `cols` values per row.
     #[inline]
@@ -274,17 +297,9 @@ fn im2col_samples<T: CpuFloat>(
 ) {
     let (ckk, ohw, chw) = (g.col_rows(), g.col_cols(), g.c * g.h * g.w);
     let img = |s: usize| &x[(s0 + s) * chw..][..chw];
-    // One task per block that is contiguous in the layout: a sample's rows
-    // (per sample) or one row of every sample (side by side).
-    out[..count * ckk * ohw]
-        .par_chunks_mut(layout.block(ckk, count, ohw))
-        .enumerate()
-        .for_each(|(i, blk)| {
-            for (j, row) in blk.chunks_mut(ohw).enumerate() {
-                let (s, r) = layout.sample_row(i, j);
-                fill_row(img(s), g, r, row);
-            }
-        });
+    layout.for_each_row(out, ckk, count, ohw, |s, r, row| {
+        fill_row(img(s), g, r, row)
+    });
 }
 
 /// Copies `count` samples' `[oc, oh ow]` blocks of `src` in layout `from`
@@ -301,19 +316,12 @@ fn relayout<T: CpuFloat>(
         Layout::PerSample => Layout::Wide,
         Layout::Wide => Layout::PerSample,
     };
-    // One task per block of `dst` that is contiguous in its layout.
-    dst[..count * oc * ohw]
-        .par_chunks_mut(to.block(oc, count, ohw))
-        .enumerate()
-        .for_each(|(i, d)| {
-            for (j, row) in d.chunks_mut(ohw).enumerate() {
-                let (s, o) = to.sample_row(i, j);
-                let at = from.row(s, o, oc, count, ohw);
-                for (d, &v) in row.iter_mut().zip(&src[at..at + ohw]) {
-                    d.write(v);
-                }
-            }
-        });
+    to.for_each_row(dst, oc, count, ohw, |s, o, row| {
+        let at = from.row(s, o, oc, count, ohw);
+        for (d, &v) in row.iter_mut().zip(&src[at..at + ohw]) {
+            d.write(v);
+        }
+    });
 }
 
 /// The GEMMs `cfg` into `c` (every element written).
