@@ -6,11 +6,11 @@
 //! batched GEMM per chunk, no column matrix of the whole batch (which is
 //! `c kh kw / stride^2` times the input, 470 MB for ResNet-18's stem at
 //! batch 64) and none kept for the backward pass, which rebuilds the
-//! columns of its chunk from the input. Each sample's products are the
-//! same dot products as without chunks, so the forward pass does not
-//! depend on the chunking, and the gradients only through the order in
-//! which the samples' weight-gradient terms are summed (the same for a
-//! given geometry and batch, whatever the thread count).
+//! columns of its chunk from the input. The chunks follow from the
+//! geometry and the batch alone, so results do not depend on the thread
+//! count; a batch split differently (data-parallel ranks) changes them at
+//! float rounding only: the order of the weight-gradient sums and, side by
+//! side, the shapes of the GEMMs.
 //!
 //! A chunk's columns are laid out one of two ways ([`Layout`]): sample
 //! after sample (`[count, c kh kw, oh ow]`, one GEMM per sample, batched)
