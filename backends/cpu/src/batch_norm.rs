@@ -49,24 +49,23 @@ fn channel_sums<T: CpuFloat, const S: usize>(
     f: impl Fn(usize, T) -> [f64; S],
 ) -> [f64; S] {
     let mut acc = [[0.0f64; LANES]; S];
+    // Element `k` (value `v`) into lane `l`.
+    let mut add = |l: usize, k: usize, v: T| {
+        for (a, t) in acc.iter_mut().zip(f(k, v)) {
+            a[l] += t;
+        }
+    };
     for i in 0..g.n {
         let base = (i * g.c + ch) * g.inner;
-        let run = &x[base..base + g.inner];
-        let mut blocks = run.chunks_exact(LANES);
+        let mut blocks = x[base..base + g.inner].chunks_exact(LANES);
         for (b, blk) in (&mut blocks).enumerate() {
             for (l, &v) in blk.iter().enumerate() {
-                let t = f(base + b * LANES + l, v);
-                for (a, t) in acc.iter_mut().zip(t) {
-                    a[l] += t;
-                }
+                add(l, base + b * LANES + l, v);
             }
         }
         let tail = base + g.inner - blocks.remainder().len();
         for (l, &v) in blocks.remainder().iter().enumerate() {
-            let t = f(tail + l, v);
-            for (a, t) in acc.iter_mut().zip(t) {
-                a[l] += t;
-            }
+            add(l, tail + l, v);
         }
     }
     acc.map(|a| a.iter().sum())

@@ -65,6 +65,13 @@ impl Layout {
         }
     }
 
+    fn other(self) -> Layout {
+        match self {
+            Layout::PerSample => Layout::Wide,
+            Layout::Wide => Layout::PerSample,
+        }
+    }
+
     /// Length of the runs that are contiguous in this layout: a sample's
     /// `rows` rows, or one row of the `count` samples.
     fn block(self, rows: usize, count: usize, cols: usize) -> usize {
@@ -312,10 +319,7 @@ fn relayout<T: CpuFloat>(
     ohw: usize,
     dst: &mut [MaybeUninit<T>],
 ) {
-    let to = match from {
-        Layout::PerSample => Layout::Wide,
-        Layout::Wide => Layout::PerSample,
-    };
+    let to = from.other();
     to.for_each_row(dst, oc, count, ohw, |s, o, row| {
         let at = from.row(s, o, oc, count, ohw);
         for (d, &v) in row.iter_mut().zip(&src[at..at + ohw]) {
