@@ -692,7 +692,12 @@ fn cnn_encoder_equals_relu_then_pool_exactly() {
             let h = h.flatten().unwrap();
             let w = p.get("encoder.a.fc.weight").unwrap();
             let b = p.get("encoder.a.fc.bias").unwrap();
-            h.matmul_t(w, false, true).unwrap().add(b).unwrap().relu().unwrap()
+            h.matmul_t(w, false, true)
+                .unwrap()
+                .add(b)
+                .unwrap()
+                .relu()
+                .unwrap()
         } else {
             model.features(&p, "a", &xv).unwrap()
         };

@@ -197,7 +197,14 @@ impl Plan {
     /// panels and its in-place layout scatters a tile's rows (A read
     /// transposed), or when each of the `tasks` sharing the columns has many
     /// panels ([`PACK_A_PANELS`]).
-    pub(crate) fn choose(kern: &Kernel, m: usize, n: usize, a: View, b: View, tasks: usize) -> Plan {
+    pub(crate) fn choose(
+        kern: &Kernel,
+        m: usize,
+        n: usize,
+        a: View,
+        b: View,
+        tasks: usize,
+    ) -> Plan {
         let panels = n.div_ceil(kern.nr);
         let pack_a = m > kern.mr
             && ((panels >= 4 && a.cs != 1) || panels.div_ceil(tasks.max(1)) >= PACK_A_PANELS);
